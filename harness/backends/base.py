@@ -1,0 +1,75 @@
+"""The scoring interface every backend implements (like lm-evaluation-harness's ``LM.loglikelihood_rolling``).
+
+A backend gets token-id documents and returns, per document, the sum of log-probabilities of every token but the
+first (each token scored once, conditioned on all before it) and how many tokens that is. Nothing else: datasets,
+metrics and baselines live in the torch-free core.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from harness.errors import BackendError
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What to load: a checkpoint dir or hub id, at which precision label, with which engine kwargs."""
+
+    model: str
+    precision: str                  # "bf16" or a quantized label such as "nvfp4"
+    max_model_len: int
+    tokenizer: str | None = None
+    revision: str | None = None
+    engine_kwargs: dict = field(default_factory=dict)
+    batch_size: int | None = None   # None: the backend batches as it sees fit; 1: one request at a time
+
+
+@dataclass
+class DocResult:
+    logprob_sum: float
+    n_tokens: int
+
+    @property
+    def nll_sum(self) -> float:
+        return -self.logprob_sum
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+
+    @abstractmethod
+    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None) -> list[DocResult]:
+        """Per document: sum of log p(token_i | tokens_<i) for i >= 1, and the count of such tokens."""
+
+    @abstractmethod
+    def info(self) -> dict:
+        """Provenance: backend, device, library versions, dtype, which kernel ran for quantized layers."""
+
+    def close(self) -> None:
+        """Release the engine and its device memory. Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_results(results: list[DocResult], docs: Sequence[Sequence[int]], backend: str) -> list[DocResult]:
+    """Refuse missing, NaN or infinite log-probabilities: a gate must never report a number made of them."""
+    if len(results) != len(docs):
+        raise BackendError(f"{backend}: returned {len(results)} results for {len(docs)} documents")
+    for i, (r, d) in enumerate(zip(results, docs)):
+        if r.n_tokens != len(d) - 1:
+            raise BackendError(f"{backend}: document {i} has {len(d) - 1} scorable tokens but {r.n_tokens} were scored "
+                               "(missing prompt logprobs)")
+        if not math.isfinite(r.logprob_sum):
+            raise BackendError(f"{backend}: document {i} has a non-finite log-probability sum ({r.logprob_sum}); "
+                               "the model produced NaN/inf logits: the checkpoint or kernel is broken")
+    return results

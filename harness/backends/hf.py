@@ -1,0 +1,133 @@
+"""transformers backend: the CPU path and a numerical cross-check of vLLM.
+
+Loads BF16 checkpoints and compressed-tensors NVFP4 checkpoints alike (compressed-tensors wraps each quantized
+Linear's forward, so on this backend NVFP4 means W4A4 fake quantization: weights and activations quantized).
+Quantized checkpoints must run in bf16; float32 input fails inside compressed-tensors.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Sequence
+
+from harness.backends.base import Backend, DocResult, EngineSpec, check_results
+from harness.errors import BackendError, ConfigError
+
+HF_KWARGS = {"device", "dtype", "batch_tokens", "attn_implementation", "trust_remote_code", "threads"}
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(self, spec: EngineSpec):
+        super().__init__(spec)
+        bad = set(spec.engine_kwargs) - HF_KWARGS
+        if bad:
+            raise ConfigError(f"hf backend: unknown engine kwarg(s) {sorted(bad)}; allowed: {sorted(HF_KWARGS)}")
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        kw = spec.engine_kwargs
+        if kw.get("threads"):
+            torch.set_num_threads(int(kw["threads"]))
+        self.device = kw.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = kw.get("dtype", "bfloat16")
+        self.dtype = getattr(torch, dtype_name, None)
+        if not isinstance(self.dtype, torch.dtype):
+            raise ConfigError(f"hf backend: unknown dtype {dtype_name!r}; use bfloat16, float16 or float32")
+        self.batch_tokens = int(kw.get("batch_tokens", 16384))
+        t0 = time.time()
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                spec.model, revision=spec.revision, dtype=self.dtype,
+                trust_remote_code=bool(kw.get("trust_remote_code", False)),
+                **({"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}),
+            )
+        except (OSError, ValueError) as e:
+            raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
+        self.model.to(self.device).eval()
+        self.load_s = time.time() - t0
+        self.quant = quantization_info(self.model.config)
+
+    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None) -> list[DocResult]:
+        import torch
+
+        order = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
+        results: list[DocResult | None] = [None] * len(docs)
+        bs_cap = self.spec.batch_size
+        i = 0
+        done = 0
+        with torch.inference_mode():
+            while i < len(order):
+                longest = len(docs[order[i]])
+                n = max(1, self.batch_tokens // max(longest, 1))
+                if bs_cap:
+                    n = min(n, bs_cap)
+                batch = order[i : i + n]
+                i += n
+                ids = torch.zeros((len(batch), longest), dtype=torch.long)
+                mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                for r, j in enumerate(batch):
+                    d = docs[j]
+                    ids[r, : len(d)] = torch.tensor(list(d), dtype=torch.long)
+                    mask[r, : len(d)] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask[:, 1:]
+                sums = tok_lp.sum(-1).double().cpu().tolist()
+                for r, j in enumerate(batch):
+                    results[j] = DocResult(logprob_sum=sums[r], n_tokens=len(docs[j]) - 1)
+                done += len(batch)
+                if progress:
+                    progress(done, len(docs))
+                del logits, logp, tok_lp
+        return check_results(results, docs, self.name)  # type: ignore[arg-type]
+
+    def info(self) -> dict:
+        import torch
+        import transformers
+
+        dev = torch.cuda.get_device_name(0) if self.device.startswith("cuda") else "cpu"
+        return {"backend": self.name, "device": dev, "dtype": str(self.dtype).replace("torch.", ""),
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             **_maybe_version("compressed-tensors")},
+                "kernel": self.quant.get("kernel_hf", "dense"), "quantization": self.quant,
+                "engine_kwargs": dict(self.spec.engine_kwargs), "batch_size": self.spec.batch_size,
+                "engine_start_s": round(self.load_s, 3)}
+
+    def close(self) -> None:
+        if getattr(self, "model", None) is None:
+            return
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+
+def _maybe_version(pkg: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {pkg: version(pkg)}
+    except PackageNotFoundError:
+        return {}
+
+
+def quantization_info(config) -> dict:
+    """Summarise a model config's compressed-tensors quantization (format, bits, activation quantization)."""
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return {}
+    qd = qc if isinstance(qc, dict) else (qc.to_dict() if hasattr(qc, "to_dict") else vars(qc))
+    from harness.checkpoint import describe_quantization
+
+    out = describe_quantization(qd)
+    if out.get("activation_bits"):
+        out["kernel_hf"] = "hf-fake-quant W4A4" if out.get("weight_bits") == 4 else "hf-fake-quant"
+    else:
+        out["kernel_hf"] = "hf-fake-quant weight-only"
+    return out

@@ -1,0 +1,139 @@
+"""Stored BF16 reference results: ``baselines/<model>/<dataset>.json``.
+
+Like pytest-regressions: a missing baseline fails and names the command that creates it; an update rewrites the
+file atomically (temp file in the same folder, fsync, rename), so a crash leaves the old file or the new one, never
+half of either. Before any comparison the prepared data must match the baseline's (kept_texts, tokens, fingerprint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import BaselineError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Baseline:
+    model: str
+    dataset: str
+    ppl: float
+    nll: float
+    tokens: int
+    kept_texts: int
+    fingerprint: str | None
+    doc_nll_sums: list[float] | None = None
+    doc_tokens: list[int] | None = None
+    precision: str = "bf16"
+    data: dict = field(default_factory=dict)        # token stats, rules, tokenizer, source
+    provenance: dict = field(default_factory=dict)  # backend, versions, device, max_model_len, engine, date, commit
+    kind: str = "baseline"                          # "baseline" or "reference-result" (never gated against)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def has_documents(self) -> bool:
+        return bool(self.doc_nll_sums) and bool(self.doc_tokens)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "?") -> "Baseline":
+        if not isinstance(d, dict):
+            raise BaselineError(f"{where}: baseline must be a JSON object")
+        v = d.get("schema_version")
+        if v != SCHEMA_VERSION:
+            raise BaselineError(f"{where}: baseline schema_version {v!r}, this harness reads {SCHEMA_VERSION}; "
+                                "recreate it with --update-baselines")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise BaselineError(f"{where}: unknown baseline field(s) {sorted(unknown)}")
+        try:
+            b = cls(**d)
+        except TypeError as e:
+            raise BaselineError(f"{where}: malformed baseline ({e}); recreate it with --update-baselines") from None
+        for name in ("ppl", "nll"):
+            val = getattr(b, name)
+            if not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+                raise BaselineError(f"{where}: baseline {name} is {val!r}, not a finite number")
+        if b.has_documents and len(b.doc_nll_sums) != len(b.doc_tokens):  # type: ignore[arg-type]
+            raise BaselineError(f"{where}: doc_nll_sums and doc_tokens differ in length")
+        return b
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+class BaselineStore:
+    def __init__(self, root: Path, update_hint: str = "pytest --update-baselines"):
+        self.root = Path(root)
+        self.update_hint = update_hint
+
+    def path(self, model: str, dataset: str) -> Path:
+        return self.root / model / f"{dataset}.json"
+
+    def exists(self, model: str, dataset: str) -> bool:
+        return self.path(model, dataset).exists()
+
+    def load(self, model: str, dataset: str) -> Baseline:
+        p = self.path(model, dataset)
+        if not p.exists():
+            raise BaselineError(f"baseline not found: {p}\n  create it with: {self.update_hint}")
+        try:
+            d = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BaselineError(f"{p}: unreadable JSON ({e}); restore it from git or recreate it with: "
+                                f"{self.update_hint}") from None
+        b = Baseline.from_dict(d, str(p))
+        if b.kind != "baseline":
+            raise BaselineError(f"{p}: is a {b.kind!r}, not a baseline; the gate compares only against baselines")
+        if (b.model, b.dataset) != (model, dataset):
+            raise BaselineError(f"{p}: holds model {b.model!r} dataset {b.dataset!r}, expected {model!r} {dataset!r}")
+        return b
+
+    def write(self, b: Baseline) -> Path:
+        p = self.path(b.model, b.dataset)
+        atomic_write_text(p, b.to_json())
+        return p
+
+
+def check_data_matches(b: Baseline, prepared, where: str = "") -> None:
+    """Refuse to compare when the prepared data is not the data the baseline was scored on."""
+    mine = {"kept_texts": prepared.stats.kept_texts, "tokens": prepared.stats.tokens, "fingerprint": prepared.fingerprint}
+    theirs = {"kept_texts": b.kept_texts, "tokens": b.tokens, "fingerprint": b.fingerprint}
+    diffs = [k for k in mine if theirs[k] is not None and mine[k] != theirs[k]]
+    if diffs:
+        rows = "\n".join(f"    {k:<12} baseline={theirs[k]!s:<20} prepared={mine[k]!s}" for k in mine)
+        tok_b = b.data.get("tokenizer")
+        hint = (" (different tokenizer)" if tok_b and tok_b != prepared.tokenizer_id else "")
+        raise BaselineError(
+            f"{where or b.dataset}: prepared data does not match the baseline{hint}:\n{rows}\n"
+            "  the tokenizer, dataset revision or sampling rules changed; if that is intended, re-create the baseline "
+            "(--update-baselines, with --force to accept a changed fingerprint)"
+        )

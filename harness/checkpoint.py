@@ -1,0 +1,74 @@
+"""Checkpoint inspection without torch: quantization scheme, disk size, shard completeness."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def describe_quantization(qc: dict) -> dict:
+    """Condense a compressed-tensors ``quantization_config`` into the facts the gate and report need."""
+    groups = qc.get("config_groups") or {}
+    weights = acts = None
+    for g in groups.values():
+        weights = weights or g.get("weights")
+        acts = acts or g.get("input_activations")
+    out = {"quant_method": qc.get("quant_method"), "format": qc.get("format"), "ignore": qc.get("ignore", [])}
+    if weights:
+        out.update(weight_bits=weights.get("num_bits"), weight_type=weights.get("type"),
+                   weight_strategy=weights.get("strategy"), group_size=weights.get("group_size"))
+    out["activation_bits"] = acts.get("num_bits") if acts else None
+    out["scheme"] = scheme_name(out)
+    return out
+
+
+def scheme_name(d: dict) -> str:
+    if d.get("weight_bits") == 4 and d.get("weight_type") == "float" and d.get("group_size") == 16:
+        return "NVFP4" if d.get("activation_bits") == 4 else "NVFP4A16"
+    if d.get("weight_bits"):
+        a = d.get("activation_bits")
+        return f"W{d['weight_bits']}A{a if a else 16}-{d.get('weight_type')}-{d.get('weight_strategy')}"
+    return "unknown"
+
+
+def read_config(path: Path) -> dict:
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        raise HarnessError(f"{path}: no config.json; is this a Hugging Face checkpoint dir?")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"{cfg}: unreadable JSON ({e})") from None
+
+
+def checkpoint_quantization(path: Path) -> dict:
+    qc = read_config(path).get("quantization_config")
+    return describe_quantization(qc) if qc else {}
+
+
+def check_shards(path: Path) -> None:
+    """Every shard named in the safetensors index must exist, else loading fails much later and obscurely."""
+    path = Path(path)
+    idx = path / "model.safetensors.index.json"
+    if idx.exists():
+        names = set(json.loads(idx.read_text()).get("weight_map", {}).values())
+        missing = sorted(n for n in names if not (path / n).exists())
+        if missing:
+            raise HarnessError(f"{path}: missing shard file(s) {missing} named in {idx.name}; re-download or re-quantize")
+    elif not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
+        raise HarnessError(f"{path}: no weight files (*.safetensors / *.bin)")
+
+
+def require_scheme(path: Path, expected: str) -> dict:
+    """Refuse a 'quantized' checkpoint whose scheme is not the one the recipe promised."""
+    q = checkpoint_quantization(path)
+    got = q.get("scheme", "none (not quantized)") if q else "none (no quantization_config)"
+    if q.get("quant_method") != "compressed-tensors" or got != expected:
+        raise HarnessError(f"{path}: expected a compressed-tensors {expected} checkpoint, found {got} "
+                           f"(quant_method={q.get('quant_method')!r}); check the recipe's scheme")
+    return q
+
+
+def disk_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

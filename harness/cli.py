@@ -1,0 +1,203 @@
+"""``harness``: quantize, score, gate, baseline update, report, cache. Thin layer over harness.gate.
+
+Exit codes: 0 gate passed / command succeeded, 1 gate failed, 2 usage or input error (message says what to do).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.plugin import _min_score, _positive_int
+
+
+def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True) -> None:
+    p.add_argument("--config", default=None, metavar="PATH", help="gate config YAML (default: configs/tiny.yaml)")
+    p.add_argument("--recipe", default=None, metavar="NAME", help="recipe in recipes/ (default: the config's)")
+    if backend:
+        p.add_argument("--backend", choices=("hf", "vllm"), default=None, help="scoring backend (default: config's)")
+        p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                       help="requests per batch; 1 = the reference's one-at-a-time evaluation")
+    if quant:
+        p.add_argument("--quant-python", default=None, metavar="PYTHON",
+                       help="interpreter with llmcompressor (default: $HARNESS_QUANT_PYTHON or this one)")
+        p.add_argument("--quant-pythonpath", default=None, metavar="PATHS",
+                       help="extra PYTHONPATH for it (default: $HARNESS_QUANT_PYTHONPATH)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="harness", description="NVFP4-vs-BF16 quality gate for quantized LLMs.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("gate", help="quantize (cached), score NVFP4, compare with the BF16 baselines, report",
+                       description="Run the gate. With no arguments: the embedded tiny default on CPU.")
+    _common(g)
+    g.add_argument("--min-score", type=_min_score, default=None, help="override every threshold")
+    g.add_argument("--update-baselines", action="store_true", help="score BF16 and rewrite baselines first")
+    g.add_argument("--force", action="store_true", help="with --update-baselines: accept a changed data fingerprint")
+    g.add_argument("--report-dir", default=None, metavar="DIR", help="where the report goes (default: config's)")
+
+    q = sub.add_parser("quantize", help="build (or fetch from cache) the quantized checkpoint; prints its path",
+                       description="Run llm-compressor oneshot in the quantization interpreter, cached by content.")
+    _common(q, backend=False)
+
+    s = sub.add_parser("score", help="score one precision on the config's datasets (no baselines needed)",
+                       description="Score BF16 or the quantized checkpoint; prints PPL/NLL/tokens per dataset.")
+    _common(s)
+    s.add_argument("--precision", choices=("bf16", "nvfp4"), default="nvfp4")
+    s.add_argument("--dataset", action="append", default=None, help="dataset name (repeatable; default: all)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    b = sub.add_parser("baseline", help="baseline commands", description="Manage stored BF16 baselines.")
+    bsub = b.add_subparsers(dest="bcmd", required=True, metavar="SUBCOMMAND")
+    bu = bsub.add_parser("update", help="score BF16 and rewrite the baselines atomically; prints old vs new",
+                         description="Score BF16 on every dataset and rewrite baselines/<model>/<dataset>.json.")
+    _common(bu, quant=False)
+    bu.add_argument("--force", action="store_true", help="accept a changed data fingerprint")
+
+    r = sub.add_parser("report", help="re-render a report.json as Markdown",
+                       description="Render the Markdown report (and chart) from a saved report.json.")
+    r.add_argument("report_json", type=Path)
+    r.add_argument("--out", type=Path, default=None, help="write Markdown here instead of stdout")
+
+    c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
+    csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
+    for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
+        cp = csub.add_parser(name, help=h, description=h)
+        cp.add_argument("--config", default=None, metavar="PATH")
+    return ap
+
+
+def _session(a, **kw):
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    cfg = load_config(a.config)
+    return GateSession(cfg, backend=getattr(a, "backend", None), recipe=a.recipe,
+                       quant_python=getattr(a, "quant_python", None), quant_pythonpath=getattr(a, "quant_pythonpath", None),
+                       batch_size=getattr(a, "batch_size", None), **kw)
+
+
+def cmd_gate(a) -> int:
+    from harness.report import build_report, dataset_table, overall_table, write_report
+
+    s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force)
+    try:
+        for n in s.dataset_names:   # baselines and data checks first: refuse before any GPU time
+            s.baseline(n)
+        s.checkpoint()
+        for n in s.dataset_names:
+            s.score(n)
+        s.engines.close()
+        verdict = s.verdict()
+        rep = build_report(s, verdict)
+        out = write_report(rep, Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir"), s.log_lines)
+    finally:
+        s.close()
+    if rep["baseline_updates"]:
+        from harness.report import baseline_diff_table
+
+        print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
+    print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
+    print(verdict.summary())
+    print(f"\nreport: {out}/report.md")
+    return 0 if verdict.passed else 1
+
+
+def cmd_quantize(a) -> int:
+    s = _session(a)
+    path, info = s.checkpoint()
+    print(json.dumps({"path": str(path), **info}, indent=1))
+    return 0
+
+
+def cmd_score(a) -> int:
+    s = _session(a)
+    names = a.dataset or s.dataset_names
+    from harness.config import check_dataset_names
+
+    check_dataset_names(s.cfg, names)
+    rows = []
+    try:
+        for n in names:
+            sc = s.score(n, a.precision)
+            rows.append({"dataset": n, "precision": a.precision, "ppl": sc.ppl, "nll": sc.nll, "tokens": sc.tokens,
+                         "kept_texts": s.prepared(n).stats.kept_texts, "eval_s": round(sc.eval_s or 0, 3),
+                         "kernel": s.engine_info(a.precision).get("kernel")})
+    finally:
+        s.close()
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print("| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |\n|---|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['dataset']} | {r['precision']} | {r['ppl']:.6f} | {r['nll']:.6f} | {r['tokens']} | "
+                  f"{r['kept_texts']} | {r['eval_s']:.2f} |")
+    return 0
+
+
+def cmd_baseline(a) -> int:
+    from harness.report import _brief, baseline_diff_table
+
+    s = _session(a, update_baselines=True, force=a.force)
+    try:
+        pairs = s.update_baselines()
+    finally:
+        s.close()
+    print(baseline_diff_table([{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)} for old, new in pairs]))
+    for _, new in pairs:
+        print(f"wrote {s.store.path(new.model, new.dataset)}")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from harness.report import render_markdown
+
+    try:
+        rep = json.loads(a.report_json.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HarnessError(f"cannot read report {a.report_json}: {e}") from None
+    md = render_markdown(rep)
+    if a.out:
+        from harness.baselines import atomic_write_text
+
+        atomic_write_text(a.out, md)
+        print(f"wrote {a.out}")
+    else:
+        print(md)
+    return 0
+
+
+def cmd_cache(a) -> int:
+    from harness.ckpt_cache import CheckpointCache
+    from harness.config import load_config
+
+    cache = CheckpointCache(load_config(a.config).cache_path())
+    if a.ccmd == "ls":
+        entries = cache.entries()
+        for e in entries:
+            print(f"{e['key']}  {e['bytes'] / 2**20:8.1f} MiB  {e['built']}  model={e['model']} recipe={e['recipe_sha']}")
+        print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache.root}")
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
+                "report": cmd_report, "cache": cmd_cache}
+    try:
+        return handlers[a.cmd](a)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no report written; engines closed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

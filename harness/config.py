@@ -1,0 +1,258 @@
+"""Typed, validated configuration: model, datasets, recipe + calibration, thresholds. Loaded from YAML.
+
+Every error names the key and the allowed choices. Relative paths resolve against the project root (the nearest
+folder above the config file holding ``pyproject.toml``, else the config's folder). ``builtin:`` paths point at the
+embedded tiny default: ``builtin:tiny`` (model dir) and ``builtin:corpus/...`` (the seeded synthetic corpus).
+No torch import.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError, unknown_name
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PRECISIONS = ("bf16", "nvfp4")
+BACKEND_NAMES = ("hf", "vllm")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SourceSpec(Strict):
+    path: str = Field(description="hub dataset id (e.g. 'wikitext'), a builder with data_files ('parquet', 'json'), "
+                                  "or a saved dataset dir")
+    name: str | None = Field(None, description="dataset config name, e.g. 'wikitext-2-raw-v1'")
+    split: str = Field(description="split, e.g. 'test' or 'test_sft'")
+    revision: str | None = Field(None, description="hub revision (commit sha or tag) to pin")
+    data_files: str | list[str] | None = Field(None, description="local files in the hub schema")
+
+
+class DatasetSpec(Strict):
+    rule: Literal["wikitext", "ultrachat"] = Field(description="text rule: which sampling rule builds the texts")
+    source: SourceSpec
+    n_texts: int = Field(200, gt=0, description="first N (non-empty) texts")
+    min_tokens: int = Field(16, ge=2, description="texts with fewer tokens are dropped")
+    truncation_margin: int = Field(8, ge=0, description="texts are truncated to max_model_len - margin tokens")
+    min_kept_texts: int = Field(1, ge=1, description="fail the run if fewer texts survive the rules")
+
+
+class CalibrationSpec(Strict):
+    path: str = "HuggingFaceH4/ultrachat_200k"
+    name: str | None = None
+    split: str = "train_sft"
+    revision: str | None = None
+    data_files: str | list[str] | None = None
+    text_field: str = "messages"
+    samples: int = Field(512, gt=0)
+    max_seq_len: int = Field(2048, gt=0)
+    seed: int = 42
+
+
+class Thresholds(Strict):
+    overall: float = Field(99.0, gt=0, le=200, description="minimum overall relative score")
+    datasets: dict[str, float] = Field(default_factory=dict, description="minimum relative score per dataset")
+    use: Literal["point", "lower"] = Field("point", description="gate on the point estimate or the bootstrap lower bound")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(1000, ge=100)
+    seed: int = 0
+
+
+class ModelSpec(Strict):
+    path: str = Field(description="hub id, local dir, or builtin:tiny")
+    revision: str | None = None
+    tokenizer: str | None = None
+    max_model_len: int = Field(2048, gt=0)
+    trust_remote_code: bool = False
+    engine: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="engine kwargs: precision (bf16|nvfp4) -> backend (hf|vllm) -> kwargs")
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_keys(cls, v):
+        for prec, per_backend in v.items():
+            if prec not in PRECISIONS:
+                raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+            for b in per_backend:
+                if b not in BACKEND_NAMES:
+                    raise ValueError(f"engine.{prec}: unknown backend {b!r}; choose from {', '.join(BACKEND_NAMES)}")
+        return v
+
+
+class QuantizeSpec(Strict):
+    python: str | None = Field(None, description="interpreter with llmcompressor (default: this one)")
+    pythonpath: str | None = Field(None, description="extra PYTHONPATH for that interpreter")
+
+
+class HarnessConfig(Strict):
+    name: str = Field(description="model key: baselines live in baselines/<name>/")
+    model: ModelSpec
+    datasets: dict[str, DatasetSpec]
+    recipe: str = Field("nvfp4", description="recipe name: recipes/<name>.yaml")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's calibration")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    backend: Literal["hf", "vllm"] = "hf"
+    quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
+    require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
+    baselines_dir: str = "baselines"
+    recipes_dir: str = "recipes"
+    reports_dir: str = "reports"
+    cache_dir: str | None = Field(None, description="quantized-checkpoint cache (default $HARNESS_CACHE or ~/.cache/harness)")
+
+    # set by load_config, not by the file
+    source_path: str | None = Field(None, exclude=True)
+    root: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.datasets:
+            raise ValueError("datasets: at least one dataset is required")
+        for ds in self.thresholds.datasets:
+            if ds not in self.datasets:
+                raise ValueError(f"thresholds.datasets: unknown dataset {ds!r}; known: {', '.join(self.datasets)}")
+        for name, d in self.datasets.items():
+            if self.model.max_model_len - d.truncation_margin < d.min_tokens:
+                raise ValueError(f"datasets.{name}: max_model_len {self.model.max_model_len} - truncation_margin "
+                                 f"{d.truncation_margin} is below min_tokens {d.min_tokens}; raise model.max_model_len")
+        return self
+
+    # ---- resolution helpers -------------------------------------------------
+    def resolve(self, p: str | None) -> str | None:
+        return resolve_path(p, Path(self.root or "."))
+
+    def path_of(self, key: str) -> Path:
+        return Path(self.resolve(getattr(self, key)))
+
+    def threshold(self, dataset: str | None) -> float:
+        if dataset is None:
+            return self.thresholds.overall
+        return self.thresholds.datasets.get(dataset, self.thresholds.overall)
+
+    def engine_kwargs(self, precision: str, backend: str) -> dict:
+        return dict(self.model.engine.get(precision, {}).get(backend, {}))
+
+    def cache_path(self) -> Path:
+        c = self.cache_dir or os.environ.get("HARNESS_CACHE") or str(Path.home() / ".cache" / "harness")
+        return Path(self.resolve(c))
+
+
+def resolve_path(p: str | None, root: Path) -> str | None:
+    """Resolve ``builtin:`` and relative local paths; hub ids (``org/name`` that do not exist locally) pass through."""
+    if p is None:
+        return None
+    if p.startswith("builtin:"):
+        from harness.tiny import builtin_path
+
+        return str(builtin_path(p[len("builtin:"):]))
+    expanded = os.path.expanduser(os.path.expandvars(p))
+    cand = Path(expanded)
+    if cand.is_absolute():
+        return str(cand)
+    local = root / cand
+    if local.exists() or expanded.startswith(".") or "/" not in expanded or _looks_local(expanded):
+        return str(local)
+    return expanded  # a hub id such as Qwen/Qwen2.5-72B-Instruct
+
+
+def _looks_local(p: str) -> bool:
+    return p.count("/") > 1 or p.endswith((".parquet", ".json", ".jsonl", ".arrow", ".csv", ".yaml"))
+
+
+def find_root(start: Path) -> Path:
+    start = start.resolve()
+    for d in [start, *start.parents]:
+        if (d / "pyproject.toml").exists():
+            return d
+    return start
+
+
+def default_config_path() -> Path:
+    """The embedded tiny default: configs/tiny.yaml of the project in the cwd, else of the harness's own checkout."""
+    for root in (find_root(Path.cwd()), PACKAGE_DIR.parent):
+        cand = root / "configs" / "tiny.yaml"
+        if cand.exists():
+            return cand
+    raise ConfigError("no --config given and no configs/tiny.yaml found; pass --config PATH")
+
+
+def format_validation_error(e: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, err["loc"][:-1])
+            lines.append(f"  {loc}: unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else ""))
+        elif err["type"] == "missing":
+            lines.append(f"  {loc}: required key missing")
+        else:
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(cur, _DictOf):  # keyed into a dict: the next level is its value model
+            cur = cur.value_model
+        elif isinstance(cur, type) and issubclass(cur, BaseModel) and part in cur.model_fields:
+            cur = _inner_model(cur.model_fields[part].annotation)
+        else:
+            return []
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return [k for k in cur.model_fields if k not in ("source_path", "root")]
+    return []
+
+
+def _inner_model(annotation):
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict and len(args) == 2:
+        return _DictOf(_inner_model(args[1]))
+    for a in args:
+        m = _inner_model(a)
+        if m is not None:
+            return m
+    return None
+
+
+class _DictOf:
+    def __init__(self, value_model):
+        self.value_model = value_model
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> HarnessConfig:
+    path = Path(path) if path else default_config_path()
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found; see configs/ for examples (configs/tiny.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+    for k, v in (overrides or {}).items():
+        data[k] = v
+    try:
+        cfg = HarnessConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, HarnessConfig, str(path))) from None
+    cfg.source_path = str(path.resolve())
+    cfg.root = str(find_root(path.parent))
+    return cfg
+
+
+def check_dataset_names(cfg: HarnessConfig, names) -> None:
+    for n in names:
+        if n not in cfg.datasets:
+            raise unknown_name("dataset", n, cfg.datasets)

@@ -1,0 +1,191 @@
+"""Datasets and the reference study's sampling rules.
+
+Rules (one function each, named after the rule):
+- ``first_nonempty_texts``: WikiText-2: the first N rows whose text is not blank.
+- ``ultrachat_texts``: UltraChat-200k: the first N rows, ``messages`` joined as one ``role: content`` line each.
+- ``apply_token_rules``: tokenize, drop texts under ``min_tokens`` tokens, truncate those longer than
+  ``max_model_len - truncation_margin`` tokens.
+
+Rows always come through ``datasets.load_dataset`` (a hub id, or a builder such as ``parquet`` / ``json`` with local
+``data_files`` in the same schema). Every prepared dataset carries kept_texts, token counts and a fingerprint:
+a hash of the token ids, the tokenizer and the rules, so a baseline made on other data is never compared.
+No torch or datasets import at module import time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from harness.errors import HarnessError, unknown_name
+
+RULES_VERSION = 1
+LOCAL_BUILDERS = ("parquet", "json", "csv", "arrow", "text")
+
+
+def messages_to_text(messages: Sequence[dict]) -> str:
+    """UltraChat rule: one line per message, ``role: content``."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def first_nonempty_texts(rows, n: int, field_name: str = "text") -> list[str]:
+    """WikiText rule: the first ``n`` rows whose text is not empty (blank rows are skipped, not counted)."""
+    out: list[str] = []
+    for row in rows:
+        text = row[field_name]
+        if text and text.strip():
+            out.append(text)
+            if len(out) == n:
+                break
+    return out
+
+
+def ultrachat_texts(rows, n: int) -> list[str]:
+    """UltraChat rule: the first ``n`` rows, ``messages`` joined as ``role: content`` lines."""
+    out: list[str] = []
+    for row in rows:
+        if len(out) == n:
+            break
+        out.append(messages_to_text(row["messages"]))
+    return out
+
+
+TEXT_RULES: dict[str, Callable] = {"wikitext": first_nonempty_texts, "ultrachat": ultrachat_texts}
+REQUIRED_COLUMNS = {"wikitext": {"text"}, "ultrachat": {"messages"}}
+
+
+@dataclass(frozen=True)
+class TokenRules:
+    n_texts: int
+    max_model_len: int
+    min_tokens: int = 16
+    truncation_margin: int = 8
+    add_special_tokens: bool = True
+
+    @property
+    def max_tokens(self) -> int:
+        return self.max_model_len - self.truncation_margin
+
+
+@dataclass
+class TokenStats:
+    requested: int
+    selected: int          # texts the text rule produced (may be < requested if the split is short)
+    kept_texts: int
+    dropped_short: int
+    truncated: int
+    tokens: int            # scored tokens: sum(len(ids) - 1), the first token of each text is not scored
+    total_tokens: int      # all tokens fed to the model
+
+
+@dataclass
+class PreparedDataset:
+    name: str
+    rule: str
+    token_ids: list[list[int]]
+    stats: TokenStats
+    fingerprint: str
+    rules: dict
+    tokenizer_id: str
+    source: dict = field(default_factory=dict)
+    texts: list[str] | None = None  # kept texts after truncation is NOT tracked; raw kept texts for debugging
+
+    def summary(self) -> dict:
+        return {"dataset": self.name, "rule": self.rule, **asdict(self.stats), "fingerprint": self.fingerprint,
+                "tokenizer": self.tokenizer_id, "source": self.source}
+
+
+def apply_token_rules(token_ids: list[list[int]], rules: TokenRules) -> tuple[list[list[int]], list[int], TokenStats]:
+    """Drop texts under ``min_tokens`` tokens; truncate the rest to ``max_model_len - truncation_margin`` tokens."""
+    if rules.max_tokens < rules.min_tokens:
+        raise HarnessError(
+            f"max_model_len {rules.max_model_len} - truncation_margin {rules.truncation_margin} = {rules.max_tokens} "
+            f"is below min_tokens {rules.min_tokens}: every text would be dropped. Raise max_model_len."
+        )
+    kept, kept_idx = [], []
+    dropped = truncated = 0
+    for i, ids in enumerate(token_ids):
+        if len(ids) < rules.min_tokens:
+            dropped += 1
+            continue
+        if len(ids) > rules.max_tokens:
+            ids = ids[: rules.max_tokens]
+            truncated += 1
+        kept.append(list(ids))
+        kept_idx.append(i)
+    stats = TokenStats(
+        requested=rules.n_texts, selected=len(token_ids), kept_texts=len(kept), dropped_short=dropped,
+        truncated=truncated, tokens=sum(len(k) - 1 for k in kept), total_tokens=sum(len(k) for k in kept),
+    )
+    return kept, kept_idx, stats
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of what decides token ids: the fast tokenizer's full JSON, else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        blob = backend.to_str()
+    else:
+        blob = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fingerprint(token_ids: list[list[int]], tokenizer_id: str, rules: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"rules": rules, "tokenizer": tokenizer_id}, sort_keys=True).encode())
+    for ids in token_ids:
+        h.update(len(ids).to_bytes(4, "little"))
+        h.update(b"".join(int(i).to_bytes(4, "little") for i in ids))
+    return h.hexdigest()[:16]
+
+
+def prepare_texts(name: str, rule: str, texts: list[str], tokenizer, rules: TokenRules, source: dict | None = None,
+                  keep_texts: bool = False) -> PreparedDataset:
+    if not texts:
+        raise HarnessError(f"dataset {name!r}: the source gave no text (source: {source}); check split and data_files")
+    enc = tokenizer(texts, add_special_tokens=rules.add_special_tokens)["input_ids"]
+    kept, kept_idx, stats = apply_token_rules(enc, rules)
+    tok_id = tokenizer_fingerprint(tokenizer)
+    rule_dict = {"rule": rule, "rules_version": RULES_VERSION, **asdict(rules)}
+    return PreparedDataset(
+        name=name, rule=rule, token_ids=kept, stats=stats, fingerprint=fingerprint(kept, tok_id, rule_dict),
+        rules=rule_dict, tokenizer_id=tok_id, source=source or {},
+        texts=[texts[i] for i in kept_idx] if keep_texts else None,
+    )
+
+
+def _is_saved_dataset_dir(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "state.json")) or os.path.exists(os.path.join(path, "dataset_dict.json"))
+    )
+
+
+def load_rows(path: str, *, split: str, name: str | None = None, revision: str | None = None,
+              data_files=None, cache_dir: str | None = None):
+    """Rows of one split through ``datasets`` (hub id, builder + local data_files, or a saved dataset dir)."""
+    import datasets
+
+    try:
+        if _is_saved_dataset_dir(path):
+            ds = datasets.load_from_disk(path)
+            return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        kwargs = {}
+        if data_files is not None:
+            kwargs["data_files"] = {split: data_files}
+        return datasets.load_dataset(path, name, split=split, revision=revision, cache_dir=cache_dir, **kwargs)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        where = f"{path!r}" + (f" config {name!r}" if name else "") + f" split {split!r}"
+        hint = ("local data_files missing or unreadable" if data_files is not None else
+                "no network or not cached: set HF_DATASETS_OFFLINE=1 with a warm cache, or point data_files at a local copy")
+        raise HarnessError(f"could not load dataset {where}: {type(e).__name__}: {str(e)[:400]}\n  hint: {hint}") from None
+
+
+def select_texts(rule: str, rows, n: int) -> list[str]:
+    if rule not in TEXT_RULES:
+        raise unknown_name("dataset rule", rule, TEXT_RULES)
+    missing = REQUIRED_COLUMNS[rule] - set(getattr(rows, "column_names", None) or REQUIRED_COLUMNS[rule])
+    if missing:
+        raise HarnessError(f"rule {rule!r} needs column(s) {sorted(missing)}; the data has {rows.column_names}")
+    return TEXT_RULES[rule](rows, n)

@@ -1,0 +1,23 @@
+"""One exception type for every user-facing error: the message says what went wrong and what to do next."""
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """A problem the user can fix (bad config, missing baseline, failed quantization, ...)."""
+
+
+class ConfigError(HarnessError):
+    """The config file (or a command-line value) is invalid."""
+
+
+class BaselineError(HarnessError):
+    """A baseline is missing, unreadable, or does not match the prepared data."""
+
+
+class BackendError(HarnessError):
+    """A scoring backend failed or returned unusable numbers."""
+
+
+def unknown_name(kind: str, name: str, known) -> HarnessError:
+    known = sorted(known)
+    return ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(known) if known else '(none)'}")

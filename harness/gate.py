@@ -1,0 +1,396 @@
+"""The gate's workflow, shared by the pytest plugin and the CLI.
+
+prepare data -> (update mode: score BF16, write baselines) -> check data against baselines -> quantize (cached)
+-> score the quantized model -> compare -> verdict -> report. The normal gate never starts a BF16 engine, and only
+one engine is alive at a time.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.baselines import Baseline, BaselineStore, check_data_matches
+from harness.config import HarnessConfig
+from harness.data import PreparedDataset, TokenRules, load_rows, prepare_texts, select_texts
+from harness.errors import BaselineError, HarnessError
+from harness.metrics import Comparison, DatasetScore, compare, overall_nll, paired_bootstrap
+
+
+class EngineManager:
+    """Holds at most one scoring engine; asking for another closes (and frees) the current one first."""
+
+    def __init__(self, log=print):
+        self.current = None
+        self.key: tuple | None = None
+        self.log = log
+        self.opened: list[tuple] = []   # history, so tests can check which engines a run started
+
+    def get(self, key: tuple, make):
+        if self.key == key and self.current is not None:
+            return self.current
+        self.close()
+        self.log(f"starting engine {key}")
+        self.current = make()
+        self.key = key
+        self.opened.append(key)
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.log(f"closing engine {self.key}")
+            try:
+                self.current.close()
+            finally:
+                self.current, self.key = None, None
+
+
+@dataclass
+class Outcome:
+    name: str
+    comparison: Comparison
+    threshold: float
+    gated_value: float
+    passed: bool
+
+    def message(self) -> str:
+        c = self.comparison
+        basis = "score" if c.interval is None or self.gated_value == c.score else "score lower bound"
+        ci = f" [{c.interval.confidence:.0%} CI {c.interval.low:.2f}..{c.interval.high:.2f}]" if c.interval else ""
+        verdict = "ok  " if self.passed else "FAIL"
+        rel = ">=" if self.passed else "<"
+        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f}{ci} "
+                f"(PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
+
+
+@dataclass
+class Verdict:
+    outcomes: list[Outcome]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outcomes)
+
+    def summary(self) -> str:
+        head = "GATE PASSED" if self.passed else "GATE FAILED"
+        return "\n".join([head] + [o.message() for o in self.outcomes] + [f"note: {n}" for n in self.notes])
+
+
+class GateSession:
+    def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
+                 update_baselines: bool = False, force: bool = False, recipe: str | None = None,
+                 quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
+                 update_hint: str | None = None, log=None, quiet: bool = False):
+        from harness.quantize import QuantInterpreter
+
+        self.cfg = cfg
+        self.backend = backend or cfg.backend
+        self.min_score = min_score
+        self.update_mode = update_baselines
+        self.force = force
+        self.recipe_name = recipe or cfg.recipe
+        self.batch_size = batch_size
+        self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
+                                                quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
+        src = cfg.source_path or "configs/tiny.yaml"
+        self.update_hint = update_hint or (f"pytest --harness-config {src} --update-baselines   "
+                                           f"(or: harness baseline update --config {src})")
+        self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint)
+        self.log_lines: list[str] = []
+        self._quiet = quiet
+        self._external_log = log
+        self.engines = EngineManager(self.log)
+        self._tokenizer = None
+        self._prepared: dict[str, PreparedDataset] = {}
+        self._scores: dict[tuple[str, str], DatasetScore] = {}
+        self._engine_info: dict[str, dict] = {}
+        self._checkpoint: tuple[Path, dict] | None = None
+        self._recipe = None
+        self.baseline_updates: list[tuple[Baseline | None, Baseline]] = []
+        self._updated = False
+        self.started = time.time()
+
+    # ---- logging ------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        self.log_lines.append(line)
+        if self._external_log:
+            self._external_log(line)
+        elif not self._quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    # ---- data ---------------------------------------------------------------
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(self.cfg.datasets)
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            m = self.cfg.model
+            path = self.cfg.resolve(m.tokenizer or m.path)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(path, revision=m.revision,
+                                                                trust_remote_code=m.trust_remote_code)
+            except (OSError, ValueError) as e:
+                raise HarnessError(f"cannot load tokenizer {path!r}: {str(e)[:300]}\n  hint: check model.path / "
+                                   "model.tokenizer; offline runs need a local dir or a warm HF cache") from None
+        return self._tokenizer
+
+    def prepared(self, name: str) -> PreparedDataset:
+        if name not in self._prepared:
+            from harness.errors import unknown_name
+
+            if name not in self.cfg.datasets:
+                raise unknown_name("dataset", name, self.cfg.datasets)
+            d = self.cfg.datasets[name]
+            s = d.source
+            data_files = s.data_files
+            if data_files is not None:
+                data_files = ([self.cfg.resolve(f) for f in data_files] if isinstance(data_files, list)
+                              else self.cfg.resolve(data_files))
+            path = self.cfg.resolve(s.path) if s.path.startswith(("builtin:", ".", "/")) else s.path
+            rows = load_rows(path, split=s.split, name=s.name, revision=s.revision, data_files=data_files)
+            texts = select_texts(d.rule, rows, d.n_texts)
+            rules = TokenRules(n_texts=d.n_texts, max_model_len=self.cfg.model.max_model_len, min_tokens=d.min_tokens,
+                               truncation_margin=d.truncation_margin)
+            source = {"path": s.path, "name": s.name, "split": s.split, "revision": s.revision}
+            p = prepare_texts(name, d.rule, texts, self.tokenizer(), rules, source=source)
+            st = p.stats
+            self.log(f"{name}: {st.kept_texts} texts kept of {st.selected} selected ({st.requested} requested), "
+                     f"{st.dropped_short} dropped < {d.min_tokens} tokens, {st.truncated} truncated, "
+                     f"{st.tokens} scored tokens, fingerprint {p.fingerprint}")
+            if st.selected < st.requested:
+                self.log(f"warning: {name}: the source has only {st.selected} usable texts, {st.requested} requested")
+            if st.kept_texts < d.min_kept_texts:
+                raise HarnessError(f"{name}: only {st.kept_texts} texts survive the rules ({st.selected} selected, "
+                                   f"{st.dropped_short} under {d.min_tokens} tokens); min_kept_texts is "
+                                   f"{d.min_kept_texts}. Raise n_texts or check the data source.")
+            self._prepared[name] = p
+        return self._prepared[name]
+
+    # ---- quantization -------------------------------------------------------
+    def recipe(self):
+        if self._recipe is None:
+            from harness.recipes import load_recipe
+
+            self._recipe = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
+        return self._recipe
+
+    def calibration(self):
+        from harness.config import CalibrationSpec
+
+        merged = {**self.recipe().calibration.model_dump(), **self.cfg.calibration}
+        try:
+            cal = CalibrationSpec.model_validate(merged)
+        except Exception as e:  # pydantic ValidationError
+            raise HarnessError(f"calibration override in {self.cfg.source_path}: {e}") from None
+        if cal.data_files is not None:
+            cal.data_files = ([self.cfg.resolve(f) for f in cal.data_files] if isinstance(cal.data_files, list)
+                              else self.cfg.resolve(cal.data_files))
+        return cal
+
+    def checkpoint(self) -> tuple[Path, dict]:
+        """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
+        if self._checkpoint is None:
+            from harness import quantize as q
+            from harness.checkpoint import check_shards, require_scheme
+            from harness.ckpt_cache import CheckpointCache, cache_key, interpreter_versions
+
+            recipe = self.recipe()
+            cal = self.calibration()
+            m = self.cfg.model
+            model_path = self.cfg.resolve(m.path)
+            versions = interpreter_versions(self.interp)
+            key, material = cache_key(model_path, m.revision, recipe.recipe_text, cal.model_dump(), versions)
+            cache = CheckpointCache(self.cfg.cache_path())
+
+            def build(tmp: Path) -> dict:
+                spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
+                                   recipe=recipe.recipe_text, calibration=q.CalibrationSpec(**cal.model_dump()),
+                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code)
+                info = q.run_quantization(spec, self.interp, Path(str(tmp) + ".log"), log=self.log)
+                check_shards(tmp)
+                require_scheme(tmp, recipe.scheme)
+                return {k: v for k, v in info.items() if k != "spec"}
+
+            t0 = time.time()
+            path, hit = cache.get_or_build(key, material, build, log=self.log)
+            import json
+
+            built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
+            info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
+                    "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
+            self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
+            self._checkpoint = (path, info)
+        return self._checkpoint
+
+    # ---- scoring ------------------------------------------------------------
+    def _engine(self, precision: str):
+        from harness.backends import EngineSpec, backend_class
+
+        m = self.cfg.model
+        if precision == "bf16":
+            model = self.cfg.resolve(m.path)
+        else:
+            model = str(self.checkpoint()[0])
+
+        def make():
+            spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
+                              tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
+                              engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size)
+            eng = backend_class(self.backend)(spec)
+            self._engine_info[precision] = eng.info()
+            return eng
+
+        return self.engines.get((self.backend, precision, model), make)
+
+    def score(self, name: str, precision: str = "nvfp4") -> DatasetScore:
+        key = (name, precision)
+        if key not in self._scores:
+            prep = self.prepared(name)
+            eng = self._engine(precision)
+            self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
+                     f"with {self.backend}/{precision}")
+            t0 = time.time()
+            res = eng.loglikelihood_rolling(prep.token_ids)
+            s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
+                             eval_s=time.time() - t0)
+            self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
+            if precision != "bf16":
+                self._check_kernel(precision)
+            self._scores[key] = s
+        return self._scores[key]
+
+    def engine_info(self, precision: str) -> dict:
+        return self._engine_info.get(precision, {})
+
+    def _check_kernel(self, precision: str) -> None:
+        want = self.cfg.require_kernel
+        got = self.engine_info(precision).get("kernel", "?")
+        if want and want.lower() not in got.lower():
+            raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper set "
+                               "linear_backend: emulation for W4A4, or drop require_kernel")
+
+    # ---- baselines ----------------------------------------------------------
+    def baseline(self, name: str) -> Baseline:
+        if self.update_mode and not self._updated:
+            self.update_baselines()
+        b = self.store.load(self.cfg.name, name)
+        check_data_matches(b, self.prepared(name), where=f"{self.store.path(self.cfg.name, name)}")
+        return b
+
+    def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
+        """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
+        names = names or self.dataset_names
+        new: list[Baseline] = []
+        for n in names:
+            prep = self.prepared(n)
+            s = self.score(n, "bf16")
+            new.append(self.make_baseline(n, prep, s))
+        self.engines.close()
+        pairs = []
+        for b in new:
+            old = None
+            if self.store.exists(b.model, b.dataset):
+                try:
+                    old = BaselineStore(self.store.root).load(b.model, b.dataset)
+                except BaselineError as e:
+                    self.log(f"replacing unreadable baseline: {e}")
+            if old and old.fingerprint != b.fingerprint and not self.force:
+                raise BaselineError(
+                    f"{self.store.path(b.model, b.dataset)}: data fingerprint changed {old.fingerprint} -> "
+                    f"{b.fingerprint} (tokenizer, dataset revision or rules differ); nothing was written. "
+                    "Re-run with --force to accept the new data.")
+            pairs.append((old, b))
+        for _, b in pairs:
+            p = self.store.write(b)
+            self.log(f"wrote baseline {p}")
+        self.baseline_updates = pairs
+        self._updated = True
+        return pairs
+
+    def make_baseline(self, name: str, prep: PreparedDataset, s: DatasetScore) -> Baseline:
+        info = self.engine_info("bf16")
+        m = self.cfg.model
+        prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
+                "dtype": info.get("dtype"), "max_model_len": m.max_model_len, "engine_kwargs": info.get("engine_kwargs"),
+                "model_path": m.path, "revision": m.revision, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
+        return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,
+                        kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint,
+                        doc_nll_sums=[round(x, 6) for x in s.nll_sums], doc_tokens=list(s.n_tokens),
+                        data={**asdict(prep.stats), "rules": prep.rules, "tokenizer": prep.tokenizer_id,
+                              "source": prep.source}, provenance=prov)
+
+    # ---- comparison ---------------------------------------------------------
+    def comparison(self, name: str) -> Comparison:
+        b = self.baseline(name)
+        s = self.score(name)
+        c = compare(name, (b.nll, b.tokens), (s.nll, s.tokens))
+        if b.has_documents:
+            t = self.cfg.thresholds
+            c.interval = paired_bootstrap({name: (b.doc_nll_sums, b.doc_tokens)}, {name: (s.nll_sums, s.n_tokens)},
+                                          samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+        return c
+
+    def overall(self) -> Comparison:
+        names = self.dataset_names
+        bs = {n: self.baseline(n) for n in names}
+        ss = {n: self.score(n) for n in names}
+        ref = overall_nll({n: (b.nll, b.tokens) for n, b in bs.items()})
+        mod = overall_nll({n: (s.nll, s.tokens) for n, s in ss.items()})
+        c = compare("overall", ref, mod)
+        if all(b.has_documents for b in bs.values()):
+            t = self.cfg.thresholds
+            c.interval = paired_bootstrap({n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()},
+                                          {n: (s.nll_sums, s.n_tokens) for n, s in ss.items()},
+                                          samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+        return c
+
+    def threshold(self, name: str | None) -> float:
+        if self.min_score is not None:
+            return self.min_score
+        rt = self.recipe().thresholds
+        cfg_t = self.cfg.thresholds
+        key = name or "overall"
+        if name and name in cfg_t.datasets:
+            return cfg_t.datasets[name]
+        if key in rt:
+            return rt[key]
+        return cfg_t.overall if name is None else cfg_t.datasets.get(name, rt.get("overall", cfg_t.overall))
+
+    def outcome(self, name: str | None) -> Outcome:
+        c = self.overall() if name is None else self.comparison(name)
+        use_lower = self.cfg.thresholds.use == "lower" and c.interval is not None
+        value = c.interval.low if use_lower else c.score
+        if not math.isfinite(value):
+            raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
+        thr = self.threshold(name)
+        return Outcome(name=c.name, comparison=c, threshold=thr, gated_value=value, passed=value >= thr)
+
+    def verdict(self) -> Verdict:
+        outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
+        notes = []
+        for n in self.dataset_names:
+            if not self.store.load(self.cfg.name, n).has_documents:
+                notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
+        return Verdict(outs, notes)
+
+    def close(self) -> None:
+        self.engines.close()
+
+
+def git_commit(root: str | None) -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root or ".", capture_output=True, text=True,
+                           timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

@@ -1,0 +1,128 @@
+"""NLL / PPL math, token-weighted overall, relative score and a paired bootstrap. Pure Python + numpy.
+
+Definitions (the reference study's):
+- per document: NLL sum over every token but the first, and the count of those tokens;
+- per dataset: NLL = sum of NLL sums / sum of counts (mean over tokens), PPL = exp(NLL);
+- overall: the datasets' NLLs weighted by token count, i.e. pooled sums / pooled counts;
+- relative score = PPL_bf16 / PPL_model x 100 (BF16 = 100; lower PPL than BF16 scores above 100).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+
+@dataclass
+class DatasetScore:
+    """Per-document NLL sums and token counts of one dataset, and what follows from them."""
+
+    nll_sums: list[float]
+    n_tokens: list[int]
+    eval_s: float | None = None
+
+    def __post_init__(self):
+        if len(self.nll_sums) != len(self.n_tokens):
+            raise ValueError("nll_sums and n_tokens differ in length")
+
+    @property
+    def tokens(self) -> int:
+        return int(sum(self.n_tokens))
+
+    @property
+    def nll(self) -> float:
+        return nll(self.nll_sums, self.n_tokens)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.eval_s if self.eval_s else None
+
+
+def nll(nll_sums: Sequence[float], n_tokens: Sequence[int]) -> float:
+    total = sum(n_tokens)
+    if total <= 0:
+        raise ValueError("no scored tokens")
+    return float(sum(nll_sums)) / total
+
+
+def ppl(nll_value: float) -> float:
+    return math.exp(nll_value)
+
+
+def overall_nll(parts: Mapping[str, tuple[float, int]]) -> tuple[float, int]:
+    """Token-weighted NLL over datasets given {name: (nll, tokens)}; returns (nll, tokens)."""
+    tokens = sum(t for _, t in parts.values())
+    if tokens <= 0:
+        raise ValueError("no scored tokens")
+    return sum(n * t for n, t in parts.values()) / tokens, tokens
+
+
+def relative_score(ppl_bf16: float, ppl_model: float) -> float:
+    """PPL_bf16 / PPL_model x 100."""
+    return ppl_bf16 / ppl_model * 100.0
+
+
+@dataclass
+class Interval:
+    low: float
+    high: float
+    confidence: float
+    samples: int
+    seed: int
+
+
+@dataclass
+class Comparison:
+    """One dataset (or the overall pool): BF16 reference vs the quantized model."""
+
+    name: str
+    ppl_ref: float
+    ppl_model: float
+    nll_ref: float
+    nll_model: float
+    tokens: int
+    score: float
+    interval: Interval | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def compare(name: str, ref: tuple[float, int], model: tuple[float, int]) -> Comparison:
+    (n_ref, t_ref), (n_mod, t_mod) = ref, model
+    return Comparison(name=name, ppl_ref=math.exp(n_ref), ppl_model=math.exp(n_mod), nll_ref=n_ref, nll_model=n_mod,
+                      tokens=t_mod, score=relative_score(math.exp(n_ref), math.exp(n_mod)))
+
+
+def paired_bootstrap(ref: Mapping[str, tuple[Sequence[float], Sequence[int]]],
+                     model: Mapping[str, tuple[Sequence[float], Sequence[int]]],
+                     samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Confidence interval of the relative score, resampling documents with replacement.
+
+    Paired: the same resampled documents enter the reference and the model sums. With several datasets each one is
+    resampled separately (stratified), then pooled, so the token weighting of the overall score is kept.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    log_ratio = np.zeros(samples)
+    tot_tokens = np.zeros(samples)
+    diff_sum = np.zeros(samples)
+    for name in ref:
+        r_sums = np.asarray(ref[name][0], dtype=np.float64)
+        m_sums = np.asarray(model[name][0], dtype=np.float64)
+        counts = np.asarray(model[name][1], dtype=np.float64)
+        if len(r_sums) != len(m_sums):
+            raise ValueError(f"{name}: {len(r_sums)} reference vs {len(m_sums)} model documents: cannot pair")
+        n = len(r_sums)
+        idx = rng.integers(0, n, size=(samples, n))
+        diff_sum += (r_sums - m_sums)[idx].sum(axis=1)
+        tot_tokens += counts[idx].sum(axis=1)
+    # score = exp(nll_ref - nll_model) * 100 on pooled sums
+    log_ratio = diff_sum / tot_tokens
+    scores = np.exp(log_ratio) * 100.0
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(scores, [a, 1 - a])
+    return Interval(low=float(lo), high=float(hi), confidence=confidence, samples=samples, seed=seed)

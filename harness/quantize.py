@@ -1,0 +1,191 @@
+"""Quantization step: llm-compressor ``oneshot`` -> compressed-tensors checkpoint.
+
+Runs in its own interpreter, because vLLM and llm-compressor pin conflicting compressed-tensors versions:
+
+    python -m harness.quantize --spec spec.json
+
+The parent (``run_quantization``) writes the spec, starts the quantization interpreter (``--quant-python`` /
+``HARNESS_QUANT_PYTHON``, extra ``PYTHONPATH`` via ``--quant-pythonpath`` / ``HARNESS_QUANT_PYTHONPATH``), and
+moves the finished checkpoint into the content-addressed cache only when the child succeeded (``harness.ckpt_cache``).
+This module imports nothing heavy at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+SPEC_VERSION = 1
+MARKER = "harness_quantization.json"
+
+
+@dataclass
+class CalibrationSpec:
+    path: str                      # hub id or builder name ("parquet", "json")
+    split: str
+    samples: int
+    max_seq_len: int
+    seed: int
+    name: str | None = None
+    revision: str | None = None
+    data_files: str | list[str] | None = None
+    text_field: str = "messages"   # "messages" (chat) or "text"
+
+
+@dataclass
+class QuantSpec:
+    model: str                     # hub id or local dir
+    recipe: str                    # llm-compressor recipe YAML text
+    calibration: CalibrationSpec
+    output_dir: str
+    revision: str | None = None
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+    offline: bool = False
+    spec_version: int = SPEC_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantSpec":
+        d = json.loads(text)
+        d["calibration"] = CalibrationSpec(**d["calibration"])
+        return cls(**d)
+
+
+def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
+    """Calibration rows as text: chat template where the tokenizer has one, else one `role: content` line a message."""
+    from harness.data import load_rows, messages_to_text
+
+    c = spec.calibration
+    rows = load_rows(c.path, name=c.name, split=c.split, revision=c.revision, data_files=c.data_files)
+    rows = rows.shuffle(seed=c.seed).select(range(min(c.samples, len(rows))))
+    out = []
+    for row in rows:
+        if c.text_field == "messages":
+            msgs = row["messages"]
+            if getattr(tokenizer, "chat_template", None):
+                out.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+            else:
+                out.append(messages_to_text(msgs))
+        else:
+            out.append(row[c.text_field])
+    return [t for t in out if t.strip()]
+
+
+def run_oneshot(spec: QuantSpec, log=print) -> dict:
+    """In-process quantization (this is what the child interpreter runs)."""
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(spec.tokenizer or spec.model, revision=spec.revision,
+                                        trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(spec.model, revision=spec.revision, dtype=torch.bfloat16,
+                                                 trust_remote_code=spec.trust_remote_code)
+    texts = calibration_texts(spec, tok)
+    if not texts:
+        raise HarnessError(f"calibration dataset {spec.calibration.path!r} split {spec.calibration.split!r} gave no text")
+    c = spec.calibration
+    enc = tok(texts, max_length=c.max_seq_len, truncation=True, add_special_tokens=False)
+    ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    log(f"calibration: {len(ds)} samples, max_seq_len {c.max_seq_len}, seed {c.seed}")
+    torch.manual_seed(c.seed)
+    oneshot(model=model, dataset=ds, recipe=spec.recipe, max_seq_length=c.max_seq_len,
+            num_calibration_samples=len(ds), pipeline="basic" if spec.extra.get("basic_pipeline") else "independent")
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, save_compressed=True)
+    tok.save_pretrained(out)
+    info = {"quantize_s": round(time.time() - t0, 2), "calibration_samples": len(ds), "versions": quant_versions()}
+    (out / MARKER).write_text(json.dumps({"spec": asdict(spec), **info}, indent=1) + "\n")
+    return info
+
+
+def quant_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("llmcompressor", "compressed-tensors", "transformers", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@dataclass
+class QuantInterpreter:
+    """Which Python runs llm-compressor, with what extra import path."""
+
+    python: str = sys.executable
+    pythonpath: str | None = None
+
+    @classmethod
+    def from_env(cls, python: str | None = None, pythonpath: str | None = None) -> "QuantInterpreter":
+        return cls(python=python or os.environ.get("HARNESS_QUANT_PYTHON") or sys.executable,
+                   pythonpath=pythonpath if pythonpath is not None else os.environ.get("HARNESS_QUANT_PYTHONPATH"))
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # so `-m harness.quantize` imports this very harness
+        parts = [root] + ([self.pythonpath] if self.pythonpath else [])
+        # the quantization interpreter gets its own path: the caller's PYTHONPATH may hold vLLM's compressed-tensors
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return env
+
+    def describe(self) -> str:
+        return f"{self.python}" + (f" (PYTHONPATH={self.pythonpath})" if self.pythonpath else "")
+
+
+def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, log=print) -> dict:
+    """Run ``python -m harness.quantize`` in the quantization interpreter; raise HarnessError on any failure."""
+    spec_path = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".spec.json")
+    spec_path.write_text(json.dumps(asdict(spec), indent=1))
+    cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
+    log(f"quantizing {spec.model} in {interp.describe()}")
+    try:
+        with open(log_path, "w") as logf:
+            proc = subprocess.run(cmd, env=interp.env(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as e:
+        raise HarnessError(
+            f"quantization interpreter not found: {interp.python!r} ({e.strerror}). Set --quant-python / "
+            "HARNESS_QUANT_PYTHON to a Python that has llmcompressor installed."
+        ) from None
+    finally:
+        spec_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise HarnessError(
+            f"quantization failed (exit {proc.returncode}) in {interp.describe()}; log: {log_path}\n--- last lines ---\n{tail}"
+        )
+    marker = Path(spec.output_dir) / MARKER
+    if not marker.exists():
+        raise HarnessError(f"quantization exited 0 but wrote no {MARKER} in {spec.output_dir}; log: {log_path}")
+    return json.loads(marker.read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.quantize", description="Run one llm-compressor oneshot from a spec file.")
+    p.add_argument("--spec", required=True, type=Path, help="JSON spec written by harness (QuantSpec)")
+    a = p.parse_args(argv)
+    spec = QuantSpec.from_json(a.spec.read_text())
+    info = run_oneshot(spec)
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

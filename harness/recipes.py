@@ -1,0 +1,51 @@
+"""Recipes as data: ``recipes/<name>.yaml`` holds an llm-compressor recipe plus harness metadata."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from harness.config import CalibrationSpec, Strict, format_validation_error
+from harness.errors import ConfigError, unknown_name
+
+
+class RecipeFile(Strict):
+    name: str
+    description: str = ""
+    scheme: str = Field(description="scheme the checkpoint must have: NVFP4, NVFP4A16, ... (checked after quantizing)")
+    recipe: str | dict[str, Any] = Field(description="llm-compressor recipe (YAML text or mapping) for oneshot(recipe=...)")
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    thresholds: dict[str, float] = Field(default_factory=dict, description="overall / per-dataset min scores")
+    models: list[str] = Field(default_factory=list, description="config names it applies to (empty: all)")
+    default: bool = Field(True, description="part of the default recipe set (negative controls are not)")
+
+    @property
+    def recipe_text(self) -> str:
+        return self.recipe if isinstance(self.recipe, str) else yaml.safe_dump(self.recipe, sort_keys=False)
+
+
+def recipe_names(recipes_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(recipes_dir).glob("*.yaml"))
+
+
+def load_recipe(recipes_dir: Path, name: str) -> RecipeFile:
+    path = Path(recipes_dir) / f"{name}.yaml"
+    if not path.exists():
+        raise unknown_name("recipe", name, recipe_names(recipes_dir))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path}: not valid YAML: {e}") from None
+    try:
+        r = RecipeFile.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, RecipeFile, str(path))) from None
+    if r.name != name:
+        raise ConfigError(f"recipe {path}: name {r.name!r} differs from the file name {name!r}")
+    try:
+        yaml.safe_load(r.recipe_text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path}: the llm-compressor recipe is not valid YAML: {e}") from None
+    return r

@@ -1,0 +1,214 @@
+"""Reports: timestamped JSON (the source of truth), a Markdown report, an SVG bar chart, and the run's log.
+
+A report folder is written under a temp name and renamed into place at the end, so an interrupted run leaves no
+half report. ``render_markdown`` works from the JSON alone, so ``harness report run.json`` re-renders old runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+REPORT_SCHEMA = 1
+
+
+def build_report(session, verdict) -> dict:
+    """Collect everything a reader needs from a finished GateSession."""
+    from harness.checkpoint import disk_size
+
+    cfg = session.cfg
+    ckpt, ckpt_info = session.checkpoint()
+    q_info = session.engine_info("nvfp4")
+    datasets = []
+    for name in session.dataset_names:
+        b = session.baseline(name)
+        s = session.score(name)
+        prep = session.prepared(name)
+        c = session.comparison(name)
+        datasets.append({
+            "dataset": name,
+            "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
+                     "eval_s": b.provenance.get("eval_s"), "backend": b.provenance.get("backend"),
+                     "device": b.provenance.get("device"), "date": b.provenance.get("date")},
+            "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
+                      "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s},
+            "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
+            "data": prep.summary(),
+        })
+    o = session.overall()
+    bf16_path = Path(cfg.resolve(cfg.model.path))
+    return {
+        "schema_version": REPORT_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": cfg.source_path, "model": cfg.name, "model_path": cfg.model.path, "recipe": session.recipe_name,
+        "scheme": ckpt_info.get("scheme"), "backend": session.backend,
+        "kernel": q_info.get("kernel"), "engine": q_info,
+        "max_model_len": cfg.model.max_model_len,
+        "datasets": datasets,
+        "overall": {"bf16": {"ppl": o.ppl_ref, "nll": o.nll_ref, "tokens": o.tokens},
+                    "nvfp4": {"ppl": o.ppl_model, "nll": o.nll_model, "tokens": o.tokens},
+                    "score": o.score, "interval": _interval(o), "threshold": session.threshold(None)},
+        "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
+        "checkpoints": {"bf16": {"path": str(bf16_path), "bytes": disk_size(bf16_path) if bf16_path.is_dir() else None},
+                        "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
+        "baseline_updates": [{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)}
+                             for old, new in session.baseline_updates],
+        "wall_s": round(time.time() - session.started, 1),
+    }
+
+
+def _interval(c) -> dict | None:
+    i = c.interval
+    return None if i is None else {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples}
+
+
+def _brief(b) -> dict | None:
+    if b is None:
+        return None
+    return {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts, "fingerprint": b.fingerprint,
+            "backend": b.provenance.get("backend"), "device": b.provenance.get("device"), "date": b.provenance.get("date")}
+
+
+def _fmt(v, nd=4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def dataset_table(rep: dict) -> str:
+    lines = ["| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for d in rep["datasets"]:
+        for prec in ("bf16", "nvfp4"):
+            r = d[prec]
+            label = "BF16" if prec == "bf16" else f"NVFP4 ({rep.get('kernel') or '?'})"
+            lines.append(f"| {d['dataset']} | {label} | {_fmt(r['ppl'], 6)} | {_fmt(r['nll'], 6)} | {r['tokens']} | "
+                         f"{r['kept_texts']} | {_fmt(r.get('eval_s'), 2)} |")
+    return "\n".join(lines)
+
+
+def overall_table(rep: dict) -> str:
+    o = rep["overall"]
+    ci = o.get("interval")
+    ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "- (no per-document NLLs)"
+    lines = ["| precision | PPL | NLL | tokens | relative score | 95% CI | min |", "|---|---:|---:|---:|---:|---|---:|",
+             f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
+             f"| NVFP4 | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
+             f"{o['score']:.2f} | {ci_s} | {o['threshold']:.2f} |"]
+    per = ["", "| dataset | relative score | 95% CI | min |", "|---|---:|---|---:|"]
+    for d in rep["datasets"]:
+        ci = d.get("interval")
+        ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "-"
+        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {d['threshold']:.2f} |")
+    return "\n".join(lines + per)
+
+
+def render_markdown(rep: dict) -> str:
+    ck = rep["checkpoints"]
+    verdict = "PASSED" if rep["gate"]["passed"] else "FAILED"
+    parts = [
+        f"# NVFP4 quality gate: {rep['model']} / {rep['recipe']}: {verdict}",
+        "",
+        f"- created: {rep['created']}; config: `{rep['config']}`",
+        f"- backend: {rep['backend']}; NVFP4 kernel: **{rep.get('kernel') or '?'}**; max_model_len {rep['max_model_len']}",
+        f"- checkpoints on disk: BF16 {_size(ck['bf16']['bytes'])}, NVFP4 {_size(ck['nvfp4']['bytes'])}"
+        f" (quantization {'cache hit' if ck['nvfp4'].get('cache_hit') else 'built'}"
+        f"{', ' + str(ck['nvfp4'].get('quantize_s')) + ' s' if ck['nvfp4'].get('quantize_s') else ''})",
+        f"- gate on: {'bootstrap lower bound' if rep['gate']['use'] == 'lower' else 'point estimate'}",
+        "",
+        "## Per dataset",
+        "",
+        dataset_table(rep),
+        "",
+        "## Overall (token-weighted)",
+        "",
+        overall_table(rep),
+        "",
+        "![relative score](chart.svg)",
+        "",
+        "## Verdict",
+        "",
+        "```",
+        rep["gate"]["summary"],
+        "```",
+    ]
+    if rep.get("baseline_updates"):
+        parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
+    return "\n".join(parts) + "\n"
+
+
+def baseline_diff_table(updates: list[dict]) -> str:
+    lines = ["| dataset | field | old | new |", "|---|---|---|---|"]
+    for u in updates:
+        old, new = u["old"] or {}, u["new"]
+        for k in ("ppl", "nll", "tokens", "kept_texts", "fingerprint", "backend", "device", "date"):
+            o, n = old.get(k), new.get(k)
+            mark = "" if o == n else " *"
+            lines.append(f"| {u['dataset']} | {k}{mark} | {_fmt(o, 6)} | {_fmt(n, 6)} |")
+    return "\n".join(lines)
+
+
+def write_chart(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d["dataset"] for d in rep["datasets"]] + ["overall"]
+    scores = [d["score"] for d in rep["datasets"]] + [rep["overall"]["score"]]
+    cis = [d.get("interval") for d in rep["datasets"]] + [rep["overall"].get("interval")]
+    thr = [d["threshold"] for d in rep["datasets"]] + [rep["overall"]["threshold"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    colors = ["#4c9a2a" if s >= t else "#c0392b" for s, t in zip(scores, thr)]
+    bars = ax.bar(names, scores, color=colors)
+    for i, ci in enumerate(cis):
+        if ci:
+            ax.errorbar(i, scores[i], yerr=[[scores[i] - ci["low"]], [ci["high"] - scores[i]]], color="black", capsize=4)
+        ax.hlines(thr[i], i - 0.4, i + 0.4, colors="black", linestyles="dashed")
+    ax.axhline(100, color="grey", linewidth=0.8)
+    lo = min(min(scores), min(thr), *(c["low"] for c in cis if c)) - 0.5
+    hi = max(100.5, max(scores) + 0.5, *(c["high"] + 0.2 for c in cis if c))
+    ax.set_ylim(lo, hi)
+    ax.bar_label(bars, labels=[f"{s:.2f}" for s in scores])
+    ax.set_ylabel("relative score (BF16 = 100)")
+    ax.set_title(f"{rep['model']} / {rep['recipe']} ({rep.get('kernel') or rep['backend']})")
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
+    plt.close(fig)
+
+
+def write_report(rep: dict, reports_dir: Path, log_lines: list[str]) -> Path:
+    """Write JSON + Markdown + SVG + log into reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    final = reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}"
+    n = 1
+    while final.exists():
+        n += 1
+        final = reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}-{n}"
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=reports_dir))
+    try:
+        (tmp / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
+        write_chart(rep, tmp / "chart.svg")
+        (tmp / "report.md").write_text(render_markdown(rep))
+        (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

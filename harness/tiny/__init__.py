@@ -1,0 +1,49 @@
+"""The embedded tiny default: a self-built 2-layer Qwen2 model (shipped in ``model/``) and a seeded corpus.
+
+``builtin:tiny`` -> the model dir; ``builtin:corpus/<file>`` -> a file of the synthetic corpus, generated on first
+use into the cache (``$HARNESS_CACHE`` or ``~/.cache/harness``); generation is deterministic and takes < 1 s.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+
+
+def corpus_dir() -> Path:
+    from harness.tiny.corpus import CORPUS_VERSION, write_corpus
+
+    final = cache_root() / f"tiny-corpus-v{CORPUS_VERSION}"
+    if (final / "VERSION").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".corpus-", dir=final.parent))
+    try:
+        write_corpus(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race: its copy is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def builtin_path(name: str) -> Path:
+    if name == "tiny":
+        if not (MODEL_DIR / "config.json").exists():
+            raise ConfigError(f"the embedded tiny model is missing at {MODEL_DIR}; rebuild it with "
+                              "`python -m harness.tiny.build`")
+        return MODEL_DIR
+    if name.startswith("corpus/"):
+        return corpus_dir() / name[len("corpus/"):]
+    raise ConfigError(f"unknown builtin path 'builtin:{name}'; known: builtin:tiny, builtin:corpus/<file>")
