@@ -1,0 +1,49 @@
+"""The vLLM gate on the H200: quantize in the quantization interpreter, score in this one, compare, report."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.gate import GateSession
+from harness.report import build_report, write_report
+
+pytestmark = pytest.mark.gpu
+
+KERNELS = {"auto": "Marlin W4A16", "emulation": "emulation W4A4"}
+
+
+def _nvfp4_session(gpu_cfg, linear_backend):
+    cfg = gpu_cfg.model_copy(deep=True)
+    kw = cfg.model.engine.setdefault("nvfp4", {}).setdefault("vllm", {})
+    if linear_backend != "auto":
+        kw["linear_backend"] = linear_backend
+    return GateSession(cfg, backend="vllm")
+
+
+@pytest.mark.parametrize("linear_backend", ["auto", "emulation"])
+def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, linear_backend, gpu_results, benchmark):
+    s = _nvfp4_session(gpu_cfg, linear_backend)
+    try:
+        path, qinfo = s.checkpoint()   # built by llm-compressor in the quantization interpreter
+        t0 = time.time()
+        benchmark.pedantic(lambda: [s.score(n) for n in s.dataset_names], rounds=1, iterations=1)
+        verdict = s.verdict()
+        info = s.engine_info("nvfp4")
+        # the normal gate never starts a BF16 engine
+        assert [k[1] for k in s.engines.opened] == ["nvfp4"], s.engines.opened
+        assert KERNELS[linear_backend] in info["kernel"], info
+        rep = build_report(s, verdict)
+        out = write_report(rep, s.cfg.path_of("reports_dir"), s.log_lines)
+    finally:
+        s.close()
+    benchmark.extra_info.update(kernel=info["kernel"], score=rep["overall"]["score"],
+                                engine_start_s=info["engine_start_s"], score_s=round(time.time() - t0, 2))
+    gpu_results(f"tiny_nvfp4_{linear_backend}", {
+        "kernel": info["kernel"], "kernel_classes": info["kernel_classes"], "report": str(out),
+        "overall_score": rep["overall"]["score"], "overall_interval": rep["overall"]["interval"],
+        "datasets": {d["dataset"]: {"ppl": d["nvfp4"]["ppl"], "score": d["score"], "tokens_per_s": d["nvfp4"]["tokens_per_s"]}
+                     for d in rep["datasets"]},
+        "quantize": qinfo, "engine_start_s": info["engine_start_s"]})
+    assert verdict.passed, verdict.summary()
+    assert rep["overall"]["score"] < 100.0, "NVFP4 must cost something on the tiny model"
