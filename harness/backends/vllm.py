@@ -185,11 +185,12 @@ def doc_result(prompt_logprobs, ids: Sequence[int]) -> DocResult:
     if prompt_logprobs is None:
         raise BackendError("vllm returned no prompt_logprobs (is prompt_logprobs set and max_logprobs >= 0?)")
     n = len(ids)
-    if len(prompt_logprobs) != n:
-        raise BackendError(f"vllm returned prompt_logprobs for {len(prompt_logprobs)} positions, prompt has {n}")
+    flat = hasattr(prompt_logprobs, "start_indices")
+    npos = len(prompt_logprobs.start_indices) if flat else len(prompt_logprobs)
+    if npos != n:
+        raise BackendError(f"vllm returned prompt_logprobs for {npos} positions, prompt has {n}")
     total = 0.0
     count = 0
-    flat = hasattr(prompt_logprobs, "start_indices")
     for i in range(1, n):
         tok = ids[i]
         lp = None
