@@ -130,6 +130,7 @@ def render_markdown(rep: dict) -> str:
         f" (quantization {'cache hit' if ck['nvfp4'].get('cache_hit') else 'built'}"
         f"{', ' + str(ck['nvfp4'].get('quantize_s')) + ' s' if ck['nvfp4'].get('quantize_s') else ''})",
         f"- gate on: {'bootstrap lower bound' if rep['gate']['use'] == 'lower' else 'point estimate'}",
+        *kernel_notes(rep.get("kernel") or ""),
         "",
         "## Per dataset",
         "",
@@ -150,6 +151,16 @@ def render_markdown(rep: dict) -> str:
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
     return "\n".join(parts) + "\n"
+
+
+def kernel_notes(kernel: str) -> list[str]:
+    if "W4A16" in kernel:
+        return ["- **note:** Marlin W4A16 leaves activations in 16 bit: this measures weight-only fidelity. For W4A4 "
+                "fidelity on Hopper set `linear_backend: emulation` (or `require_kernel: W4A4` to refuse this run)."]
+    if "emulation" in kernel:
+        return ["- note: W4A4 emulation: the NVFP4 numerics of Blackwell's native kernels, computed in higher precision "
+                "on this GPU; accuracy is comparable, speed is not."]
+    return []
 
 
 def baseline_diff_table(updates: list[dict]) -> str:

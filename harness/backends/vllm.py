@@ -95,6 +95,7 @@ class VLLMBackend(Backend):
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its set-up took ~100 s on a fresh host
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the caller may have touched CUDA already
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # lets apply_model read the kernel names
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")

@@ -46,4 +46,5 @@ def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, linear_backend, gpu_resul
                      for d in rep["datasets"]},
         "quantize": qinfo, "engine_start_s": info["engine_start_s"]})
     assert verdict.passed, verdict.summary()
-    assert rep["overall"]["score"] < 100.0, "NVFP4 must cost something on the tiny model"
+    if linear_backend == "emulation":  # W4A4: activations quantized too, so the tiny model must pay for it
+        assert rep["overall"]["interval"]["high"] < 100.0, rep["overall"]
