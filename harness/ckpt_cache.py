@@ -97,6 +97,12 @@ class CheckpointCache:
     def entry(self, key: str) -> Path:
         return self.root / key
 
+    def log_path(self, key: str) -> Path:
+        """Quantization logs live beside the cache (kept after failures, so error messages can point at them)."""
+        d = self.root.parent / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
     def get_or_build(self, key: str, material: dict, build, log=print) -> tuple[Path, bool]:
         """Return (path, hit). ``build(tmp_dir)`` must fill tmp_dir; it is moved into place only if it returns."""
         final = self.entry(key)

@@ -191,7 +191,10 @@ def format_validation_error(e: ValidationError, model: type[BaseModel], source: 
         elif err["type"] == "missing":
             lines.append(f"  {loc}: required key missing")
         else:
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            inp = err.get("input")
+            got = "" if isinstance(inp, (dict, list)) else f" (got {inp!r})"
+            lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
 
 

@@ -213,7 +213,8 @@ class GateSession:
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
                                    recipe=recipe.recipe_text, calibration=q.CalibrationSpec(**cal.model_dump()),
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code)
-                info = q.run_quantization(spec, self.interp, Path(str(tmp) + ".log"), log=self.log)
+                log_path = cache.log_path(key)
+                info = q.run_quantization(spec, self.interp, log_path, log=self.log)
                 check_shards(tmp)
                 require_scheme(tmp, recipe.scheme)
                 return {k: v for k, v in info.items() if k != "spec"}

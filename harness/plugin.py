@@ -120,12 +120,27 @@ def _gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selection, so `pytest -m gpu` picks up vLLM gate tests
 def pytest_collection_modifyitems(config, items):
+    gate_items = [i for i in items if i.get_closest_marker("harness_gate")]
+    if gate_items:
+        state = config._harness
+        backend = config.getoption("backend") or _config_backend(state)
+        if backend == "vllm":
+            for item in gate_items:
+                item.add_marker(pytest.mark.gpu)
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if gpu_items and not _gpu_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU: none visible (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def _config_backend(state) -> str | None:
+    try:
+        return state.cfg.backend
+    except HarnessError:
+        return None  # reported by the fixtures, with the message
 
 
 def pytest_generate_tests(metafunc):

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.backends import DocResult, backend_class, check_results
+from harness.backends.vllm import doc_result, is_oom, kernel_label, oom_error, split_kwargs
+from harness.errors import BackendError, ConfigError
+
+
+def test_registry_lists_known_backends():
+    with pytest.raises(ConfigError, match="known backends: hf, vllm"):
+        backend_class("trt")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (DocResult(float("nan"), 3), "non-finite"),
+    (DocResult(-math.inf, 3), "non-finite"),
+    (DocResult(-1.0, 2), "missing prompt logprobs"),
+])
+def test_nan_inf_and_missing_logprobs_fail_loudly(bad, message):
+    docs = [[1, 2, 3, 4]]
+    with pytest.raises(BackendError, match=message):
+        check_results([bad], docs, "x")
+    with pytest.raises(BackendError, match="returned 0 results for 1 documents"):
+        check_results([], docs, "x")
+
+
+class Flat:
+    def __init__(self, rows):
+        self.start_indices, self.end_indices, self.token_ids, self.logprobs = [], [], [], []
+        for row in rows:
+            self.start_indices.append(len(self.logprobs))
+            for t, lp in (row or {}).items():
+                self.token_ids.append(t)
+                self.logprobs.append(lp)
+            self.end_indices.append(len(self.logprobs))
+
+
+class LP:
+    def __init__(self, lp):
+        self.logprob = lp
+
+
+def test_vllm_prompt_logprobs_are_summed_from_position_one():
+    ids = [7, 8, 9]
+    assert doc_result(Flat([None, {8: -1.0}, {9: -0.5}]), ids) == DocResult(-1.5, 2)
+    assert doc_result([None, {8: LP(-1.0)}, {9: LP(-0.5), 3: LP(-0.1)}], ids) == DocResult(-1.5, 2)
+    with pytest.raises(BackendError, match="missing prompt logprob for token 9"):
+        doc_result(Flat([None, {8: -1.0}, {4: -0.5}]), ids)
+    with pytest.raises(BackendError, match="no prompt_logprobs"):
+        doc_result(None, ids)
+    with pytest.raises(BackendError, match="2 positions, prompt has 3"):
+        doc_result(Flat([None, {8: -1.0}]), ids)
+
+
+def test_vllm_kwargs_unknown_is_an_error_and_missing_in_this_vllm_is_dropped():
+    kept, dropped = split_kwargs({"swap_space": 16, "cpu_offload_gb": 220, "dtype": "bfloat16"},
+                                 {"cpu_offload_gb", "dtype"})
+    assert kept == {"cpu_offload_gb": 220, "dtype": "bfloat16"} and dropped == ["swap_space"]
+    with pytest.raises(ConfigError, match=r"unknown engine kwarg\(s\) \['tensor_paralel_size'\]"):
+        split_kwargs({"tensor_paralel_size": 2}, {"tensor_parallel_size"})
+    with pytest.raises(ConfigError, match="set by the harness"):
+        split_kwargs({"max_model_len": 4096}, {"max_model_len"})
+
+
+def test_kernel_labels():
+    assert kernel_label(["MarlinNvFp4LinearKernel"], "nvfp4") == "Marlin W4A16 (activations not quantized)"
+    assert kernel_label(["EmulationNvFp4LinearKernel"], "nvfp4") == "emulation W4A4"
+    assert kernel_label(["FlashInferCutlassNvFp4LinearKernel"], "nvfp4") == "native W4A4 (FlashInferCutlassNvFp4LinearKernel)"
+    assert kernel_label([], "bf16") == "dense bf16"
+
+
+def test_oom_error_names_the_knobs():
+    e = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert is_oom(e) and not is_oom(RuntimeError("shape mismatch"))
+    msg = str(oom_error(e, "starting the bf16 engine", {"gpu_memory_utilization": 0.9}))
+    for knob in ("gpu_memory_utilization", "max_num_batched_tokens", "tensor_parallel_size", "cpu_offload_gb"):
+        assert knob in msg
+
+
+def test_hf_backend_refuses_unknown_kwargs(root):
+    from harness.backends import EngineSpec
+
+    spec = EngineSpec(model=str(root / "harness/tiny/model"), precision="bf16", max_model_len=64,
+                      engine_kwargs={"gpu_memory_utilization": 0.5})
+    with pytest.raises(ConfigError, match=r"hf backend: unknown engine kwarg\(s\) \['gpu_memory_utilization'\]"):
+        backend_class("hf")(spec)
+
+
+def test_hf_backend_scores_each_token_once_and_batching_does_not_matter(root):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.backends import EngineSpec
+
+    path = str(root / "harness/tiny/model")
+    docs = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [20, 21, 22, 23]]
+    b = backend_class("hf")(EngineSpec(model=path, precision="bf16", max_model_len=64))
+    batched = b.loglikelihood_rolling(docs)
+    b.spec = EngineSpec(model=path, precision="bf16", max_model_len=64, batch_size=1)
+    one = b.loglikelihood_rolling(docs)
+    b.close()
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    for d, r, r1 in zip(docs, batched, one):
+        ids = torch.tensor([d])
+        with torch.no_grad():
+            lp = torch.log_softmax(m(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).sum()
+        assert r.n_tokens == len(d) - 1
+        assert r.logprob_sum == pytest.approx(lp.item(), abs=0.05)
+        assert r1.logprob_sum == pytest.approx(r.logprob_sum, abs=0.05)

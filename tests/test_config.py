@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from harness.config import load_config
+from harness.errors import ConfigError
+
+
+def _write(project, mutate) -> str:
+    cfg = yaml.safe_load((project / "configs/tiny.yaml").read_text())
+    mutate(cfg)
+    p = project / "configs/test.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
+def test_tiny_config_loads_and_resolves_builtin_paths(root):
+    cfg = load_config(root / "configs/tiny.yaml")
+    assert cfg.name == "tiny-qwen2" and set(cfg.datasets) == {"wikitext2", "ultrachat"}
+    assert cfg.resolve(cfg.model.path).endswith("harness/tiny/model")
+    assert cfg.path_of("baselines_dir") == root / "baselines"
+    assert cfg.resolve("Qwen/Qwen2.5-72B-Instruct") == "Qwen/Qwen2.5-72B-Instruct"  # hub ids pass through
+
+
+def test_unknown_key_names_the_key_and_the_choices(project):
+    p = _write(project, lambda c: c["datasets"]["wikitext2"].update(n_text=5))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "datasets.wikitext2.n_text: unknown key" in msg
+    assert "n_texts" in msg and "min_tokens" in msg and "truncation_margin" in msg
+
+
+def test_wrong_type_names_the_key(project):
+    p = _write(project, lambda c: c["model"].update(max_model_len="long"))
+    with pytest.raises(ConfigError, match=r"model\.max_model_len: .*integer"):
+        load_config(p)
+
+
+def test_unknown_rule_lists_the_choices(project):
+    p = _write(project, lambda c: c["datasets"]["wikitext2"].update(rule="c4"))
+    with pytest.raises(ConfigError, match=r"datasets\.wikitext2\.rule: .*'wikitext' or 'ultrachat'"):
+        load_config(p)
+
+
+def test_unknown_precision_and_backend_in_engine(project):
+    p = _write(project, lambda c: c["model"]["engine"].update(fp8={"hf": {}}))
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose from bf16, nvfp4"):
+        load_config(p)
+    p = _write(project, lambda c: c["model"]["engine"]["bf16"].update(trt={}))
+    with pytest.raises(ConfigError, match="unknown backend 'trt'; choose from hf, vllm"):
+        load_config(p)
+
+
+def test_threshold_for_unknown_dataset(project):
+    p = _write(project, lambda c: c["thresholds"]["datasets"].update(c4=99))
+    with pytest.raises(ConfigError, match="unknown dataset 'c4'; known: (wikitext2, ultrachat|ultrachat, wikitext2)"):
+        load_config(p)
+
+
+def test_max_model_len_too_small_for_min_tokens(project):
+    p = _write(project, lambda c: c["model"].update(max_model_len=20))
+    with pytest.raises(ConfigError, match="raise model.max_model_len"):
+        load_config(p)
+
+
+def test_missing_file_and_bad_yaml(project):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(project / "configs/nope.yaml")
+    bad = project / "configs/bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_unknown_recipe_lists_known_ones(project):
+    from harness.recipes import load_recipe
+
+    with pytest.raises(ConfigError, match="known recipes: negative-control-w2, nvfp4, nvfp4a16"):
+        load_recipe(project / "recipes", "fp8")
+
+
+def test_shipped_recipes_validate(root):
+    from harness.recipes import load_recipe, recipe_names
+
+    for name in recipe_names(root / "recipes"):
+        r = load_recipe(root / "recipes", name)
+        assert "QuantizationModifier" in r.recipe_text
+    assert load_recipe(root / "recipes", "negative-control-w2").default is False

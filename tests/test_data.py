@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.data import (TokenRules, apply_token_rules, first_nonempty_texts, load_rows, messages_to_text,
+                          prepare_texts, select_texts, ultrachat_texts)
+from harness.errors import HarnessError
+
+
+def test_first_nonempty_skips_blank_rows_and_stops_at_n():
+    rows = [{"text": ""}, {"text": " = Title = \n"}, {"text": "   \n"}, {"text": " a b \n"}, {"text": "c"}]
+    assert first_nonempty_texts(rows, 2) == [" = Title = \n", " a b \n"]
+    assert first_nonempty_texts(rows, 10) == [" = Title = \n", " a b \n", "c"]
+
+
+def test_ultrachat_joins_one_role_content_line_per_message():
+    row = {"messages": [{"content": "Hi there", "role": "user"}, {"content": "Hello.\nBye", "role": "assistant"}]}
+    assert messages_to_text(row["messages"]) == "user: Hi there\nassistant: Hello.\nBye"
+    assert ultrachat_texts([row] * 5, 3) == [messages_to_text(row["messages"])] * 3
+
+
+def test_token_rules_drop_under_min_and_truncate_over_max():
+    rules = TokenRules(n_texts=4, max_model_len=40, min_tokens=16, truncation_margin=8)
+    ids = [list(range(15)), list(range(16)), list(range(32)), list(range(33))]
+    kept, idx, st = apply_token_rules(ids, rules)
+    assert idx == [1, 2, 3]
+    assert [len(k) for k in kept] == [16, 32, 32]
+    assert (st.kept_texts, st.dropped_short, st.truncated) == (3, 1, 1)
+    assert st.tokens == 15 + 31 + 31  # first token of each text is not scored
+    assert st.total_tokens == 80
+
+
+def test_token_rules_refuse_max_len_below_min_tokens():
+    with pytest.raises(HarnessError, match="Raise max_model_len"):
+        apply_token_rules([[1] * 20], TokenRules(n_texts=1, max_model_len=20, min_tokens=16, truncation_margin=8))
+
+
+def test_fingerprint_depends_on_ids_tokenizer_and_rules(fake_tokenizer):
+    from tests.conftest import FakeTokenizer
+
+    texts = [" ".join(f"w{i}" for i in range(20)), " ".join(f"v{i}" for i in range(30))]
+    rules = TokenRules(n_texts=2, max_model_len=64)
+    a = prepare_texts("d", "wikitext", texts, fake_tokenizer, rules)
+    assert a.fingerprint == prepare_texts("d", "wikitext", texts, fake_tokenizer, rules).fingerprint
+    assert a.fingerprint != prepare_texts("d", "wikitext", texts[:1], fake_tokenizer, rules).fingerprint
+    assert a.fingerprint != prepare_texts("d", "wikitext", texts, FakeTokenizer("other"), rules).fingerprint
+    assert a.fingerprint != prepare_texts("d", "wikitext", texts, fake_tokenizer,
+                                          TokenRules(n_texts=2, max_model_len=24)).fingerprint
+
+
+def test_unknown_rule_lists_the_known_ones():
+    with pytest.raises(HarnessError, match="known dataset rules: ultrachat, wikitext"):
+        select_texts("c4", [], 3)
+
+
+def test_missing_column_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"body": ["a"]}), f)
+    rows = load_rows("parquet", split="test", data_files=str(f))
+    with pytest.raises(HarnessError, match=r"needs column\(s\) \['text'\]"):
+        select_texts("wikitext", rows, 1)
+
+
+def test_missing_local_file_says_what_to_check(tmp_path):
+    with pytest.raises(HarnessError, match="could not load dataset"):
+        load_rows("parquet", split="test", data_files=str(tmp_path / "nope.parquet"))
+
+
+def test_hub_schemas_load_through_datasets(tmp_path):
+    """The tiny corpus is written in the hub layouts; rows come back through datasets.load_dataset."""
+    from harness.tiny.corpus import write_corpus
+
+    root = write_corpus(tmp_path)
+    wt = load_rows("parquet", split="test", data_files=str(root / "wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"))
+    assert wt.column_names == ["text"] and wt[0]["text"] == "" and wt[1]["text"].startswith(" = ")
+    uc = load_rows("parquet", split="test_sft",
+                   data_files=str(root / "ultrachat_200k/data/test_sft-00000-of-00001.parquet"))
+    assert uc.column_names == ["prompt", "prompt_id", "messages"]
+    assert set(uc[0]["messages"][0]) == {"content", "role"}
+    assert uc[0]["prompt"] == uc[0]["messages"][0]["content"]
+
+
+def test_corpus_is_deterministic():
+    from harness.tiny.corpus import ultrachat_rows, wikitext_rows
+
+    assert wikitext_rows(13, 5) == wikitext_rows(13, 5)
+    assert ultrachat_rows(23, 5) == ultrachat_rows(23, 5)
+    assert wikitext_rows(13, 5) != wikitext_rows(14, 5)

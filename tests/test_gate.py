@@ -1,0 +1,37 @@
+"""The quality gate itself, driven by --harness-config (default: the embedded tiny model on CPU).
+
+    pytest tests/test_gate.py                                   # tiny default, hf backend, CPU
+    pytest -m gpu --harness-config configs/qwen2.5-72b.yaml     # a real model on vLLM (backend: vllm => gpu)
+    pytest tests/test_gate.py --update-baselines                # score BF16 and rewrite the baselines first
+
+One test per dataset plus the overall score; each asserts score >= threshold against the stored BF16 baseline.
+Quantization and scoring times are captured by pytest-benchmark (extra_info carries PPL and tokens/s).
+"""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.harness_gate
+
+
+def test_quantize(harness_session, benchmark):
+    path, info = benchmark.pedantic(harness_session.checkpoint, rounds=1, iterations=1)
+    benchmark.extra_info.update(cache_hit=info["cache_hit"], quantize_s=info["quantize_s"], recipe=info["recipe"])
+    assert (path / "config.json").exists()
+    assert info["scheme"] == harness_session.recipe().scheme
+
+
+def test_dataset_score(harness_session, harness_dataset, benchmark):
+    harness_session.baseline(harness_dataset)  # data checked against the baseline before any scoring
+    s = benchmark.pedantic(harness_session.score, args=(harness_dataset,), rounds=1, iterations=1)
+    benchmark.extra_info.update(ppl=s.ppl, nll=s.nll, tokens=s.tokens, tokens_per_s=s.tokens_per_s,
+                                kernel=harness_session.engine_info("nvfp4").get("kernel"))
+    outcome = harness_session.outcome(harness_dataset)
+    assert outcome.passed, outcome.message()
+
+
+def test_overall_score(harness_session):
+    outcome = harness_session.outcome(None)
+    assert outcome.passed, harness_session.verdict().summary()
+    assert all(key[1] != "bf16" or harness_session.update_mode for key in harness_session.engines.opened), \
+        "the normal gate must never start a BF16 engine"

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.metrics import DatasetScore, compare, overall_nll, paired_bootstrap, relative_score
+
+
+def test_dataset_nll_is_token_weighted_mean_and_ppl_its_exp():
+    s = DatasetScore(nll_sums=[2.0, 6.0], n_tokens=[1, 3])
+    assert s.nll == pytest.approx(2.0)
+    assert s.ppl == pytest.approx(math.exp(2.0))
+    assert s.tokens == 4
+
+
+def test_reference_overall_table_is_reproduced():
+    """The reference study's per-dataset figures give its overall table (BF16 1.408351, NVFP4 1.418097, 99.31).
+
+    Inputs are the published 6-decimal NLLs, so the overall PPL can differ from the published one in the 6th decimal.
+    """
+    bf16 = overall_nll({"wikitext2": (0.541098, 23922), "ultrachat": (0.321603, 228323)})
+    nvfp4 = overall_nll({"wikitext2": (0.559747, 23922), "ultrachat": (0.327268, 228323)})
+    assert bf16[1] == 252245
+    assert bf16[0] == pytest.approx(0.342419, abs=1e-6)
+    assert math.exp(bf16[0]) == pytest.approx(1.408351, abs=1.5e-6)
+    assert nvfp4[0] == pytest.approx(0.349316, abs=1e-6)
+    assert math.exp(nvfp4[0]) == pytest.approx(1.418097, abs=1.5e-6)
+    c = compare("overall", bf16, nvfp4)
+    assert round(c.score, 2) == 99.31
+
+
+def test_relative_score_direction():
+    assert relative_score(2.0, 2.0) == 100.0
+    assert relative_score(2.0, 2.2) < 100.0 < relative_score(2.0, 1.9)
+
+
+def test_paired_bootstrap_contains_truth_and_is_seeded():
+    import random
+
+    rng = random.Random(0)
+    counts = [rng.randint(20, 200) for _ in range(150)]
+    ref = [c * rng.uniform(0.8, 1.2) for c in counts]
+    worse = [r + 0.01 * c for r, c in zip(ref, counts)]  # +0.01 nats/token -> score 100*exp(-0.01) = 99.005
+    a = paired_bootstrap({"d": (ref, counts)}, {"d": (worse, counts)}, samples=500, seed=1)
+    b = paired_bootstrap({"d": (ref, counts)}, {"d": (worse, counts)}, samples=500, seed=1)
+    assert (a.low, a.high) == (b.low, b.high)
+    assert a.low <= 100 * math.exp(-0.01) <= a.high
+    assert a.high < 100.0  # a consistent per-token loss is detected, not noise
+    same = paired_bootstrap({"d": (ref, counts)}, {"d": (ref, counts)}, samples=200, seed=1)
+    assert same.low == pytest.approx(100.0) and same.high == pytest.approx(100.0)
+
+
+def test_paired_bootstrap_refuses_unpaired():
+    with pytest.raises(ValueError, match="cannot pair"):
+        paired_bootstrap({"d": ([1.0, 2.0], [1, 1])}, {"d": ([1.0], [1])})

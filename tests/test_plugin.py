@@ -1,0 +1,65 @@
+"""The pytest plugin as users meet it: a project with the plugin, the gate tests and a config."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def importable_harness(monkeypatch, root):
+    """pytester's subprocess must import this checkout's harness, installed or not."""
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+
+
+@pytest.fixture
+def gate_project(pytester, root):
+    for d in ("configs", "recipes", "baselines"):
+        shutil.copytree(root / d, pytester.path / d)
+    (pytester.path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    pytester.makeconftest('pytest_plugins = ("harness.plugin",)\n')
+    shutil.copy(root / "tests" / "test_gate.py", pytester.path / "test_gate.py")
+    return pytester
+
+
+def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(gate_project):
+    p = gate_project
+    target = p.path / "baselines/tiny-qwen2/ultrachat.json"
+    target.unlink()
+    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "-p", "no:cacheprovider",
+                               "--benchmark-disable")
+    r.assert_outcomes(passed=2, failed=2)  # test_quantize + wikitext2 pass; ultrachat and overall fail
+    r.stdout.fnmatch_lines(["*baseline not found:*ultrachat.json*", "*create it with: pytest --harness-config*"
+                            "--update-baselines*"])
+    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--update-baselines", "-p",
+                               "no:cacheprovider", "--benchmark-disable")
+    r.assert_outcomes(passed=4)
+    assert target.exists()
+    r.stdout.fnmatch_lines(["*GATE PASSED*", "*report: *report.md"])
+
+
+def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
+    p = gate_project
+    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--min-score", "99.9", "-p",
+                               "no:cacheprovider", "--benchmark-disable")
+    r.assert_outcomes(passed=2, failed=2)  # quantize + wikitext2 (100.4) pass; ultrachat and overall fail
+    r.stdout.fnmatch_lines(["*FAIL overall: score 99.* < min 99.90*"])
+    r = p.runpytest_subprocess("--min-score", "abc")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--min-score takes a number such as 99.0, got 'abc'*"])
+
+
+def test_gpu_marker_is_registered_and_skips_cleanly_without_gpu(pytester):
+    pytester.makeconftest('pytest_plugins = ("harness.plugin",)\n')
+    pytester.makepyfile("import pytest\n@pytest.mark.gpu\ndef test_needs_gpu():\n    assert False\n")
+    r = pytester.runpytest_subprocess("-m", "gpu", "--strict-markers", "-rs",
+                                      "-p", "no:cacheprovider")
+    if r.ret == 0:
+        r.assert_outcomes(skipped=1)
+        r.stdout.fnmatch_lines(["*needs a CUDA GPU*"])
+    else:  # a machine with a GPU runs it (and the test body fails on purpose)
+        r.assert_outcomes(failed=1)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+
+from harness.ckpt_cache import CheckpointCache, interpreter_versions
+from harness.errors import HarnessError
+from harness.quantize import CalibrationSpec, QuantInterpreter, QuantSpec, run_quantization
+
+
+def _spec(out) -> QuantSpec:
+    return QuantSpec(model="m", recipe="x: 1", output_dir=str(out),
+                     calibration=CalibrationSpec(path="parquet", split="train", samples=1, max_seq_len=8, seed=0))
+
+
+def test_missing_interpreter_is_a_clear_error(tmp_path):
+    interp = QuantInterpreter(python=str(tmp_path / "no-such-python"))
+    with pytest.raises(HarnessError, match="quantization interpreter not found.*HARNESS_QUANT_PYTHON"):
+        interpreter_versions(interp)
+    with pytest.raises(HarnessError, match="quantization interpreter not found"):
+        run_quantization(_spec(tmp_path / "out"), interp, tmp_path / "q.log")
+
+
+def test_interpreter_without_llmcompressor_is_named(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '{\"llmcompressor\": null, \"compressed-tensors\": null}'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(HarnessError, match="llmcompressor is not installed in the quantization interpreter"):
+        interpreter_versions(QuantInterpreter(python=str(fake)))
+
+
+def test_crashing_quantization_leaves_no_cache_entry(tmp_path):
+    crash = tmp_path / "python"  # a quantization interpreter that writes half a checkpoint, then dies
+    crash.write_text(f"#!{sys.executable}\n"
+                     "import json, sys\n"
+                     "out = json.load(open(sys.argv[4]))['output_dir']\n"
+                     "open(out + '/model-00001-of-00002.safetensors', 'w').write('half')\n"
+                     "sys.stderr.write('Traceback: boom\\n'); sys.exit(3)\n")
+    crash.chmod(crash.stat().st_mode | stat.S_IEXEC)
+    cache = CheckpointCache(tmp_path / "cache")
+
+    def build(tmp):
+        tmp.mkdir(parents=True)
+        return run_quantization(_spec(tmp), QuantInterpreter(python=str(crash)), cache.log_path("k1"))
+
+    with pytest.raises(HarnessError, match=r"(?s)quantization failed \(exit 3\).*log: .*k1-.*\.log.*boom"):
+        cache.get_or_build("k1", {"material": 1}, build, log=lambda m: None)
+    assert not cache.entry("k1").exists()
+    assert [p.name for p in cache.root.iterdir() if not p.name.endswith(".lock")] == []
+    assert cache.entries() == []
+
+
+def test_child_gets_its_own_pythonpath(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/vllm/site")
+    env = QuantInterpreter(pythonpath="/tmp/site_q:/tmp/site_c").env()
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[1:] == ["/tmp/site_q", "/tmp/site_c"] and "/vllm/site" not in parts
+    assert parts[0].endswith("main") or (os.path.isdir(os.path.join(parts[0], "harness")))
