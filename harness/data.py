@@ -167,6 +167,7 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
     """Rows of one split through ``datasets`` (hub id, builder + local data_files, or a saved dataset dir)."""
     import datasets
 
+    datasets.disable_progress_bars()
     try:
         if _is_saved_dataset_dir(path):
             ds = datasets.load_from_disk(path)

@@ -20,7 +20,13 @@ from harness.metrics import Comparison, DatasetScore, compare, overall_nll, pair
 
 
 class EngineManager:
-    """Holds at most one scoring engine; asking for another closes (and frees) the current one first."""
+    """Holds at most one scoring engine; asking for another closes (and frees) the current one first.
+
+    The rule holds across managers too (one per GateSession): a manager that starts an engine first closes the
+    engine of whichever manager holds one, so a process never has two engines on the GPU.
+    """
+
+    _holder: "EngineManager | None" = None  # the manager whose engine is alive, process-wide
 
     def __init__(self, log=print):
         self.current = None
@@ -32,10 +38,14 @@ class EngineManager:
         if self.key == key and self.current is not None:
             return self.current
         self.close()
+        other = EngineManager._holder
+        if other is not None and other is not self:
+            other.close()
         self.log(f"starting engine {key}")
         self.current = make()
         self.key = key
         self.opened.append(key)
+        EngineManager._holder = self
         return self.current
 
     def close(self) -> None:
@@ -45,6 +55,8 @@ class EngineManager:
                 self.current.close()
             finally:
                 self.current, self.key = None, None
+                if EngineManager._holder is self:
+                    EngineManager._holder = None
 
 
 @dataclass
@@ -319,7 +331,8 @@ class GateSession:
         info = self.engine_info("bf16")
         m = self.cfg.model
         prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
-                "dtype": info.get("dtype"), "max_model_len": m.max_model_len, "engine_kwargs": info.get("engine_kwargs"),
+                "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
+                "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
                 "model_path": m.path, "revision": m.revision, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
         return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,

@@ -26,7 +26,9 @@ class HFBackend(Backend):
             raise ConfigError(f"hf backend: unknown engine kwarg(s) {sorted(bad)}; allowed: {sorted(HF_KWARGS)}")
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         kw = spec.engine_kwargs
         if kw.get("threads"):
             torch.set_num_threads(int(kw["threads"]))

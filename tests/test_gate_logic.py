@@ -1,0 +1,132 @@
+"""Gate logic with a fake backend (no model): thresholds, lower bound, kernel requirement, engine lifecycle, and
+backends that return garbage."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import harness.backends as backends
+from harness.backends.base import Backend, DocResult
+from harness.config import load_config
+from harness.errors import BackendError, HarnessError
+from harness.gate import GateSession
+
+ALIVE: list = []
+
+
+class FakeBackend(Backend):
+    """BF16: -1.0 nats per token; NVFP4: -1.0 - spec.engine_kwargs['extra'] nats (a fixed, consistent loss)."""
+
+    name = "fake"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        assert not ALIVE, "a second engine was started while one is alive"
+        ALIVE.append(self)
+        self.extra = 0.0 if spec.precision == "bf16" else spec.engine_kwargs.get("extra", 0.005)
+        self.kernel = spec.engine_kwargs.get("kernel", "emulation W4A4")
+        self.poison = spec.engine_kwargs.get("poison")
+
+    def loglikelihood_rolling(self, docs, progress=None):
+        out = []
+        for i, d in enumerate(docs):
+            per_tok = 1.0 + self.extra * (1 + (i % 3) * 0.1)
+            out.append(DocResult(-(len(d) - 1) * per_tok, len(d) - 1))
+        if self.poison == "nan":
+            out[3] = DocResult(float("nan"), out[3].n_tokens)
+        if self.poison == "missing":
+            out[3] = DocResult(out[3].logprob_sum, out[3].n_tokens - 1)
+        return backends.check_results(out, docs, self.name)
+
+    def info(self):
+        return {"backend": "fake", "device": "cpu", "kernel": self.kernel if self.spec.precision != "bf16" else "dense",
+                "engine_kwargs": self.spec.engine_kwargs, "versions": {}}
+
+    def close(self):
+        if self in ALIVE:
+            ALIVE.remove(self)
+
+
+@pytest.fixture
+def session(project, monkeypatch, tmp_path):
+    monkeypatch.setattr(backends, "backend_class", lambda name: FakeBackend)
+    ALIVE.clear()
+
+    def make(**engine_kwargs):
+        cfg = load_config(project / "configs/tiny.yaml")
+        cfg.model.engine = {"bf16": {"hf": {}}, "nvfp4": {"hf": dict(engine_kwargs)}}
+        ckpt = tmp_path / "ckpt"
+        ckpt.mkdir(exist_ok=True)
+        writer = GateSession(cfg, quiet=True, update_baselines=True)  # fake BF16 baselines in the project copy
+        writer.update_baselines()
+        s = GateSession(cfg, quiet=True)
+        s._checkpoint = (ckpt, {"cache_hit": True, "scheme": "NVFP4", "recipe": "nvfp4"})
+        return s
+
+    yield make
+    ALIVE.clear()
+
+
+def test_small_consistent_loss_passes_and_large_fails(session):
+    ok = session(extra=0.005).verdict()
+    assert ok.passed
+    assert 99.3 < ok.outcomes[-1].comparison.score < 99.6
+    bad = session(extra=0.05).verdict()
+    assert not bad.passed
+    assert "FAIL overall" in bad.summary()
+
+
+def test_gate_on_lower_bound(session):
+    s = session(extra=0.01)
+    c = s.outcome(None).comparison
+    s.cfg.thresholds.overall = (c.interval.low + c.score) / 2  # between the lower bound and the point estimate
+    assert s.outcome(None).passed
+    s.cfg.thresholds.use = "lower"
+    o = s.outcome(None)
+    assert o.gated_value == c.interval.low < c.score
+    assert not o.passed and "score lower bound" in o.message()
+
+
+def test_required_kernel_is_enforced(session):
+    s = session(kernel="Marlin W4A16 (activations not quantized)")
+    s.cfg.require_kernel = "W4A4"
+    with pytest.raises(HarnessError, match="requires NVFP4 kernel 'W4A4' but this run used 'Marlin W4A16"):
+        s.score("wikitext2")
+
+
+@pytest.mark.parametrize("poison, message", [("nan", "non-finite"), ("missing", "missing prompt logprobs")])
+def test_bad_logprobs_never_become_a_number(session, poison, message):
+    s = session(poison=poison)
+    with pytest.raises(BackendError, match=message):
+        s.verdict()
+
+
+def test_one_engine_at_a_time_and_no_bf16_in_the_normal_gate(session):
+    s = session()
+    s.verdict()
+    assert [k[1] for k in s.engines.opened] == ["nvfp4"]
+    s.close()
+    assert not ALIVE
+
+
+def test_too_few_texts_fails_with_counts(session, project):
+    s = session()
+    s.cfg.datasets["wikitext2"].min_kept_texts = 150
+    s._prepared.clear()
+    with pytest.raises(HarnessError, match=r"only 109 texts survive the rules \(200 selected, 91 under 16 tokens\)"):
+        s.prepared("wikitext2")
+
+
+def test_baseline_without_documents_gives_point_estimate_and_says_so(session):
+    import json
+
+    s = session()
+    p = s.store.path(s.cfg.name, "ultrachat")
+    d = json.loads(p.read_text())
+    d["doc_nll_sums"] = d["doc_tokens"] = None
+    p.write_text(json.dumps(d))
+    v = s.verdict()
+    assert v.outcomes[1].comparison.interval is None and v.outcomes[-1].comparison.interval is None
+    assert any("no per-document NLLs: point estimate only" in n for n in v.notes)
+    assert math.isfinite(v.outcomes[-1].comparison.score)
