@@ -30,6 +30,8 @@ class Baseline:
     doc_nll_sums: list[float] | None = None
     doc_tokens: list[int] | None = None
     precision: str = "bf16"
+    words: int | None = None                        # of the scored texts (lm-evaluation-harness metrics)
+    bytes: int | None = None
     data: dict = field(default_factory=dict)        # token stats, rules, tokenizer, source
     provenance: dict = field(default_factory=dict)  # backend, versions, device, max_model_len, engine, date, commit
     kind: str = "baseline"                          # "baseline" or "reference-result" (never gated against)

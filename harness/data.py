@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -90,7 +91,17 @@ class PreparedDataset:
     rules: dict
     tokenizer_id: str
     source: dict = field(default_factory=dict)
-    texts: list[str] | None = None  # kept texts after truncation is NOT tracked; raw kept texts for debugging
+    texts: list[str] | None = None  # the kept raw texts (before truncation), only when asked for
+    doc_words: list[int] | None = None  # words / UTF-8 bytes of the text each document scores (after truncation),
+    doc_bytes: list[int] | None = None  # for lm-evaluation-harness's word_perplexity / byte_perplexity / bits_per_byte
+
+    @property
+    def words(self) -> int | None:
+        return sum(self.doc_words) if self.doc_words is not None else None
+
+    @property
+    def bytes(self) -> int | None:
+        return sum(self.doc_bytes) if self.doc_bytes is not None else None
 
     def summary(self) -> dict:
         return {"dataset": self.name, "rule": self.rule, **asdict(self.stats), "fingerprint": self.fingerprint,
@@ -147,13 +158,31 @@ def prepare_texts(name: str, rule: str, texts: list[str], tokenizer, rules: Toke
         raise HarnessError(f"dataset {name!r}: the source gave no text (source: {source}); check split and data_files")
     enc = tokenizer(texts, add_special_tokens=rules.add_special_tokens)["input_ids"]
     kept, kept_idx, stats = apply_token_rules(enc, rules)
+    scored_texts = _scored_texts(tokenizer, kept, [texts[i] for i in kept_idx], [len(enc[i]) for i in kept_idx])
     tok_id = tokenizer_fingerprint(tokenizer)
     rule_dict = {"rule": rule, "rules_version": RULES_VERSION, **asdict(rules)}
     return PreparedDataset(
         name=name, rule=rule, token_ids=kept, stats=stats, fingerprint=fingerprint(kept, tok_id, rule_dict),
         rules=rule_dict, tokenizer_id=tok_id, source=source or {},
         texts=[texts[i] for i in kept_idx] if keep_texts else None,
+        doc_words=[count_words(t) for t in scored_texts], doc_bytes=[len(t.encode("utf-8")) for t in scored_texts],
     )
+
+
+def count_words(text: str) -> int:
+    """lm-evaluation-harness's word count (``len(re.split(r"\\s+", doc))``)."""
+    return len(re.split(r"\s+", text))
+
+
+def _scored_texts(tokenizer, kept: list[list[int]], raw: list[str], full_lens: list[int]) -> list[str]:
+    """The text each document scores: the raw text, or for truncated documents the decoded kept tokens."""
+    out = []
+    for ids, text, n in zip(kept, raw, full_lens):
+        if len(ids) == n or not hasattr(tokenizer, "decode"):
+            out.append(text)
+        else:
+            out.append(tokenizer.decode(ids, skip_special_tokens=False))
+    return out
 
 
 def _is_saved_dataset_dir(path: str) -> bool:

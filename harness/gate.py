@@ -272,7 +272,7 @@ class GateSession:
             t0 = time.time()
             res = eng.loglikelihood_rolling(prep.token_ids)
             s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
-                             eval_s=time.time() - t0)
+                             eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
             if precision != "bf16":
                 self._check_kernel(precision)
@@ -336,7 +336,8 @@ class GateSession:
                 "model_path": m.path, "revision": m.revision, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
         return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,
-                        kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint,
+                        kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint, words=prep.words,
+                        bytes=prep.bytes,
                         doc_nll_sums=[round(x, 6) for x in s.nll_sums], doc_tokens=list(s.n_tokens),
                         data={**asdict(prep.stats), "rules": prep.rules, "tokenizer": prep.tokenizer_id,
                               "source": prep.source}, provenance=prov)

@@ -20,6 +20,8 @@ class DatasetScore:
     nll_sums: list[float]
     n_tokens: list[int]
     eval_s: float | None = None
+    words: int | None = None   # of the scored texts, for lm-evaluation-harness's word/byte metrics
+    bytes: int | None = None
 
     def __post_init__(self):
         if len(self.nll_sums) != len(self.n_tokens):
@@ -40,6 +42,22 @@ class DatasetScore:
     @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.eval_s if self.eval_s else None
+
+    def lm_eval_metrics(self) -> dict:
+        return lm_eval_metrics(sum(self.nll_sums), self.words, self.bytes)
+
+
+def lm_eval_metrics(nll_sum: float, words: int | None, n_bytes: int | None) -> dict:
+    """word_perplexity, byte_perplexity and bits_per_byte as lm-evaluation-harness defines them
+    (exp(NLL_sum / words), exp(NLL_sum / bytes), NLL_sum / bytes / ln 2). Our NLL_sum skips each text's first
+    token, which lm-evaluation-harness scores after an end-of-text prefix: expect slightly lower values."""
+    out = {"word_perplexity": None, "byte_perplexity": None, "bits_per_byte": None}
+    if words:
+        out["word_perplexity"] = math.exp(nll_sum / words)
+    if n_bytes:
+        out["byte_perplexity"] = math.exp(nll_sum / n_bytes)
+        out["bits_per_byte"] = nll_sum / n_bytes / math.log(2)
+    return out
 
 
 def nll(nll_sums: Sequence[float], n_tokens: Sequence[int]) -> float:

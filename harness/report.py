@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.metrics import lm_eval_metrics
+
 REPORT_SCHEMA = 1
 
 
@@ -33,9 +35,10 @@ def build_report(session, verdict) -> dict:
             "dataset": name,
             "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
                      "eval_s": b.provenance.get("eval_s"), "backend": b.provenance.get("backend"),
-                     "device": b.provenance.get("device"), "date": b.provenance.get("date")},
+                     "device": b.provenance.get("device"), "date": b.provenance.get("date"),
+                     **lm_eval_metrics(b.nll * b.tokens, b.words, b.bytes)},
             "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
-                      "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s},
+                      "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
             "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
             "data": prep.summary(),
         })
@@ -59,6 +62,16 @@ def build_report(session, verdict) -> dict:
                              for old, new in session.baseline_updates],
         "wall_s": round(time.time() - session.started, 1),
     }
+
+
+def lm_eval_table(rep: dict) -> str:
+    lines = ["| dataset | precision | word_perplexity | byte_perplexity | bits_per_byte |", "|---|---|---:|---:|---:|"]
+    for d in rep["datasets"]:
+        for prec in ("bf16", "nvfp4"):
+            r = d[prec]
+            lines.append(f"| {d['dataset']} | {prec.upper()} | {_fmt(r.get('word_perplexity'))} | "
+                         f"{_fmt(r.get('byte_perplexity'))} | {_fmt(r.get('bits_per_byte'))} |")
+    return "\n".join(lines)
 
 
 def _interval(c) -> dict | None:
@@ -141,6 +154,10 @@ def render_markdown(rep: dict) -> str:
         overall_table(rep),
         "",
         "![relative score](chart.svg)",
+        "",
+        "## lm-evaluation-harness metrics (on the scored texts)",
+        "",
+        lm_eval_table(rep),
         "",
         "## Verdict",
         "",

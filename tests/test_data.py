@@ -89,3 +89,20 @@ def test_corpus_is_deterministic():
     assert wikitext_rows(13, 5) == wikitext_rows(13, 5)
     assert ultrachat_rows(23, 5) == ultrachat_rows(23, 5)
     assert wikitext_rows(13, 5) != wikitext_rows(14, 5)
+
+
+def test_words_and_bytes_follow_the_scored_text(root):
+    """lm-eval's word count; truncated documents count only the words/bytes of what was scored."""
+    from transformers import AutoTokenizer
+
+    from harness.data import count_words
+
+    assert count_words("a  b\nc") == 3
+    tok = AutoTokenizer.from_pretrained(root / "harness/tiny/model")
+    long = " ".join(["Maimstelmuk"] * 200)
+    short = " ".join(["Maimstelmuk"] * 6)
+    assert 16 <= len(tok(short)["input_ids"]) <= 56
+    p = prepare_texts("d", "wikitext", [long, short], tok, TokenRules(n_texts=2, max_model_len=64))
+    assert p.stats.truncated == 1
+    assert p.doc_bytes[0] < len(long.encode()) and p.doc_words[0] < 200
+    assert (p.doc_words[1], p.doc_bytes[1]) == (6, len(short.encode()))

@@ -54,3 +54,13 @@ def test_paired_bootstrap_contains_truth_and_is_seeded():
 def test_paired_bootstrap_refuses_unpaired():
     with pytest.raises(ValueError, match="cannot pair"):
         paired_bootstrap({"d": ([1.0, 2.0], [1, 1])}, {"d": ([1.0], [1])})
+
+
+def test_lm_eval_metrics_definitions():
+    from harness.metrics import lm_eval_metrics
+
+    m = lm_eval_metrics(nll_sum=69.31471805599453, words=50, n_bytes=100)
+    assert m["word_perplexity"] == pytest.approx(math.exp(69.31471805599453 / 50))
+    assert m["byte_perplexity"] == pytest.approx(2.0)
+    assert m["bits_per_byte"] == pytest.approx(1.0)
+    assert lm_eval_metrics(1.0, None, None) == {"word_perplexity": None, "byte_perplexity": None, "bits_per_byte": None}
