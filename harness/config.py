@@ -85,6 +85,52 @@ class ModelSpec(Strict):
         return v
 
 
+class HubSpec(Strict):
+    """Where Hugging Face files live and whether to go online; unset keys leave the environment as it is."""
+
+    offline: bool | None = Field(None, description="HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE")
+    hf_home: str | None = Field(None, description="HF_HOME")
+    hub_cache: str | None = Field(None, description="HUGGINGFACE_HUB_CACHE (models)")
+    datasets_cache: str | None = Field(None, description="HF_DATASETS_CACHE")
+    tmpdir: str | None = Field(None, description="TMPDIR (large temporary files)")
+
+    def environment(self, resolve) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.offline is not None:
+            v = "1" if self.offline else "0"
+            env.update(HF_HUB_OFFLINE=v, HF_DATASETS_OFFLINE=v, TRANSFORMERS_OFFLINE=v)
+        for key, var in (("hf_home", "HF_HOME"), ("hub_cache", "HUGGINGFACE_HUB_CACHE"),
+                         ("datasets_cache", "HF_DATASETS_CACHE"), ("tmpdir", "TMPDIR")):
+            if getattr(self, key):
+                env[var] = resolve(getattr(self, key))
+                if var == "HUGGINGFACE_HUB_CACHE":
+                    env["HF_HUB_CACHE"] = env[var]
+        return env
+
+
+def apply_hub_environment(env: dict[str, str]) -> None:
+    """Set the variables for this process and its children (the quantization interpreter), and update the
+    libraries' module-level copies where they were imported already."""
+    import sys
+
+    os.environ.update(env)
+    if "TMPDIR" in env:
+        import tempfile
+
+        tempfile.tempdir = None
+    hh = sys.modules.get("huggingface_hub.constants")
+    if hh is not None and "HF_HUB_OFFLINE" in env:
+        hh.HF_HUB_OFFLINE = env["HF_HUB_OFFLINE"] == "1"
+    dc = sys.modules.get("datasets.config")
+    if dc is not None:
+        if "HF_DATASETS_OFFLINE" in env:
+            dc.HF_HUB_OFFLINE = env["HF_DATASETS_OFFLINE"] == "1"
+        if "HF_DATASETS_CACHE" in env:
+            from pathlib import Path as _P
+
+            dc.HF_DATASETS_CACHE = _P(env["HF_DATASETS_CACHE"])
+
+
 class QuantizeSpec(Strict):
     python: str | None = Field(None, description="interpreter with llmcompressor (default: this one)")
     pythonpath: str | None = Field(None, description="extra PYTHONPATH for that interpreter")
@@ -99,6 +145,7 @@ class HarnessConfig(Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     backend: Literal["hf", "vllm"] = "hf"
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
+    hub: HubSpec = Field(default_factory=HubSpec)
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
     baselines_dir: str = "baselines"
     recipes_dir: str = "recipes"

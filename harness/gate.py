@@ -96,8 +96,10 @@ class GateSession:
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
                  update_hint: str | None = None, log=None, quiet: bool = False):
+        from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
+        apply_hub_environment(cfg.hub.environment(cfg.resolve))
         self.cfg = cfg
         self.backend = backend or cfg.backend
         self.min_score = min_score

@@ -88,3 +88,28 @@ def test_shipped_recipes_validate(root):
         r = load_recipe(root / "recipes", name)
         assert "QuantizationModifier" in r.recipe_text
     assert load_recipe(root / "recipes", "negative-control-w2").default is False
+
+
+def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
+    from harness.config import apply_hub_environment
+
+    for var in ("HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TMPDIR", "HF_HUB_OFFLINE",
+                "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.setenv(var, "recorded")  # so that the test's changes are undone afterwards
+        monkeypatch.delenv(var)
+    p = _write(project, lambda c: c.update(hub={"offline": True, "hf_home": "hf", "datasets_cache": "/data/ds",
+                                                "tmpdir": str(project)}))
+    cfg = load_config(p)
+    env = cfg.hub.environment(cfg.resolve)
+    assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HF_HOME"] == str(project / "hf") and env["HF_DATASETS_CACHE"] == "/data/ds"
+    assert "HUGGINGFACE_HUB_CACHE" not in env  # unset keys leave the environment alone
+    import datasets.config
+    import huggingface_hub.constants
+
+    for mod, attr in ((huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+                      (datasets.config, "HF_DATASETS_CACHE")):
+        monkeypatch.setattr(mod, attr, getattr(mod, attr))  # restored after the test
+    apply_hub_environment(env)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+    assert str(datasets.config.HF_DATASETS_CACHE) == "/data/ds"
