@@ -104,10 +104,12 @@ def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
     assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
     assert env["HF_HOME"] == str(project / "hf") and env["HF_DATASETS_CACHE"] == "/data/ds"
     assert "HUGGINGFACE_HUB_CACHE" not in env  # unset keys leave the environment alone
+    import tempfile
+
     import datasets.config
     import huggingface_hub.constants
 
-    for mod, attr in ((huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
+    for mod, attr in ((tempfile, "tempdir"), (huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
                       (datasets.config, "HF_DATASETS_CACHE")):
         monkeypatch.setattr(mod, attr, getattr(mod, attr))  # restored after the test
     apply_hub_environment(env)
