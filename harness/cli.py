@@ -62,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("report_json", type=Path)
     r.add_argument("--out", type=Path, default=None, help="write Markdown here instead of stdout")
 
+    d = sub.add_parser("data", help="dataset commands", description="Inspect prepared datasets (no GPU).")
+    dsub = d.add_subparsers(dest="dcmd", required=True, metavar="SUBCOMMAND")
+    ds = dsub.add_parser("stats", help="kept_texts, scored tokens, dropped/truncated counts and fingerprint",
+                         description="Prepare the datasets exactly as the gate does and print their statistics. "
+                                     "From a config (--config) or from flags (--dataset ... --tokenizer ...).")
+    ds.add_argument("--config", default=None, metavar="PATH", help="gate config (default: configs/tiny.yaml)")
+    ds.add_argument("--dataset", action="append", choices=sorted(DATASET_DEFAULTS), default=None,
+                    help="with flags: which dataset (repeatable)")
+    ds.add_argument("--data-path", default=None, metavar="PATH",
+                    help="local copy in the hub schema: a file, a snapshot folder or a saved dataset dir "
+                         "(default: the hub dataset)")
+    ds.add_argument("--split", default=None, help="split (default: test for wikitext2, test_sft for ultrachat)")
+    ds.add_argument("--revision", default=None, help="hub revision to pin")
+    ds.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer dir or hub id (flags mode)")
+    ds.add_argument("--max-model-len", type=_positive_int, default=2048)
+    ds.add_argument("--n", type=_positive_int, default=200, help="texts requested")
+    ds.add_argument("--json", action="store_true", help="print JSON")
+
     c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
     csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
     for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
@@ -170,6 +188,49 @@ def cmd_report(a) -> int:
     return 0
 
 
+DATASET_DEFAULTS = {
+    "wikitext2": {"rule": "wikitext", "path": "wikitext", "name": "wikitext-2-raw-v1", "split": "test"},
+    "ultrachat": {"rule": "ultrachat", "path": "HuggingFaceH4/ultrachat_200k", "name": None, "split": "test_sft"},
+}
+
+
+def stats_config(a):
+    """A config for `data stats` from flags: the named datasets with the reference rules, the given tokenizer."""
+    from harness.config import HarnessConfig, find_root
+
+    if not a.tokenizer:
+        raise HarnessError("data stats with --dataset needs --tokenizer PATH (or use --config)")
+    datasets = {}
+    for name in a.dataset:
+        d = DATASET_DEFAULTS[name]
+        split = a.split or d["split"]
+        source = ({"path": str(Path(a.data_path).resolve()), "split": split} if a.data_path else
+                  {"path": d["path"], "name": d["name"], "split": split, "revision": a.revision})
+        datasets[name] = {"rule": d["rule"], "source": source, "n_texts": a.n}
+    cfg = HarnessConfig.model_validate({"name": "data-stats", "model": {"path": a.tokenizer,
+                                        "max_model_len": a.max_model_len}, "datasets": datasets})
+    cfg.root = str(find_root(Path.cwd()))
+    return cfg
+
+
+def cmd_data(a) -> int:
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    cfg = stats_config(a) if a.dataset else load_config(a.config)
+    s = GateSession(cfg, quiet=True)
+    rows = [s.prepared(n).summary() for n in s.dataset_names]
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("| dataset | requested | selected | kept_texts | dropped (< min tokens) | truncated | scored tokens | "
+          "fingerprint | tokenizer |\n|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['requested']} | {r['selected']} | {r['kept_texts']} | {r['dropped_short']} | "
+              f"{r['truncated']} | {r['tokens']} | {r['fingerprint']} | {r['tokenizer']} |")
+    return 0
+
+
 def cmd_cache(a) -> int:
     from harness.ckpt_cache import CheckpointCache
     from harness.config import load_config
@@ -188,7 +249,7 @@ def cmd_cache(a) -> int:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
-                "report": cmd_report, "cache": cmd_cache}
+                "report": cmd_report, "cache": cmd_cache, "data": cmd_data}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

@@ -197,6 +197,8 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
     import datasets
 
     datasets.disable_progress_bars()
+    if data_files is None and os.path.exists(path) and not _is_saved_dataset_dir(path):
+        path, data_files = local_files(path, split)
     try:
         if _is_saved_dataset_dir(path):
             ds = datasets.load_from_disk(path)
@@ -210,6 +212,29 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
         hint = ("local data_files missing or unreadable" if data_files is not None else
                 "no network or not cached: set HF_DATASETS_OFFLINE=1 with a warm cache, or point data_files at a local copy")
         raise HarnessError(f"could not load dataset {where}: {type(e).__name__}: {str(e)[:400]}\n  hint: {hint}") from None
+
+
+BUILDER_BY_SUFFIX = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow", ".csv": "csv"}
+
+
+def local_files(path: str, split: str) -> tuple[str, str | list[str]]:
+    """A local file, or a folder laid out like a hub snapshot (``<config>/<split>-00000-of-00001.parquet``), as a
+    (builder, data_files) pair for ``datasets.load_dataset``."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file():
+        builder = BUILDER_BY_SUFFIX.get(p.suffix)
+        if builder is None:
+            raise HarnessError(f"{path}: unknown file type {p.suffix!r}; use one of {', '.join(BUILDER_BY_SUFFIX)}")
+        return builder, str(p)
+    for suffix, builder in BUILDER_BY_SUFFIX.items():
+        files = sorted({str(f) for pattern in (f"{split}-*{suffix}", f"{split}{suffix}", f"{split}/*{suffix}")
+                        for f in p.rglob(pattern)})
+        if files:
+            return builder, files
+    raise HarnessError(f"{path}: no files for split {split!r} (looked for {split}*.parquet/.json/.jsonl/.arrow/.csv "
+                       "and a saved dataset dir)")
 
 
 def select_texts(rule: str, rows, n: int) -> list[str]:

@@ -167,7 +167,7 @@ class GateSession:
             if data_files is not None:
                 data_files = ([self.cfg.resolve(f) for f in data_files] if isinstance(data_files, list)
                               else self.cfg.resolve(data_files))
-            path = self.cfg.resolve(s.path) if s.path.startswith(("builtin:", ".", "/")) else s.path
+            path = self.cfg.resolve(s.path) if s.path.startswith(("builtin:", ".", "/", "~")) else s.path
             rows = load_rows(path, split=s.split, name=s.name, revision=s.revision, data_files=data_files)
             texts = select_texts(d.rule, rows, d.n_texts)
             rules = TokenRules(n_texts=d.n_texts, max_model_len=self.cfg.model.max_model_len, min_tokens=d.min_tokens,

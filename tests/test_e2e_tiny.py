@@ -116,7 +116,7 @@ def test_report_rerenders_from_json(gate_run):
 
 
 @pytest.mark.parametrize("cmd", [["gate"], ["quantize"], ["score"], ["baseline", "update"], ["report"],
-                                 ["cache", "ls"], ["cache", "clear"]])
+                                 ["cache", "ls"], ["cache", "clear"], ["data", "stats"]])
 def test_every_subcommand_has_help(cmd):
     r = harness(*cmd, "--help")
     assert r.returncode == 0 and "usage: harness" in r.stdout
