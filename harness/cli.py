@@ -59,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="re-render a report.json as Markdown",
                        description="Render the Markdown report (and chart) from a saved report.json.")
-    r.add_argument("report_json", type=Path)
+    r.add_argument("report_json", type=Path, nargs="?", help="report.json of a run")
     r.add_argument("--out", type=Path, default=None, help="write Markdown here instead of stdout")
+    r.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="instead: tables from stored files, DIR/<dataset>.json vs DIR/reference/nvfp4-<dataset>.json "
+                        "(e.g. baselines/qwen2.5-72b-instruct: the reference study)")
 
     d = sub.add_parser("data", help="dataset commands", description="Inspect prepared datasets (no GPU).")
     dsub = d.add_subparsers(dest="dcmd", required=True, metavar="SUBCOMMAND")
@@ -171,8 +174,14 @@ def cmd_baseline(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from harness.report import render_markdown
+    from harness.report import dataset_table, overall_table, reference_report, render_markdown
 
+    if a.reference:
+        rep = reference_report(a.reference)
+        print(dataset_table(rep) + "\n\n" + overall_table(rep))
+        return 0
+    if a.report_json is None:
+        raise HarnessError("harness report needs a report.json path (or --reference DIR)")
     try:
         rep = json.loads(a.report_json.read_text())
     except (OSError, json.JSONDecodeError) as e:

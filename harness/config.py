@@ -144,6 +144,8 @@ class HarnessConfig(Strict):
     calibration: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's calibration")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int | None = Field(None, ge=1, description="requests per scoring batch; 1 = the reference's "
+                                                              "one-at-a-time evaluation; unset = all at once")
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     hub: HubSpec = Field(default_factory=HubSpec)
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")

@@ -106,7 +106,7 @@ class GateSession:
         self.update_mode = update_baselines
         self.force = force
         self.recipe_name = recipe or cfg.recipe
-        self.batch_size = batch_size
+        self.batch_size = batch_size or cfg.batch_size
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         src = cfg.source_path or "configs/tiny.yaml"

@@ -43,6 +43,7 @@ def build_report(session, verdict) -> dict:
             "data": prep.summary(),
         })
     o = session.overall()
+    overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
     bf16_path = Path(cfg.resolve(cfg.model.path))
     return {
         "schema_version": REPORT_SCHEMA,
@@ -52,9 +53,7 @@ def build_report(session, verdict) -> dict:
         "kernel": q_info.get("kernel"), "engine": q_info,
         "max_model_len": cfg.model.max_model_len,
         "datasets": datasets,
-        "overall": {"bf16": {"ppl": o.ppl_ref, "nll": o.nll_ref, "tokens": o.tokens},
-                    "nvfp4": {"ppl": o.ppl_model, "nll": o.nll_model, "tokens": o.tokens},
-                    "score": o.score, "interval": _interval(o), "threshold": session.threshold(None)},
+        "overall": overall,
         "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
         "checkpoints": {"bf16": {"path": str(bf16_path), "bytes": disk_size(bf16_path) if bf16_path.is_dir() else None},
                         "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
@@ -72,6 +71,44 @@ def lm_eval_table(rep: dict) -> str:
             lines.append(f"| {d['dataset']} | {prec.upper()} | {_fmt(r.get('word_perplexity'))} | "
                          f"{_fmt(r.get('byte_perplexity'))} | {_fmt(r.get('bits_per_byte'))} |")
     return "\n".join(lines)
+
+
+def overall_block(datasets: list[dict], interval: dict | None = None, threshold: float | None = None) -> dict:
+    """The overall row: per-dataset NLLs pooled by token count, and the relative score."""
+    from harness.metrics import compare, overall_nll
+
+    ref = overall_nll({d["dataset"]: (d["bf16"]["nll"], d["bf16"]["tokens"]) for d in datasets})
+    mod = overall_nll({d["dataset"]: (d["nvfp4"]["nll"], d["nvfp4"]["tokens"]) for d in datasets})
+    c = compare("overall", ref, mod)
+    return {"bf16": {"ppl": c.ppl_ref, "nll": c.nll_ref, "tokens": ref[1]},
+            "nvfp4": {"ppl": c.ppl_model, "nll": c.nll_model, "tokens": mod[1]},
+            "score": c.score, "interval": interval, "threshold": threshold}
+
+
+def reference_report(model_dir: Path) -> dict:
+    """Tables from stored files alone: ``<model_dir>/<dataset>.json`` (BF16 baselines) against
+    ``<model_dir>/reference/nvfp4-<dataset>.json`` (a stored NVFP4 result), e.g. the reference study's."""
+    from harness.baselines import Baseline
+    from harness.errors import HarnessError
+    from harness.metrics import relative_score
+
+    model_dir = Path(model_dir)
+    datasets = []
+    for f in sorted(model_dir.glob("*.json")):
+        ref_file = model_dir / "reference" / f"nvfp4-{f.stem}.json"
+        if not ref_file.exists():
+            continue
+        b = Baseline.from_dict(json.loads(f.read_text()), str(f))
+        q = Baseline.from_dict(json.loads(ref_file.read_text()), str(ref_file))
+        row = {"dataset": f.stem, "score": relative_score(b.ppl, q.ppl), "interval": None, "threshold": None}
+        for prec, x in (("bf16", b), ("nvfp4", q)):
+            row[prec] = {"ppl": x.ppl, "nll": x.nll, "tokens": x.tokens, "kept_texts": x.kept_texts,
+                         "eval_s": x.provenance.get("eval_s")}
+        datasets.append(row)
+    if not datasets:
+        raise HarnessError(f"{model_dir}: no <dataset>.json with a matching reference/nvfp4-<dataset>.json")
+    return {"datasets": datasets, "overall": overall_block(datasets), "kernel": q.provenance.get("kernel"),
+            "model": b.model}
 
 
 def _interval(c) -> dict | None:
@@ -122,12 +159,12 @@ def overall_table(rep: dict) -> str:
     lines = ["| precision | PPL | NLL | tokens | relative score | 95% CI | min |", "|---|---:|---:|---:|---:|---|---:|",
              f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
              f"| NVFP4 | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
-             f"{o['score']:.2f} | {ci_s} | {o['threshold']:.2f} |"]
+             f"{o['score']:.2f} | {ci_s} | {_fmt(o['threshold'], 2)} |"]
     per = ["", "| dataset | relative score | 95% CI | min |", "|---|---:|---|---:|"]
     for d in rep["datasets"]:
         ci = d.get("interval")
         ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "-"
-        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {d['threshold']:.2f} |")
+        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {_fmt(d['threshold'], 2)} |")
     return "\n".join(lines + per)
 
 
