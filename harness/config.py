@@ -140,7 +140,9 @@ class HarnessConfig(Strict):
     name: str = Field(description="model key: baselines live in baselines/<name>/")
     model: ModelSpec
     datasets: dict[str, DatasetSpec]
-    recipe: str = Field("nvfp4", description="recipe name: recipes/<name>.yaml")
+    recipe: str = Field("nvfp4", description="the CLI's recipe: recipes/<name>.yaml")
+    recipes: list[str] | None = Field(None, description="recipes the pytest gate runs (default: every default "
+                                                         "recipe in recipes_dir that applies to this model)")
     calibration: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's calibration")
     thresholds: Thresholds = Field(default_factory=Thresholds)
     backend: Literal["hf", "vllm"] = "hf"

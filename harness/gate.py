@@ -370,16 +370,14 @@ class GateSession:
         return c
 
     def threshold(self, name: str | None) -> float:
+        """--min-score, else the recipe's threshold for this dataset/overall, else the config's."""
         if self.min_score is not None:
             return self.min_score
         rt = self.recipe().thresholds
-        cfg_t = self.cfg.thresholds
         key = name or "overall"
-        if name and name in cfg_t.datasets:
-            return cfg_t.datasets[name]
         if key in rt:
             return rt[key]
-        return cfg_t.overall if name is None else cfg_t.datasets.get(name, rt.get("overall", cfg_t.overall))
+        return self.cfg.threshold(name)
 
     def outcome(self, name: str | None) -> Outcome:
         c = self.overall() if name is None else self.comparison(name)

@@ -33,8 +33,8 @@ def _positive_int(v: str) -> int:
 
 def pytest_addoption(parser):
     g = parser.getgroup("harness", "NVFP4 quality gate (harness)")
-    g.addoption("--harness-config", default=None, metavar="PATH",
-                help="gate config YAML (default: configs/tiny.yaml, the embedded tiny model)")
+    g.addoption("--harness-config", action="append", default=None, metavar="PATH",
+                help="gate config YAML, repeatable: one model each (default: configs/tiny.yaml, the tiny model)")
     g.addoption("--update-baselines", action="store_true", default=False,
                 help="score BF16 and rewrite the baselines (atomically) before gating")
     g.addoption("--force", "--harness-force", dest="harness_force", action="store_true", default=False,
@@ -42,7 +42,8 @@ def pytest_addoption(parser):
     g.addoption("--min-score", type=_min_score, default=None, metavar="SCORE",
                 help="override every threshold (overall and per dataset)")
     g.addoption("--backend", choices=("hf", "vllm"), default=None, help="scoring backend (default: the config's)")
-    g.addoption("--recipe", default=None, metavar="NAME", help="recipe name in recipes/ (default: the config's)")
+    g.addoption("--recipe", default=None, metavar="NAME",
+                help="run only this recipe (default: every default recipe in recipes/ that applies to the model)")
     g.addoption("--quant-python", default=None, metavar="PYTHON",
                 help="interpreter that has llmcompressor (default: $HARNESS_QUANT_PYTHON or this one)")
     g.addoption("--quant-pythonpath", default=None, metavar="PATHS",
@@ -56,15 +57,32 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (and vLLM); skipped cleanly on machines without one")
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
     config._harness = HarnessState(config)
+    config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
+
+
+class Case:
+    """One gate run: a config (model) and a recipe; tests are parametrized over every case x dataset."""
+
+    def __init__(self, cfg, recipe: str):
+        self.cfg, self.recipe = cfg, recipe
+
+    @property
+    def id(self) -> str:
+        return f"{self.cfg.name}/{self.recipe}"
+
+    def __repr__(self) -> str:
+        return f"Case({self.id})"
 
 
 class HarnessState:
-    """Per-run state: the loaded config and the gate session(s), created lazily."""
+    """Per-run state: the loaded configs, the gate cases and their sessions, created lazily."""
 
     def __init__(self, pytest_config):
         self.pytest_config = pytest_config
-        self._cfg = None
-        self.sessions: dict[str, object] = {}
+        self._configs = None
+        self._cases = None
+        self.sessions: dict[tuple, object] = {}
+        self.updated: set[str] = set()
         self.reports: list[str] = []
         self.verdicts: list[str] = []
 
@@ -72,27 +90,47 @@ class HarnessState:
         return self.pytest_config.getoption(name)
 
     @property
-    def cfg(self):
-        if self._cfg is None:
+    def configs(self) -> list:
+        if self._configs is None:
             from harness.config import load_config
 
-            self._cfg = load_config(self.opt("harness_config"))
-        return self._cfg
+            self._configs = [load_config(p) for p in (self.opt("harness_config") or [None])]
+        return self._configs
 
-    def session(self, backend: str | None = None):
+    @property
+    def cfg(self):
+        return self.configs[0]
+
+    def cases(self) -> list[Case]:
+        """--recipe, else the config's `recipes` list, else every default recipe that applies to the model."""
+        if self._cases is None:
+            from harness.recipes import default_recipes
+
+            self._cases = []
+            for cfg in self.configs:
+                names = ([self.opt("recipe")] if self.opt("recipe") else
+                         cfg.recipes if cfg.recipes is not None else default_recipes(cfg.path_of("recipes_dir"), cfg.name))
+                self._cases += [Case(cfg, r) for r in names]
+        return self._cases
+
+    def session(self, case: Case | None = None, backend: str | None = None):
         from harness.gate import GateSession
 
-        backend = backend or self.opt("backend") or self.cfg.backend
-        if backend not in self.sessions:
-            self.sessions[backend] = GateSession(
-                self.cfg, backend=backend, min_score=self.opt("min_score"),
-                update_baselines=self.opt("update_baselines"), force=self.opt("harness_force"),
-                recipe=self.opt("recipe"), quant_python=self.opt("quant_python"),
+        case = case or Case(self.cfg, self.opt("recipe") or self.cfg.recipe)
+        backend = backend or self.opt("backend") or case.cfg.backend
+        key = (case.cfg.source_path, case.recipe, backend)
+        if key not in self.sessions:
+            update = self.opt("update_baselines") and case.cfg.source_path not in self.updated
+            if update:  # baselines are per model: one BF16 update serves every recipe
+                self.updated.add(case.cfg.source_path)
+            self.sessions[key] = GateSession(
+                case.cfg, backend=backend, min_score=self.opt("min_score"), update_baselines=update,
+                force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
                 quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"))
-        return self.sessions[backend]
+        return self.sessions[key]
 
     def finish(self, session) -> None:
-        """Write the report if the session got as far as scoring every dataset."""
+        """Write the report if the session got as far as scoring every dataset; always close its engine."""
         from harness.report import build_report, write_report
 
         try:
@@ -103,9 +141,9 @@ class HarnessState:
             out = self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")
             path = write_report(rep, out, session.log_lines)
             self.reports.append(str(path))
-            self.verdicts.append(verdict.summary())
+            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {verdict.summary()}")
         except HarnessError as e:
-            self.verdicts.append(f"no report: {e}")
+            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
         finally:
             session.close()
 
@@ -122,6 +160,10 @@ def _gpu_available() -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before -m selection, so `pytest -m gpu` picks up vLLM gate tests
 def pytest_collection_modifyitems(config, items):
+    foreign = [i for i in items if _dataset_not_in_case(i)]
+    if foreign:
+        config.hook.pytest_deselected(items=foreign)
+        items[:] = [i for i in items if not _dataset_not_in_case(i)]
     gate_items = [i for i in items if i.get_closest_marker("harness_gate")]
     if gate_items:
         state = config._harness
@@ -136,6 +178,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class _CaseOrdering:
+    @pytest.hookimpl(trylast=True)  # after pytest's own fixture-based reordering
+    def pytest_collection_modifyitems(self, items):
+        _group_by_case(items)
+
+
+def _case_of(item):
+    return getattr(getattr(item, "callspec", None), "params", {}).get("harness_case")
+
+
+def _group_by_case(items) -> None:
+    """Run each case's tests together (file order kept within a case), so its session and engine start once."""
+    positions = [n for n, i in enumerate(items) if _case_of(i) is not None]
+    if not positions:
+        return
+    order: dict[int, int] = {}
+    for n in positions:
+        order.setdefault(id(_case_of(items[n])), len(order))
+    rank = {id(items[n]): k for k, n in enumerate(positions)}
+    grouped = sorted((items[n] for n in positions),
+                     key=lambda i: (order[id(_case_of(i))], i.location[0], i.location[1] or 0, rank[id(i)]))
+    for n, item in zip(positions, grouped):
+        items[n] = item
+
+
+def _dataset_not_in_case(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "harness_case" in params and "harness_dataset" in params and \
+        params["harness_dataset"] not in params["harness_case"].cfg.datasets
+
+
 def _config_backend(state) -> str | None:
     try:
         return state.cfg.backend
@@ -144,13 +217,19 @@ def _config_backend(state) -> str | None:
 
 
 def pytest_generate_tests(metafunc):
+    if "harness_case" not in metafunc.fixturenames:
+        return
+    state = metafunc.config._harness
+    try:
+        cases = state.cases()
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
+    # the same case list (same indices) for every test, so pytest groups tests by case and each case's session
+    # (and engine) is set up once; datasets a case's config lacks are deselected in collection_modifyitems
+    metafunc.parametrize("harness_case", cases, ids=[c.id for c in cases], scope="session")
     if "harness_dataset" in metafunc.fixturenames:
-        state = metafunc.config._harness
-        try:
-            names = list(state.cfg.datasets)
-        except HarnessError as e:
-            raise pytest.UsageError(str(e)) from None
-        metafunc.parametrize("harness_dataset", names, scope="session")
+        names = list(dict.fromkeys(d for c in cases for d in c.cfg.datasets))
+        metafunc.parametrize("harness_dataset", names)
 
 
 @pytest.fixture(scope="session")
@@ -163,10 +242,10 @@ def harness_config(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def harness_session(pytestconfig, harness_config):
-    """The gate session for the chosen backend; writes the report at the end of the run."""
+def harness_session(pytestconfig, harness_case):
+    """The gate session of one (model, recipe) case; writes its report and closes its engine when done."""
     state = pytestconfig._harness
-    s = state.session()
+    s = state.session(harness_case)
     yield s
     state.finish(s)
 

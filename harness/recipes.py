@@ -49,3 +49,15 @@ def load_recipe(recipes_dir: Path, name: str) -> RecipeFile:
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path}: the llm-compressor recipe is not valid YAML: {e}") from None
     return r
+
+
+def default_recipes(recipes_dir: Path, model: str) -> list[str]:
+    """Recipes in the default set that apply to this model (negative controls are left out)."""
+    out = []
+    for name in recipe_names(recipes_dir):
+        r = load_recipe(recipes_dir, name)
+        if r.default and (not r.models or model in r.models):
+            out.append(name)
+    if not out:
+        raise ConfigError(f"no default recipe in {recipes_dir} applies to model {model!r}; add one or pass --recipe")
+    return out

@@ -30,22 +30,22 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
     p = gate_project
     target = p.path / "baselines/tiny-qwen2/ultrachat.json"
     target.unlink()
-    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "-p", "no:cacheprovider",
+    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable")
     r.assert_outcomes(passed=2, failed=2)  # test_quantize + wikitext2 pass; ultrachat and overall fail
     r.stdout.fnmatch_lines(["*baseline not found:*ultrachat.json*", "*create it with: pytest --harness-config*"
                             "--update-baselines*"])
     r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--update-baselines", "-p",
                                "no:cacheprovider", "--benchmark-disable")
-    r.assert_outcomes(passed=4)
+    r.assert_outcomes(passed=8)  # both default recipes (nvfp4, nvfp4a16) x (quantize, 2 datasets, overall)
     assert target.exists()
     r.stdout.fnmatch_lines(["*GATE PASSED*", "*report: *report.md"])
 
 
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
     p = gate_project
-    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--min-score", "99.9", "-p",
-                               "no:cacheprovider", "--benchmark-disable")
+    r = p.runpytest_subprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "--min-score", "99.9",
+                               "-p", "no:cacheprovider", "--benchmark-disable")
     r.assert_outcomes(passed=2, failed=2)  # quantize + wikitext2 (100.4) pass; ultrachat and overall fail
     r.stdout.fnmatch_lines(["*FAIL overall: score 99.* < min 99.90*"])
     r = p.runpytest_subprocess("--min-score", "abc")
@@ -63,3 +63,18 @@ def test_gpu_marker_is_registered_and_skips_cleanly_without_gpu(pytester):
         r.stdout.fnmatch_lines(["*needs a CUDA GPU*"])
     else:  # a machine with a GPU runs it (and the test body fails on purpose)
         r.assert_outcomes(failed=1)
+
+
+def test_a_new_recipe_file_adds_parametrized_tests(gate_project):
+    p = gate_project
+    before = p.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert "test_dataset_score[tiny-qwen2/nvfp4-ultrachat]" in before.stdout.str()
+    assert "negative-control-w2" not in before.stdout.str()  # not in the default set
+    text = (p.path / "recipes/nvfp4.yaml").read_text().replace("name: nvfp4", "name: nvfp4-smallcal")
+    (p.path / "recipes/nvfp4-smallcal.yaml").write_text(text.replace("samples: 512", "samples: 16"))
+    after = p.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    for test in ("test_quantize[tiny-qwen2/nvfp4-smallcal]", "test_dataset_score[tiny-qwen2/nvfp4-smallcal-wikitext2]",
+                 "test_dataset_score[tiny-qwen2/nvfp4-smallcal-ultrachat]", "test_overall_score[tiny-qwen2/nvfp4-smallcal]"):
+        assert test in after.stdout.str()
+    only = p.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--recipe", "nvfp4-smallcal")
+    assert "[tiny-qwen2/nvfp4]" not in only.stdout.str() and "[tiny-qwen2/nvfp4-smallcal]" in only.stdout.str()
