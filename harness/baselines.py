@@ -100,6 +100,9 @@ class BaselineStore:
     def path(self, model: str, dataset: str) -> Path:
         return self.root / model / f"{dataset}.json"
 
+    def tokens_path(self, model: str, dataset: str) -> Path:
+        return self.root / model / f"{dataset}.tokens.npz"
+
     def exists(self, model: str, dataset: str) -> bool:
         return self.path(model, dataset).exists()
 

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--update-baselines", action="store_true", help="score BF16 and rewrite baselines first")
     g.add_argument("--force", action="store_true", help="with --update-baselines: accept a changed data fingerprint")
     g.add_argument("--report-dir", default=None, metavar="DIR", help="where the report goes (default: config's)")
+    g.add_argument("--token-detail", action="store_true",
+                   help="save per-token logprobs (compressed numpy) and report the tokens/documents that lost most")
 
     q = sub.add_parser("quantize", help="build (or fetch from cache) the quantized checkpoint; prints its path",
                        description="Run llm-compressor oneshot in the quantization interpreter, cached by content.")
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Score BF16 on every dataset and rewrite baselines/<model>/<dataset>.json.")
     _common(bu, quant=False)
     bu.add_argument("--force", action="store_true", help="accept a changed data fingerprint")
+    bu.add_argument("--token-detail", action="store_true", help="also save BF16 per-token logprobs (.tokens.npz)")
 
     r = sub.add_parser("report", help="re-render a report.json as Markdown",
                        description="Render the Markdown report (and chart) from a saved report.json.")
@@ -102,9 +105,10 @@ def _session(a, **kw):
 
 
 def cmd_gate(a) -> int:
-    from harness.report import build_report, dataset_table, overall_table, write_report
+    from harness.report import build_report, dataset_table, overall_table, session_token_logprobs, write_report
 
-    s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force)
+    s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force,
+                 token_detail=a.token_detail)
     try:
         for n in s.dataset_names:   # baselines and data checks first: refuse before any GPU time
             s.baseline(n)
@@ -114,7 +118,8 @@ def cmd_gate(a) -> int:
         s.engines.close()
         verdict = s.verdict()
         rep = build_report(s, verdict)
-        out = write_report(rep, Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir"), s.log_lines)
+        out = write_report(rep, Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir"), s.log_lines,
+                           session_token_logprobs(s))
     finally:
         s.close()
     if rep["baseline_updates"]:
@@ -162,7 +167,7 @@ def cmd_score(a) -> int:
 def cmd_baseline(a) -> int:
     from harness.report import _brief, baseline_diff_table
 
-    s = _session(a, update_baselines=True, force=a.force)
+    s = _session(a, update_baselines=True, force=a.force, token_detail=a.token_detail)
     try:
         pairs = s.update_baselines()
     finally:

@@ -150,6 +150,7 @@ class HarnessConfig(Strict):
                                                               "one-at-a-time evaluation; unset = all at once")
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     hub: HubSpec = Field(default_factory=HubSpec)
+    token_detail: bool = Field(False, description="save per-token logprobs (compressed numpy) and summarise them")
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
     baselines_dir: str = "baselines"
     recipes_dir: str = "recipes"

@@ -95,7 +95,7 @@ class GateSession:
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
-                 update_hint: str | None = None, log=None, quiet: bool = False):
+                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False):
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
@@ -107,6 +107,7 @@ class GateSession:
         self.force = force
         self.recipe_name = recipe or cfg.recipe
         self.batch_size = batch_size or cfg.batch_size
+        self.token_detail = token_detail or cfg.token_detail
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         src = cfg.source_path or "configs/tiny.yaml"
@@ -272,9 +273,10 @@ class GateSession:
             self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
                      f"with {self.backend}/{precision}")
             t0 = time.time()
-            res = eng.loglikelihood_rolling(prep.token_ids)
+            res = eng.loglikelihood_rolling(prep.token_ids, token_logprobs=self.token_detail)
             s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
-                             eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes)
+                             eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
+                             token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
             if precision != "bf16":
                 self._check_kernel(precision)
@@ -325,6 +327,11 @@ class GateSession:
         for _, b in pairs:
             p = self.store.write(b)
             self.log(f"wrote baseline {p}")
+            tok = self._scores[(b.dataset, "bf16")].token_logprobs
+            if tok is not None:
+                from harness.token_detail import save_tokens
+
+                save_tokens(self.store.tokens_path(b.model, b.dataset), tok)
         self.baseline_updates = pairs
         self._updated = True
         return pairs
@@ -368,6 +375,23 @@ class GateSession:
                                           {n: (s.nll_sums, s.n_tokens) for n, s in ss.items()},
                                           samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
         return c
+
+    def token_summary(self, name: str) -> dict | None:
+        """BF16-vs-quantized per-token summary, when both sides have per-token logprobs."""
+        s = self.score(name)
+        if s.token_logprobs is None:
+            return None
+        bf16 = self.store.tokens_path(self.cfg.name, name)
+        if not bf16.exists():
+            return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
+        import numpy as np
+
+        from harness.token_detail import load_tokens, summarize
+
+        offsets = np.zeros(len(s.token_logprobs) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(d) for d in s.token_logprobs])
+        flat = np.asarray([x for d in s.token_logprobs for x in d], dtype=np.float32)
+        return summarize(load_tokens(bf16), (offsets, flat))
 
     def threshold(self, name: str | None) -> float:
         """--min-score, else the recipe's threshold for this dataset/overall, else the config's."""

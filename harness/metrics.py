@@ -22,6 +22,7 @@ class DatasetScore:
     eval_s: float | None = None
     words: int | None = None   # of the scored texts, for lm-evaluation-harness's word/byte metrics
     bytes: int | None = None
+    token_logprobs: list[list[float]] | None = field(default=None, repr=False)  # only with token_detail
 
     def __post_init__(self):
         if len(self.nll_sums) != len(self.n_tokens):

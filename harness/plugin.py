@@ -51,6 +51,8 @@ def pytest_addoption(parser):
     g.addoption("--batch-size", type=_positive_int, default=None, metavar="N",
                 help="requests per scoring batch; 1 reproduces the reference's one-at-a-time evaluation")
     g.addoption("--harness-report-dir", default=None, metavar="DIR", help="where reports go (default: the config's)")
+    g.addoption("--token-detail", action="store_true", default=False,
+                help="save per-token logprobs (compressed numpy) and report the tokens/documents that lost most")
 
 
 def pytest_configure(config):
@@ -126,12 +128,13 @@ class HarnessState:
             self.sessions[key] = GateSession(
                 case.cfg, backend=backend, min_score=self.opt("min_score"), update_baselines=update,
                 force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
-                quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"))
+                quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"),
+                token_detail=self.opt("token_detail"))
         return self.sessions[key]
 
     def finish(self, session) -> None:
         """Write the report if the session got as far as scoring every dataset; always close its engine."""
-        from harness.report import build_report, write_report
+        from harness.report import build_report, session_token_logprobs, write_report
 
         try:
             if not all((n, "nvfp4") in session._scores for n in session.dataset_names):
@@ -139,7 +142,7 @@ class HarnessState:
             verdict = session.verdict()
             rep = build_report(session, verdict)
             out = self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")
-            path = write_report(rep, out, session.log_lines)
+            path = write_report(rep, out, session.log_lines, session_token_logprobs(session))
             self.reports.append(str(path))
             self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {verdict.summary()}")
         except HarnessError as e:

@@ -40,7 +40,7 @@ def build_report(session, verdict) -> dict:
             "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
                       "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
             "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
-            "data": prep.summary(),
+            "data": prep.summary(), "token_detail": session.token_summary(name),
         })
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
@@ -202,6 +202,8 @@ def render_markdown(rep: dict) -> str:
         rep["gate"]["summary"],
         "```",
     ]
+    if any(d.get("token_detail") for d in rep["datasets"]):
+        parts += ["", "## Per-token detail", "", token_detail_table(rep)]
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
     return "\n".join(parts) + "\n"
@@ -215,6 +217,22 @@ def kernel_notes(kernel: str) -> list[str]:
         return ["- note: W4A4 emulation: the NVFP4 numerics of Blackwell's native kernels, computed in higher precision "
                 "on this GPU; accuracy is comparable, speed is not."]
     return []
+
+
+def token_detail_table(rep: dict) -> str:
+    lines = ["| dataset | tokens | logprob fell > 1 nat | rose > 1 nat | mean change (nats) | worst documents "
+             "(doc: NLL increase per token) |", "|---|---:|---:|---:|---:|---|"]
+    for d in rep["datasets"]:
+        t = d.get("token_detail")
+        if not t:
+            continue
+        if "note" in t:
+            lines.append(f"| {d['dataset']} | {t['note']} | | | | |")
+            continue
+        worst = ", ".join(f"{w['doc']}: {w['nll_increase_per_token']:.3f}" for w in t["worst_documents"])
+        lines.append(f"| {d['dataset']} | {t['tokens']} | {t['share_tokens_dropped']:.2%} | "
+                     f"{t['share_tokens_gained']:.2%} | {t['mean_delta_nats']:+.4f} | {worst} |")
+    return "\n".join(lines)
 
 
 def baseline_diff_table(updates: list[dict]) -> str:
@@ -257,7 +275,8 @@ def write_chart(rep: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(rep: dict, reports_dir: Path, log_lines: list[str]) -> Path:
+def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
+                 token_logprobs: dict[str, list[list[float]]] | None = None) -> Path:
     """Write JSON + Markdown + SVG + log into reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +292,16 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str]) -> Path:
         write_chart(rep, tmp / "chart.svg")
         (tmp / "report.md").write_text(render_markdown(rep))
         (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")
+        for name, per_doc in (token_logprobs or {}).items():
+            from harness.token_detail import save_tokens
+
+            save_tokens(tmp / f"tokens-{name}.npz", per_doc)
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def session_token_logprobs(session) -> dict[str, list[list[float]]]:
+    return {n: session.score(n).token_logprobs for n in session.dataset_names
+            if session.score(n).token_logprobs is not None}

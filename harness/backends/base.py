@@ -31,6 +31,7 @@ class EngineSpec:
 class DocResult:
     logprob_sum: float
     n_tokens: int
+    token_logprobs: list[float] | None = None  # per scored token, only when asked for (token_detail)
 
     @property
     def nll_sum(self) -> float:
@@ -44,8 +45,10 @@ class Backend(ABC):
         self.spec = spec
 
     @abstractmethod
-    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None) -> list[DocResult]:
-        """Per document: sum of log p(token_i | tokens_<i) for i >= 1, and the count of such tokens."""
+    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
+                              token_logprobs: bool = False) -> list[DocResult]:
+        """Per document: sum of log p(token_i | tokens_<i) for i >= 1, and the count of such tokens
+        (with ``token_logprobs``: also each of those log-probabilities)."""
 
     @abstractmethod
     def info(self) -> dict:

@@ -51,7 +51,8 @@ class HFBackend(Backend):
         self.load_s = time.time() - t0
         self.quant = quantization_info(self.model.config)
 
-    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None) -> list[DocResult]:
+    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
+                              token_logprobs: bool = False) -> list[DocResult]:
         import torch
 
         order = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
@@ -78,8 +79,11 @@ class HFBackend(Backend):
                 logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
                 tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask[:, 1:]
                 sums = tok_lp.sum(-1).double().cpu().tolist()
+                per_tok = tok_lp.cpu().tolist() if token_logprobs else None
                 for r, j in enumerate(batch):
-                    results[j] = DocResult(logprob_sum=sums[r], n_tokens=len(docs[j]) - 1)
+                    n = len(docs[j]) - 1
+                    results[j] = DocResult(logprob_sum=sums[r], n_tokens=n,
+                                           token_logprobs=per_tok[r][:n] if per_tok is not None else None)
                 done += len(batch)
                 if progress:
                     progress(done, len(docs))

@@ -124,7 +124,8 @@ class VLLMBackend(Backend):
             self.kernels = []
             self.kernel_source = f"unknown ({type(e).__name__}: {str(e)[:120]})"
 
-    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None) -> list[DocResult]:
+    def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
+                              token_logprobs: bool = False) -> list[DocResult]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0,
@@ -144,7 +145,8 @@ class VLLMBackend(Backend):
             if is_oom(e):
                 raise oom_error(e, "scoring", self.kwargs) from None
             raise
-        return check_results([doc_result(o.prompt_logprobs, d) for o, d in zip(outs, docs)], docs, self.name)
+        return check_results([doc_result(o.prompt_logprobs, d, token_logprobs) for o, d in zip(outs, docs)], docs,
+                             self.name)
 
     def info(self) -> dict:
         import torch
@@ -181,7 +183,7 @@ class VLLMBackend(Backend):
             pass
 
 
-def doc_result(prompt_logprobs, ids: Sequence[int]) -> DocResult:
+def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -> DocResult:
     """Sum the logprob of each actual prompt token (position >= 1) from vLLM's prompt_logprobs."""
     if prompt_logprobs is None:
         raise BackendError("vllm returned no prompt_logprobs (is prompt_logprobs set and max_logprobs >= 0?)")
@@ -192,6 +194,7 @@ def doc_result(prompt_logprobs, ids: Sequence[int]) -> DocResult:
         raise BackendError(f"vllm returned prompt_logprobs for {npos} positions, prompt has {n}")
     total = 0.0
     count = 0
+    per_tok: list[float] | None = [] if keep_tokens else None
     for i in range(1, n):
         tok = ids[i]
         lp = None
@@ -209,4 +212,6 @@ def doc_result(prompt_logprobs, ids: Sequence[int]) -> DocResult:
             raise BackendError(f"vllm: missing prompt logprob for token {tok} at position {i}")
         total += lp
         count += 1
-    return DocResult(logprob_sum=total, n_tokens=count)
+        if per_tok is not None:
+            per_tok.append(lp)
+    return DocResult(logprob_sum=total, n_tokens=count, token_logprobs=per_tok)
