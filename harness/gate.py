@@ -110,6 +110,7 @@ class GateSession:
         self.token_detail = token_detail or cfg.token_detail
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
+        check_model_path(cfg)
         src = cfg.source_path or "configs/tiny.yaml"
         self.update_hint = update_hint or (f"pytest --harness-config {src} --update-baselines   "
                                            f"(or: harness baseline update --config {src})")
@@ -220,6 +221,8 @@ class GateSession:
             cal = self.calibration()
             m = self.cfg.model
             model_path = self.cfg.resolve(m.path)
+            if Path(model_path).is_dir():
+                check_shards(Path(model_path))
             versions = interpreter_versions(self.interp)
             key, material = cache_key(model_path, m.revision, recipe.recipe_text, cal.model_dump(), versions)
             cache = CheckpointCache(self.cfg.cache_path())
@@ -252,6 +255,10 @@ class GateSession:
         m = self.cfg.model
         if precision == "bf16":
             model = self.cfg.resolve(m.path)
+            if Path(model).is_dir():
+                from harness.checkpoint import check_shards
+
+                check_shards(Path(model))
         else:
             model = str(self.checkpoint()[0])
 
@@ -422,6 +429,18 @@ class GateSession:
 
     def close(self) -> None:
         self.engines.close()
+
+
+def check_model_path(cfg: HarnessConfig) -> None:
+    """A local model path that does not exist is a config error now, not a loader traceback later."""
+    from harness.errors import ConfigError
+
+    raw = cfg.model.path
+    resolved = cfg.resolve(raw)
+    local = raw.startswith(("/", ".", "~", "builtin:")) or Path(resolved).is_absolute()
+    if local and not Path(resolved).exists():
+        raise ConfigError(f"model.path {raw!r} does not exist ({resolved}); give a local checkpoint dir or a hub id "
+                          "such as Qwen/Qwen2.5-7B-Instruct")
 
 
 def git_commit(root: str | None) -> str | None:
