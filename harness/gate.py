@@ -422,9 +422,16 @@ class GateSession:
     def verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
         notes = []
+        mine = self.engine_info("nvfp4")
         for n in self.dataset_names:
-            if not self.store.load(self.cfg.name, n).has_documents:
+            b = self.store.load(self.cfg.name, n)
+            if not b.has_documents:
                 notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
+            theirs = (b.provenance.get("backend"), b.provenance.get("device"))
+            if mine and theirs != (self.backend, mine.get("device")):
+                notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {self.backend} on "
+                             f"{mine.get('device')}: backends agree to ~0.1% PPL; update the baseline on this setup "
+                             "for the tightest gate")
         return Verdict(outs, notes)
 
     def close(self) -> None:

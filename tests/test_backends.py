@@ -45,7 +45,10 @@ class LP:
 
 def test_vllm_prompt_logprobs_are_summed_from_position_one():
     ids = [7, 8, 9]
-    assert doc_result(Flat([None, {8: -1.0}, {9: -0.5}]), ids) == DocResult(-1.5, 2)
+    assert doc_result(Flat([None, {8: -1.0}, {9: -0.5}]), ids) == DocResult(-1.5, 2)  # fast path
+    assert doc_result(Flat([None, {3: -0.2, 8: -1.0}, {9: -0.5}]), ids) == DocResult(-1.5, 2)  # top-k extras
+    assert doc_result(Flat([None, {8: -1.0}, {9: -0.5}]), ids, True).token_logprobs == [-1.0, -0.5]
+    assert doc_result(Flat([None, {3: -0.2, 8: -1.0}, {9: -0.5}]), ids, True).token_logprobs == [-1.0, -0.5]
     assert doc_result([None, {8: LP(-1.0)}, {9: LP(-0.5), 3: LP(-0.1)}], ids) == DocResult(-1.5, 2)
     with pytest.raises(BackendError, match="missing prompt logprob for token 9"):
         doc_result(Flat([None, {8: -1.0}, {4: -0.5}]), ids)

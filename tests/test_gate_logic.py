@@ -28,7 +28,7 @@ class FakeBackend(Backend):
         self.kernel = spec.engine_kwargs.get("kernel", "emulation W4A4")
         self.poison = spec.engine_kwargs.get("poison")
 
-    def loglikelihood_rolling(self, docs, progress=None):
+    def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False):
         out = []
         for i, d in enumerate(docs):
             per_tok = 1.0 + self.extra * (1 + (i % 3) * 0.1)

@@ -192,6 +192,11 @@ def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -
     npos = len(prompt_logprobs.start_indices) if flat else len(prompt_logprobs)
     if npos != n:
         raise BackendError(f"vllm returned prompt_logprobs for {npos} positions, prompt has {n}")
+    if flat and n > 1:  # fast path (prompt_logprobs=0): one entry per position, the prompt token, contiguous
+        lo, hi = prompt_logprobs.start_indices[1], prompt_logprobs.end_indices[n - 1]
+        if hi - lo == n - 1 and prompt_logprobs.token_ids[lo:hi] == list(ids[1:]):
+            lps = prompt_logprobs.logprobs[lo:hi]
+            return DocResult(logprob_sum=sum(lps), n_tokens=n - 1, token_logprobs=list(lps) if keep_tokens else None)
     total = 0.0
     count = 0
     per_tok: list[float] | None = [] if keep_tokens else None
