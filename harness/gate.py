@@ -272,6 +272,11 @@ class GateSession:
 
         return self.engines.get((self.backend, precision, model), make)
 
+    def start_engine(self, precision: str = "nvfp4") -> dict:
+        """Start (or keep) the engine for this precision now, e.g. so a benchmark times scoring alone."""
+        self._engine(precision)
+        return self.engine_info(precision)
+
     def score(self, name: str, precision: str = "nvfp4") -> DatasetScore:
         key = (name, precision)
         if key not in self._scores:
