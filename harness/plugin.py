@@ -137,6 +137,12 @@ class HarnessState:
         from harness.report import build_report, session_token_logprobs, write_report
 
         try:
+            if session.baseline_updates:
+                from harness.report import _brief, baseline_diff_table
+
+                table = baseline_diff_table([{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)}
+                                             for old, new in session.baseline_updates])
+                self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
             if not all((n, "nvfp4") in session._scores for n in session.dataset_names):
                 return
             verdict = session.verdict()

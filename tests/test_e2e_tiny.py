@@ -120,3 +120,25 @@ def test_report_rerenders_from_json(gate_run):
 def test_every_subcommand_has_help(cmd):
     r = harness(*cmd, "--help")
     assert r.returncode == 0 and "usage: harness" in r.stdout
+
+
+def test_cache_ls_and_clear(tmp_path):
+    env_cache = tmp_path / "cache"
+    cfg = load_config()
+    cfg.cache_dir = str(env_cache)
+    path, _ = GateSession(cfg, quiet=True).checkpoint()
+    p = _edit_config_file(cfg, tmp_path)
+    r = harness("cache", "ls", "--config", p)
+    assert r.returncode == 0 and path.name in r.stdout and "1 entry in" in r.stdout
+    r = harness("cache", "clear", "--config", p)
+    assert r.returncode == 0 and "removed 1 entries" in r.stdout
+    assert not path.exists()
+
+
+def _edit_config_file(cfg, tmp_path) -> str:
+    root = Path(__file__).resolve().parents[1]
+    d = yaml.safe_load((root / "configs/tiny.yaml").read_text())
+    d.update(cache_dir=cfg.cache_dir, baselines_dir=str(root / "baselines"), recipes_dir=str(root / "recipes"))
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return str(p)

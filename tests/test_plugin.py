@@ -39,7 +39,9 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
                                "no:cacheprovider", "--benchmark-disable")
     r.assert_outcomes(passed=8)  # both default recipes (nvfp4, nvfp4a16) x (quantize, 2 datasets, overall)
     assert target.exists()
-    r.stdout.fnmatch_lines(["*GATE PASSED*", "*report: *report.md"])
+    r.stdout.fnmatch_lines(["*baselines updated (old -> new, * = changed)*", "*| ultrachat | ppl * | - | 2.6*",
+                            "*GATE PASSED*", "*report: *report.md"])
+    assert r.stdout.str().count("baselines updated") == 1  # one BF16 update serves both recipes
 
 
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
