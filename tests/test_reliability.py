@@ -128,6 +128,9 @@ def test_gpu_out_of_memory_names_the_knobs(monkeypatch):
     assert "GPU out of memory while starting the bf16 engine" in msg
     for knob in ("gpu_memory_utilization", "max_num_batched_tokens", "tensor_parallel_size", "cpu_offload_gb"):
         assert knob in msg
+    _fake_vllm(monkeypatch, RuntimeError("Engine core initialization failed. See root cause above."))
+    with pytest.raises(BackendError, match="(?s)could not start the bf16 engine.*root cause.*cpu_offload_gb"):
+        VLLMBackend(spec)
     _fake_vllm(monkeypatch, ValueError("model architecture not supported"))  # not OOM: passes through unchanged
     with pytest.raises(ValueError, match="not supported"):
         VLLMBackend(spec)

@@ -114,6 +114,14 @@ class VLLMBackend(Backend):
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; OOM gets the knobs, the rest passes through
             if is_oom(e):
                 raise oom_error(e, f"starting the {spec.precision} engine", kwargs) from None
+            if "engine core initialization failed" in str(e).lower():
+                # the root cause is in the engine-core process's log above; OOM is the usual one
+                knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
+                raise BackendError(
+                    f"vLLM could not start the {spec.precision} engine for {spec.model} ({e}). The engine-core log "
+                    f"above has the root cause. If it ran out of GPU memory (weights or KV cache do not fit the "
+                    f"share), turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
+                    f"Current engine kwargs: {kwargs}") from None
             raise
         self.engine_start_s = time.time() - t0
         try:

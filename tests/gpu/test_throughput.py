@@ -134,3 +134,26 @@ def test_throughput_1p5b(bench_models, variant, gpu_results, benchmark):
     expect = {"bf16": "dense", "nvfp4-marlin": "Marlin", "nvfp4-emulation": "emulation"}[variant]
     assert expect in info["kernel"], info
     # speed goal (harness >= 0.95x the bare loop) is recorded by the benchmark, not asserted
+
+
+@pytest.mark.skipif("__import__('torch').cuda.device_count() < 2", reason="needs 2 GPUs (device kind nvidia-h200-x2)")
+@pytest.mark.parametrize("variant", ["bf16", "nvfp4-marlin", "nvfp4-emulation"])
+def test_1p5b_tp2_matches_tp1(bench_models, variant, gpu_results):
+    import math
+
+    precision = "bf16" if variant == "bf16" else "nvfp4"
+    docs = _prompts()[:50]
+    ppl = {}
+    for tp in (1, 2):
+        kw = {**ENGINE, "tensor_parallel_size": tp}
+        if variant == "nvfp4-emulation":
+            kw["linear_backend"] = "emulation"
+        eng = backend_class("vllm")(EngineSpec(model=str(bench_models[precision]), precision=precision,
+                                               max_model_len=MAX_MODEL_LEN, engine_kwargs=kw))
+        try:
+            res = eng.loglikelihood_rolling(docs)
+        finally:
+            eng.close()
+        ppl[tp] = math.exp(sum(r.nll_sum for r in res) / sum(r.n_tokens for r in res))
+    gpu_results(f"throughput_1p5b_tp2_vs_tp1_{variant}", ppl)
+    assert abs(ppl[2] - ppl[1]) / ppl[1] < 1e-3, ppl
