@@ -24,7 +24,7 @@ SHAPE_7B = dict(hidden_size=3584, num_hidden_layers=28, intermediate_size=18944,
                 num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_position_embeddings=32768,
                 rope_theta=1000000.0)
 SHARE = 0.1  # of ~140 GiB: 14 GiB, less than the 7B shape's 15.2 GB of BF16 weights
-OFFLOAD_GB = 10
+OFFLOAD_GB = 12
 
 
 def _gpus() -> int:
@@ -58,7 +58,8 @@ def _update(gpu_cfg, model: Path, engine: dict, tag: str):
     cfg = gpu_cfg.model_copy(deep=True)
     cfg.name = f"qwen2.5-7b-shape-{tag}"
     cfg.model.path = str(model)
-    cfg.model.engine = {"bf16": {"vllm": {"dtype": "bfloat16", "seed": 0, "enforce_eager": True, **engine}}}
+    cfg.model.engine = {"bf16": {"vllm": {"dtype": "bfloat16", "seed": 0, "enforce_eager": True,
+                                          "max_num_batched_tokens": 2048, **engine}}}
     s = GateSession(cfg, backend="vllm", update_baselines=True, force=True)
     t0 = time.time()
     try:
@@ -78,6 +79,10 @@ def test_7b_shape_does_not_fit_the_share_without_offload(gpu_cfg, model_7b, gpu_
     assert "cpu_offload_gb" in str(e.value) and "tensor_parallel_size" in str(e.value)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "seen on the H200 with vLLM 0.26.0, 2026-11-24: cpu_offload_gb=12 offloaded nothing (no 'Total CPU offloaded "
+    "parameters' log line, 'Model loading took 14.29 GiB', KV cache -0.88 GiB) and the engine failed with 'No "
+    "available memory for the cache blocks'; open in the two-GPU issue. strict: a passing run must update this"))
 def test_7b_shape_baseline_update_with_cpu_offload_on_one_gpu(gpu_cfg, model_7b, gpu_results, benchmark):
     r = benchmark.pedantic(_update, args=(gpu_cfg, model_7b, {"gpu_memory_utilization": SHARE,
                                                               "cpu_offload_gb": OFFLOAD_GB}, "offload"),
