@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -149,7 +148,3 @@ class CheckpointCache:
         if self.root.exists():
             shutil.rmtree(self.root)
         return n
-
-
-def calibration_dict(spec) -> dict:
-    return asdict(spec)
