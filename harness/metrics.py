@@ -111,6 +111,8 @@ class Comparison:
 
 def compare(name: str, ref: tuple[float, int], model: tuple[float, int]) -> Comparison:
     (n_ref, t_ref), (n_mod, t_mod) = ref, model
+    if t_ref != t_mod:
+        raise ValueError(f"{name}: reference scored {t_ref} tokens, the model {t_mod}: not the same data")
     return Comparison(name=name, ppl_ref=math.exp(n_ref), ppl_model=math.exp(n_mod), nll_ref=n_ref, nll_model=n_mod,
                       tokens=t_mod, score=relative_score(math.exp(n_ref), math.exp(n_mod)))
 

@@ -57,6 +57,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (and vLLM); skipped cleanly on machines without one")
+    config.addinivalue_line("markers", "multi_gpu: the tensor-parallel / offload suite (`pytest -m multi_gpu`); "
+                                       "tests that need two GPUs skip cleanly on fewer")
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
     config._harness = HarnessState(config)
     config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
@@ -180,7 +182,7 @@ def pytest_collection_modifyitems(config, items):
         if backend == "vllm":
             for item in gate_items:
                 item.add_marker(pytest.mark.gpu)
-    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    gpu_items = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("multi_gpu")]
     if gpu_items and not _gpu_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU: none visible (torch.cuda.is_available() is False)")
         for item in gpu_items:

@@ -48,3 +48,10 @@ def test_lm_eval_metrics_definitions():
     assert m["byte_perplexity"] == pytest.approx(2.0)
     assert m["bits_per_byte"] == pytest.approx(1.0)
     assert lm_eval_metrics(1.0, None, None) == {"word_perplexity": None, "byte_perplexity": None, "bits_per_byte": None}
+
+
+def test_compare_refuses_different_token_counts():
+    from harness.metrics import compare
+
+    with pytest.raises(ValueError, match="not the same data"):
+        compare("d", (0.5, 100), (0.6, 99))

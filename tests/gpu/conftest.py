@@ -2,8 +2,10 @@
 results file (``$HARNESS_GPU_RESULTS``) that collects the numbers a run measured, for the closing note."""
 from __future__ import annotations
 
+import gc
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,81 @@ def vllm_bf16_baselines(gpu_cfg, gpu_results):
     gpu_results("tiny_bf16_vllm", {b.dataset: {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens} for _, b in pairs})
     gpu_results("engine_start_s_bf16", info.get("engine_start_s"))
     return {b.dataset: b for _, b in pairs}
+
+
+# Qwen2.5-1.5B shape, random weights (shared by the throughput and the tensor-parallel tests)
+SHAPE_1P5B = dict(hidden_size=1536, num_hidden_layers=28, intermediate_size=8960, num_attention_heads=12,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
+                  rope_theta=1000000.0)
+
+
+@pytest.fixture(scope="session")
+def bench_models(tmp_path_factory, harness_config):
+    """BF16 dir (random weights, built on the GPU) and its NVFP4 checkpoint (llm-compressor, quant interpreter)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from harness import quantize as q
+    from harness.config import CalibrationSpec
+
+    root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench15b"))
+    bf16 = root / "bf16"
+    if not (bf16 / "config.json").exists():
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = Qwen2ForCausalLM(Qwen2Config(**SHAPE_1P5B)).to(torch.bfloat16)
+        model.save_pretrained(bf16)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        # the tiny tokenizer: ids < 512 are valid here; scoring uses token ids and skips tokenizer init anyway
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(harness_config.resolve("builtin:tiny")).save_pretrained(bf16)
+    params = sum(v for v in _param_count(bf16).values())
+    nvfp4 = root / "nvfp4"
+    if not (nvfp4 / "config.json").exists():
+        cal = harness_config.calibration
+        spec = q.QuantSpec(model=str(bf16), recipe=_recipe(harness_config), output_dir=str(nvfp4),
+                           calibration=q.CalibrationSpec(**{**CalibrationSpec().model_dump(), **cal, "samples": 32,
+                                                            "data_files": harness_config.resolve(cal["data_files"])}))
+        t0 = time.time()
+        q.run_quantization(spec, q.QuantInterpreter.from_env(), root / "quantize.log")
+        quant_s = time.time() - t0
+    else:
+        quant_s = None
+    return {"bf16": bf16, "nvfp4": nvfp4, "params": params, "quant_s": quant_s}
+
+
+def _recipe(cfg) -> str:
+    from harness.recipes import load_recipe
+
+    return load_recipe(cfg.path_of("recipes_dir"), "nvfp4").recipe_text
+
+
+def _param_count(path: Path) -> dict:
+    from safetensors import safe_open
+
+    out = {}
+    for f in path.glob("*.safetensors"):
+        with safe_open(f, "pt") as fh:
+            for k in fh.keys():
+                shape = fh.get_slice(k).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                out[k] = n
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_workload():
+    """The throughput workload: 200 seeded random prompts x 2040 tokens at max_model_len 2048, and its engine."""
+    import random
+
+    rng = random.Random(0)
+    n, length = 200, 2040
+    return {"prompts": [[rng.randrange(100, 150000) for _ in range(length)] for _ in range(n)],
+            "n_prompts": n, "prompt_len": length, "max_model_len": 2048,
+            "engine": {"gpu_memory_utilization": 0.5, "enforce_eager": True, "skip_tokenizer_init": True, "seed": 0,
+                       "max_num_batched_tokens": 16384}}

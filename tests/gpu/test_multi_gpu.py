@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.backends import EngineSpec, backend_class
 from harness.errors import BackendError
 from harness.gate import GateSession
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.multi_gpu  # `pytest -m multi_gpu`; not part of `pytest -m gpu`
 
 SHAPE_7B = dict(hidden_size=3584, num_hidden_layers=28, intermediate_size=18944, num_attention_heads=28,
                 num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_position_embeddings=32768,
@@ -120,4 +121,26 @@ def test_tiny_tp2_matches_tp1(gpu_cfg, vllm_bf16_baselines, linear_backend, gpu_
             s.close()
         ppl[tp] = math.exp(sum(sum(r.nll_sums) for r in res) / sum(r.tokens for r in res))
     gpu_results(f"tiny_tp2_vs_tp1_{linear_backend}", ppl)
+    assert abs(ppl[2] - ppl[1]) / ppl[1] < 1e-3, ppl
+
+
+
+@needs_two
+@pytest.mark.parametrize("variant", ["bf16", "nvfp4-marlin", "nvfp4-emulation"])
+def test_1p5b_tp2_matches_tp1(bench_models, bench_workload, variant, gpu_results):
+    precision = "bf16" if variant == "bf16" else "nvfp4"
+    docs = bench_workload["prompts"][:50]
+    ppl = {}
+    for tp in (1, 2):
+        kw = {**bench_workload["engine"], "tensor_parallel_size": tp}
+        if variant == "nvfp4-emulation":
+            kw["linear_backend"] = "emulation"
+        eng = backend_class("vllm")(EngineSpec(model=str(bench_models[precision]), precision=precision,
+                                               max_model_len=bench_workload["max_model_len"], engine_kwargs=kw))
+        try:
+            res = eng.loglikelihood_rolling(docs)
+        finally:
+            eng.close()
+        ppl[tp] = math.exp(sum(r.nll_sum for r in res) / sum(r.n_tokens for r in res))
+    gpu_results(f"throughput_1p5b_tp2_vs_tp1_{variant}", ppl)
     assert abs(ppl[2] - ppl[1]) / ppl[1] < 1e-3, ppl
