@@ -267,6 +267,18 @@ def quantized_checkpoint(harness_session):
     return harness_session.checkpoint()[0]
 
 
+@pytest.fixture(scope="session")
+def scoring_engine(harness_session):
+    """``scoring_engine(precision="nvfp4")`` -> the started backend for that precision. One engine is alive at a
+    time: asking for another precision closes (and frees) the current one first."""
+
+    def get(precision: str = "nvfp4"):
+        harness_session.start_engine(precision)
+        return harness_session.engines.current
+
+    return get
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = getattr(config, "_harness", None)
     if not state or not (state.verdicts or state.reports):

@@ -130,3 +130,20 @@ def test_baseline_without_documents_gives_point_estimate_and_says_so(session):
     assert v.outcomes[1].comparison.interval is None and v.outcomes[-1].comparison.interval is None
     assert any("no per-document NLLs: point estimate only" in n for n in v.notes)
     assert math.isfinite(v.outcomes[-1].comparison.score)
+
+
+def test_asking_for_another_precision_closes_the_current_engine(session):
+    s = session()
+    first = s.engines.get(("fake", "nvfp4", "x"), lambda: FakeBackend(_spec("nvfp4")))
+    assert ALIVE == [first]
+    second = s.engines.get(("fake", "bf16", "y"), lambda: FakeBackend(_spec("bf16")))
+    assert ALIVE == [second]  # FakeBackend itself asserts that no second engine starts while one is alive
+    other = session()  # another session's manager takes over the single slot, process-wide
+    third = other.engines.get(("fake", "nvfp4", "z"), lambda: FakeBackend(_spec("nvfp4")))
+    assert ALIVE == [third] and s.engines.current is None
+
+
+def _spec(precision):
+    from harness.backends import EngineSpec
+
+    return EngineSpec(model="m", precision=precision, max_model_len=64)
