@@ -80,3 +80,23 @@ def test_a_new_recipe_file_adds_parametrized_tests(gate_project):
         assert test in after.stdout.str()
     only = p.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", "--recipe", "nvfp4-smallcal")
     assert "[tiny-qwen2/nvfp4]" not in only.stdout.str() and "[tiny-qwen2/nvfp4-smallcal]" in only.stdout.str()
+
+
+def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
+    p = gate_project
+    store = f"file://{tmp_path / 'bench'}"
+    args = ("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
+            "--benchmark-storage", store)
+    r = p.runpytest_subprocess(*args, "--benchmark-autosave")
+    r.assert_outcomes(passed=4)
+    saved = list((tmp_path / "bench").rglob("0001_*.json"))
+    assert len(saved) == 1
+    import json
+
+    extra = {b["name"]: b["extra_info"] for b in json.loads(saved[0].read_text())["benchmarks"]}
+    assert set(extra["test_dataset_score[tiny-qwen2/nvfp4-ultrachat]"]) >= {"ppl", "nll", "tokens", "tokens_per_s"}
+    assert "cache_hit" in extra["test_quantize[tiny-qwen2/nvfp4]"]
+    r = p.runpytest_subprocess(*args, "--benchmark-compare")
+    r.assert_outcomes(passed=4)
+    r.stderr.fnmatch_lines(["*Comparing against benchmarks from: *0001_*"])
+    r.stdout.fnmatch_lines(["*test_dataset_score*(0001_*"])
