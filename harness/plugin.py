@@ -175,12 +175,10 @@ def pytest_collection_modifyitems(config, items):
     if foreign:
         config.hook.pytest_deselected(items=foreign)
         items[:] = [i for i in items if not _dataset_not_in_case(i)]
-    gate_items = [i for i in items if i.get_closest_marker("harness_gate")]
-    if gate_items:
-        state = config._harness
-        backend = config.getoption("backend") or _config_backend(state)
-        if backend == "vllm":
-            for item in gate_items:
+    for item in items:  # a gate test whose case scores with vLLM is a GPU test
+        case = _case_of(item)
+        if item.get_closest_marker("harness_gate") and case is not None:
+            if (config.getoption("backend") or case.cfg.backend) == "vllm":
                 item.add_marker(pytest.mark.gpu)
     gpu_items = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("multi_gpu")]
     if gpu_items and not _gpu_available():
@@ -218,13 +216,6 @@ def _dataset_not_in_case(item) -> bool:
     params = getattr(getattr(item, "callspec", None), "params", {})
     return "harness_case" in params and "harness_dataset" in params and \
         params["harness_dataset"] not in params["harness_case"].cfg.datasets
-
-
-def _config_backend(state) -> str | None:
-    try:
-        return state.cfg.backend
-    except HarnessError:
-        return None  # reported by the fixtures, with the message
 
 
 def pytest_generate_tests(metafunc):

@@ -100,3 +100,11 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
     r.assert_outcomes(passed=4)
     r.stderr.fnmatch_lines(["*Comparing against benchmarks from: *0001_*"])
     r.stdout.fnmatch_lines(["*test_dataset_score*(0001_*"])
+
+
+def test_gate_tests_become_gpu_tests_when_scored_with_vllm(gate_project):
+    p = gate_project
+    cpu = p.runpytest_subprocess("--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider")
+    assert "8 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
+    gpu = p.runpytest_subprocess("--collect-only", "-q", "-m", "gpu", "--backend", "vllm", "-p", "no:cacheprovider")
+    assert "8 tests collected" in gpu.stdout.str()
