@@ -178,6 +178,12 @@ class HarnessConfig(Strict):
     def resolve(self, p: str | None) -> str | None:
         return resolve_path(p, Path(self.root or "."))
 
+    def resolve_files(self, files: str | list[str] | None) -> str | list[str] | None:
+        """``data_files`` (one path or a list) with builtin: and relative paths resolved."""
+        if files is None:
+            return None
+        return [self.resolve(f) for f in files] if isinstance(files, list) else self.resolve(files)
+
     def path_of(self, key: str) -> Path:
         return Path(self.resolve(getattr(self, key)))
 

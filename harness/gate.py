@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.baselines import Baseline, BaselineStore, check_data_matches
 from harness.config import HarnessConfig
 from harness.data import PreparedDataset, TokenRules, load_rows, prepare_texts, select_texts
-from harness.errors import BaselineError, HarnessError
+from harness.errors import BaselineError, HarnessError, unknown_name
 from harness.metrics import Comparison, DatasetScore, compare, overall_nll, paired_bootstrap
 
 
@@ -159,18 +159,13 @@ class GateSession:
 
     def prepared(self, name: str) -> PreparedDataset:
         if name not in self._prepared:
-            from harness.errors import unknown_name
-
             if name not in self.cfg.datasets:
                 raise unknown_name("dataset", name, self.cfg.datasets)
             d = self.cfg.datasets[name]
             s = d.source
-            data_files = s.data_files
-            if data_files is not None:
-                data_files = ([self.cfg.resolve(f) for f in data_files] if isinstance(data_files, list)
-                              else self.cfg.resolve(data_files))
             path = self.cfg.resolve(s.path) if s.path.startswith(("builtin:", ".", "/", "~")) else s.path
-            rows = load_rows(path, split=s.split, name=s.name, revision=s.revision, data_files=data_files)
+            rows = load_rows(path, split=s.split, name=s.name, revision=s.revision,
+                             data_files=self.cfg.resolve_files(s.data_files))
             texts = select_texts(d.rule, rows, d.n_texts)
             rules = TokenRules(n_texts=d.n_texts, max_model_len=self.cfg.model.max_model_len, min_tokens=d.min_tokens,
                                truncation_margin=d.truncation_margin)
@@ -205,9 +200,7 @@ class GateSession:
             cal = CalibrationSpec.model_validate(merged)
         except Exception as e:  # pydantic ValidationError
             raise HarnessError(f"calibration override in {self.cfg.source_path}: {e}") from None
-        if cal.data_files is not None:
-            cal.data_files = ([self.cfg.resolve(f) for f in cal.data_files] if isinstance(cal.data_files, list)
-                              else self.cfg.resolve(cal.data_files))
+        cal.data_files = self.cfg.resolve_files(cal.data_files)
         return cal
 
     def checkpoint(self) -> tuple[Path, dict]:
