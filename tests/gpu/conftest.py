@@ -67,6 +67,30 @@ def vllm_bf16_baselines(gpu_cfg, gpu_results):
     return {b.dataset: b for _, b in pairs}
 
 
+@pytest.fixture(scope="session")
+def random_qwen2(harness_config):
+    """``random_qwen2(shape, out)``: a Qwen2 model of that shape with seeded random weights, built on the GPU and
+    saved to ``out`` in BF16 (once), with the tiny tokenizer (its ids are valid; scoring uses token ids)."""
+
+    def build(shape: dict, out: Path) -> Path:
+        if (out / "config.json").exists():
+            return out
+        import torch
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = Qwen2ForCausalLM(Qwen2Config(**shape)).to(torch.bfloat16)
+        model.save_pretrained(out)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        AutoTokenizer.from_pretrained(harness_config.resolve("builtin:tiny")).save_pretrained(out)
+        return out
+
+    return build
+
+
 # Qwen2.5-1.5B shape, random weights (shared by the throughput and the tensor-parallel tests)
 SHAPE_1P5B = dict(hidden_size=1536, num_hidden_layers=28, intermediate_size=8960, num_attention_heads=12,
                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
@@ -74,28 +98,13 @@ SHAPE_1P5B = dict(hidden_size=1536, num_hidden_layers=28, intermediate_size=8960
 
 
 @pytest.fixture(scope="session")
-def bench_models(tmp_path_factory, harness_config):
+def bench_models(tmp_path_factory, harness_config, random_qwen2):
     """BF16 dir (random weights, built on the GPU) and its NVFP4 checkpoint (llm-compressor, quant interpreter)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from harness import quantize as q
     from harness.config import CalibrationSpec
 
     root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench15b"))
-    bf16 = root / "bf16"
-    if not (bf16 / "config.json").exists():
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = Qwen2ForCausalLM(Qwen2Config(**SHAPE_1P5B)).to(torch.bfloat16)
-        model.save_pretrained(bf16)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
-        # the tiny tokenizer: ids < 512 are valid here; scoring uses token ids and skips tokenizer init anyway
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(harness_config.resolve("builtin:tiny")).save_pretrained(bf16)
+    bf16 = random_qwen2(SHAPE_1P5B, root / "bf16")
     params = sum(v for v in _param_count(bf16).values())
     nvfp4 = root / "nvfp4"
     if not (nvfp4 / "config.json").exists():

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -38,21 +37,9 @@ needs_two = pytest.mark.skipif("_gpus() < 2", reason="needs 2 GPUs (device kind 
 
 
 @pytest.fixture(scope="module")
-def model_7b(tmp_path_factory, harness_config):
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench")) / "7b-shape"
-    if not (root / "config.json").exists():
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = Qwen2ForCausalLM(Qwen2Config(**SHAPE_7B)).to(torch.bfloat16)
-        model.save_pretrained(root)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
-        AutoTokenizer.from_pretrained(harness_config.resolve("builtin:tiny")).save_pretrained(root)
-    return root
+def model_7b(tmp_path_factory, random_qwen2):
+    root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench"))
+    return random_qwen2(SHAPE_7B, root / "7b-shape")
 
 
 def _update(gpu_cfg, model: Path, engine: dict, tag: str):
