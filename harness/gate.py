@@ -124,6 +124,7 @@ class GateSession:
         self._scores: dict[tuple[str, str], DatasetScore] = {}
         self._engine_info: dict[str, dict] = {}
         self._checkpoint: tuple[Path, dict] | None = None
+        self._comparisons: dict[str | None, Comparison] = {}
         self._recipe = None
         self.baseline_updates: list[tuple[Baseline | None, Baseline]] = []
         self._updated = False
@@ -358,6 +359,11 @@ class GateSession:
 
     # ---- comparison ---------------------------------------------------------
     def comparison(self, name: str) -> Comparison:
+        if name not in self._comparisons:  # scores and baselines are fixed once computed: bootstrap once
+            self._comparisons[name] = self._compare(name)
+        return self._comparisons[name]
+
+    def _compare(self, name: str) -> Comparison:
         b = self.baseline(name)
         s = self.score(name)
         c = compare(name, (b.nll, b.tokens), (s.nll, s.tokens))
@@ -368,6 +374,11 @@ class GateSession:
         return c
 
     def overall(self) -> Comparison:
+        if None not in self._comparisons:
+            self._comparisons[None] = self._compare_overall()
+        return self._comparisons[None]
+
+    def _compare_overall(self) -> Comparison:
         names = self.dataset_names
         bs = {n: self.baseline(n) for n in names}
         ss = {n: self.score(n) for n in names}
