@@ -165,14 +165,14 @@ def cmd_score(a) -> int:
 
 
 def cmd_baseline(a) -> int:
-    from harness.report import _brief, baseline_diff_table
+    from harness.report import baseline_diff_table, update_rows
 
     s = _session(a, update_baselines=True, force=a.force, token_detail=a.token_detail)
     try:
         pairs = s.update_baselines()
     finally:
         s.close()
-    print(baseline_diff_table([{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)} for old, new in pairs]))
+    print(baseline_diff_table(update_rows(pairs)))
     for _, new in pairs:
         print(f"wrote {s.store.path(new.model, new.dataset)}")
     return 0

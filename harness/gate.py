@@ -400,14 +400,9 @@ class GateSession:
         bf16 = self.store.tokens_path(self.cfg.name, name)
         if not bf16.exists():
             return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
-        import numpy as np
+        from harness.token_detail import load_tokens, summarize, to_arrays
 
-        from harness.token_detail import load_tokens, summarize
-
-        offsets = np.zeros(len(s.token_logprobs) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(d) for d in s.token_logprobs])
-        flat = np.asarray([x for d in s.token_logprobs for x in d], dtype=np.float32)
-        return summarize(load_tokens(bf16), (offsets, flat))
+        return summarize(load_tokens(bf16), to_arrays(s.token_logprobs))
 
     def threshold(self, name: str | None) -> float:
         """--min-score, else the recipe's threshold for this dataset/overall, else the config's."""

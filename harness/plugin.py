@@ -140,10 +140,9 @@ class HarnessState:
 
         try:
             if session.baseline_updates:
-                from harness.report import _brief, baseline_diff_table
+                from harness.report import baseline_diff_table, update_rows
 
-                table = baseline_diff_table([{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)}
-                                             for old, new in session.baseline_updates])
+                table = baseline_diff_table(update_rows(session.baseline_updates))
                 self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
             if not all((n, "nvfp4") in session._scores for n in session.dataset_names):
                 return

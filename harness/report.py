@@ -57,8 +57,7 @@ def build_report(session, verdict) -> dict:
         "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
         "checkpoints": {"bf16": {"path": str(bf16_path), "bytes": disk_size(bf16_path) if bf16_path.is_dir() else None},
                         "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
-        "baseline_updates": [{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)}
-                             for old, new in session.baseline_updates],
+        "baseline_updates": update_rows(session.baseline_updates),
         "wall_s": round(time.time() - session.started, 1),
     }
 
@@ -114,6 +113,11 @@ def reference_report(model_dir: Path) -> dict:
 def _interval(c) -> dict | None:
     i = c.interval
     return None if i is None else {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples}
+
+
+def update_rows(pairs) -> list[dict]:
+    """(old, new) baseline pairs as the rows baseline_diff_table prints."""
+    return [{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)} for old, new in pairs]
 
 
 def _brief(b) -> dict | None:

@@ -14,15 +14,23 @@ from harness.errors import HarnessError
 DROP_NATS = 1.0
 
 
+def to_arrays(per_doc: list[list[float]]):
+    """Per-document lists -> (offsets int64 [documents + 1], logprobs float32 [tokens])."""
+    import numpy as np
+
+    offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(d) for d in per_doc])
+    flat = np.fromiter((x for d in per_doc for x in d), dtype=np.float32, count=int(offsets[-1]))
+    return offsets, flat
+
+
 def save_tokens(path: Path, per_doc: list[list[float]]) -> None:
     """Write atomically (temp file in the same folder, then rename)."""
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(d) for d in per_doc])
-    flat = np.fromiter((x for d in per_doc for x in d), dtype=np.float32, count=int(offsets[-1]))
+    offsets, flat = to_arrays(per_doc)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
     os.close(fd)
     try:
