@@ -70,6 +70,8 @@ class ModelSpec(Strict):
     tokenizer: str | None = None
     max_model_len: int = Field(2048, gt=0)
     trust_remote_code: bool = False
+    checkpoint: str | None = Field(None, description="an existing quantized checkpoint (local dir or hub id) to gate "
+                                                     "as it is, instead of quantizing model.path with the recipe")
     engine: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="engine kwargs: precision (bf16|nvfp4) -> backend (hf|vllm) -> kwargs")
 
@@ -79,9 +81,15 @@ class ModelSpec(Strict):
         for prec, per_backend in v.items():
             if prec not in PRECISIONS:
                 raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
-            for b in per_backend:
+            for b, kwargs in per_backend.items():
                 if b not in BACKEND_NAMES:
                     raise ValueError(f"engine.{prec}: unknown backend {b!r}; choose from {', '.join(BACKEND_NAMES)}")
+                from harness.backends.engine_args import check_engine_kwargs
+
+                try:
+                    check_engine_kwargs(b, kwargs or {}, where=f"engine.{prec}.{b}")
+                except ConfigError as e:
+                    raise ValueError(str(e)) from None
         return v
 
 
@@ -303,7 +311,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
     for k, v in (overrides or {}).items():
-        data[k] = v
+        set_dotted(data, k, v)
     try:
         cfg = HarnessConfig.model_validate(data)
     except ValidationError as e:
@@ -311,6 +319,32 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     cfg.source_path = str(path.resolve())
     cfg.root = str(find_root(path.parent))
     return cfg
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """``model.engine.nvfp4.vllm.linear_backend`` -> data["model"]["engine"]["nvfp4"]["vllm"]["linear_backend"]."""
+    *parents, leaf = key.split(".")
+    cur = data
+    for i, part in enumerate(parents):
+        nxt = cur.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parents[: i + 1])} is a {type(nxt).__name__}, not a mapping")
+        cur = nxt
+    cur[leaf] = value
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` pairs (VALUE read as YAML: 0.9, true, [a, b], null) as load_config overrides."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.engine.nvfp4.vllm.linear_backend=emulation")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+    return out
 
 
 def check_dataset_names(cfg: HarnessConfig, names) -> None:

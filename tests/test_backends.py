@@ -62,7 +62,9 @@ def test_vllm_kwargs_unknown_is_an_error_and_missing_in_this_vllm_is_dropped():
     kept, dropped = split_kwargs({"swap_space": 16, "cpu_offload_gb": 220, "dtype": "bfloat16"},
                                  {"cpu_offload_gb", "dtype"})
     assert kept == {"cpu_offload_gb": 220, "dtype": "bfloat16"} and dropped == ["swap_space"]
-    with pytest.raises(ConfigError, match=r"unknown engine kwarg\(s\) \['tensor_paralel_size'\]"):
+    with pytest.raises(ConfigError, match=r"unknown vllm engine kwarg\(s\) 'tensor_paralel_size' \(did you mean "
+                                          r"'tensor_parallel_size'\?\).*installed vLLM's EngineArgs\): swap_space, "
+                                          r"tensor_parallel_size$"):
         split_kwargs({"tensor_paralel_size": 2}, {"tensor_parallel_size"})
     with pytest.raises(ConfigError, match="set by the harness"):
         split_kwargs({"max_model_len": 4096}, {"max_model_len"})
@@ -88,7 +90,7 @@ def test_hf_backend_refuses_unknown_kwargs(root):
 
     spec = EngineSpec(model=str(root / "harness/tiny/model"), precision="bf16", max_model_len=64,
                       engine_kwargs={"gpu_memory_utilization": 0.5})
-    with pytest.raises(ConfigError, match=r"hf backend: unknown engine kwarg\(s\) \['gpu_memory_utilization'\]"):
+    with pytest.raises(ConfigError, match=r"hf backend: unknown hf engine kwarg\(s\) 'gpu_memory_utilization'"):
         backend_class("hf")(spec)
 
 

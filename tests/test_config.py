@@ -115,3 +115,41 @@ def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
     apply_hub_environment(env)
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
     assert str(datasets.config.HF_DATASETS_CACHE) == "/data/ds"
+
+
+def test_misspelled_engine_kwarg_fails_when_the_config_loads_and_names_the_valid_ones(project):
+    p = _write(project, lambda c: c["model"]["engine"]["nvfp4"]["vllm"].update(gpu_memory_utilisation=0.5))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "engine.nvfp4.vllm: unknown vllm engine kwarg(s) 'gpu_memory_utilisation' (did you mean " \
+           "'gpu_memory_utilization'?)" in msg
+    assert "Valid keys (vLLM 0.26.0 EngineArgs):" in msg and "offload_group_size" in msg and "cpu_offload_gb" in msg
+    p = _write(project, lambda c: c["model"]["engine"]["bf16"]["hf"].update(tensor_parallel_size=2))
+    with pytest.raises(ConfigError, match=r"engine\.bf16\.hf: unknown hf engine kwarg\(s\) 'tensor_parallel_size'"
+                                          r".*Valid keys \(the hf backend\): attn_implementation, batch_tokens"):
+        load_config(p)
+    p = _write(project, lambda c: c["model"]["engine"]["bf16"]["vllm"].update(max_model_len=4096))
+    with pytest.raises(ConfigError, match=r"\['max_model_len'\] are set by the harness"):
+        load_config(p)
+
+
+def test_every_shipped_config_loads(root):
+    for p in sorted((root / "configs").glob("*.yaml")):
+        assert load_config(p).name
+
+
+def test_set_overrides_dotted_keys_with_yaml_values(root):
+    from harness.config import parse_set
+
+    cfg = load_config(root / "configs/tiny.yaml", parse_set(["model.engine.nvfp4.vllm.linear_backend=emulation",
+                                                            "thresholds.overall=99.5", "model.checkpoint=/x/y"]))
+    assert cfg.model.engine["nvfp4"]["vllm"]["linear_backend"] == "emulation"
+    assert cfg.model.engine["nvfp4"]["vllm"]["enforce_eager"] is True  # siblings kept
+    assert cfg.thresholds.overall == 99.5 and cfg.model.checkpoint == "/x/y"
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_set(["thresholds.overall"])
+    with pytest.raises(ConfigError, match="name is a str, not a mapping"):
+        load_config(root / "configs/tiny.yaml", parse_set(["name.x=1"]))
+    with pytest.raises(ConfigError, match="unknown vllm engine kwarg"):
+        load_config(root / "configs/tiny.yaml", parse_set(["model.engine.bf16.vllm.linear_backnd=emulation"]))

@@ -11,9 +11,8 @@ import time
 from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
+from harness.backends.engine_args import check_engine_kwargs
 from harness.errors import BackendError, ConfigError
-
-HF_KWARGS = {"device", "dtype", "batch_tokens", "attn_implementation", "trust_remote_code", "threads"}
 
 
 class HFBackend(Backend):
@@ -21,9 +20,7 @@ class HFBackend(Backend):
 
     def __init__(self, spec: EngineSpec):
         super().__init__(spec)
-        bad = set(spec.engine_kwargs) - HF_KWARGS
-        if bad:
-            raise ConfigError(f"hf backend: unknown engine kwarg(s) {sorted(bad)}; allowed: {sorted(HF_KWARGS)}")
+        check_engine_kwargs("hf", spec.engine_kwargs, where="hf backend")
         import torch
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -39,12 +36,17 @@ class HFBackend(Backend):
             raise ConfigError(f"hf backend: unknown dtype {dtype_name!r}; use bfloat16, float16 or float32")
         self.batch_tokens = int(kw.get("batch_tokens", 16384))
         t0 = time.time()
+        from harness.synth import view_source
+
+        extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                spec.model, revision=spec.revision, dtype=self.dtype,
-                trust_remote_code=bool(kw.get("trust_remote_code", False)),
-                **({"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}),
-            )
+            src = view_source(spec.model)
+            if src is not None:
+                self.model = load_view(spec.model, src, self.dtype, extra)
+            else:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    spec.model, revision=spec.revision, dtype=self.dtype,
+                    trust_remote_code=bool(kw.get("trust_remote_code", False)), **extra)
         except (OSError, ValueError) as e:
             raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
         self.model.to(self.device).eval()
@@ -112,6 +114,22 @@ class HFBackend(Backend):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+def load_view(model_dir: str, src, dtype, extra: dict):
+    """A BF16 view (harness_view.json): the model built from its config, with ``src``'s weights dequantized."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.synth import dequantized_weights
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype, **extra)
+    missing, unexpected = model.load_state_dict(dict(dequantized_weights(src)), strict=False)
+    tied = {"lm_head.weight"} if model.config.get_text_config().tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"view of {src}: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
+    if tied:
+        model.tie_weights()
+    return model
 
 
 def _maybe_version(pkg: str) -> dict:
