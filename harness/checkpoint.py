@@ -50,6 +50,11 @@ def checkpoint_quantization(path: Path) -> dict:
 def check_shards(path: Path) -> None:
     """Every shard named in the safetensors index must exist, else loading fails much later and obscurely."""
     path = Path(path)
+    from harness.synth import view_source
+
+    src = view_source(path)
+    if src is not None:  # a BF16 view: its weights are its NVFP4 source's
+        return check_shards(src)
     idx = path / "model.safetensors.index.json"
     if idx.exists():
         names = set(json.loads(idx.read_text()).get("weight_map", {}).values())
@@ -72,3 +77,16 @@ def require_scheme(path: Path, expected: str) -> dict:
 
 def disk_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def existing_checkpoint(path: str) -> dict:
+    """Facts about a quantized checkpoint the user already has (``model.checkpoint``): it is gated as it is."""
+    p = Path(path)
+    if not p.is_dir():  # a hub id: vLLM fetches it; nothing to check before the engine starts
+        return {"existing": True, "scheme": None, "source": "hub"}
+    check_shards(p)
+    q = checkpoint_quantization(p)
+    if not q:
+        raise HarnessError(f"model.checkpoint {path}: its config.json has no quantization_config; give the quantized "
+                           "checkpoint (compressed-tensors), or drop model.checkpoint to quantize model.path")
+    return {"existing": True, "scheme": q.get("scheme"), "quantization": q, "source": "local"}
