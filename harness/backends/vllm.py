@@ -4,30 +4,31 @@
   reference study's way), with ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)``;
 - prefix caching is off: prompt logprobs can depend on request order when it is on;
 - the NVFP4 kernel that actually ran (native W4A4, Marlin W4A16, emulation W4A4) is read off the loaded model;
-- ``close()`` shuts the engine-core process down and waits until the GPU memory is back.
+- CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
+- a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
+- the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
+- ``close()`` shuts the engine-core process down and frees this process's cached GPU memory.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
-from harness.errors import BackendError, ConfigError
+from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
+from harness.backends.vllm_env import engine_environment, offload_requested, parse_engine_log, scoped_env
+from harness.errors import BackendError
 
-# kwargs the harness knows (the reference settings use them); passed through untouched where this vLLM has them
-KNOWN_KWARGS = {
-    "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend", "cpu_offload_gb",
-    "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "swap_space", "enforce_eager",
-    "linear_backend", "dtype", "seed", "kv_cache_dtype", "trust_remote_code", "tokenizer_mode", "quantization",
-    "max_logprobs", "skip_tokenizer_init", "compilation_config", "attention_backend", "block_size",
-}
-HARNESS_OWNED = {"model", "tokenizer", "revision", "max_model_len", "enable_prefix_caching"}
 OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_tokens (lower it)",
              "max_num_seqs (lower it)", "tensor_parallel_size (spread the model over more GPUs)",
-             "cpu_offload_gb (offload weights to CPU memory)")
+             "offload_backend: prefetch with offload_group_size / offload_num_in_group (or cpu_offload_gb) "
+             "(keep some layers' weights in CPU memory)")
+EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
 
 
 def engine_arg_names() -> set[str]:
@@ -37,17 +38,11 @@ def engine_arg_names() -> set[str]:
 
 
 def split_kwargs(kwargs: dict, available: set[str]) -> tuple[dict, list[str]]:
-    """Validate engine kwargs: unknown keys are an error; known ones this vLLM lacks are dropped (returned)."""
-    owned = sorted(set(kwargs) & HARNESS_OWNED)
-    if owned:
-        raise ConfigError(f"vllm engine kwargs {owned} are set by the harness (model.max_model_len, model.path, ...); "
-                          "remove them from model.engine")
-    bad = sorted(k for k in kwargs if k not in KNOWN_KWARGS and k not in available)
-    if bad:
-        raise ConfigError(f"vllm backend: unknown engine kwarg(s) {bad}; known: {', '.join(sorted(KNOWN_KWARGS))} "
-                          "(or any vllm EngineArgs field)")
-    dropped = sorted(k for k in kwargs if k not in available)
-    return {k: v for k, v in kwargs.items() if k in available}, dropped
+    """Validate engine kwargs against this vLLM's EngineArgs: unknown keys are an error; keys the harness knows
+    that this vLLM dropped (``swap_space``) are removed and returned."""
+    check_engine_kwargs("vllm", kwargs, where="model.engine.<precision>.vllm", fields=available)
+    dropped = sorted(k for k in kwargs if k in VLLM_DROPPED and k not in available)
+    return {k: v for k, v in kwargs.items() if k not in dropped}, dropped
 
 
 def kernel_label(class_names: Sequence[str], precision: str) -> str:
@@ -57,6 +52,8 @@ def kernel_label(class_names: Sequence[str], precision: str) -> str:
     for n in class_names:
         if "Marlin" in n:
             labels.add("Marlin W4A16 (activations not quantized)")
+        elif "Humming" in n:
+            labels.add("Humming W4A16 (activations not quantized)")
         elif "Emulation" in n:
             labels.add("emulation W4A4")
         elif "NvFp4" in n:
@@ -64,17 +61,6 @@ def kernel_label(class_names: Sequence[str], precision: str) -> str:
         else:
             labels.add(n)
     return " + ".join(sorted(labels))
-
-
-def _quant_kernels(model) -> list[str]:
-    """Runs inside the vLLM worker: class names of the quantized linear kernels in the loaded model."""
-    names = set()
-    for m in model.modules():
-        scheme = getattr(m, "scheme", None) or getattr(getattr(m, "quant_method", None), "scheme", None)
-        k = getattr(scheme, "kernel", None)
-        if k is not None:
-            names.add(type(k).__name__)
-    return sorted(names)
 
 
 def is_oom(e: BaseException) -> bool:
@@ -106,11 +92,17 @@ class VLLMBackend(Backend):
                                "env, or use --backend hf") from None
         self._vllm = vllm
         kwargs, self.dropped = split_kwargs(dict(spec.engine_kwargs), engine_arg_names())
+        kwargs = self._view_kwargs(spec, kwargs)
         self.kwargs = kwargs
+        self.offload_requested = offload_requested(kwargs)
+        self.log_path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) / f"engine-{spec.precision}.log"
+        env = engine_environment(kwargs, self.log_path)
+        self.env = env
         t0 = time.time()
         try:
-            self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
-                                max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
+            with scoped_env(env):  # the engine-core (and worker) processes are spawned inside: they inherit it
+                self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
+                                    max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
         except Exception as e:  # noqa: BLE001 - vLLM raises many types; OOM gets the knobs, the rest passes through
             if is_oom(e):
                 raise oom_error(e, f"starting the {spec.precision} engine", kwargs) from None
@@ -119,18 +111,68 @@ class VLLMBackend(Backend):
                 knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
                 raise BackendError(
                     f"vLLM could not start the {spec.precision} engine for {spec.model} ({e}). The engine-core log "
-                    f"above has the root cause. If it ran out of GPU memory (weights or KV cache do not fit the "
-                    f"share), turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
+                    f"({self.log_path}) has the root cause. If it ran out of GPU memory (weights or KV cache do not "
+                    f"fit the share), turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
                     f"Current engine kwargs: {kwargs}") from None
             raise
         self.engine_start_s = time.time() - t0
+        self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s)
+        from harness.backends.vllm_loader import offload_info, quant_kernels
+
         try:
-            per_worker = self.llm.apply_model(_quant_kernels)
+            per_worker = self.llm.apply_model(quant_kernels)
             self.kernels = sorted({k for w in per_worker for k in w})
             self.kernel_source = "read from the loaded model"
         except Exception as e:  # noqa: BLE001 - fall back to what the config implies
             self.kernels = []
             self.kernel_source = f"unknown ({type(e).__name__}: {str(e)[:120]})"
+        self.offload = self._check_offload(offload_info)
+
+    @staticmethod
+    def _view_kwargs(spec: EngineSpec, kwargs: dict) -> dict:
+        """A BF16 view of an NVFP4 checkpoint loads through the harness's load format, registered in the workers
+        by the harness's worker extension."""
+        from harness.synth import view_source
+
+        if view_source(spec.model) is None:
+            return kwargs
+        from harness.backends.vllm_loader import LOAD_FORMAT
+
+        theirs = kwargs.get("worker_extension_cls")
+        if theirs and theirs != EXTENSION:
+            raise BackendError(f"{spec.model} is a BF16 view (harness_view.json), which needs worker_extension_cls "
+                               f"{EXTENSION}; the config sets {theirs!r}")
+        return {**kwargs, "load_format": kwargs.get("load_format", LOAD_FORMAT), "worker_extension_cls": EXTENSION}
+
+    def _log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _check_offload(self, offload_info) -> dict | None:
+        """What vLLM really offloaded; asking for offload and getting none is an error, never a silent no-op."""
+        try:
+            per_worker = self.llm.apply_model(offload_info)
+        except Exception as e:  # noqa: BLE001
+            if self.offload_requested:
+                self.close()
+                raise BackendError(f"could not verify the requested CPU offload ({type(e).__name__}: {e})") from None
+            return None
+        got = sum(w["offloaded_bytes"] for w in per_worker)
+        out = {"requested": self.offload_requested, "offloader": per_worker[0]["offloader"],
+               "offloaded_gib": round(got / 2**30, 2), "per_worker": per_worker,
+               "runner_env": {k: v for k, v in self.env.items() if k == "VLLM_USE_V2_MODEL_RUNNER"}}
+        if self.offload_requested and got == 0:
+            self.close()
+            raise BackendError(
+                f"model.engine.{self.spec.precision}.vllm asks for CPU weight offload ({self.offload_requested}) but "
+                f"vLLM {self._vllm.__version__} offloaded nothing (offloader: {out['offloader']}). vLLM 0.26's V2 model "
+                "runner ignores offload for dense models; the harness starts such engines with "
+                "VLLM_USE_V2_MODEL_RUNNER=0, so something else overrides the runner (check the environment and "
+                "the engine log " + str(self.log_path) + "). Otherwise drop the offload keys and use "
+                "tensor_parallel_size.")
+        return out if (self.offload_requested or got) else None
 
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
                               token_logprobs: bool = False) -> list[DocResult]:
@@ -168,8 +210,10 @@ class VLLMBackend(Backend):
                 "kernel": kernel_label(self.kernels, self.spec.precision), "kernel_classes": self.kernels,
                 "kernel_source": self.kernel_source, "engine_kwargs": dict(self.spec.engine_kwargs),
                 "dropped_kwargs": self.dropped, "batch_size": self.spec.batch_size,
-                "engine_start_s": round(self.engine_start_s, 2),
-                "env": {k: os.environ.get(k) for k in ("VLLM_USE_FLASHINFER_SAMPLER",)}}
+                "engine_start_s": round(self.engine_start_s, 2), "engine_start": self.start_breakdown,
+                "offload": self.offload, "engine_log": str(self.log_path),
+                "env": {**{k: os.environ.get(k) for k in ("VLLM_USE_FLASHINFER_SAMPLER",)},
+                        **{k: v for k, v in self.env.items() if k != "VLLM_LOGGING_CONFIG_PATH"}}}
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

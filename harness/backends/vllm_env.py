@@ -1,0 +1,115 @@
+"""The environment a vLLM engine starts in, and what its log says about the start. No vllm or torch import.
+
+- CPU weight offload: vLLM 0.26's default (V2) model runner ignores ``cpu_offload_gb`` / ``offload_backend`` for
+  dense models without a word; the V1 runner honours them. An engine that asks for offload is started with
+  ``VLLM_USE_V2_MODEL_RUNNER=0`` (only that engine: the variable is restored once its processes are spawned), and
+  the backend then checks that weights really left the GPU.
+- The engine's own log (engine-core and worker processes) is also written to a file, from which
+  :func:`parse_engine_log` reads where the engine-start seconds went (weights, model load, profile + KV cache).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+OFFLOAD_KEYS = ("cpu_offload_gb", "offload_backend", "offload_group_size", "offload_num_in_group",
+                "offload_prefetch_step", "offload_params", "cpu_offload_params")
+
+
+def offload_requested(kwargs: dict) -> dict | None:
+    """The offload settings of these engine kwargs, or None when they ask for no CPU offload."""
+    backend = kwargs.get("offload_backend", "auto")
+    gb = float(kwargs.get("cpu_offload_gb") or 0)
+    group = int(kwargs.get("offload_group_size") or 0)
+    if backend in ("uva", "prefetch") or (backend == "auto" and (gb > 0 or group > 0)):
+        return {k: kwargs[k] for k in OFFLOAD_KEYS if k in kwargs}
+    return None
+
+
+def engine_environment(kwargs: dict, log_path: Path | None) -> dict[str, str]:
+    """Variables to set while this engine's processes are spawned."""
+    env: dict[str, str] = {}
+    if offload_requested(kwargs):
+        forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+        if forced in ("1", "true"):
+            raise ConfigError("model.engine asks for CPU weight offload, but VLLM_USE_V2_MODEL_RUNNER=1 is set: vLLM "
+                              "0.26's V2 model runner ignores offload for dense models. Unset the variable (the "
+                              "harness then starts offloading engines with the V1 runner) or drop the offload keys.")
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    if log_path is not None and not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and \
+            os.environ.get("VLLM_CONFIGURE_LOGGING", "1") not in ("0", "false"):
+        cfg_path = Path(log_path).with_suffix(".logging.json")
+        cfg_path.write_text(json.dumps(logging_config(Path(log_path))))
+        env["VLLM_LOGGING_CONFIG_PATH"] = str(cfg_path)
+    return env
+
+
+def logging_config(log_path: Path) -> dict:
+    """vLLM's console logging as usual, plus a copy of every ``vllm`` record in ``log_path``."""
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+    fmt = {"format": "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s", "datefmt": "%m-%d %H:%M:%S"}
+    return {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"harness": fmt},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "harness", "level": level,
+                        "stream": os.environ.get("VLLM_LOGGING_STREAM", "ext://sys.stdout")},
+            "file": {"class": "logging.FileHandler", "formatter": "harness", "level": "INFO",
+                     "filename": str(log_path), "mode": "a", "encoding": "utf-8"},
+        },
+        "loggers": {"vllm": {"handlers": ["console", "file"], "level": "DEBUG" if level == "DEBUG" else "INFO",
+                             "propagate": False}},
+    }
+
+
+@contextmanager
+def scoped_env(env: dict[str, str]):
+    """Set ``env`` for the duration (child processes spawned inside inherit it), then restore the old values."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_START_LINES = {  # vLLM 0.26 log lines -> the seconds / sizes they report
+    "weights_s": r"Loading weights took ([\d.]+) seconds",
+    "model_load_gib": r"Model loading took ([\d.]+) ?GiB",
+    "model_load_s": r"Model loading took [\d.]+ ?GiB memory and ([\d.]+) seconds",
+    "init_engine_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
+    "compile_s": r"torch\.compile takes ([\d.]+) s in total",
+    "graph_capture_s": r"Graph capturing finished in ([\d.]+) secs",
+    "kv_cache_gib": r"Available KV cache memory: ([\d.]+) ?GiB",
+    "kv_cache_tokens": r"GPU KV cache size: ([\d,]+) tokens",
+    "cpu_offload_gib": r"Total CPU offloaded parameters: ([\d.]+)",
+    "prefetch_offload_gb": r"\[PrefetchOffloader\] Initialized \d+ modules\. Total GPU memory saved: ([\d.]+) GB",
+}
+
+
+def parse_engine_log(text: str, total_s: float | None = None) -> dict:
+    """Where an engine start's seconds went, from its log; keys are absent when their line is.
+
+    ``other_s`` = total - model load - init engine: process spawn, imports, config, tokenizer, KV cache set-up
+    outside the profile."""
+    out: dict = {}
+    for key, pat in _START_LINES.items():
+        found = re.findall(pat, text)
+        if found:
+            vals = [float(v.replace(",", "")) for v in found]
+            out[key] = max(vals) if key.endswith("_s") else vals[-1]
+    if total_s is not None:
+        out["total_s"] = round(total_s, 2)
+        known = out.get("model_load_s", 0.0) + out.get("init_engine_s", 0.0)
+        if known:
+            out["other_s"] = round(max(total_s - known, 0.0), 2)
+    return out

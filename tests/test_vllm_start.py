@@ -1,0 +1,154 @@
+"""How the vLLM backend starts an engine, with a stand-in for vllm (CPU): offload engages (V1 runner for that
+engine only) and is verified, the engine's log is captured and its start broken down, BF16 views load through the
+harness's load format. The real thing runs on the H200 (tests/gpu/test_offload.py, test_scale_72b.py)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import logging.config
+import os
+import sys
+import types
+
+import pytest
+
+from harness.backends import EngineSpec
+from harness.backends.vllm_env import parse_engine_log
+from harness.errors import BackendError, ConfigError
+
+GIB = 2**30
+# lines as vLLM 0.26 logs them (formats from its source: default_loader.py, gpu_model_runner.py, core.py, ...)
+LOG_LINES = [
+    "Loading weights took 3.50 seconds",
+    "Model loading took 41.3 GiB memory and 12.500000 seconds",
+    "Available KV cache memory: 64.2 GiB",
+    "GPU KV cache size: 210,368 tokens",
+    "init engine (profile, create kv cache, warmup model) took 8.25 s",
+]
+
+
+class FakeLLM:
+    seen: list[dict] = []
+    offloaded = 12 * GIB
+
+    def __init__(self, **kw):
+        FakeLLM.seen.append({"kwargs": kw, "env": {k: os.environ.get(k) for k in
+                                                   ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_LOGGING_CONFIG_PATH")}})
+        path = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+        if path and os.path.exists(path):  # what vLLM's engine process does with it: dictConfig, then log
+            logging.config.dictConfig(json.loads(open(path).read()))
+            log = logging.getLogger("vllm.engine")
+            for line in LOG_LINES:
+                log.info(line)
+            for h in logging.getLogger("vllm").handlers:
+                h.flush()
+        self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
+        self.shut = False
+
+    def _shutdown(self):
+        self.shut = True
+
+    def apply_model(self, fn):
+        return [fn(None)]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    @dataclasses.dataclass
+    class EngineArgs:
+        gpu_memory_utilization: float = 0.9
+        cpu_offload_gb: float = 0
+        offload_backend: str = "auto"
+        offload_group_size: int = 0
+        load_format: str = "auto"
+        worker_extension_cls: str = ""
+        dtype: str = "auto"
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
+    arg_utils = types.ModuleType("vllm.engine.arg_utils")
+    arg_utils.EngineArgs = EngineArgs
+    loader = types.ModuleType("harness.backends.vllm_loader")  # the in-worker helpers need real vllm
+    loader.LOAD_FORMAT = "harness_dequant"
+    loader.quant_kernels = lambda model: []
+    loader.offload_info = lambda model: {"offloader": "UVAOffloader" if FakeLLM.offloaded else "NoopOffloader",
+                                         "offloaded_bytes": FakeLLM.offloaded}
+    for name, mod in (("vllm", vllm), ("vllm.engine", types.ModuleType("vllm.engine")),
+                      ("vllm.engine.arg_utils", arg_utils), ("harness.backends.vllm_loader", loader)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    FakeLLM.seen, FakeLLM.offloaded = [], 12 * GIB
+    yield FakeLLM
+    vlog = logging.getLogger("vllm")
+    for h in list(vlog.handlers):
+        h.close()
+        vlog.removeHandler(h)
+
+
+def _backend(kwargs: dict, model: str = "m"):
+    from harness.backends.vllm import VLLMBackend
+
+    return VLLMBackend(EngineSpec(model=model, precision="bf16", max_model_len=2048, engine_kwargs=kwargs))
+
+
+def test_offload_runs_on_the_v1_runner_for_that_engine_only_and_is_verified(fake_vllm):
+    eng = _backend({"cpu_offload_gb": 12})
+    assert fake_vllm.seen[-1]["env"]["VLLM_USE_V2_MODEL_RUNNER"] == "0"  # while the engine processes spawn
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in os.environ                    # and not after
+    info = eng.info()
+    assert info["offload"]["offloaded_gib"] == 12.0 and info["offload"]["offloader"] == "UVAOffloader"
+    assert info["offload"]["requested"] == {"cpu_offload_gb": 12}
+    _backend({"gpu_memory_utilization": 0.5})  # no offload asked: the default runner, untouched
+    assert fake_vllm.seen[-1]["env"]["VLLM_USE_V2_MODEL_RUNNER"] is None
+
+
+def test_offload_that_does_not_engage_is_an_error_that_says_what_to_change(fake_vllm):
+    fake_vllm.offloaded = 0
+    with pytest.raises(BackendError, match="(?s)asks for CPU weight offload.*offloaded nothing.*NoopOffloader.*"
+                                           "VLLM_USE_V2_MODEL_RUNNER=0.*tensor_parallel_size"):
+        _backend({"offload_backend": "prefetch", "offload_group_size": 4})
+
+
+def test_a_forced_v2_runner_with_offload_is_refused_before_any_gpu_time(fake_vllm, monkeypatch):
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(ConfigError, match="VLLM_USE_V2_MODEL_RUNNER=1 is set"):
+        _backend({"cpu_offload_gb": 12})
+    assert fake_vllm.seen == []
+
+
+def test_engine_log_is_captured_and_the_start_broken_down(fake_vllm):
+    eng = _backend({})
+    info = eng.info()
+    assert "Model loading took 41.3 GiB" in open(info["engine_log"]).read()
+    b = info["engine_start"]
+    assert (b["weights_s"], b["model_load_s"], b["model_load_gib"], b["init_engine_s"]) == (3.5, 12.5, 41.3, 8.25)
+    assert (b["kv_cache_gib"], b["kv_cache_tokens"]) == (64.2, 210368)
+    # a user's own logging config is left alone
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = "/their/logging.json"
+    try:
+        _backend({})
+    finally:
+        del os.environ["VLLM_LOGGING_CONFIG_PATH"]
+    assert fake_vllm.seen[-1]["env"]["VLLM_LOGGING_CONFIG_PATH"] == "/their/logging.json"
+
+
+def test_parse_engine_log_derives_the_rest_of_the_start():
+    b = parse_engine_log("\n".join(LOG_LINES), total_s=30.0)
+    assert b["other_s"] == pytest.approx(30.0 - 12.5 - 8.25)
+    assert parse_engine_log("nothing here", total_s=5.0) == {"total_s": 5.0}
+
+
+def test_a_bf16_view_loads_through_the_harness_load_format(fake_vllm, tmp_path):
+    view = tmp_path / "view"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.json").write_text("{}")
+    view.mkdir()
+    (view / "harness_view.json").write_text(json.dumps({"source": "../src"}))
+    _backend({}, model=str(view))
+    kw = fake_vllm.seen[-1]["kwargs"]
+    assert kw["load_format"] == "harness_dequant"
+    assert kw["worker_extension_cls"] == "harness.backends.vllm_loader.HarnessWorkerExtension"
+    with pytest.raises(BackendError, match="needs worker_extension_cls"):
+        _backend({"worker_extension_cls": "mine.Ext"}, model=str(view))
