@@ -15,6 +15,9 @@ from harness.plugin import _min_score, _positive_int
 
 def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True) -> None:
     p.add_argument("--config", default=None, metavar="PATH", help="gate config YAML (default: configs/tiny.yaml)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="override a config value (repeatable; VALUE is YAML), e.g. "
+                        "--set model.engine.nvfp4.vllm.linear_backend=emulation")
     p.add_argument("--recipe", default=None, metavar="NAME", help="recipe in recipes/ (default: the config's)")
     if backend:
         p.add_argument("--backend", choices=("hf", "vllm"), default=None, help="scoring backend (default: config's)")
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gate", help="quantize (cached), score NVFP4, compare with the BF16 baselines, report",
                        description="Run the gate. With no arguments: the embedded tiny default on CPU.")
     _common(g)
+    g.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
+                   help="gate this existing quantized checkpoint as it is (no quantization); same as "
+                        "--set model.checkpoint=PATH_OR_ID")
     g.add_argument("--min-score", type=_min_score, default=None, help="override every threshold")
     g.add_argument("--update-baselines", action="store_true", help="score BF16 and rewrite baselines first")
     g.add_argument("--force", action="store_true", help="with --update-baselines: accept a changed data fingerprint")
@@ -86,6 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--n", type=_positive_int, default=200, help="texts requested")
     ds.add_argument("--json", action="store_true", help="print JSON")
 
+    y = sub.add_parser("synth-checkpoint", help="a checkpoint at a real model's shape with random weights (sizing, "
+                                                "timing; no download)",
+                       description="Write a checkpoint with the tensor names and shapes of --like and seeded random "
+                                   "weights: NVFP4 in the compressed-tensors layout vLLM loads (sane scales, finite "
+                                   "logprobs), or BF16. Use it to size hardware and time a gate before downloading "
+                                   "the real weights; its perplexity is a random model's. See README 'Sizing'.")
+    y.add_argument("out", type=Path, help="output dir (written to a temp dir beside it, then renamed)")
+    y.add_argument("--like", required=True, metavar="ID_OR_PATH",
+                   help="the shape: a config.json, a model dir, a hub id (only config.json is fetched; "
+                        "Qwen/Qwen2.5-{0.5B,1.5B,7B,72B}-Instruct are known offline)")
+    y.add_argument("--precision", choices=("nvfp4", "bf16"), default="nvfp4")
+    y.add_argument("--bf16-view", type=Path, default=None, metavar="DIR",
+                   help="with nvfp4: also write a BF16 model dir whose weights are this checkpoint's exact "
+                        "dequantization (no weights on disk; the vllm and hf backends load it)")
+    y.add_argument("--revision", default=None, help="hub revision of --like's config.json")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--std", type=float, default=0.02, help="weight standard deviation (default 0.02)")
+    y.add_argument("--act-amax", type=float, default=64.0,
+                   help="activation range the NVFP4 input global scales are set for (W4A4; default 64)")
+    y.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID",
+                   help="tokenizer to copy in (default: the embedded tiny model's; scoring uses token ids)")
+    y.add_argument("--shard-gb", type=float, default=5.0, help="safetensors shard size in GiB (default 5)")
+    y.add_argument("--device", default="auto", help="where weights are generated: auto (cuda if present), cpu, cuda")
+    y.add_argument("--force", action="store_true", help="replace OUT (and the view) if they exist")
+
     c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
     csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
     for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
@@ -95,10 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _session(a, **kw):
-    from harness.config import load_config
+    from harness.config import load_config, parse_set
     from harness.gate import GateSession
 
-    cfg = load_config(a.config)
+    overrides = parse_set(getattr(a, "overrides", None))
+    if getattr(a, "checkpoint", None):  # a path on the command line is relative to the cwd, not the config
+        overrides["model.checkpoint"] = str(Path(a.checkpoint).resolve()) if Path(a.checkpoint).exists() \
+            else a.checkpoint
+    cfg = load_config(a.config, overrides)
     return GateSession(cfg, backend=getattr(a, "backend", None), recipe=a.recipe,
                        quant_python=getattr(a, "quant_python", None), quant_pythonpath=getattr(a, "quant_pythonpath", None),
                        batch_size=getattr(a, "batch_size", None), **kw)
@@ -245,6 +280,24 @@ def cmd_data(a) -> int:
     return 0
 
 
+def cmd_synth(a) -> int:
+    from harness.synth import SynthSpec, resolve_shape, write_checkpoint, write_dequant_view
+
+    if a.bf16_view and a.precision != "nvfp4":
+        raise HarnessError("--bf16-view needs --precision nvfp4 (it is a view of the NVFP4 checkpoint)")
+    if a.std <= 0 or a.act_amax <= 0 or a.shard_gb <= 0:
+        raise HarnessError("--std, --act-amax and --shard-gb must be positive")
+    if a.bf16_view and a.bf16_view.exists() and not a.force:
+        raise HarnessError(f"{a.bf16_view} exists; pass --force to replace it")
+    config, source = resolve_shape(a.like, a.revision)
+    spec = SynthSpec(config=config, precision=a.precision, seed=a.seed, std=a.std, act_amax=a.act_amax, like=source)
+    out = write_checkpoint(spec, a.out, tokenizer=a.tokenizer, shard_gb=a.shard_gb, device=a.device, force=a.force)
+    if a.bf16_view:
+        out["bf16_view"] = write_dequant_view(a.out, a.bf16_view, force=a.force)["path"]
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def cmd_cache(a) -> int:
     from harness.ckpt_cache import CheckpointCache
     from harness.config import load_config
@@ -263,7 +316,7 @@ def cmd_cache(a) -> int:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
-                "report": cmd_report, "cache": cmd_cache, "data": cmd_data}
+                "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

@@ -19,6 +19,9 @@ from harness.errors import BaselineError, HarnessError, unknown_name
 from harness.metrics import Comparison, DatasetScore, compare, overall_nll, paired_bootstrap
 
 
+EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
+
+
 class EngineManager:
     """Holds at most one scoring engine; asking for another closes (and frees) the current one first.
 
@@ -95,7 +98,8 @@ class GateSession:
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
-                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False):
+                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
+                 checkpoint: str | None = None):
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
@@ -105,7 +109,13 @@ class GateSession:
         self.min_score = min_score
         self.update_mode = update_baselines
         self.force = force
-        self.recipe_name = recipe or cfg.recipe
+        self.existing = checkpoint or cfg.model.checkpoint  # gate this quantized checkpoint as it is
+        if self.existing and recipe and recipe != EXISTING:
+            from harness.errors import ConfigError
+
+            raise ConfigError(f"--recipe {recipe}: the config gates an existing checkpoint ({self.existing}), which "
+                              "is not quantized here; drop --recipe or model.checkpoint")
+        self.recipe_name = EXISTING if self.existing else (recipe or cfg.recipe)
         self.batch_size = batch_size or cfg.batch_size
         self.token_detail = token_detail or cfg.token_detail
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
@@ -206,6 +216,13 @@ class GateSession:
 
     def checkpoint(self) -> tuple[Path, dict]:
         """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
+        if self._checkpoint is None and self.existing:
+            from harness.checkpoint import existing_checkpoint
+
+            path = self.cfg.resolve(self.existing)
+            info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
+            self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
+            self._checkpoint = (Path(path), info)
         if self._checkpoint is None:
             from harness import quantize as q
             from harness.checkpoint import check_shards, require_scheme
@@ -348,6 +365,7 @@ class GateSession:
         prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
                 "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
                 "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
+                "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
                 "model_path": m.path, "revision": m.revision, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
         return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,
@@ -408,7 +426,7 @@ class GateSession:
         """--min-score, else the recipe's threshold for this dataset/overall, else the config's."""
         if self.min_score is not None:
             return self.min_score
-        rt = self.recipe().thresholds
+        rt = {} if self.existing else self.recipe().thresholds
         key = name or "overall"
         if key in rt:
             return rt[key]
@@ -446,12 +464,25 @@ def check_model_path(cfg: HarnessConfig) -> None:
     """A local model path that does not exist is a config error now, not a loader traceback later."""
     from harness.errors import ConfigError
 
+    for key in ("path", "checkpoint", "tokenizer"):
+        raw = getattr(cfg.model, key)
+        if raw and "$" in (cfg.resolve(raw) or ""):
+            raise ConfigError(f"model.{key} {raw!r}: an environment variable in it is not set; set it (e.g. "
+                              "export HARNESS_SYNTH_DIR=/dev/shm/synth) or write the path out")
     raw = cfg.model.path
     resolved = cfg.resolve(raw)
     local = raw.startswith(("/", ".", "~", "builtin:")) or Path(resolved).is_absolute()
     if local and not Path(resolved).exists():
         raise ConfigError(f"model.path {raw!r} does not exist ({resolved}); give a local checkpoint dir or a hub id "
                           "such as Qwen/Qwen2.5-7B-Instruct")
+
+
+def _offload_summary(offload: dict | None) -> dict | None:
+    """The offload facts worth keeping in a baseline's provenance (it changes speed, not numbers)."""
+    if not offload:
+        return None
+    return {"requested": offload.get("requested"), "offloader": offload.get("offloader"),
+            "offloaded_gib": offload.get("offloaded_gib")}
 
 
 def git_commit(root: str | None) -> str | None:

@@ -110,8 +110,13 @@ class HarnessState:
         if self._cases is None:
             from harness.recipes import default_recipes
 
+            from harness.gate import EXISTING
+
             self._cases = []
             for cfg in self.configs:
+                if cfg.model.checkpoint:  # an existing checkpoint is gated as it is: no recipes
+                    self._cases.append(Case(cfg, EXISTING))
+                    continue
                 names = ([self.opt("recipe")] if self.opt("recipe") else
                          cfg.recipes if cfg.recipes is not None else default_recipes(cfg.path_of("recipes_dir"), cfg.name))
                 self._cases += [Case(cfg, r) for r in names]

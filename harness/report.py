@@ -45,6 +45,10 @@ def build_report(session, verdict) -> dict:
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
     bf16_path = Path(cfg.resolve(cfg.model.path))
+    from harness.synth import view_source
+
+    view_of = view_source(bf16_path) if bf16_path.is_dir() else None
+    b0 = session.baseline(session.dataset_names[0])
     return {
         "schema_version": REPORT_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -55,7 +59,10 @@ def build_report(session, verdict) -> dict:
         "datasets": datasets,
         "overall": overall,
         "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
-        "checkpoints": {"bf16": {"path": str(bf16_path), "bytes": disk_size(bf16_path) if bf16_path.is_dir() else None},
+        "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
+        "checkpoints": {"bf16": {"path": str(bf16_path),
+                                 "bytes": disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None,
+                                 **({"view_of": str(view_of)} if view_of else {})},
                         "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
         "baseline_updates": update_rows(session.baseline_updates),
         "wall_s": round(time.time() - session.started, 1),
@@ -180,9 +187,8 @@ def render_markdown(rep: dict) -> str:
         "",
         f"- created: {rep['created']}; config: `{rep['config']}`",
         f"- backend: {rep['backend']}; NVFP4 kernel: **{rep.get('kernel') or '?'}**; max_model_len {rep['max_model_len']}",
-        f"- checkpoints on disk: BF16 {_size(ck['bf16']['bytes'])}, NVFP4 {_size(ck['nvfp4']['bytes'])}"
-        f" (quantization {'cache hit' if ck['nvfp4'].get('cache_hit') else 'built'}"
-        f"{', ' + str(ck['nvfp4'].get('quantize_s')) + ' s' if ck['nvfp4'].get('quantize_s') else ''})",
+        f"- checkpoints on disk: BF16 {_bf16_size(ck['bf16'])}, NVFP4 {_size(ck['nvfp4']['bytes'])} ({_provenance(ck)})",
+        *engine_lines(rep),
         f"- gate on: {'bootstrap lower bound' if rep['gate']['use'] == 'lower' else 'point estimate'}",
         *kernel_notes(rep.get("kernel") or ""),
         "",
@@ -211,6 +217,37 @@ def render_markdown(rep: dict) -> str:
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
     return "\n".join(parts) + "\n"
+
+
+def _bf16_size(ck: dict) -> str:
+    if ck.get("view_of"):
+        return f"none of its own (a dequantized view of `{ck['view_of']}`)"
+    return _size(ck.get("bytes"))
+
+
+def _provenance(ck: dict) -> str:
+    nv = ck["nvfp4"]
+    if nv.get("existing"):
+        return "an existing checkpoint, gated as it is"
+    return f"quantization {'cache hit' if nv.get('cache_hit') else 'built'}" + \
+        (f", {nv['quantize_s']} s" if nv.get("quantize_s") else "")
+
+
+def engine_lines(rep: dict) -> list[str]:
+    """Engine start (and where its seconds went) for both precisions, and any CPU offload: speed, not numbers."""
+    out = []
+    for label, e in (("NVFP4", rep.get("engine") or {}), ("BF16 (baseline run)", rep.get("bf16_engine") or {})):
+        if not e.get("engine_start_s"):
+            continue
+        b = e.get("engine_start") or {}
+        parts = [f"{k} {b[k]:.1f} s" for k in ("model_load_s", "weights_s", "init_engine_s", "other_s") if k in b]
+        line = f"- {label} engine start: {e['engine_start_s']:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
+        off = e.get("offload")
+        if off:
+            line += (f"; CPU offload: {off.get('offloaded_gib')} GiB of weights in CPU memory ({off.get('offloader')}, "
+                     f"{off.get('requested')}): changes speed, not numbers")
+        out.append(line)
+    return out
 
 
 def kernel_notes(kernel: str) -> list[str]:
