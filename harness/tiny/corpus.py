@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "tr", "st", "kl", "gr", "sh"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
 CODAS = ["", "", "n", "r", "s", "l", "k", "m"]
@@ -60,6 +60,21 @@ def make_lexicon(seed: int = 1234) -> Lexicon:
     )
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Document lengths: sentences per paragraph, paragraphs per section, question/answer turns per conversation."""
+
+    sentences: tuple[int, int] = (2, 7)
+    paragraphs: tuple[int, int] = (1, 3)
+    turns: tuple[int, int] = (1, 3)
+
+
+# Longer documents for the reference workload's shape: with the tiny tokenizer at max_model_len 2048, 200 WikiText
+# rows keep ~130 texts / ~24k scored tokens and 200 UltraChat rows ~228k tokens, like the reference study's
+# Qwen2.5 numbers (132 texts / 23,922 tokens and 200 / 228,323): the 72B-shape gate times the same work.
+REFERENCE_SHAPE = Shape(sentences=(4, 19), paragraphs=(2, 4), turns=(2, 8))
+
+
 def _zipf_weights(n: int, s: float = 1.1) -> list[float]:
     return [1.0 / (r + 1) ** s for r in range(n)]
 
@@ -72,9 +87,10 @@ class Grammar:
     quantization damages first, which is what makes the NVFP4 gate on this model meaningful.
     """
 
-    def __init__(self, lexicon: Lexicon, rng: random.Random):
+    def __init__(self, lexicon: Lexicon, rng: random.Random, shape: "Shape | None" = None):
         self.lx = lexicon
         self.rng = rng
+        self.shape = shape or Shape()
         table = random.Random(99)  # the associations are part of the language, not of the sample
         nouns = lexicon.nouns_a + lexicon.nouns_b
         self.verbs_of = {n: table.sample(lexicon.verbs, len(lexicon.verbs)) for n in nouns}
@@ -122,7 +138,7 @@ class Grammar:
         return f"The {self.pick(lx.colors)} {noun} {self.verb(suf, noun)} near {place} , said {topic} ."
 
     def paragraph(self, topic: str, place: str) -> str:
-        return " ".join(self.sentence(topic, place) for _ in range(self.rng.randint(2, 7)))
+        return " ".join(self.sentence(topic, place) for _ in range(self.rng.randint(*self.shape.sentences)))
 
     def article(self) -> list[str]:
         """Rows of one article in the raw WikiText file layout (each row one line, blank rows empty)."""
@@ -133,7 +149,7 @@ class Grammar:
         for _ in range(r.randint(1, 3)):
             heading = r.choice(["Early life", "Career", "Legacy", "Works", f"Life in {place}"])
             rows += [f" = = {heading} = = \n", ""]
-            for _ in range(r.randint(1, 3)):
+            for _ in range(r.randint(*self.shape.paragraphs)):
                 rows += [f" {self.paragraph(topic, place)} \n", ""]
             if r.random() < 0.3:  # short rows like WikiText's captions: dropped by the min-token rule
                 rows += [f" {r.choice(self.lx.adjectives)} {self.noun()[0]} \n", ""]
@@ -145,7 +161,7 @@ class Grammar:
         who = self.pick(lx.names)
         place = self.place_of(who)
         messages = []
-        for _ in range(r.randint(1, 3)):
+        for _ in range(r.randint(*self.shape.turns)):
             noun, suf = self.noun()
             color = self.pick(lx.colors)
             q = r.randrange(3)
@@ -163,18 +179,18 @@ class Grammar:
         return messages
 
 
-def wikitext_rows(seed: int, n_articles: int) -> list[str]:
+def wikitext_rows(seed: int, n_articles: int, shape: Shape | None = None) -> list[str]:
     lx = make_lexicon()
-    g = Grammar(lx, random.Random(seed))
+    g = Grammar(lx, random.Random(seed), shape)
     rows: list[str] = []
     for _ in range(n_articles):
         rows += g.article()
     return rows
 
 
-def ultrachat_rows(seed: int, n_rows: int) -> list[dict]:
+def ultrachat_rows(seed: int, n_rows: int, shape: Shape | None = None) -> list[dict]:
     lx = make_lexicon()
-    g = Grammar(lx, random.Random(seed))
+    g = Grammar(lx, random.Random(seed), shape)
     out = []
     for i in range(n_rows):
         messages = g.conversation()
@@ -185,14 +201,24 @@ def ultrachat_rows(seed: int, n_rows: int) -> list[dict]:
 # split -> (seed, size); train splits feed the model and calibration, test splits the gate.
 WIKITEXT_SPLITS = {"train": (11, 400), "validation": (12, 20), "test": (13, 60)}
 ULTRACHAT_SPLITS = {"train_sft": (21, 1500), "test_sft": (23, 300)}
+# the reference-shaped test splits, under refshape/ (same layout)
+REFSHAPE_SPLITS = {"wikitext": {"test": (14, 60)}, "ultrachat": {"test_sft": (24, 200)}}
 
 
 def write_corpus(root: Path) -> Path:
-    """Write the corpus as parquet files laid out like the hub repos; returns ``root``. Idempotent, atomic per file."""
+    """Write the corpus as parquet files laid out like the hub repos (and the reference-shaped test splits under
+    ``refshape/``); returns ``root``. Idempotent, atomic per file."""
+    root = Path(root)
+    _write_splits(root, WIKITEXT_SPLITS, ULTRACHAT_SPLITS, None)
+    _write_splits(root / "refshape", REFSHAPE_SPLITS["wikitext"], REFSHAPE_SPLITS["ultrachat"], REFERENCE_SHAPE)
+    (root / "VERSION").write_text(json.dumps({"corpus_version": CORPUS_VERSION}))
+    return root
+
+
+def _write_splits(root: Path, wikitext: dict, ultrachat: dict, shape: Shape | None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    root = Path(root)
     wt = root / "wikitext" / "wikitext-2-raw-v1"
     uc = root / "ultrachat_200k" / "data"
     wt.mkdir(parents=True, exist_ok=True)
@@ -203,11 +229,11 @@ def write_corpus(root: Path) -> Path:
         pq.write_table(table, tmp)
         tmp.replace(path)
 
-    for split, (seed, n) in WIKITEXT_SPLITS.items():
-        put(pa.table({"text": wikitext_rows(seed, n)}), wt / f"{split}-00000-of-00001.parquet")
+    for split, (seed, n) in wikitext.items():
+        put(pa.table({"text": wikitext_rows(seed, n, shape)}), wt / f"{split}-00000-of-00001.parquet")
     msg_type = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
-    for split, (seed, n) in ULTRACHAT_SPLITS.items():
-        rows = ultrachat_rows(seed, n)
+    for split, (seed, n) in ultrachat.items():
+        rows = ultrachat_rows(seed, n, shape)
         table = pa.table(
             {
                 "prompt": [r["prompt"] for r in rows],
@@ -216,5 +242,3 @@ def write_corpus(root: Path) -> Path:
             }
         )
         put(table, uc / f"{split}-00000-of-00001.parquet")
-    (root / "VERSION").write_text(json.dumps({"corpus_version": CORPUS_VERSION}))
-    return root

@@ -2,8 +2,8 @@
 results file (``$HARNESS_GPU_RESULTS``) that collects the numbers a run measured, for the closing note."""
 from __future__ import annotations
 
-import gc
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -68,33 +68,57 @@ def vllm_bf16_baselines(gpu_cfg, gpu_results):
 
 
 @pytest.fixture(scope="session")
-def random_qwen2(harness_config):
-    """``random_qwen2(shape, out)``: a Qwen2 model of that shape with seeded random weights, built on the GPU and
-    saved to ``out`` in BF16 (once), with the tiny tokenizer (its ids are valid; scoring uses token ids)."""
+def random_qwen2():
+    """``random_qwen2(shape_id, out)``: a BF16 checkpoint of a known shape (harness.shapes) with seeded random
+    weights, generated on the GPU by ``harness synth-checkpoint``'s writer (once), with the tiny tokenizer."""
 
-    def build(shape: dict, out: Path) -> Path:
-        if (out / "config.json").exists():
+    def build(shape_id: str, out: Path) -> Path:
+        if (out / "harness_synth.json").exists():
             return out
-        import torch
-        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+        from harness.shapes import KNOWN_SHAPES
+        from harness.synth import SynthSpec, write_checkpoint
 
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = Qwen2ForCausalLM(Qwen2Config(**shape)).to(torch.bfloat16)
-        model.save_pretrained(out)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
-        AutoTokenizer.from_pretrained(harness_config.resolve("builtin:tiny")).save_pretrained(out)
+        write_checkpoint(SynthSpec(config=KNOWN_SHAPES[shape_id], precision="bf16", like=shape_id), out,
+                         device="cuda", force=True, progress=False)
         return out
 
     return build
 
 
-# Qwen2.5-1.5B shape, random weights (shared by the throughput and the tensor-parallel tests)
-SHAPE_1P5B = dict(hidden_size=1536, num_hidden_layers=28, intermediate_size=8960, num_attention_heads=12,
-                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-                  rope_theta=1000000.0)
+SHAPE_1P5B = "Qwen/Qwen2.5-1.5B-Instruct"
+SHAPE_7B = "Qwen/Qwen2.5-7B-Instruct"
+
+
+@pytest.fixture(scope="session")
+def model_7b(tmp_path_factory, random_qwen2):
+    root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench"))
+    return random_qwen2(SHAPE_7B, root / "7b-shape")
+
+
+@pytest.fixture(scope="session")
+def update_bf16(gpu_cfg):
+    """``update_bf16(model, engine_kwargs, tag)``: a BF16 baseline update of ``model`` on the tiny data with these
+    vLLM kwargs; returns wall, PPL and the engine's offload facts."""
+
+    def run(model: Path, engine: dict, tag: str) -> dict:
+        cfg = gpu_cfg.model_copy(deep=True)
+        cfg.name = f"qwen2.5-7b-shape-{tag}"
+        cfg.model.path = str(model)
+        cfg.model.engine = {"bf16": {"vllm": {"dtype": "bfloat16", "seed": 0, "enforce_eager": True,
+                                              "max_num_batched_tokens": 2048, **engine}}}
+        s = GateSession(cfg, backend="vllm", update_baselines=True, force=True)
+        t0 = time.time()
+        try:
+            pairs = s.update_baselines()
+            info = s.engine_info("bf16")
+        finally:
+            s.close()
+        nll = sum(b.nll * b.tokens for _, b in pairs) / sum(b.tokens for _, b in pairs)
+        return {"wall_s": round(time.time() - t0, 1), "ppl": math.exp(nll), "engine": engine,
+                "offload": info.get("offload"), "engine_start": info.get("engine_start"),
+                "datasets": {b.dataset: b.ppl for _, b in pairs}}
+
+    return run
 
 
 @pytest.fixture(scope="session")

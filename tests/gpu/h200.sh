@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Maintainers' driver for the GPU suite on a lent H200 (the `device` tool: one command <= 10 min, a machine idle for
+# 30 s is given back). Long suites run as a background job that outlives each command; every call collects its
+# logs, results and reports into $OUT.
+#   bash tests/gpu/h200.sh stage K                 copy .stage/pK (bash ../shared/gpu/prepare.sh) to /tmp/stage
+#   bash tests/gpu/h200.sh install                 unpack the wheels (after the last part)
+#   bash tests/gpu/h200.sh start NAME PYTEST_ARGS  run pytest with the GPU environment as background job NAME
+#   bash tests/gpu/h200.sh wait NAME SECONDS       wait for it (at most SECONDS), collect, print the tail
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+jobs=/tmp/jobs
+mkdir -p "$jobs"
+gpu_env() {
+  export PYTHONPATH="$PWD:/tmp/site_v:/tmp/site_c" HARNESS_QUANT_PYTHONPATH="$PWD:/tmp/site_q:/tmp/site_c"
+  # the 72B-shape checkpoint (44.5 GB): RAM-backed /dev/shm when it has room, else the disk
+  local shm; shm=$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ')
+  if [ "${shm:-0}" -ge 50 ]; then export HARNESS_SYNTH_DIR=/dev/shm/synth72b; else export HARNESS_SYNTH_DIR=/tmp/synth72b; fi
+  export HARNESS_GPU_RESULTS="$jobs/gpu-results.json"
+  export HARNESS_GPU_REPORTS="$jobs/reports" HARNESS_BENCH_DIR="$jobs/bench" PYTHONUNBUFFERED=1
+}
+collect() {
+  [ -n "${OUT:-}" ] || return 0
+  cp "$jobs"/*.log "$jobs"/gpu-results.json "$OUT"/ 2>/dev/null
+  [ -d "$jobs/reports" ] && tar czf "$OUT/reports.tgz" -C "$jobs" reports 2>/dev/null
+  [ -d "$jobs/benchmarks" ] && tar czf "$OUT/benchmarks.tgz" -C "$jobs" benchmarks 2>/dev/null
+  return 0
+}
+case "${1:-}" in
+  stage) mkdir -p /tmp/stage && cp ".stage/p$2"/* /tmp/stage/ && ls /tmp/stage | wc -l ;;
+  install) bash /tmp/stage/install.sh && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+             && df -h /dev/shm /tmp | tail -2 && free -g | head -2 ;;
+  start)
+    name=$2; shift 2
+    gpu_env
+    args=$(printf '%q ' "$@")
+    setsid nohup bash -c "python3 -m pytest -p no:cacheprovider -v -rA --benchmark-storage=file://$jobs/benchmarks \
+      --benchmark-autosave $args > $jobs/$name.log 2>&1; echo \$? > $jobs/$name.rc" < /dev/null > /dev/null 2>&1 &
+    echo "started $name: pytest $args" ;;
+  wait)
+    name=$2; deadline=$((SECONDS + $3))
+    while [ ! -f "$jobs/$name.rc" ] && [ $SECONDS -lt $deadline ]; do sleep 5; done
+    collect
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|RESULT|passed|failed" "$jobs/$name.log" | tail -40
+    tail -c 3000 "$jobs/$name.log"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    if [ -f "$jobs/$name.rc" ]; then echo "DONE $name rc=$(cat "$jobs/$name.rc")"; else echo "RUNNING $name"; fi ;;
+  *) sed -n 2,9p "$0"; exit 2 ;;
+esac
