@@ -318,7 +318,8 @@ def write_chart(rep: dict, path: Path) -> None:
 
 def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
                  token_logprobs: dict[str, list[list[float]]] | None = None) -> Path:
-    """Write JSON + Markdown + SVG + log into reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
+    """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
+    reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -329,6 +330,10 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
         final = reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}-{n}"
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=reports_dir))
     try:
+        engine_log = (rep.get("engine") or {}).get("engine_log")
+        if engine_log and Path(engine_log).is_file():  # the vLLM engine's own log travels with the report
+            shutil.copy2(engine_log, tmp / "engine.log")
+            rep = {**rep, "engine": {**rep["engine"], "engine_log": "engine.log"}}
         (tmp / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
         write_chart(rep, tmp / "chart.svg")
         (tmp / "report.md").write_text(render_markdown(rep))

@@ -142,3 +142,15 @@ def _edit_config_file(cfg, tmp_path) -> str:
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(d))
     return str(p)
+
+
+def test_the_engine_log_travels_with_the_report(gate_run, tmp_path):
+    from harness.report import write_report
+
+    _, rep, folder = gate_run
+    log = tmp_path / "engine-nvfp4.log"
+    log.write_text("INFO Model loading took 41.86 GiB and 13.1 seconds\n")
+    rep = {**rep, "engine": {**rep["engine"], "engine_log": str(log)}}
+    out = write_report(rep, tmp_path / "reports", ["a log line"])
+    assert (out / "engine.log").read_text() == log.read_text()
+    assert json.loads((out / "report.json").read_text())["engine"]["engine_log"] == "engine.log"

@@ -137,6 +137,9 @@ def test_engine_log_is_captured_and_the_start_broken_down(fake_vllm):
 def test_parse_engine_log_derives_the_rest_of_the_start():
     b = parse_engine_log("\n".join(LOG_LINES), total_s=30.0)
     assert b["other_s"] == pytest.approx(30.0 - 12.5 - 8.25)
+    # the V2 model runner words it without "memory" (seen on the H200, vLLM 0.26.0)
+    v2 = parse_engine_log("Model loading took 41.86 GiB and 13.146940 seconds")
+    assert (v2["model_load_gib"], v2["model_load_s"]) == (41.86, 13.14694)
     assert parse_engine_log("nothing here", total_s=5.0) == {"total_s": 5.0}
 
 

@@ -52,8 +52,6 @@ def kernel_label(class_names: Sequence[str], precision: str) -> str:
     for n in class_names:
         if "Marlin" in n:
             labels.add("Marlin W4A16 (activations not quantized)")
-        elif "Humming" in n:
-            labels.add("Humming W4A16 (activations not quantized)")
         elif "Emulation" in n:
             labels.add("emulation W4A4")
         elif "NvFp4" in n:

@@ -85,7 +85,7 @@ def scoped_env(env: dict[str, str]):
 _START_LINES = {  # vLLM 0.26 log lines -> the seconds / sizes they report
     "weights_s": r"Loading weights took ([\d.]+) seconds",
     "model_load_gib": r"Model loading took ([\d.]+) ?GiB",
-    "model_load_s": r"Model loading took [\d.]+ ?GiB memory and ([\d.]+) seconds",
+    "model_load_s": r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) seconds",  # V1 runner / V2 runner
     "init_engine_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
     "compile_s": r"torch\.compile takes ([\d.]+) s in total",
     "graph_capture_s": r"Graph capturing finished in ([\d.]+) secs",
