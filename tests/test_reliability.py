@@ -41,6 +41,14 @@ def test_missing_model_path_is_a_config_error():
         GateSession(cfg, quiet=True)
 
 
+def test_unset_variable_in_a_model_path_is_named(monkeypatch, root):
+    monkeypatch.delenv("HARNESS_SYNTH_DIR", raising=False)
+    cfg = load_config(root / "configs/qwen2.5-72b-shape.yaml")
+    with pytest.raises(ConfigError, match=r"model.path '\$\{HARNESS_SYNTH_DIR\}/bf16': an environment variable in "
+                                          r"it is not set"):
+        GateSession(cfg, quiet=True)
+
+
 def test_checkpoint_dir_with_missing_shards(tmp_path):
     import shutil
 
