@@ -327,26 +327,14 @@ class GateSession:
     def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
         """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
         names = names or self.dataset_names
+        olds = {n: self._old_baseline(n) for n in names}  # a changed fingerprint is refused before any scoring
         new: list[Baseline] = []
         for n in names:
             prep = self.prepared(n)
             s = self.score(n, "bf16")
             new.append(self.make_baseline(n, prep, s))
         self.engines.close()
-        pairs = []
-        for b in new:
-            old = None
-            if self.store.exists(b.model, b.dataset):
-                try:
-                    old = BaselineStore(self.store.root).load(b.model, b.dataset)
-                except BaselineError as e:
-                    self.log(f"replacing unreadable baseline: {e}")
-            if old and old.fingerprint != b.fingerprint and not self.force:
-                raise BaselineError(
-                    f"{self.store.path(b.model, b.dataset)}: data fingerprint changed {old.fingerprint} -> "
-                    f"{b.fingerprint} (tokenizer, dataset revision or rules differ); nothing was written. "
-                    "Re-run with --force to accept the new data.")
-            pairs.append((old, b))
+        pairs = [(olds[b.dataset], b) for b in new]
         for _, b in pairs:
             p = self.store.write(b)
             self.log(f"wrote baseline {p}")
@@ -358,6 +346,23 @@ class GateSession:
         self.baseline_updates = pairs
         self._updated = True
         return pairs
+
+    def _old_baseline(self, name: str) -> Baseline | None:
+        """The stored baseline an update replaces; a different data fingerprint needs --force."""
+        if not self.store.exists(self.cfg.name, name):
+            return None
+        try:
+            old = BaselineStore(self.store.root).load(self.cfg.name, name)
+        except BaselineError as e:
+            self.log(f"replacing unreadable baseline: {e}")
+            return None
+        fp = self.prepared(name).fingerprint
+        if old.fingerprint != fp and not self.force:
+            raise BaselineError(
+                f"{self.store.path(self.cfg.name, name)}: data fingerprint changed {old.fingerprint} -> {fp} "
+                "(tokenizer, dataset revision or rules differ); nothing was scored or written. Re-run with --force "
+                "to accept the new data.")
+        return old
 
     def make_baseline(self, name: str, prep: PreparedDataset, s: DatasetScore) -> Baseline:
         info = self.engine_info("bf16")

@@ -19,6 +19,16 @@ def harness(*args, cwd=None) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=600)
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (its imports already paid): exit code, stdout, stderr."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 @pytest.fixture(scope="module")
 def gate_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
@@ -53,11 +63,12 @@ def test_normal_gate_never_starts_a_bf16_engine(gate_run):
     assert "'bf16'" not in log
 
 
-def test_negative_control_recipe_fails_the_gate_readably():
-    r = harness("gate", "--recipe", "negative-control-w2", "--report-dir", os.environ["HARNESS_CACHE"] + "/neg")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "GATE FAILED" in r.stdout
-    line = next(l for l in r.stdout.splitlines() if l.startswith("FAIL overall"))
+def test_negative_control_recipe_fails_the_gate_readably(capsys, tmp_path, quick_project):
+    rc, out, err = cli(capsys, "gate", "--config", str(quick_project / "configs/tiny.yaml"), "--recipe",
+                       "negative-control-w2", "--report-dir", str(tmp_path))
+    assert rc == 1, out + err
+    assert "GATE FAILED" in out
+    line = next(l for l in out.splitlines() if l.startswith("FAIL overall"))
     assert "< min 99.00" in line and "PPL" in line
 
 
@@ -92,27 +103,28 @@ def _edit_config(project: Path, mutate) -> str:
     return str(p)
 
 
-def test_changed_data_is_refused_before_scoring_and_update_needs_force(project):
+def test_changed_data_is_refused_before_scoring_and_update_needs_force(project, capsys):
     cfg = _edit_config(project, lambda c: c["datasets"]["wikitext2"].update(n_texts=150))
-    r = harness("gate", "--config", cfg)
-    assert r.returncode == 2
-    assert "prepared data does not match the baseline" in r.stderr
-    assert "baseline=109" in r.stderr and "prepared=" in r.stderr and "fingerprint" in r.stderr
-    assert "quantizing" not in r.stderr  # refused before any quantization or scoring
+    rc, _, err = cli(capsys, "gate", "--config", cfg)
+    assert rc == 2
+    assert "prepared data does not match the baseline" in err
+    assert "baseline=109" in err and "prepared=" in err and "fingerprint" in err
+    assert "quantizing" not in err and "starting engine" not in err  # refused before quantization or scoring
     before = (project / "baselines/tiny-qwen2/wikitext2.json").read_text()
-    r = harness("baseline", "update", "--config", cfg)
-    assert r.returncode == 2 and "fingerprint changed" in r.stderr and "--force" in r.stderr
+    rc, _, err = cli(capsys, "baseline", "update", "--config", cfg)
+    assert rc == 2 and "fingerprint changed" in err and "--force" in err
+    assert "starting engine" not in err  # refused before any BF16 scoring
     assert (project / "baselines/tiny-qwen2/wikitext2.json").read_text() == before  # nothing written
-    r = harness("baseline", "update", "--config", cfg, "--force")
-    assert r.returncode == 0, r.stderr
-    assert "| wikitext2 | fingerprint * |" in r.stdout and "| wikitext2 | kept_texts * |" in r.stdout
+    rc, out, err = cli(capsys, "baseline", "update", "--config", cfg, "--force")
+    assert rc == 0, err
+    assert "| wikitext2 | fingerprint * |" in out and "| wikitext2 | kept_texts * |" in out
     assert json.loads((project / "baselines/tiny-qwen2/wikitext2.json").read_text())["kept_texts"] < 109
 
 
-def test_report_rerenders_from_json(gate_run):
+def test_report_rerenders_from_json(gate_run, capsys):
     _, _, folder = gate_run
-    r = harness("report", str(folder / "report.json"))
-    assert r.returncode == 0 and r.stdout.strip() == (folder / "report.md").read_text().strip()
+    rc, out, _ = cli(capsys, "report", str(folder / "report.json"))
+    assert rc == 0 and out.strip() == (folder / "report.md").read_text().strip()
 
 
 @pytest.mark.parametrize("cmd", [["gate"], ["quantize"], ["score"], ["baseline", "update"], ["report"],
@@ -122,16 +134,19 @@ def test_every_subcommand_has_help(cmd):
     assert r.returncode == 0 and "usage: harness" in r.stdout
 
 
-def test_cache_ls_and_clear(tmp_path):
-    env_cache = tmp_path / "cache"
+def test_cache_ls_and_clear(tmp_path, capsys):
+    import shutil
+
+    built, _ = GateSession(load_config(), quiet=True).checkpoint()  # the session's cache: built once per run
     cfg = load_config()
-    cfg.cache_dir = str(env_cache)
-    path, _ = GateSession(cfg, quiet=True).checkpoint()
+    cfg.cache_dir = str(tmp_path / "cache")
+    path = tmp_path / "cache" / "checkpoints" / built.name  # the same entry, in a cache of its own
+    shutil.copytree(built, path)
     p = _edit_config_file(cfg, tmp_path)
-    r = harness("cache", "ls", "--config", p)
-    assert r.returncode == 0 and path.name in r.stdout and "1 entry in" in r.stdout
-    r = harness("cache", "clear", "--config", p)
-    assert r.returncode == 0 and "removed 1 entries" in r.stdout
+    rc, out, _ = cli(capsys, "cache", "ls", "--config", p)
+    assert rc == 0 and path.name in out and "1 entry in" in out
+    rc, out, _ = cli(capsys, "cache", "clear", "--config", p)
+    assert rc == 0 and "removed 1 entries" in out
     assert not path.exists()
 
 

@@ -154,7 +154,9 @@ def test_resolve_shape_reads_a_config_file_or_dir_and_explains_what_it_accepts(t
     (tmp_path / "config.json").write_text(json.dumps({**SHAPE, "quantization_config": {"x": 1}}))
     cfg, _ = resolve_shape(str(tmp_path))
     assert cfg["hidden_size"] == 64 and "quantization_config" not in cfg
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: set the constant
     with pytest.raises(HarnessError, match="not a known shape .*Qwen/Qwen2.5-72B-Instruct.*pass the path"):
         resolve_shape("nobody/no-such-model")
     (tmp_path / "bad.json").write_text("{}")
