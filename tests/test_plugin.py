@@ -22,7 +22,8 @@ def gate_project(pytester, root, quick_project):
         shutil.copytree(quick_project / d, pytester.path / d)
     (pytester.path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
     pytester.makeconftest('pytest_plugins = ("harness.plugin",)\n')
-    shutil.copy(root / "tests" / "test_gate.py", pytester.path / "test_gate.py")
+    # in-process runs share sys.modules with this session, which imported tests/test_gate.py as "test_gate"
+    shutil.copy(root / "tests" / "test_gate.py", pytester.path / "test_user_gate.py")
     return pytester
 
 
