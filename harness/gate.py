@@ -98,8 +98,7 @@ class GateSession:
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
-                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
-                 checkpoint: str | None = None):
+                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False):
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
@@ -109,7 +108,7 @@ class GateSession:
         self.min_score = min_score
         self.update_mode = update_baselines
         self.force = force
-        self.existing = checkpoint or cfg.model.checkpoint  # gate this quantized checkpoint as it is
+        self.existing = cfg.model.checkpoint  # gate this quantized checkpoint as it is
         if self.existing and recipe and recipe != EXISTING:
             from harness.errors import ConfigError
 
