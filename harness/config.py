@@ -183,17 +183,27 @@ class HarnessConfig(Strict):
         return self
 
     # ---- resolution helpers -------------------------------------------------
-    def resolve(self, p: str | None) -> str | None:
-        return resolve_path(p, Path(self.root or "."))
+    def resolve(self, p: str | None, local: bool = False) -> str | None:
+        return resolve_path(p, Path(self.root or "."), local)
+
+    def resolve_local(self, p: str | None) -> str | None:
+        """A config value that can only be a local path (dirs, data files, cache locations)."""
+        return self.resolve(p, local=True)
+
+    def locate(self, p: str):
+        """Where ``p`` lives (local path, hub id or builtin), by harness.locate's rule."""
+        from harness.locate import locate
+
+        return locate(p, Path(self.root or "."))
 
     def resolve_files(self, files: str | list[str] | None) -> str | list[str] | None:
         """``data_files`` (one path or a list) with builtin: and relative paths resolved."""
         if files is None:
             return None
-        return [self.resolve(f) for f in files] if isinstance(files, list) else self.resolve(files)
+        return [self.resolve_local(f) for f in files] if isinstance(files, list) else self.resolve_local(files)
 
     def path_of(self, key: str) -> Path:
-        return Path(self.resolve(getattr(self, key)))
+        return Path(self.resolve_local(getattr(self, key)))
 
     def threshold(self, dataset: str | None) -> float:
         if dataset is None:
@@ -205,29 +215,17 @@ class HarnessConfig(Strict):
 
     def cache_path(self) -> Path:
         c = self.cache_dir or os.environ.get("HARNESS_CACHE") or str(Path.home() / ".cache" / "harness")
-        return Path(self.resolve(c))
+        return Path(self.resolve_local(c))
 
 
-def resolve_path(p: str | None, root: Path) -> str | None:
-    """Resolve ``builtin:`` and relative local paths; hub ids (``org/name`` that do not exist locally) pass through."""
+def resolve_path(p: str | None, root: Path, local: bool = False) -> str | None:
+    """A local path made absolute (``builtin:`` ones too), or a hub id unchanged: harness.locate's one rule
+    (``local=True``: something that can only be a path)."""
     if p is None:
         return None
-    if p.startswith("builtin:"):
-        from harness.tiny import builtin_path
+    from harness.locate import locate
 
-        return str(builtin_path(p[len("builtin:"):]))
-    expanded = os.path.expanduser(os.path.expandvars(p))
-    cand = Path(expanded)
-    if cand.is_absolute():
-        return str(cand)
-    local = root / cand
-    if local.exists() or expanded.startswith(".") or "/" not in expanded or _looks_local(expanded):
-        return str(local)
-    return expanded  # a hub id such as Qwen/Qwen2.5-72B-Instruct
-
-
-def _looks_local(p: str) -> bool:
-    return p.count("/") > 1 or p.endswith((".parquet", ".json", ".jsonl", ".arrow", ".csv", ".yaml"))
+    return locate(p, root, local=local).path
 
 
 def find_root(start: Path) -> Path:

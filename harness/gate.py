@@ -102,7 +102,7 @@ class GateSession:
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
-        apply_hub_environment(cfg.hub.environment(cfg.resolve))
+        apply_hub_environment(cfg.hub.environment(cfg.resolve_local))
         self.cfg = cfg
         self.backend = backend or cfg.backend
         self.min_score = min_score
@@ -173,7 +173,7 @@ class GateSession:
                 raise unknown_name("dataset", name, self.cfg.datasets)
             d = self.cfg.datasets[name]
             s = d.source
-            path = self.cfg.resolve(s.path) if s.path.startswith(("builtin:", ".", "/", "~")) else s.path
+            path = self.cfg.resolve(s.path)  # a local copy, a builder name ("parquet") or a hub dataset id
             rows = load_rows(path, split=s.split, name=s.name, revision=s.revision,
                              data_files=self.cfg.resolve_files(s.data_files))
             texts = select_texts(d.rule, rows, d.n_texts)
@@ -473,12 +473,12 @@ def check_model_path(cfg: HarnessConfig) -> None:
         if raw and "$" in (cfg.resolve(raw) or ""):
             raise ConfigError(f"model.{key} {raw!r}: an environment variable in it is not set; set it (e.g. "
                               "export HARNESS_SYNTH_DIR=/dev/shm/synth) or write the path out")
-    raw = cfg.model.path
-    resolved = cfg.resolve(raw)
-    local = raw.startswith(("/", ".", "~", "builtin:")) or Path(resolved).is_absolute()
-    if local and not Path(resolved).exists():
-        raise ConfigError(f"model.path {raw!r} does not exist ({resolved}); give a local checkpoint dir or a hub id "
-                          "such as Qwen/Qwen2.5-7B-Instruct")
+    for key in ("path", "checkpoint"):
+        raw = getattr(cfg.model, key)
+        loc = cfg.locate(raw) if raw else None
+        if loc and loc.is_local and not Path(loc.path).exists():
+            raise ConfigError(f"model.{key} {raw!r} does not exist ({loc.path}); give a local checkpoint dir or a hub "
+                              "id such as Qwen/Qwen2.5-7B-Instruct")
 
 
 def _offload_summary(offload: dict | None) -> dict | None:

@@ -100,7 +100,7 @@ def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
     p = _write(project, lambda c: c.update(hub={"offline": True, "hf_home": "hf", "datasets_cache": "/data/ds",
                                                 "tmpdir": str(project)}))
     cfg = load_config(p)
-    env = cfg.hub.environment(cfg.resolve)
+    env = cfg.hub.environment(cfg.resolve_local)
     assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
     assert env["HF_HOME"] == str(project / "hf") and env["HF_DATASETS_CACHE"] == "/data/ds"
     assert "HUGGINGFACE_HUB_CACHE" not in env  # unset keys leave the environment alone

@@ -135,7 +135,7 @@ def bench_models(tmp_path_factory, harness_config, random_qwen2):
         cal = harness_config.calibration
         spec = q.QuantSpec(model=str(bf16), recipe=_recipe(harness_config), output_dir=str(nvfp4),
                            calibration=q.CalibrationSpec(**{**CalibrationSpec().model_dump(), **cal, "samples": 32,
-                                                            "data_files": harness_config.resolve(cal["data_files"])}))
+                                                            "data_files": harness_config.resolve_local(cal["data_files"])}))
         t0 = time.time()
         q.run_quantization(spec, q.QuantInterpreter.from_env(), root / "quantize.log")
         quant_s = time.time() - t0
