@@ -69,6 +69,11 @@ class ModelSpec(Strict):
     revision: str | None = None
     tokenizer: str | None = None
     max_model_len: int = Field(2048, gt=0)
+    add_special_tokens: bool = Field(
+        True, description="tokenize texts with the tokenizer's special tokens (Llama, Mistral, Gemma prepend BOS, "
+                          "which becomes the unscored first token, so every text token is scored; Qwen adds none); "
+                          "false: the text's own tokens only, the first of which goes unscored. Part of the data "
+                          "fingerprint")
     trust_remote_code: bool = False
     checkpoint: str | None = Field(None, description="an existing quantized checkpoint (local dir or hub id) to gate "
                                                      "as it is, instead of quantizing model.path with the recipe")

@@ -178,7 +178,8 @@ class GateSession:
                              data_files=self.cfg.resolve_files(s.data_files))
             texts = select_texts(d.rule, rows, d.n_texts)
             rules = TokenRules(n_texts=d.n_texts, max_model_len=self.cfg.model.max_model_len, min_tokens=d.min_tokens,
-                               truncation_margin=d.truncation_margin)
+                               truncation_margin=d.truncation_margin,
+                               add_special_tokens=self.cfg.model.add_special_tokens)
             source = {"path": s.path, "name": s.name, "split": s.split, "revision": s.revision}
             p = prepare_texts(name, d.rule, texts, self.tokenizer(), rules, source=source)
             st = p.stats

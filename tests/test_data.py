@@ -7,12 +7,6 @@ from harness.data import (TokenRules, apply_token_rules, first_nonempty_texts, l
 from harness.errors import HarnessError
 
 
-def test_first_nonempty_skips_blank_rows_and_stops_at_n():
-    rows = [{"text": ""}, {"text": " = Title = \n"}, {"text": "   \n"}, {"text": " a b \n"}, {"text": "c"}]
-    assert first_nonempty_texts(rows, 2) == [" = Title = \n", " a b \n"]
-    assert first_nonempty_texts(rows, 10) == [" = Title = \n", " a b \n", "c"]
-
-
 def test_ultrachat_joins_one_role_content_line_per_message():
     row = {"messages": [{"content": "Hi there", "role": "user"}, {"content": "Hello.\nBye", "role": "assistant"}]}
     assert messages_to_text(row["messages"]) == "user: Hi there\nassistant: Hello.\nBye"
@@ -106,3 +100,48 @@ def test_words_and_bytes_follow_the_scored_text(root):
     assert p.stats.truncated == 1
     assert p.doc_bytes[0] < len(long.encode()) and p.doc_words[0] < 200
     assert (p.doc_words[1], p.doc_bytes[1]) == (6, len(short.encode()))
+
+
+def test_wikitext_rows_are_stripped_and_blank_rows_skipped():
+    from harness.data import first_nonempty_texts
+
+    rows = [{"text": ""}, {"text": " = Robert Boulter = \n"}, {"text": " \n"}, {"text": " He was born . \n"},
+            {"text": "no edges"}]
+    assert first_nonempty_texts(rows, 2) == ["= Robert Boulter =", "He was born ."]
+    assert first_nonempty_texts(rows, 10) == ["= Robert Boulter =", "He was born .", "no edges"]
+
+
+def _word_tokenizer(bos: bool):
+    """A word-level tokenizer over a fixed vocabulary, with or without a BOS it prepends (like Llama's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate("a b c d e f g h".split())}}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", unk_token="<unk>")
+
+
+def test_special_tokens_decide_which_token_goes_unscored():
+    """Hand count: a 5-word text is 6 ids with a BOS (5 scored: every word) and 5 without (4 scored)."""
+    from harness.data import TokenRules, prepare_texts
+
+    texts = ["a b c d e", "f g h"]
+    rules = dict(n_texts=2, max_model_len=64, min_tokens=2)
+    with_bos = prepare_texts("x", "wikitext", texts, _word_tokenizer(True), TokenRules(**rules))
+    assert with_bos.token_ids[0] == [0, 2, 3, 4, 5, 6] and with_bos.stats.tokens == 5 + 3
+    without = prepare_texts("x", "wikitext", texts, _word_tokenizer(True), TokenRules(**rules, add_special_tokens=False))
+    assert without.token_ids[0] == [2, 3, 4, 5, 6] and without.stats.tokens == 4 + 2
+    assert with_bos.fingerprint != without.fingerprint  # a baseline made one way is refused the other way
+    plain = prepare_texts("x", "wikitext", texts, _word_tokenizer(False), TokenRules(**rules))
+    assert plain.token_ids[0] == [2, 3, 4, 5, 6]  # no BOS in the tokenizer: nothing to add
+
+
+def test_add_special_tokens_is_a_per_model_config_setting(root):
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    cfg = load_config(root / "configs/tiny.yaml", {"model.add_special_tokens": False})
+    assert GateSession(cfg, quiet=True).prepared("wikitext2").rules["add_special_tokens"] is False

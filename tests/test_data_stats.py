@@ -20,17 +20,37 @@ def _stats(capsys, *args) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
-def test_from_the_config(capsys):
+def wikitext_by_hand(parquet, tokenizer_dir, n=200, min_tokens=16, max_tokens=504) -> dict:
+    """The WikiText rule written out here, from the rows in the file: the first n non-blank rows, stripped,
+    tokenized, those under min_tokens dropped, the rest cut at max_tokens; the first token is not scored."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    texts = [t.strip() for t in pq.read_table(parquet).column("text").to_pylist() if t.strip()][:n]
+    lens = [len(tok(t)["input_ids"]) for t in texts]
+    kept = [min(n_, max_tokens) for n_ in lens if n_ >= min_tokens]
+    return {"selected": len(texts), "kept_texts": len(kept), "dropped_short": len(lens) - len(kept),
+            "tokens": sum(k - 1 for k in kept)}
+
+
+def test_from_the_config(capsys, root):
+    from harness.tiny import builtin_path
+
     rows = _stats(capsys)
     assert [r["dataset"] for r in rows] == ["wikitext2", "ultrachat"]
-    assert rows[0]["kept_texts"] == 109 and rows[0]["dropped_short"] == 91
+    want = wikitext_by_hand(builtin_path("corpus/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"),
+                            root / "harness/tiny/model")
+    assert {k: rows[0][k] for k in want} == want
 
 
 def test_from_flags_on_a_snapshot_folder_a_jsonl_file_and_a_saved_dataset(capsys, corpus, root, tmp_path):
     tok = str(root / "harness/tiny/model")
     snap = _stats(capsys, "--dataset", "wikitext2", "--data-path", str(corpus / "wikitext"), "--tokenizer", tok,
                   "--max-model-len", "512")[0]
-    assert snap["kept_texts"] == 109 and snap["tokens"] == 7459 and snap["fingerprint"] == "dfefe49e83fc8f33"
+    want = wikitext_by_hand(corpus / "wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet", tok)
+    assert {k: snap[k] for k in want} == want
+    assert snap["fingerprint"] == _stats(capsys)[0]["fingerprint"]  # the same rows through the config
 
     import datasets
 
