@@ -1,7 +1,8 @@
 """Content-addressed cache of quantized checkpoints.
 
-Key = hash of (model id + revision, or the local model dir's content), recipe text, calibration spec, and the
-llmcompressor / compressed-tensors versions of the quantization interpreter. An entry is built in a temp dir and
+Key = hash of (hub id + the commit its revision resolves to, or the local model dir's content), recipe text,
+calibration spec, and the llmcompressor / compressed-tensors versions of the quantization interpreter. An entry
+is built in a temp dir and
 renamed into place only when quantization succeeded and the checkpoint has the promised scheme; a file lock makes
 a second process wait and reuse the entry instead of building it twice or reading half of one.
 """
@@ -19,34 +20,12 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: hub models keyed by the commit their revision resolves to
 _VERSIONS_SNIPPET = (
     "import json\nfrom importlib.metadata import version, PackageNotFoundError\nout={}\n"
     "for p in ('llmcompressor','compressed-tensors'):\n"
     "    try: out[p]=version(p)\n    except PackageNotFoundError: out[p]=None\nprint(json.dumps(out))"
 )
-
-
-def model_identity(model: str, revision: str | None) -> dict:
-    """A local dir is identified by its content (names, sizes, and hashes; big files by head+tail), a hub id by id+rev."""
-    p = Path(model)
-    if not p.is_dir():
-        return {"hub_id": model, "revision": revision or "main"}
-    h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        rel = f.relative_to(p).as_posix()
-        if rel.startswith(".") or rel == "build_info.json":
-            continue
-        size = f.stat().st_size
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size <= 64 << 20:
-                h.update(hashlib.sha256(fh.read()).digest())
-            else:
-                h.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
-    return {"local_dir_sha256": h.hexdigest()}
 
 
 def interpreter_versions(interp) -> dict:
@@ -66,8 +45,9 @@ def interpreter_versions(interp) -> dict:
     return v
 
 
-def cache_key(model: str, revision: str | None, recipe_text: str, calibration: dict, versions: dict) -> tuple[str, dict]:
-    material = {"key_version": KEY_VERSION, "model": model_identity(model, revision), "recipe": recipe_text,
+def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict) -> tuple[str, dict]:
+    """``model``: harness.identity.key() of the model (local content, or hub id + resolved commit)."""
+    material = {"key_version": KEY_VERSION, "model": model, "recipe": recipe_text,
                 "calibration": calibration, "versions": versions}
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
     return digest, material

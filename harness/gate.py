@@ -135,6 +135,8 @@ class GateSession:
         self._checkpoint: tuple[Path, dict] | None = None
         self._comparisons: dict[str | None, Comparison] = {}
         self._recipe = None
+        self._identity: dict | None = None
+        self.notes: list[str] = []      # said once in the log, repeated under the verdict
         self.baseline_updates: list[tuple[Baseline | None, Baseline]] = []
         self._updated = False
         self.started = time.time()
@@ -221,12 +223,15 @@ class GateSession:
 
             path = self.cfg.resolve(self.existing)
             info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
+            self._check_checkpoint_architecture(path)
             self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
             self._checkpoint = (Path(path), info)
         if self._checkpoint is None:
             from harness import quantize as q
             from harness.checkpoint import check_shards, require_scheme
             from harness.ckpt_cache import CheckpointCache, cache_key, interpreter_versions
+
+            from harness import identity
 
             recipe = self.recipe()
             cal = self.calibration()
@@ -235,7 +240,8 @@ class GateSession:
             if Path(model_path).is_dir():
                 check_shards(Path(model_path))
             versions = interpreter_versions(self.interp)
-            key, material = cache_key(model_path, m.revision, recipe.recipe_text, cal.model_dump(), versions)
+            key, material = cache_key(identity.key(self.model_identity()), recipe.recipe_text, cal.model_dump(),
+                                      versions)
             cache = CheckpointCache(self.cfg.cache_path())
 
             def build(tmp: Path) -> dict:
@@ -316,12 +322,76 @@ class GateSession:
             raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper set "
                                "linear_backend: emulation for W4A4, or drop require_kernel")
 
+    # ---- model identity ------------------------------------------------------
+    def model_identity(self) -> dict:
+        """Which BF16 model this config names: local content, or hub id + resolved commit (computed once)."""
+        if self._identity is None:
+            from harness import identity
+
+            m = self.cfg.model
+            self._identity = identity.model_identity(self.cfg.locate(m.path), m.revision, named=m.path)
+            if self._identity["kind"] == "hub" and not self._identity["pinned"]:
+                got = self._identity["resolved"]
+                self.log(f"warning: model.revision is not pinned: {m.path}@{m.revision or 'main'} "
+                         + (f"resolved to {got}" if got else f"is {self._identity['resolved_by']}")
+                         + "; pin model.revision to a commit sha for a reproducible gate")
+        return self._identity
+
+    def check_identity(self, b: Baseline) -> None:
+        """Refuse a baseline scored on another model (content, commit, architecture) or in another dtype."""
+        from harness import identity
+
+        where = self.store.path(self.cfg.name, b.dataset)
+        theirs = b.provenance.get("model_identity")
+        if not theirs:
+            self._note_once(f"{b.dataset}: baseline records no model identity (made before it was recorded); "
+                            f"rebuild it to pin the model: {self.update_hint}")
+            return
+        why = identity.mismatches(theirs, self.model_identity())
+        dtype_b = b.provenance.get("dtype")
+        dtype_c = self.cfg.engine_kwargs("bf16", b.provenance.get("backend") or self.backend).get("dtype")
+        if dtype_b and dtype_c and dtype_b != dtype_c:
+            why.append(f"dtype {dtype_b} vs {dtype_c}")
+        if why:
+            raise BaselineError(f"{where}: scored on another model than this config's ({'; '.join(why)}).\n"
+                                f"  baseline: {identity.describe(theirs)}\n  config:   "
+                                f"{identity.describe(self.model_identity())}\n  rebuild it with: {self.update_hint}")
+
+    def _check_checkpoint_architecture(self, path: str) -> None:
+        """An existing checkpoint must be a quantization of this config's model (and of the baselines' model)."""
+        from harness import identity
+
+        if not Path(path).is_dir():
+            return  # a hub id: its config.json is read by the engine
+        mine = {"architecture": identity.local_architecture(Path(path))}
+        sources = [("model.path " + self.cfg.model.path, self.model_identity())]
+        for n in self.dataset_names:
+            if self.store.exists(self.cfg.name, n):
+                try:
+                    ident = BaselineStore(self.store.root).load(self.cfg.name, n).provenance.get("model_identity")
+                except BaselineError:
+                    continue
+                if ident:
+                    sources.append((f"the baseline's model ({n})", ident))
+        for what, ident in sources:
+            why = identity.mismatches({"architecture": ident.get("architecture")}, mine)
+            if why:
+                raise HarnessError(f"model.checkpoint {self.existing} is not a quantization of {what}: "
+                                   f"{'; '.join(why)} (theirs vs the checkpoint's config.json). Point model.checkpoint "
+                                   "at a checkpoint of this model, or model.path at its BF16 model.")
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+            self.log(f"note: {note}")
+
     # ---- baselines ----------------------------------------------------------
     def baseline(self, name: str) -> Baseline:
         if self.update_mode and not self._updated:
             self.update_baselines()
         b = self.store.load(self.cfg.name, name)
         check_data_matches(b, self.prepared(name), where=f"{self.store.path(self.cfg.name, name)}")
+        self.check_identity(b)
         return b
 
     def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
@@ -371,7 +441,8 @@ class GateSession:
                 "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
                 "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
                 "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
-                "model_path": m.path, "revision": m.revision, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
         return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,
                         kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint, words=prep.words,
@@ -448,7 +519,7 @@ class GateSession:
 
     def verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
-        notes = []
+        notes = list(self.notes)
         mine = self.engine_info("nvfp4")
         for n in self.dataset_names:
             b = self.store.load(self.cfg.name, n)
