@@ -43,8 +43,29 @@ def read_config(path: Path) -> dict:
 
 
 def checkpoint_quantization(path: Path) -> dict:
+    """The checkpoint's own account of its quantization: config.json's quantization_config (compressed-tensors, or
+    ModelOpt's newer layout), else ModelOpt's hf_quant_config.json beside it."""
     qc = read_config(path).get("quantization_config")
-    return describe_quantization(qc) if qc else {}
+    if not qc and (Path(path) / "hf_quant_config.json").is_file():
+        qc = json.loads((Path(path) / "hf_quant_config.json").read_text())
+    if not qc:
+        return {}
+    if qc.get("quant_method") == "modelopt" or "quantization" in qc or qc.get("producer", {}).get("name") == "modelopt":
+        return describe_modelopt(qc)
+    return describe_quantization(qc)
+
+
+def describe_modelopt(qc: dict) -> dict:
+    """ModelOpt's config (``{"quantization": {"quant_algo": ...}}`` or ``{"quant_method": "modelopt", ...}``)."""
+    q = qc.get("quantization") or qc
+    algo = str(q.get("quant_algo") or "").upper()
+    out = {"quant_method": "modelopt", "format": "modelopt", "quant_algo": algo,
+           "ignore": q.get("exclude_modules", q.get("ignore", [])), "group_size": q.get("group_size")}
+    if algo == "NVFP4":  # FP4 E2M1 weights and activations, FP8 scales per 16
+        out.update(weight_bits=4, weight_type="float", weight_strategy="tensor_group", activation_bits=4,
+                   group_size=q.get("group_size") or 16)
+    out["scheme"] = scheme_name(out) if algo == "NVFP4" else (algo or "unknown")
+    return out
 
 
 def check_shards(path: Path) -> None:
@@ -87,6 +108,10 @@ def existing_checkpoint(path: str) -> dict:
     check_shards(p)
     q = checkpoint_quantization(p)
     if not q:
-        raise HarnessError(f"model.checkpoint {path}: its config.json has no quantization_config; give the quantized "
-                           "checkpoint (compressed-tensors), or drop model.checkpoint to quantize model.path")
-    return {"existing": True, "scheme": q.get("scheme"), "quantization": q, "source": "local"}
+        raise HarnessError(f"model.checkpoint {path}: no quantization_config in its config.json and no "
+                           "hf_quant_config.json; give the quantized checkpoint (compressed-tensors or ModelOpt), or "
+                           "drop model.checkpoint to quantize model.path")
+    if q.get("quant_method") not in ("compressed-tensors", "modelopt"):
+        raise HarnessError(f"model.checkpoint {path}: quant_method {q.get('quant_method')!r}; the gate takes "
+                           "compressed-tensors (llm-compressor) and NVIDIA ModelOpt checkpoints")
+    return {"existing": True, "scheme": q.get("scheme"), "layout": q.get("format"), "quantization": q, "source": "local"}

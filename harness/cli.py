@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shape: a config.json, a model dir, a hub id (only config.json is fetched; "
                         "Qwen/Qwen2.5-{0.5B,1.5B,7B,72B}-Instruct are known offline)")
     y.add_argument("--precision", choices=("nvfp4", "bf16"), default="nvfp4")
+    y.add_argument("--layout", choices=("compressed-tensors", "modelopt"), default="compressed-tensors",
+                   help="NVFP4 tensor layout: compressed-tensors (llm-compressor's) or NVIDIA ModelOpt's")
     y.add_argument("--bf16-view", type=Path, default=None, metavar="DIR",
                    help="with nvfp4: also write a BF16 model dir whose weights are this checkpoint's exact "
                         "dequantization (no weights on disk; the vllm and hf backends load it)")
@@ -290,7 +292,8 @@ def cmd_synth(a) -> int:
     if a.bf16_view and a.bf16_view.exists() and not a.force:
         raise HarnessError(f"{a.bf16_view} exists; pass --force to replace it")
     config, source = resolve_shape(a.like, a.revision)
-    spec = SynthSpec(config=config, precision=a.precision, seed=a.seed, std=a.std, act_amax=a.act_amax, like=source)
+    spec = SynthSpec(config=config, precision=a.precision, seed=a.seed, std=a.std, act_amax=a.act_amax, like=source,
+                     layout=a.layout)
     out = write_checkpoint(spec, a.out, tokenizer=a.tokenizer, shard_gb=a.shard_gb, device=a.device, force=a.force)
     if a.bf16_view:
         out["bf16_view"] = write_dequant_view(a.out, a.bf16_view, force=a.force)["path"]

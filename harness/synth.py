@@ -9,6 +9,9 @@ model's exact tensor names and shapes (from its ``config.json``) and seeded rand
   codes per byte, low nibble first), ``weight_scale`` (FP8 E4M3 per 16 inputs: group amax / 6 x global scale),
   ``weight_global_scale`` (FP32, 448 x 6 / tensor amax) and ``input_global_scale`` (FP32, 448 x 6 / ``act_amax``).
   Scales are sane by construction, so vLLM's logprobs are finite (``load_format="dummy"`` gives NaN under Marlin);
+- ``--layout modelopt``: the same NVFP4 numbers in NVIDIA ModelOpt's layout instead (``weight`` packed uint8,
+  ``weight_scale`` FP8, ``weight_scale_2`` = 1 / global scale, ``input_scale`` = 1 / input global scale, and an
+  ``hf_quant_config.json``), as compressed-tensors' own ModelOpt converter maps the two;
 - ``--precision bf16``: the same Gaussian weights in BF16 (to quantize with a real recipe);
 - ``--bf16-view DIR`` (with nvfp4): a BF16 model whose weights are exactly the NVFP4 checkpoint's dequantization,
   with no weights of its own on disk: the vLLM backend loads it with the ``harness_dequant`` load format (see
@@ -38,6 +41,7 @@ FP4_MAX, FP8_MAX = 6.0, 448.0
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)          # magnitudes of the 8 positive FP4 E2M1 codes
 E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)     # midpoints between them: round to nearest
 NVFP4_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_global_scale", ".input_global_scale")
+MODELOPT_SUFFIXES = (".weight_scale_2", ".input_scale")
 GROUP = 16
 # Linear layers that vLLM runs as one fused GEMM share one global scale (llm-compressor fuses their observers the
 # same way); vLLM keeps a single global scale per fused layer, so unequal ones would change the numbers.
@@ -53,6 +57,7 @@ class SynthSpec:
     act_amax: float = 64.0       # activation range the input global scale is set for (W4A4 only)
     like: str = ""               # where the shape came from
     ignore: tuple[str, ...] = ("lm_head",)
+    layout: str = "compressed-tensors"  # or "modelopt" (NVFP4 only)
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,12 @@ def synth_tensors(p: TensorPlan, spec: SynthSpec, device, plan: list[TensorPlan]
         cache[group] = torch.tensor([FP8_MAX * FP4_MAX / max(amax, 1e-30)], dtype=torch.float32, device=device)
     packed, scale, global_scale = quantize_nvfp4(w, cache[group])
     mod = p.name.rpartition(".")[0]
-    return {f"{mod}.weight_packed": packed, f"{mod}.weight_scale": scale,
-            f"{mod}.weight_global_scale": global_scale,
-            f"{mod}.input_global_scale": torch.tensor([FP8_MAX * FP4_MAX / spec.act_amax], dtype=torch.float32,
-                                                      device=device)}
+    input_global = torch.tensor([FP8_MAX * FP4_MAX / spec.act_amax], dtype=torch.float32, device=device)
+    if spec.layout == "modelopt":  # ModelOpt stores the reciprocals, as 0-d tensors
+        return {f"{mod}.weight": packed, f"{mod}.weight_scale": scale,
+                f"{mod}.weight_scale_2": (1.0 / global_scale).reshape(()), f"{mod}.input_scale": (1.0 / input_global).reshape(())}
+    return {f"{mod}.weight_packed": packed, f"{mod}.weight_scale": scale, f"{mod}.weight_global_scale": global_scale,
+            f"{mod}.input_global_scale": input_global}
 
 
 def quantize_nvfp4(w, global_scale=None):
@@ -242,6 +249,13 @@ def quantization_config(spec: SynthSpec) -> dict:
                                           "output_activations": None}}}
 
 
+def modelopt_quant_config(spec: SynthSpec) -> dict:
+    """ModelOpt's ``hf_quant_config.json`` for NVFP4 (the layout of NVIDIA's FP4 checkpoints on the hub)."""
+    return {"producer": {"name": "modelopt", "version": "harness-synth"},
+            "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": GROUP,
+                             "exclude_modules": list(spec.ignore)}}
+
+
 def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None, shard_gb: float = 5.0,
                      device: str = "auto", force: bool = False, progress: bool = True) -> dict:
     """Write the synthetic checkpoint to ``out`` (atomically); returns what was written."""
@@ -251,6 +265,8 @@ def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None
 
     if spec.precision not in ("nvfp4", "bf16"):
         raise HarnessError(f"precision {spec.precision!r}: choose nvfp4 or bf16")
+    if spec.layout not in ("compressed-tensors", "modelopt") or (spec.layout == "modelopt" and spec.precision != "nvfp4"):
+        raise HarnessError(f"layout {spec.layout!r}: choose compressed-tensors, or modelopt with precision nvfp4")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     plan = tensor_plan(spec.config, spec.ignore)
@@ -283,7 +299,9 @@ def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None
             flush()
         _name_shards(tmp, shards)
         cfg = {**spec.config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}
-        if spec.precision == "nvfp4":
+        if spec.precision == "nvfp4" and spec.layout == "modelopt":
+            (tmp / "hf_quant_config.json").write_text(json.dumps(modelopt_quant_config(spec), indent=1) + "\n")
+        elif spec.precision == "nvfp4":
             cfg["quantization_config"] = quantization_config(spec)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
         tok = _save_tokenizer(tokenizer, tmp)
@@ -360,12 +378,15 @@ def _save_tokenizer(tokenizer: str | None, out: Path) -> str:
 
 def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
     """A BF16 model dir whose weights are ``nvfp4_dir``'s dequantization (config + tokenizer + a pointer, no weights)."""
+    from harness.checkpoint import checkpoint_quantization
+
     nvfp4_dir = Path(nvfp4_dir).resolve()
     cfg = json.loads((nvfp4_dir / "config.json").read_text())
-    qc = cfg.pop("quantization_config", None) or {}
-    if qc.get("quant_method") != "compressed-tensors" or qc.get("format") != "nvfp4-pack-quantized":
-        raise HarnessError(f"{nvfp4_dir}: not a compressed-tensors nvfp4-pack-quantized checkpoint "
-                           f"(quant_method={qc.get('quant_method')!r}, format={qc.get('format')!r})")
+    cfg.pop("quantization_config", None)
+    q = checkpoint_quantization(nvfp4_dir)
+    if q.get("scheme") != "NVFP4" or q.get("format") not in ("nvfp4-pack-quantized", "modelopt"):
+        raise HarnessError(f"{nvfp4_dir}: not an NVFP4 checkpoint in the compressed-tensors or ModelOpt layout "
+                           f"(quant_method={q.get('quant_method')!r}, format={q.get('format')!r})")
     out = Path(out)
     tmp = _start_output(out, 1 << 20, force)
     try:
@@ -420,11 +441,13 @@ def dequantized_weights(src: Path, device="cpu") -> Iterator[tuple[str, object]]
         return handles[f].get_tensor(name).to(device)
 
     for name in weight_map:
+        mod = name.rpartition(".")[0]
         if name.endswith(".weight_zero_point"):
             raise HarnessError(f"{src}: {name}: asymmetric NVFP4 is not supported by the dequantized view")
-        if name.endswith(".weight_packed"):
-            mod = name[: -len(".weight_packed")]
+        if name.endswith(".weight_packed"):  # compressed-tensors
             yield f"{mod}.weight", dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"),
                                                      get(f"{mod}.weight_global_scale"))
-        elif not name.endswith(NVFP4_SUFFIXES):
+        elif name.endswith(".weight") and f"{mod}.weight_scale_2" in weight_map:  # ModelOpt: scale_2 = 1 / global
+            yield name, dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"), 1.0 / get(f"{mod}.weight_scale_2"))
+        elif not name.endswith(NVFP4_SUFFIXES + MODELOPT_SUFFIXES):
             yield name, get(name)

@@ -75,6 +75,7 @@ def test_kernel_labels():
     assert kernel_label(["EmulationNvFp4LinearKernel"], "nvfp4") == "emulation W4A4"
     assert kernel_label(["FlashInferCutlassNvFp4LinearKernel"], "nvfp4") == "native W4A4 (FlashInferCutlassNvFp4LinearKernel)"
     assert kernel_label([], "bf16") == "dense bf16"
+    assert kernel_label([], "nvfp4").startswith("unknown")  # nothing found in a quantized run is never "dense"
 
 
 def test_oom_error_names_the_knobs():

@@ -50,3 +50,11 @@ def test_gate_an_existing_synthetic_checkpoint(tmp_path, root, capsys, monkeypat
     assert "GATE FAILED" in capsys.readouterr().out
     assert main(["gate", "--config", str(conf), "--recipe", "nvfp4"]) == 2
     assert "drop --recipe or model.checkpoint" in capsys.readouterr().err
+    # the same weights in NVIDIA ModelOpt's layout: read off its hf_quant_config.json, gated the same way
+    assert main(["synth-checkpoint", "--like", str(tmp_path / "shape.json"), "--layout", "modelopt", "--device", "cpu",
+                 str(tmp_path / "modelopt")]) == 0
+    capsys.readouterr()
+    assert main(["gate", "--config", str(conf), "--checkpoint", str(tmp_path / "modelopt")]) == 0
+    assert "GATE PASSED" in capsys.readouterr().out
+    rep = json.loads(max((tmp_path / "reports").glob("*/report.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert (rep["checkpoints"]["nvfp4"]["layout"], rep["scheme"]) == ("modelopt", "NVFP4")

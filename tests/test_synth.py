@@ -171,3 +171,55 @@ def _tensors(path: Path) -> dict:
     for f in sorted(path.glob("*.safetensors")):
         out.update(load_file(f))
     return out
+
+
+def test_modelopt_layout_is_what_compressed_tensors_converts_to_the_same_checkpoint(synth, tmp_path):
+    """The ModelOpt layout, run through compressed-tensors' own ModelOpt converter, gives back the compressed-tensors
+    checkpoint of the same weights bit for bit (global scales to float32 rounding of a reciprocal)."""
+    import torch
+    from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import ModelOptNvfp4Converter
+
+    from harness.checkpoint import checkpoint_quantization
+
+    root, _ = synth
+    write_checkpoint(SynthSpec(config=SHAPE, precision="nvfp4", seed=3, layout="modelopt"), tmp_path / "mo",
+                     device="cpu", progress=False)
+    q = checkpoint_quantization(tmp_path / "mo")
+    assert (q["quant_method"], q["format"], q["scheme"], q["ignore"]) == ("modelopt", "modelopt", "NVFP4", ["lm_head"])
+    assert json.loads((tmp_path / "mo/config.json").read_text()).get("quantization_config") is None
+    mo, ct = _tensors(tmp_path / "mo"), _tensors(root / "nvfp4")
+    assert mo["model.layers.0.mlp.up_proj.weight"].dtype == torch.uint8 and "model.layers.0.mlp.up_proj.weight_scale_2" in mo
+    quantized = {n.rpartition(".")[0] for n in mo if n.endswith(".weight_scale_2")}
+    ignore = sorted({n.rpartition(".")[0] for n in mo if n.endswith(".weight")} - quantized)
+    conv = ModelOptNvfp4Converter(ignore=ignore, targets=["Linear"]).process(dict(mo))
+    assert set(conv) == set(ct)
+    for k, t in ct.items():
+        got = conv[k].reshape(t.shape)
+        if t.dtype == torch.float32:
+            assert torch.allclose(got, t, rtol=1e-6), k
+        else:
+            assert torch.equal(got, t), k
+    views = [dict(dequantized_weights(p)) for p in (tmp_path / "mo", root / "nvfp4")]
+    assert all(torch.equal(views[0][k], views[1][k]) for k in views[1])
+
+
+def test_hf_backend_runs_a_modelopt_checkpoint_like_its_compressed_tensors_twin(synth, tmp_path):
+    import random
+
+    from harness.backends import EngineSpec, backend_class
+
+    root, _ = synth
+    write_checkpoint(SynthSpec(config=SHAPE, precision="nvfp4", seed=3, layout="modelopt"), tmp_path / "mo",
+                     device="cpu", progress=False)
+    rng = random.Random(1)
+    docs = [[rng.randrange(512) for _ in range(40)] for _ in range(4)]
+    sums = {}
+    for name, path in (("ct", root / "nvfp4"), ("modelopt", tmp_path / "mo")):
+        eng = backend_class("hf")(EngineSpec(model=str(path), precision="nvfp4", max_model_len=64,
+                                             engine_kwargs={"dtype": "bfloat16"}))
+        try:
+            sums[name] = sum(r.logprob_sum for r in eng.loglikelihood_rolling(docs))
+            assert eng.info()["kernel"] == "hf-fake-quant W4A4"
+        finally:
+            eng.close()
+    assert abs(sums["ct"] - sums["modelopt"]) / abs(sums["ct"]) < 1e-3, sums

@@ -7,7 +7,10 @@ Quantized checkpoints must run in bf16; float32 input fails inside compressed-te
 from __future__ import annotations
 
 import gc
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
@@ -36,16 +39,22 @@ class HFBackend(Backend):
             raise ConfigError(f"hf backend: unknown dtype {dtype_name!r}; use bfloat16, float16 or float32")
         self.batch_tokens = int(kw.get("batch_tokens", 16384))
         t0 = time.time()
+        from harness.checkpoint import checkpoint_quantization
         from harness.synth import view_source
 
         extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
+        self._converted = None
         try:
             src = view_source(spec.model)
+            model = spec.model
+            if src is None and os.path.isdir(model) and checkpoint_quantization(model).get("quant_method") == "modelopt":
+                self._converted = tempfile.TemporaryDirectory(prefix="harness-modelopt-")
+                model = modelopt_as_compressed_tensors(model, self._converted.name)
             if src is not None:
                 self.model = load_view(spec.model, src, self.dtype, extra)
             else:
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    spec.model, revision=spec.revision, dtype=self.dtype,
+                    model, revision=spec.revision, dtype=self.dtype,
                     trust_remote_code=bool(kw.get("trust_remote_code", False)), **extra)
         except (OSError, ValueError) as e:
             raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
@@ -105,6 +114,9 @@ class HFBackend(Backend):
                 "engine_start_s": round(self.load_s, 3)}
 
     def close(self) -> None:
+        if getattr(self, "_converted", None) is not None:
+            self._converted.cleanup()
+            self._converted = None
         if getattr(self, "model", None) is None:
             return
         import torch
@@ -114,6 +126,29 @@ class HFBackend(Backend):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+
+
+def modelopt_as_compressed_tensors(src: str, out: str) -> str:
+    """A ModelOpt NVFP4 checkpoint in compressed-tensors' layout (its own converter: reciprocal global scales,
+    renamed tensors), which transformers then runs as W4A4 fake quantization. Modules without FP4 weights stay."""
+    from compressed_tensors.entrypoints.convert.convert_checkpoint import convert_checkpoint
+    from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import ModelOptNvfp4Converter
+    from loguru import logger
+    from safetensors import safe_open
+
+    names = set()
+    for f in sorted(Path(src).glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            names.update(fh.keys())
+    from harness.checkpoint import checkpoint_quantization
+
+    quantized = {n.rpartition(".")[0] for n in names if n.endswith(".weight_scale_2")}
+    # what the checkpoint says it left out (lm_head, also when tied and so not stored) and what holds no FP4 weights
+    ignore = sorted(set(checkpoint_quantization(src).get("ignore") or []) |
+                    ({n.rpartition(".")[0] for n in names if n.endswith(".weight")} - quantized))
+    logger.disable("compressed_tensors")  # its per-file progress lines
+    convert_checkpoint(src, out, converter=ModelOptNvfp4Converter(ignore=ignore, targets=["Linear"]), device="cpu")
+    return out
 
 
 def load_view(model_dir: str, src, dtype, extra: dict):

@@ -46,8 +46,11 @@ def split_kwargs(kwargs: dict, available: set[str]) -> tuple[dict, list[str]]:
 
 
 def kernel_label(class_names: Sequence[str], precision: str) -> str:
-    if precision == "bf16" or not class_names:
-        return "dense (no quantized layers)" if precision != "bf16" else "dense bf16"
+    """What ran for the quantized layers; none found in a quantized run is "unknown", never "dense"."""
+    if precision == "bf16":
+        return "dense bf16"
+    if not class_names:
+        return "unknown (no quantized kernel found in the loaded model)"
     labels = set()
     for n in class_names:
         if "Marlin" in n:

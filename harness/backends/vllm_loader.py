@@ -48,11 +48,13 @@ class HarnessWorkerExtension:
 
 
 def quant_kernels(model) -> list[str]:
-    """Class names of the quantized linear kernels in the loaded model."""
+    """Class names of the quantized linear kernels in the loaded model: a compressed-tensors scheme's kernel
+    (``quant_method.scheme.kernel``) or a ModelOpt linear method's (``quant_method.kernel``)."""
     names = set()
     for m in model.modules():
-        scheme = getattr(m, "scheme", None) or getattr(getattr(m, "quant_method", None), "scheme", None)
-        k = getattr(scheme, "kernel", None)
+        qm = getattr(m, "quant_method", None)
+        scheme = getattr(m, "scheme", None) or getattr(qm, "scheme", None)
+        k = getattr(scheme, "kernel", None) or getattr(qm, "kernel", None)
         if k is not None:
             names.add(type(k).__name__)
     return sorted(names)
