@@ -69,6 +69,7 @@ class Outcome:
     threshold: float
     gated_value: float
     passed: bool
+    threshold_source: str = "config"
 
     def message(self) -> str:
         c = self.comparison
@@ -76,8 +77,8 @@ class Outcome:
         ci = f" [{c.interval.confidence:.0%} CI {c.interval.low:.2f}..{c.interval.high:.2f}]" if c.interval else ""
         verdict = "ok  " if self.passed else "FAIL"
         rel = ">=" if self.passed else "<"
-        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f}{ci} "
-                f"(PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
+        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f} "
+                f"({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
 
 
 @dataclass
@@ -202,7 +203,11 @@ class GateSession:
         if self._recipe is None:
             from harness.recipes import load_recipe
 
-            self._recipe = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
+            r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
+            bad = sorted(k for k in r.thresholds if k != "overall" and k not in self.cfg.datasets)
+            if bad:
+                raise unknown_name(f"threshold key in recipe {r.name}", bad[0], ["overall", *self.cfg.datasets])
+            self._recipe = r
         return self._recipe
 
     def calibration(self):
@@ -499,14 +504,26 @@ class GateSession:
         return summarize(load_tokens(bf16), to_arrays(s.token_logprobs))
 
     def threshold(self, name: str | None) -> float:
-        """--min-score, else the recipe's threshold for this dataset/overall, else the config's."""
+        return self.threshold_source(name)[0]
+
+    def threshold_source(self, name: str | None) -> tuple[float, str]:
+        """The minimum score for a dataset (``None``: overall) and where it came from. Precedence: the command line
+        (--min-score), then the config (keys written in it), then the recipe, then the default; a dataset without a
+        threshold of its own takes the overall one, by the same precedence."""
         if self.min_score is not None:
-            return self.min_score
+            return self.min_score, "--min-score"
+        t = self.cfg.thresholds
         rt = {} if self.existing else self.recipe().thresholds
-        key = name or "overall"
-        if key in rt:
-            return rt[key]
-        return self.cfg.threshold(name)
+        if name is not None:
+            if name in t.datasets:
+                return t.datasets[name], "config"
+            if name in rt:
+                return rt[name], f"recipe {self.recipe_name}"
+        if "overall" in t.model_fields_set:
+            return t.overall, "config"
+        if "overall" in rt:
+            return rt["overall"], f"recipe {self.recipe_name}"
+        return t.overall, "default"
 
     def outcome(self, name: str | None) -> Outcome:
         c = self.overall() if name is None else self.comparison(name)
@@ -514,8 +531,9 @@ class GateSession:
         value = c.interval.low if use_lower else c.score
         if not math.isfinite(value):
             raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
-        thr = self.threshold(name)
-        return Outcome(name=c.name, comparison=c, threshold=thr, gated_value=value, passed=value >= thr)
+        thr, source = self.threshold_source(name)
+        return Outcome(name=c.name, comparison=c, threshold=thr, gated_value=value, passed=value >= thr,
+                       threshold_source=source)
 
     def verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]

@@ -40,10 +40,12 @@ def build_report(session, verdict) -> dict:
             "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
                       "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
             "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
+            "threshold_source": session.threshold_source(name)[1],
             "data": prep.summary(), "token_detail": session.token_summary(name),
         })
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
+    overall["threshold_source"] = session.threshold_source(None)[1]
     bf16_path = Path(cfg.resolve(cfg.model.path))
     from harness.synth import view_source
 
@@ -170,13 +172,19 @@ def overall_table(rep: dict) -> str:
     lines = ["| precision | PPL | NLL | tokens | relative score | 95% CI | min |", "|---|---:|---:|---:|---:|---|---:|",
              f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
              f"| NVFP4 | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
-             f"{o['score']:.2f} | {ci_s} | {_fmt(o['threshold'], 2)} |"]
+             f"{o['score']:.2f} | {ci_s} | {_min(o)} |"]
     per = ["", "| dataset | relative score | 95% CI | min |", "|---|---:|---|---:|"]
     for d in rep["datasets"]:
         ci = d.get("interval")
         ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "-"
-        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {_fmt(d['threshold'], 2)} |")
+        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {_min(d)} |")
     return "\n".join(lines + per)
+
+
+def _min(row: dict) -> str:
+    """A threshold and where it came from (--min-score, config, recipe NAME, default)."""
+    src = row.get("threshold_source")
+    return _fmt(row.get("threshold"), 2) + (f" ({src})" if src else "")
 
 
 def render_markdown(rep: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 import harness.backends as backends
 from harness.backends.base import Backend, DocResult
 from harness.config import load_config
-from harness.errors import BackendError, HarnessError
+from harness.errors import BackendError, ConfigError, HarnessError
 from harness.gate import GateSession
 
 ALIVE: list = []
@@ -151,3 +151,52 @@ def _spec(precision):
     from harness.backends import EngineSpec
 
     return EngineSpec(model="m", precision=precision, max_model_len=64)
+
+
+def _with_recipe_thresholds(project, thresholds: dict) -> None:
+    import yaml
+
+    p = project / "recipes/nvfp4.yaml"
+    r = yaml.safe_load(p.read_text())
+    r["thresholds"] = thresholds
+    p.write_text(yaml.safe_dump(r))
+
+
+def test_threshold_precedence_command_line_then_config_then_recipe_then_default(project):
+    import yaml
+
+    _with_recipe_thresholds(project, {"overall": 99.7, "ultrachat": 99.6})
+    cfg_path = project / "configs/tiny.yaml"
+    full = yaml.safe_load(cfg_path.read_text())  # overall 99.0, wikitext2 98.5, ultrachat 98.5
+    s = GateSession(load_config(cfg_path), quiet=True)
+    assert [s.threshold_source(n) for n in ("wikitext2", "ultrachat", None)] == [(98.5, "config")] * 2 + [(99.0, "config")]
+    assert GateSession(load_config(cfg_path), quiet=True, min_score=99.9).threshold_source("ultrachat") == \
+        (99.9, "--min-score")
+    full["thresholds"] = {"datasets": {"wikitext2": 98.0}}  # overall not written: the recipe's counts
+    cfg_path.write_text(yaml.safe_dump(full))
+    s = GateSession(load_config(cfg_path), quiet=True)
+    assert s.threshold_source("wikitext2") == (98.0, "config")
+    assert s.threshold_source("ultrachat") == (99.6, "recipe nvfp4")
+    assert s.threshold_source(None) == (99.7, "recipe nvfp4")
+    _with_recipe_thresholds(project, {})
+    s = GateSession(load_config(cfg_path), quiet=True)
+    assert s.threshold_source("ultrachat") == s.threshold_source(None) == (99.0, "default")
+
+
+def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
+    _with_recipe_thresholds(project, {"overall": 99.0, "c4": 99.0})
+    with pytest.raises(ConfigError, match=r"unknown threshold key in recipe nvfp4 'c4'; known .*: overall, "
+                                          r"ultrachat, wikitext2"):
+        GateSession(load_config(project / "configs/tiny.yaml"), quiet=True).threshold(None)
+
+
+def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
+    from harness.report import build_report, overall_table
+
+    s = session()
+    v = s.verdict()
+    assert all("min 98.50 (config)" in o.message() or "min 99.00 (config)" in o.message() for o in v.outcomes)
+    rep = build_report(s, v)
+    assert rep["overall"]["threshold_source"] == "config"
+    assert {d["threshold_source"] for d in rep["datasets"]} == {"config"}
+    assert "| 99.00 (config) |" in overall_table(rep)
