@@ -108,6 +108,18 @@ class CheckpointCache:
                         leftover.unlink(missing_ok=True)
         return final, False
 
+    def find(self, model: dict, recipe_text: str, calibration: dict) -> tuple[Path, dict] | None:
+        """The newest complete entry for this model, recipe and calibration, whatever llm-compressor built it: what
+        an environment without llm-compressor can still use."""
+        want = {"key_version": KEY_VERSION, "model": model, "recipe": recipe_text,
+                "calibration": json.loads(json.dumps(calibration, default=str))}
+        found = []
+        for e in self.entries():
+            meta = json.loads((Path(e["path"]) / "harness_cache.json").read_text())
+            if {k: meta["material"].get(k) for k in want} == want:
+                found.append((meta.get("built") or "", Path(e["path"]), meta))
+        return max(found, key=lambda t: t[0])[1:] if found else None
+
     def entries(self) -> list[dict]:
         out = []
         if not self.root.exists():

@@ -59,3 +59,23 @@ def test_child_gets_its_own_pythonpath(monkeypatch):
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert parts[1:] == ["/tmp/site_q", "/tmp/site_c"] and "/vllm/site" not in parts
     assert parts[0].endswith("main") or (os.path.isdir(os.path.join(parts[0], "harness")))
+
+
+def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
+    """A vLLM-only environment: the cached checkpoint serves whatever llm-compressor built it; nothing cached is the
+    same clear error as before."""
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    built, _ = GateSession(load_config(), quiet=True).checkpoint()  # the session's cache, built once per run
+    no_llmc = tmp_path / "python"
+    no_llmc.write_text("#!/bin/sh\necho '{\"llmcompressor\": null, \"compressed-tensors\": null}'\n")
+    no_llmc.chmod(no_llmc.stat().st_mode | stat.S_IEXEC)
+    lines = []
+    path, info = GateSession(load_config(), log=lines.append, quant_python=str(no_llmc)).checkpoint()
+    assert path == built and info["cache_hit"] is True
+    assert any("no quantization interpreter here (llmcompressor is not installed" in ln for ln in lines)
+    cfg = load_config()
+    cfg.cache_dir = str(tmp_path / "empty-cache")
+    with pytest.raises(HarnessError, match="llmcompressor is not installed in the quantization interpreter"):
+        GateSession(cfg, quiet=True, quant_python=str(no_llmc)).checkpoint()
