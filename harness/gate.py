@@ -285,7 +285,7 @@ class GateSession:
 
     # ---- scoring ------------------------------------------------------------
     def _engine(self, precision: str):
-        from harness.backends import EngineSpec, backend_class
+        from harness.backends import EngineSpec, make_backend
 
         m = self.cfg.model
         if precision == "bf16":
@@ -301,7 +301,7 @@ class GateSession:
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
                               tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
                               engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size)
-            eng = backend_class(self.backend)(spec)
+            eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
             return eng
 

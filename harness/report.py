@@ -242,7 +242,8 @@ def _provenance(ck: dict) -> str:
 
 
 def engine_lines(rep: dict) -> list[str]:
-    """Engine start (and where its seconds went) for both precisions, and any CPU offload: speed, not numbers."""
+    """Engine start (and where its seconds went) for both precisions, how the engine was spread over GPUs, and any CPU
+    offload: speed, not numbers."""
     out = []
     for label, e in (("NVFP4", rep.get("engine") or {}), ("BF16 (baseline run)", rep.get("bf16_engine") or {})):
         if not e.get("engine_start_s"):
@@ -250,6 +251,15 @@ def engine_lines(rep: dict) -> list[str]:
         b = e.get("engine_start") or {}
         parts = [f"{k} {b[k]:.1f} s" for k in ("model_load_s", "weights_s", "init_engine_s", "other_s") if k in b]
         line = f"- {label} engine start: {e['engine_start_s']:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
+        kw = e.get("engine_kwargs") or {}
+        tp, pp = kw.get("tensor_parallel_size", 1), kw.get("pipeline_parallel_size", 1)
+        if tp > 1 or pp > 1:
+            line += f"; tensor x pipeline parallel {tp} x {pp}" + (f" ({kw['distributed_executor_backend']})"
+                                                                  if kw.get("distributed_executor_backend") else "")
+        dp = e.get("data_parallel")
+        if dp:
+            line += (f"; data parallel: {dp['size']} engines (GPUs {' | '.join(dp['devices'])}), each scoring a share "
+                     "of the documents")
         off = e.get("offload")
         if off:
             line += (f"; CPU offload: {off.get('offloaded_gib')} GiB of weights in CPU memory ({off.get('offloader')}, "

@@ -50,4 +50,7 @@ def test_72b_config_matches_the_reference_settings(root):
     shape = load_config(root / "configs/qwen2.5-72b-shape.yaml")  # the timed stand-in runs the same engines
     assert shape.model.engine == {p: {"vllm": e["vllm"]} for p, e in cfg.model.engine.items()}
     tp = load_config(root / "configs/qwen2.5-72b-instruct-tp.yaml")
-    assert tp.name == cfg.name and tp.engine_kwargs("bf16", "vllm")["tensor_parallel_size"] > 1
+    # two H200s: BF16 (145 GB) over both with the smallest TP that holds it, NVFP4 (44.5 GB) one engine per GPU
+    assert tp.name == cfg.name and tp.engine_kwargs("bf16", "vllm")["tensor_parallel_size"] == 2
+    assert "offload_backend" not in tp.engine_kwargs("bf16", "vllm")
+    assert tp.engine_kwargs("nvfp4", "vllm")["data_parallel_size"] == 2

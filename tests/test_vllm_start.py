@@ -64,6 +64,14 @@ def fake_vllm(monkeypatch):
         load_format: str = "auto"
         worker_extension_cls: str = ""
         dtype: str = "auto"
+        tensor_parallel_size: int = 1
+        pipeline_parallel_size: int = 1
+        data_parallel_size: int = 1
+        distributed_executor_backend: str | None = None
+        max_num_batched_tokens: int | None = None
+        max_num_seqs: int | None = None
+        enforce_eager: bool = False
+        seed: int = 0
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
@@ -155,3 +163,33 @@ def test_a_bf16_view_loads_through_the_harness_load_format(fake_vllm, tmp_path):
     assert kw["worker_extension_cls"] == "harness.backends.vllm_loader.HarnessWorkerExtension"
     with pytest.raises(BackendError, match="needs worker_extension_cls"):
         _backend({"worker_extension_cls": "mine.Ext"}, model=str(view))
+
+
+def test_tensor_parallel_on_too_few_local_gpus_is_refused_before_vllm_starts(fake_vllm, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size x pipeline_parallel_size = 4 GPUs, but this host "
+                                          r"shows 1 .*distributed_executor_backend: ray"):
+        _backend({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    with pytest.raises(ConfigError, match="start the backend with harness.backends.make_backend"):
+        _backend({"data_parallel_size": 2})
+    assert fake_vllm.seen == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    _backend({"tensor_parallel_size": 2})
+    assert fake_vllm.seen[-1]["kwargs"]["tensor_parallel_size"] == 2
+
+
+def test_the_ray_cluster_config_reaches_vllm_as_written(fake_vllm, monkeypatch, root):
+    """Multi-host BF16 baseline (configs/qwen2.5-72b-instruct-ray.yaml): the head host may see fewer GPUs than the
+    engine spans; Ray places the workers, so the harness passes the parallel layout through untouched."""
+    from harness.backends import make_backend
+    from harness.config import load_config
+
+    cfg = load_config(root / "configs/qwen2.5-72b-instruct-ray.yaml")
+    kw = cfg.engine_kwargs("bf16", "vllm")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the head's own two GPUs; the engine spans four
+    make_backend("vllm", EngineSpec(model="Qwen/Qwen2.5-72B-Instruct", precision="bf16", max_model_len=2048,
+                                    engine_kwargs=kw))
+    got = fake_vllm.seen[-1]["kwargs"]
+    assert (got["tensor_parallel_size"], got["pipeline_parallel_size"], got["distributed_executor_backend"]) == \
+        (2, 2, "ray")
+    assert cfg.engine_kwargs("nvfp4", "vllm").get("distributed_executor_backend") is None  # the gate needs no cluster

@@ -7,7 +7,9 @@
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
 - a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
-- ``close()`` shuts the engine-core process down and frees this process's cached GPU memory.
+- ``close()`` shuts the engine-core process down and frees this process's cached GPU memory;
+- tensor / pipeline parallelism pass through to vLLM (checked against the visible GPUs first, NVLink multicast off);
+  ``data_parallel_size`` is the harness's own (one engine per GPU group: data_parallel.py, via ``make_backend``).
 """
 from __future__ import annotations
 
@@ -22,13 +24,15 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import engine_environment, offload_requested, parse_engine_log, scoped_env
-from harness.errors import BackendError
+from harness.errors import BackendError, ConfigError
 
 OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_tokens (lower it)",
              "max_num_seqs (lower it)", "tensor_parallel_size (spread the model over more GPUs)",
              "offload_backend: prefetch with offload_group_size / offload_num_in_group (or cpu_offload_gb) "
              "(keep some layers' weights in CPU memory)")
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+                 "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
 
 
 def engine_arg_names() -> set[str]:
@@ -64,6 +68,26 @@ def kernel_label(class_names: Sequence[str], precision: str) -> str:
     return " + ".join(sorted(labels))
 
 
+def check_parallel(kwargs: dict) -> None:
+    """Tensor x pipeline parallelism on this host needs that many visible GPUs: say so before vLLM starts (it
+    would wait for GPUs that never come, or fail deep in a worker). Ray places workers across its own cluster."""
+    from harness.backends.data_parallel import parallel_sizes, visible_gpus
+
+    dp, per_engine = parallel_sizes(kwargs)
+    if dp > 1:
+        raise ConfigError("data_parallel_size > 1 is run by the harness (one engine per GPU group): start the "
+                          "backend with harness.backends.make_backend, not VLLMBackend")
+    executor = kwargs.get("distributed_executor_backend")
+    if per_engine > 1 and executor in (None, "mp"):
+        visible = visible_gpus()
+        if per_engine > len(visible):
+            raise ConfigError(
+                f"tensor_parallel_size x pipeline_parallel_size = {per_engine} GPUs, but this host shows "
+                f"{len(visible)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Lower "
+                "them, or spread the engine over several hosts with distributed_executor_backend: ray (README, "
+                "'Several GPUs').")
+
+
 def is_oom(e: BaseException) -> bool:
     s = f"{type(e).__name__}: {e}".lower()
     return any(t in s for t in ("out of memory", "outofmemory", "no available memory for the cache blocks",
@@ -84,8 +108,10 @@ class VLLMBackend(Backend):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # its set-up took ~100 s on a fresh host
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the caller may have touched CUDA already
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # lets apply_model read the kernel names
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        # several GPUs: no NVLink multicast (NCCL NVLS, torch symmetric-memory multimem all-reduce, NVSHMEM NVLS);
+        # on shared hosts it can take every GPU of the host out of service, and plain NCCL all-reduce is enough here
+        for k, v in MULTICAST_OFF.items():
+            os.environ.setdefault(k, v)
         try:
             import vllm
         except ImportError as e:
@@ -93,6 +119,7 @@ class VLLMBackend(Backend):
                                "env, or use --backend hf") from None
         self._vllm = vllm
         kwargs, self.dropped = split_kwargs(dict(spec.engine_kwargs), engine_arg_names())
+        check_parallel(kwargs)
         kwargs = self._view_kwargs(spec, kwargs)
         self.kwargs = kwargs
         self.offload_requested = offload_requested(kwargs)

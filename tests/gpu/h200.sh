@@ -17,6 +17,8 @@ gpu_env() {
   if [ "${shm:-0}" -ge 50 ]; then export HARNESS_SYNTH_DIR=/dev/shm/synth72b; else export HARNESS_SYNTH_DIR=/tmp/synth72b; fi
   export HARNESS_GPU_RESULTS="$jobs/gpu-results.json"
   export HARNESS_GPU_REPORTS="$jobs/reports" HARNESS_BENCH_DIR="$jobs/bench" PYTHONUNBUFFERED=1
+  # hosts of several GPUs: NVLink multicast stays off (KINDS.md); the vLLM backend sets the same by default
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 VLLM_ALLREDUCE_USE_SYMM_MEM=0
 }
 collect() {
   [ -n "${OUT:-}" ] || return 0
