@@ -1,29 +1,32 @@
 """Content-addressed cache of quantized checkpoints.
 
-Key = hash of (hub id + the commit its revision resolves to, or the local model dir's content), recipe text,
-calibration spec, and the llmcompressor / compressed-tensors versions of the quantization interpreter. An entry
-is built in a temp dir and
-renamed into place only when quantization succeeded and the checkpoint has the promised scheme; a file lock makes
-a second process wait and reuse the entry instead of building it twice or reading half of one.
+Key = hash of (hub id + the commit its revision resolves to, or the local model dir's content; trust_remote_code),
+recipe text, calibration spec, and the llmcompressor / compressed-tensors / transformers / torch versions of the
+quantization interpreter. An entry is built in a temp dir and renamed into place only when quantization succeeded
+and the checkpoint has the promised scheme, with a manifest (cache_manifest.py) that is checked before every use:
+a damaged entry is reported and rebuilt, never loaded. One lock per key (cache_lock.py) makes a second process
+wait, saying for whom, and reuse the entry. Temp dirs and spec files of builders that died (SIGKILL, power loss)
+are removed by the next builder.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from harness import cache_manifest
+from harness.cache_lock import cache_lock, pid_alive
 from harness.errors import HarnessError
 
-KEY_VERSION = 2  # 2: hub models keyed by the commit their revision resolves to
+KEY_VERSION = 3  # 2: hub models keyed by the commit their revision resolves to; 3: + transformers, torch, manifest
 _VERSIONS_SNIPPET = (
     "import json\nfrom importlib.metadata import version, PackageNotFoundError\nout={}\n"
-    "for p in ('llmcompressor','compressed-tensors'):\n"
+    "for p in ('llmcompressor','compressed-tensors','transformers','torch'):\n"
     "    try: out[p]=version(p)\n    except PackageNotFoundError: out[p]=None\nprint(json.dumps(out))"
 )
 
@@ -53,25 +56,14 @@ def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict) 
     return digest, material
 
 
-@contextmanager
-def file_lock(path: Path, log=None, poll_s: float = 5.0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if log:
-                log(f"waiting for another process building {path.stem} ...")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_TMP = re.compile(r"^\.tmp-(?P<key>[^-]+)-(?P<pid>\d+)(?:\.spec\.json)?$")
 
 
 class CheckpointCache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lock_timeout_s: float | None = None):
         self.root = Path(root) / "checkpoints"
+        self.locks = Path(root) / "locks"
+        self.lock_timeout_s = lock_timeout_s
 
     def entry(self, key: str) -> Path:
         return self.root / key
@@ -82,30 +74,58 @@ class CheckpointCache:
         d.mkdir(parents=True, exist_ok=True)
         return d / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
+    def lock(self, key: str, what: str, log=None, timeout_s: float | None = None):
+        return cache_lock(self.locks / f"{key}.lock", what, timeout_s=timeout_s if timeout_s is not None
+                          else self.lock_timeout_s, log=log)
+
+    def clean_orphans(self, held_key: str | None = None, log=None) -> list[str]:
+        """Remove temp dirs and spec files of builders that are gone: any of ``held_key`` (whose lock the caller
+        holds, so nobody else is building it) and those of dead processes."""
+        removed = []
+        if not self.root.exists():
+            return removed
+        for p in self.root.iterdir():
+            m = _TMP.match(p.name)
+            if not m or (m["key"] != held_key and pid_alive(int(m["pid"]))):
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p.name)
+        if removed and log:
+            log(f"removed what an interrupted build left in the cache: {', '.join(sorted(removed))}")
+        return removed
+
+    def sound(self, key: str, log=None) -> bool:
+        """The entry exists, is complete, and matches its manifest; a damaged one is said out loud."""
+        final = self.entry(key)
+        if not (final / "harness_cache.json").exists():
+            return False
+        bad = cache_manifest.problems(final)
+        if bad and log:
+            log(f"cache entry {final} is damaged and will be rebuilt: {'; '.join(bad[:5])}")
+        return not bad
+
     def get_or_build(self, key: str, material: dict, build, log=print) -> tuple[Path, bool]:
         """Return (path, hit). ``build(tmp_dir)`` must fill tmp_dir; it is moved into place only if it returns."""
         final = self.entry(key)
-        if (final / "harness_cache.json").exists():
+        if self.sound(key):
             return final, True
-        with file_lock(self.root / f"{key}.lock", log=log):
-            if (final / "harness_cache.json").exists():  # built by the process we waited for
+        with self.lock(key, f"building {key}", log=log):
+            self.clean_orphans(held_key=key, log=log)
+            if self.sound(key, log=log):  # built by the process we waited for
                 return final, True
             tmp = self.root / f".tmp-{key}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             try:
                 info = build(tmp)
                 (tmp / "harness_cache.json").write_text(
                     json.dumps({"key": key, "material": material, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "build": info}, indent=1, default=str) + "\n")
-                if final.exists():  # a stale, incomplete entry (no harness_cache.json)
+                cache_manifest.write(tmp)
+                if final.exists():  # a damaged or incomplete entry: out of the way first
                     shutil.rmtree(final)
                 os.rename(tmp, final)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-                for leftover in tmp.parent.glob(f"{tmp.name}*"):
-                    if leftover.is_file():
-                        leftover.unlink(missing_ok=True)
+                self.clean_orphans(held_key=key)
         return final, False
 
     def find(self, model: dict, recipe_text: str, calibration: dict) -> tuple[Path, dict] | None:
@@ -115,6 +135,8 @@ class CheckpointCache:
                 "calibration": json.loads(json.dumps(calibration, default=str))}
         found = []
         for e in self.entries():
+            if not self.sound(e["key"]):
+                continue
             meta = json.loads((Path(e["path"]) / "harness_cache.json").read_text())
             if {k: meta["material"].get(k) for k in want} == want:
                 found.append((meta.get("built") or "", Path(e["path"]), meta))
@@ -135,8 +157,16 @@ class CheckpointCache:
                             "recipe_sha": hashlib.sha256(m["material"]["recipe"].encode()).hexdigest()[:12]})
         return out
 
-    def clear(self) -> int:
-        n = len(self.entries())
-        if self.root.exists():
-            shutil.rmtree(self.root)
+    def clear(self, log=None) -> int:
+        """Remove every entry (each under its lock, so never one being built or read) and every leftover."""
+        n = 0
+        if not self.root.exists():
+            return n
+        for d in sorted(self.root.iterdir()):
+            m = _TMP.match(d.name)
+            key = m["key"] if m else d.name
+            with self.lock(key, "cache clear", log=log):
+                if d.exists():
+                    shutil.rmtree(d) if d.is_dir() else d.unlink(missing_ok=True)
+                    n += 0 if m else 1
         return n

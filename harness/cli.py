@@ -312,7 +312,7 @@ def cmd_cache(a) -> int:
             print(f"{e['key']}  {e['bytes'] / 2**20:8.1f} MiB  {e['built']}  model={e['model']} recipe={e['recipe_sha']}")
         print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache.root}")
     else:
-        print(f"removed {cache.clear()} entries from {cache.root}")
+        print(f"removed {cache.clear(log=print)} entries from {cache.root}")
     return 0
 
 

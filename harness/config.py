@@ -147,6 +147,11 @@ def apply_hub_environment(env: dict[str, str]) -> None:
 class QuantizeSpec(Strict):
     python: str | None = Field(None, description="interpreter with llmcompressor (default: this one)")
     pythonpath: str | None = Field(None, description="extra PYTHONPATH for that interpreter")
+    timeout_s: float | None = Field(None, gt=0, description="stop quantization after this long (default: no limit; "
+                                                             "a 72B model takes about an hour on one H200)")
+    heartbeat_s: float = Field(60.0, gt=0, description="say how far quantization got this often")
+    lock_timeout_s: float | None = Field(4 * 3600, gt=0, description="give up waiting for another process building "
+                                                                      "the same checkpoint after this long")
 
 
 class HarnessConfig(Strict):

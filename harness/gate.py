@@ -244,8 +244,8 @@ class GateSession:
             model_path = self.cfg.resolve(m.path)
             if Path(model_path).is_dir():
                 check_shards(Path(model_path))
-            cache = CheckpointCache(self.cfg.cache_path())
-            model_key = identity.key(self.model_identity())
+            cache = CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
+            model_key = {**identity.key(self.model_identity()), "trust_remote_code": bool(m.trust_remote_code)}
             try:
                 versions = interpreter_versions(self.interp)
             except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves
@@ -267,7 +267,9 @@ class GateSession:
                                    recipe=recipe.recipe_text, calibration=q.CalibrationSpec(**cal.model_dump()),
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code)
                 log_path = cache.log_path(key)
-                info = q.run_quantization(spec, self.interp, log_path, log=self.log)
+                info = q.run_quantization(spec, self.interp, log_path, log=self.log,
+                                          timeout_s=self.cfg.quantize.timeout_s,
+                                          heartbeat_s=self.cfg.quantize.heartbeat_s)
                 check_shards(tmp)
                 require_scheme(tmp, recipe.scheme)
                 return {k: v for k, v in info.items() if k != "spec"}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -150,15 +149,20 @@ class QuantInterpreter:
         return f"{self.python}" + (f" (PYTHONPATH={self.pythonpath})" if self.pythonpath else "")
 
 
-def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, log=print) -> dict:
-    """Run ``python -m harness.quantize`` in the quantization interpreter; raise HarnessError on any failure."""
+def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, log=print,
+                     timeout_s: float | None = None, heartbeat_s: float = 60.0) -> dict:
+    """Run ``python -m harness.quantize`` in the quantization interpreter; raise HarnessError on any failure. The
+    child dies with this process (harness/childproc.py), says how far it got every ``heartbeat_s`` and is stopped
+    past ``timeout_s``."""
+    from harness.childproc import last_line, run_child
+
     spec_path = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".spec.json")
     spec_path.write_text(json.dumps(asdict(spec), indent=1))
     cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
-    log(f"quantizing {spec.model} in {interp.describe()}")
+    log(f"quantizing {spec.model} in {interp.describe()}; log: {log_path}")
     try:
-        with open(log_path, "w") as logf:
-            proc = subprocess.run(cmd, env=interp.env(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        rc = run_child(cmd, interp.env(), log_path, f"quantizing {Path(spec.model).name}", timeout_s=timeout_s,
+                       heartbeat_s=heartbeat_s, log=log)
     except FileNotFoundError as e:
         raise HarnessError(
             f"quantization interpreter not found: {interp.python!r} ({e.strerror}). Set --quant-python / "
@@ -166,10 +170,13 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
         ) from None
     finally:
         spec_path.unlink(missing_ok=True)
-    if proc.returncode != 0:
+    if rc != 0:
         tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-25:])
+        how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
         raise HarnessError(
-            f"quantization failed (exit {proc.returncode}) in {interp.describe()}; log: {log_path}\n--- last lines ---\n{tail}"
+            f"quantization failed ({how}) in {interp.describe()}; log: {log_path}\n--- last lines ---\n{tail}"
+            + ("\n(killed by the kernel: most likely out of CPU memory; see README 'Quantization memory')"
+               if rc == -9 and "Traceback" not in tail else "")
         )
     marker = Path(spec.output_dir) / MARKER
     if not marker.exists():
@@ -181,6 +188,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.quantize", description="Run one llm-compressor oneshot from a spec file.")
     p.add_argument("--spec", required=True, type=Path, help="JSON spec written by harness (QuantSpec)")
     a = p.parse_args(argv)
+    from harness.childproc import guard_group
+
+    guard_group()  # the harness that started us is gone: so are we, with anything we started
     spec = QuantSpec.from_json(a.spec.read_text())
     info = run_oneshot(spec)
     print(json.dumps(info))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import os
-import signal
 import time
 import traceback
 from typing import Sequence
@@ -99,18 +98,10 @@ def _load(path: str) -> type[Backend]:
     return getattr(importlib.import_module(mod), cls)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the harness process dies (even by SIGKILL), so no engine lives on."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: the parent's close() still stops it
-        pass
-
-
 def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
-    _die_with_parent()
+    from harness.childproc import set_parent_death_signal
+
+    set_parent_death_signal()  # the harness dies (even by SIGKILL): so does this engine
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
         eng = _load(inner)(spec)

@@ -1,0 +1,78 @@
+"""The checkpoint cache's lock: one builder per entry, waiting with a timeout that names who holds it.
+
+A ``filelock`` lock (``flock``: the kernel releases it when its holder dies, even by SIGKILL) plus a holder file
+(pid, host, since, what). A waiter says every ``heartbeat_s`` who it waits for, gives up past ``timeout_s`` with that
+holder in the error, and a holder file naming a dead process on this host is reported as stale and replaced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from harness.errors import HarnessError
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def read_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def describe_holder(h: dict | None) -> str:
+    if not h:
+        return "an unknown process (no holder file)"
+    here = h.get("host") == socket.gethostname()
+    dead = here and isinstance(h.get("pid"), int) and not pid_alive(h["pid"])
+    return (f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')} ({h.get('what')})"
+            + (" - that process is gone: a stale holder file" if dead else ""))
+
+
+@contextmanager
+def cache_lock(path: Path, what: str, timeout_s: float | None = None, heartbeat_s: float = 60.0, log=None):
+    """Hold ``path`` (a ``.lock`` file) for ``what``; ``timeout_s`` None waits for good."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder_path = path.with_suffix(".holder.json")
+    lock = FileLock(str(path))
+    t0 = time.time()
+    while True:
+        try:
+            lock.acquire(timeout=min(heartbeat_s, max(timeout_s - (time.time() - t0), 0)) if timeout_s is not None
+                         else heartbeat_s, poll_interval=0.2)
+            break
+        except Timeout:
+            holder = describe_holder(read_holder(holder_path))
+            if timeout_s is not None and time.time() - t0 >= timeout_s:
+                raise HarnessError(f"gave up after {timeout_s:.0f} s waiting for the cache lock {path.name}, held by "
+                                   f"{holder}. Wait for it, stop it, or raise quantize.lock_timeout_s.") from None
+            if log:
+                log(f"waiting for {holder} to finish with {path.stem} ({time.time() - t0:.0f} s so far)")
+    try:
+        old = read_holder(holder_path)
+        if old and log:  # a holder file outlives only a holder that died holding the lock
+            log(f"took the cache lock {path.stem} over from {describe_holder(old)}")
+        tmp = holder_path.with_name(f".{holder_path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "what": what}))
+        os.replace(tmp, holder_path)
+        yield
+    finally:
+        holder_path.unlink(missing_ok=True)
+        lock.release()

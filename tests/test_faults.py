@@ -1,0 +1,234 @@
+"""Faults at scale (CPU): children that die with the harness, timeouts and heartbeats, cache entries checked
+before use, locks that name their holder, and a real gate killed with SIGKILL mid-quantization."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import cache_manifest
+from harness.cache_lock import cache_lock
+from harness.childproc import run_child
+from harness.ckpt_cache import CheckpointCache, interpreter_versions
+from harness.errors import HarnessError
+from harness.quantize import QuantInterpreter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, within_s: float = 15.0) -> list[int]:
+    deadline = time.time() + within_s
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if _alive(p)]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+# a child like the quantization interpreter: guards its group, starts a helper of its own, logs both pids
+CHILD = textwrap.dedent("""
+    import subprocess, sys, time
+    from harness.childproc import guard_group
+    guard_group(poll_s=0.2)
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print("pids", __import__("os").getpid(), helper.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+def _pids_from(log: Path, within_s: float = 20.0) -> tuple[int, int]:
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if line.startswith("pids "):
+                a, b = line.split()[1:]
+                return int(a), int(b)
+        time.sleep(0.1)
+    raise AssertionError(f"child never started: {log.read_text() if log.exists() else 'no log'}")
+
+
+def test_a_child_past_its_timeout_is_stopped_with_its_helpers(tmp_path):
+    log = tmp_path / "child.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.time()
+    with pytest.raises(HarnessError, match=r"(?s)quantizing x ran past its timeout of 3 s.*last line: pids"):
+        run_child([sys.executable, "-c", CHILD], env, log, "quantizing x", timeout_s=3, heartbeat_s=60,
+                  log=lambda m: None)
+    assert time.time() - t0 < 30
+    assert _wait_gone(_pids_from(log)) == []
+
+
+def test_the_heartbeat_says_how_long_and_the_last_line(tmp_path):
+    said = []
+    code = "import time\nprint('layer 3/80', flush=True)\ntime.sleep(1.5)\nprint('layer 4/80', flush=True)"
+    rc = run_child([sys.executable, "-c", code], dict(os.environ), tmp_path / "c.log", "quantizing m",
+                   heartbeat_s=0.5, log=said.append, poll_s=0.1)
+    assert rc == 0
+    assert any(m.startswith("quantizing m: ") and m.endswith("s so far; last: layer 3/80") for m in said), said
+
+
+def test_the_child_and_its_helpers_die_when_the_harness_is_killed(tmp_path):
+    log = tmp_path / "child.log"
+    parent = textwrap.dedent(f"""
+        import os, sys
+        from harness.childproc import run_child
+        run_child([sys.executable, "-c", {CHILD!r}], {{**os.environ}}, __import__("pathlib").Path({str(log)!r}),
+                  "quantizing x", heartbeat_s=60, log=lambda m: None)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", parent], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child, helper = _pids_from(log)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert _wait_gone([child, helper]) == [], "the quantization child or its helper outlived the harness"
+
+
+def _safetensors(path: Path, n: int = 16) -> None:
+    header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(range(n)))
+
+
+def _builder(calls):
+    def build(tmp: Path) -> dict:
+        calls.append(tmp.name)
+        tmp.mkdir(parents=True)
+        _safetensors(tmp / "model.safetensors")
+        (tmp / "config.json").write_text('{"hidden_size": 8}')
+        return {"n": len(calls)}
+    return build
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda e: (e / "model.safetensors").write_bytes((e / "model.safetensors").read_bytes()[:-4]), "expected"),
+    (lambda e: (e / "config.json").write_text('{"hidden_size": 9}'), "content changed"),
+    (lambda e: (e / "config.json").unlink(), "missing"),
+    (lambda e: (e / "model.safetensors").write_bytes(b"\xff" * 8 + (e / "model.safetensors").read_bytes()[8:]),
+     "does not fit the file"),
+])
+def test_a_damaged_cache_entry_is_reported_and_rebuilt_never_used(tmp_path, monkeypatch, damage, why):
+    from harness.ckpt_cache import cache_key
+
+    monkeypatch.setattr(cache_manifest, "HASH_LIMIT", 64)  # as with real shards: configs hashed, weights not
+
+    cache, calls, said = CheckpointCache(tmp_path), [], []
+    model = {"hub_id": "org/m", "revision": "abc"}
+    key, material = cache_key(model, "recipe", {}, {"llmcompressor": "0.14"})
+    path, hit = cache.get_or_build(key, material, _builder(calls), log=said.append)
+    assert not hit and cache_manifest.problems(path) == []
+    assert cache.get_or_build(key, material, _builder(calls), log=said.append) == (path, True)
+    assert cache.find(model, "recipe", {})[0] == path  # what a vLLM-only env would use
+    damage(path)
+    assert cache.find(model, "recipe", {}) is None      # never a damaged entry
+    path2, hit = cache.get_or_build(key, material, _builder(calls), log=said.append)
+    assert (path2, hit, len(calls)) == (path, False, 2)
+    assert any("is damaged and will be rebuilt" in m and why in m for m in said), said
+    assert cache_manifest.problems(path) == [] and sorted(p.name for p in cache.root.iterdir()) == [key]
+
+
+def test_leftovers_of_dead_builders_go_and_live_builders_are_left_alone(tmp_path):
+    cache = CheckpointCache(tmp_path)
+    cache.root.mkdir(parents=True)
+    dead, live = _dead_pid(), os.getpid()
+    for name in (f".tmp-aa-{dead}", f".tmp-bb-{live}"):
+        (cache.root / name).mkdir()
+        (cache.root / f"{name}.spec.json").write_text("{}")
+    (cache.root / "cc").mkdir()  # an entry: never touched by the clean-up
+    said = []
+    assert sorted(cache.clean_orphans(log=said.append)) == [f".tmp-aa-{dead}", f".tmp-aa-{dead}.spec.json"]
+    assert sorted(p.name for p in cache.root.iterdir()) == [f".tmp-bb-{live}", f".tmp-bb-{live}.spec.json", "cc"]
+    assert "interrupted build" in said[0]
+    # whoever holds bb's lock knows nobody else builds bb: its leftovers go whatever their pid
+    cache.clean_orphans(held_key="bb")
+    assert [p.name for p in cache.root.iterdir()] == ["cc"]
+
+
+def test_a_waiter_names_the_holder_and_gives_up_at_its_timeout(tmp_path):
+    lock = tmp_path / "locks" / "k.lock"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from harness.cache_lock import cache_lock
+        with cache_lock(Path({str(lock)!r}), "building k"):
+            print("held", flush=True)
+            time.sleep(60)
+    """)], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        said = []
+        with pytest.raises(HarnessError, match=rf"gave up after 2 s waiting for the cache lock k.lock, held by pid "
+                                               rf"{holder.pid} on .* since .* \(building k\).*lock_timeout_s"):
+            with cache_lock(lock, "building k", timeout_s=2, heartbeat_s=0.5, log=said.append):
+                pass
+        assert any(f"waiting for pid {holder.pid}" in m for m in said), said
+        # the holder is killed holding the lock: the kernel frees it, the stale holder file is said and replaced
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        t0 = time.time()
+        with cache_lock(lock, "building k", timeout_s=10, log=said.append):
+            assert json.loads(lock.with_suffix(".holder.json").read_text())["pid"] == os.getpid()
+        assert time.time() - t0 < 5
+        assert any(f"took the cache lock k over from pid {holder.pid}" in m and "process is gone" in m for m in said)
+        assert not lock.with_suffix(".holder.json").exists()
+    finally:
+        holder.kill()
+
+
+def test_the_cache_key_covers_transformers_and_torch():
+    from importlib.metadata import version
+
+    v = interpreter_versions(QuantInterpreter())
+    assert v["torch"] == version("torch") and v["transformers"] == version("transformers")
+
+
+def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path):
+    """SIGKILL `harness gate` while its quantization child runs: the child goes with it; the next gate removes what
+    was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else."""
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", str(quick_project / "configs/tiny.yaml"),
+           "--report-dir", str(tmp_path / "reports")]
+    gate = subprocess.Popen(cmd, env=env, cwd=quick_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "cache" / "checkpoints"
+    child = None
+    deadline = time.time() + 120
+    while child is None and time.time() < deadline and gate.poll() is None:
+        for p in Path("/proc").iterdir():
+            try:
+                cmdline = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"harness.quantize" in cmdline and any(str(ckpts).encode() in a for a in cmdline):
+                child = int(p.name)
+        time.sleep(0.1)
+    assert child, "the gate never started quantizing"
+    time.sleep(1.0)  # well inside llm-compressor's work
+    gate.send_signal(signal.SIGKILL)
+    gate.wait()
+    assert _wait_gone([child]) == [], "the quantization child outlived the killed gate"
+    assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # what the kill left ...
+    r = subprocess.run(cmd, env=env, cwd=quick_project, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "removed what an interrupted build left in the cache" in r.stdout + r.stderr
+    entries = list(ckpts.iterdir())                                  # ... is gone: one sound entry, nothing else
+    assert len(entries) == 1 and cache_manifest.problems(entries[0]) == []
