@@ -52,12 +52,17 @@ def cache_lock(path: Path, what: str, timeout_s: float | None = None, heartbeat_
     holder_path = path.with_suffix(".holder.json")
     lock = FileLock(str(path))
     t0 = time.time()
+    waited = 0
     while True:
+        # the first try does not wait, so a waiter says at once for whom it waits; then every heartbeat_s
+        step = 0 if waited == 0 else heartbeat_s
+        if timeout_s is not None:
+            step = min(step, max(timeout_s - (time.time() - t0), 0))
         try:
-            lock.acquire(timeout=min(heartbeat_s, max(timeout_s - (time.time() - t0), 0)) if timeout_s is not None
-                         else heartbeat_s, poll_interval=0.2)
+            lock.acquire(timeout=step, poll_interval=0.2)
             break
         except Timeout:
+            waited += 1
             holder = describe_holder(read_holder(holder_path))
             if timeout_s is not None and time.time() - t0 >= timeout_s:
                 raise HarnessError(f"gave up after {timeout_s:.0f} s waiting for the cache lock {path.name}, held by "

@@ -56,7 +56,7 @@ def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict) 
     return digest, material
 
 
-_TMP = re.compile(r"^\.tmp-(?P<key>[^-]+)-(?P<pid>\d+)(?:\.spec\.json)?$")
+_TMP = re.compile(r"^\.tmp-(?P<key>[^-]+)-(?P<pid>\d+)(?:\.spec\.json|\.offload)?$")
 
 
 class CheckpointCache:

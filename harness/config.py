@@ -150,6 +150,10 @@ class QuantizeSpec(Strict):
     timeout_s: float | None = Field(None, gt=0, description="stop quantization after this long (default: no limit; "
                                                              "a 72B model takes about an hour on one H200)")
     heartbeat_s: float = Field(60.0, gt=0, description="say how far quantization got this often")
+    device_map: Literal["auto_offload", "auto"] | None = Field(
+        None, description="how the quantization child holds the BF16 model: unset = all of it in CPU RAM (2 bytes a "
+                          "parameter: 145 GB for 72B); auto_offload = what fits in CPU RAM, the rest on disk; auto = "
+                          "GPUs, then CPU RAM, then disk (README, 'Quantization memory')")
     lock_timeout_s: float | None = Field(4 * 3600, gt=0, description="give up waiting for another process building "
                                                                       "the same checkpoint after this long")
 

@@ -140,6 +140,7 @@ class GateSession:
         self.notes: list[str] = []      # said once in the log, repeated under the verdict
         self.baseline_updates: list[tuple[Baseline | None, Baseline]] = []
         self._updated = False
+        self._preflight_done = False
         self.started = time.time()
 
     # ---- logging ------------------------------------------------------------
@@ -265,7 +266,8 @@ class GateSession:
             def build(tmp: Path) -> dict:
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
                                    recipe=recipe.recipe_text, calibration=q.CalibrationSpec(**cal.model_dump()),
-                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code)
+                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
+                                   device_map=self.cfg.quantize.device_map)
                 log_path = cache.log_path(key)
                 info = q.run_quantization(spec, self.interp, log_path, log=self.log,
                                           timeout_s=self.cfg.quantize.timeout_s,
@@ -305,6 +307,12 @@ class GateSession:
                               engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size)
             eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
+            if precision != "bf16":
+                try:  # the kernel is known once the engine is up: refuse now, not after a dataset is scored
+                    self._check_kernel(precision)
+                except HarnessError:
+                    eng.close()
+                    raise
             return eng
 
         return self.engines.get((self.backend, precision, model), make)
@@ -317,6 +325,8 @@ class GateSession:
     def score(self, name: str, precision: str = "nvfp4") -> DatasetScore:
         key = (name, precision)
         if key not in self._scores:
+            if precision != "bf16":
+                self.preflight()  # baselines and data checked before any quantization or engine start
             prep = self.prepared(name)
             eng = self._engine(precision)
             self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
@@ -327,10 +337,18 @@ class GateSession:
                              eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
                              token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
-            if precision != "bf16":
-                self._check_kernel(precision)
             self._scores[key] = s
         return self._scores[key]
+
+    def preflight(self) -> None:
+        """Before any quantization or engine start of a gate: every dataset prepared (its stats checked) and its
+        baseline present, made from the same data and the same model. Each fault found here costs seconds, not an
+        hour of quantization or an engine start."""
+        if self._preflight_done or self.update_mode:
+            return
+        for n in self.dataset_names:
+            self.baseline(n)
+        self._preflight_done = True
 
     def engine_info(self, precision: str) -> dict:
         return self._engine_info.get(precision, {})

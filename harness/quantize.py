@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class QuantSpec:
     tokenizer: str | None = None
     trust_remote_code: bool = False
     offline: bool = False
+    device_map: str | None = None  # None: the whole BF16 model in CPU RAM; "auto_offload": CPU RAM, the rest on disk
     spec_version: int = SPEC_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -91,8 +93,19 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(spec.tokenizer or spec.model, revision=spec.revision,
                                         trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(spec.model, revision=spec.revision, dtype=torch.bfloat16,
-                                                 trust_remote_code=spec.trust_remote_code)
+    load = dict(revision=spec.revision, dtype=torch.bfloat16, trust_remote_code=spec.trust_remote_code)
+    offload_dir = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".offload")
+    if spec.device_map:
+        # llm-compressor's way for models bigger than RAM: accelerate places what fits (GPUs with "auto", CPU RAM
+        # with "auto_offload") and the rest on disk; compressed-tensors' offloading then onloads one module at a time
+        from compressed_tensors.offload import load_offloaded_model
+
+        with load_offloaded_model(AutoModelForCausalLM):
+            model = AutoModelForCausalLM.from_pretrained(spec.model, device_map=spec.device_map,
+                                                         offload_folder=str(offload_dir), **load)
+        log(f"loaded with device_map={spec.device_map} (disk offload in {offload_dir})")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec.model, **load)
     texts = calibration_texts(spec, tok)
     if not texts:
         raise HarnessError(f"calibration dataset {spec.calibration.path!r} split {spec.calibration.split!r} gave no text")
@@ -107,6 +120,7 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, save_compressed=True)
     tok.save_pretrained(out)
+    shutil.rmtree(offload_dir, ignore_errors=True)
     info = {"quantize_s": round(time.time() - t0, 2), "calibration_samples": len(ds), "versions": quant_versions()}
     (out / MARKER).write_text(json.dumps({"spec": asdict(spec), **info}, indent=1) + "\n")
     return info

@@ -232,3 +232,21 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     assert "removed what an interrupted build left in the cache" in r.stdout + r.stderr
     entries = list(ckpts.iterdir())                                  # ... is gone: one sound entry, nothing else
     assert len(entries) == 1 and cache_manifest.problems(entries[0]) == []
+
+
+def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
+    from harness.backends.gpu_memory import wait_released
+
+    readings = iter([{0: 60000.0, 1: 900.0}, {0: 20000.0, 1: 900.0}, {0: 1100.0, 1: 900.0}])
+    seen = []
+
+    def read():
+        seen.append(next(readings))
+        return seen[-1]
+
+    assert wait_released({0: 1000.0, 1: 900.0}, read, timeout_s=10, tolerance_mib=256, poll_s=0.01) is None
+    assert len(seen) == 3  # returned at the first reading within 256 MiB of the start, not before
+    t0 = time.time()
+    held = wait_released({0: 1000.0}, lambda: {0: 41000.0}, timeout_s=0.3, tolerance_mib=256, poll_s=0.05)
+    assert held == {0: 40000} and 0.3 <= time.time() - t0 < 2
+    assert wait_released(None, lambda: {0: 1.0}) is None  # no NVML when the engine started: nothing to wait for

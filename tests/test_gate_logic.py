@@ -89,11 +89,25 @@ def test_gate_on_lower_bound(session):
     assert not o.passed and "score lower bound" in o.message()
 
 
-def test_required_kernel_is_enforced(session):
+def test_required_kernel_is_enforced_right_after_engine_start(session, monkeypatch):
     s = session(kernel="Marlin W4A16 (activations not quantized)")
     s.cfg.require_kernel = "W4A4"
+    scored = []
+    monkeypatch.setattr(FakeBackend, "loglikelihood_rolling", lambda self, docs, **kw: scored.append(docs))
     with pytest.raises(HarnessError, match="requires NVFP4 kernel 'W4A4' but this run used 'Marlin W4A16"):
         s.score("wikitext2")
+    assert scored == [] and ALIVE == []  # refused before any document was scored; the engine is released
+
+
+def test_a_gate_checks_every_baseline_before_quantizing_or_starting_an_engine(session, monkeypatch):
+    s = session()
+    s.store.path(s.cfg.name, "wikitext2").unlink()  # the second dataset's baseline is gone
+    started = []
+    monkeypatch.setattr(GateSession, "checkpoint", lambda self: started.append("quantize"))
+    monkeypatch.setattr(FakeBackend, "__init__", lambda self, spec: started.append("engine"))
+    with pytest.raises(HarnessError, match=r"(?s)wikitext2.*--update-baselines"):
+        s.score("ultrachat")  # the first dataset's own baseline is there: the gate still stops first
+    assert started == []
 
 
 @pytest.mark.parametrize("poison, message", [("nan", "non-finite"), ("missing", "missing prompt logprobs")])

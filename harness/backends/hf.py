@@ -87,8 +87,7 @@ class HFBackend(Backend):
                     mask[r, : len(d)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask[:, 1:]
+                tok_lp = token_logprobs_chunked(logits, ids) * mask[:, 1:]
                 sums = tok_lp.sum(-1).double().cpu().tolist()
                 per_tok = tok_lp.cpu().tolist() if token_logprobs else None
                 for r, j in enumerate(batch):
@@ -98,7 +97,7 @@ class HFBackend(Backend):
                 done += len(batch)
                 if progress:
                     progress(done, len(docs))
-                del logits, logp, tok_lp
+                del logits, tok_lp
         return check_results(results, docs, self.name)  # type: ignore[arg-type]
 
     def info(self) -> dict:
@@ -189,4 +188,24 @@ def quantization_info(config) -> dict:
         out["kernel_hf"] = "hf-fake-quant W4A4" if out.get("weight_bits") == 4 else "hf-fake-quant"
     else:
         out["kernel_hf"] = "hf-fake-quant weight-only"
+    return out
+
+
+LOGSOFTMAX_CHUNK = 256  # positions per fp32 step: 256 x 152k vocab x 4 B = 0.16 GB (twice that with logsumexp)
+
+
+def token_logprobs_chunked(logits, ids, chunk: int = LOGSOFTMAX_CHUNK):
+    """log p(ids[:, t+1] | ...) for every position t, in fp32, from [batch, T, vocab] logits in their own dtype.
+
+    Computed as logit[token] - logsumexp(logits) over ``chunk`` positions at a time, so the fp32 working set is
+    ``chunk x vocab`` instead of a full fp32 log_softmax of every position (about 20 GB at 16k tokens x 152k vocab)."""
+    import torch
+
+    b, t, _ = logits.shape
+    out = torch.empty((b, t - 1), dtype=torch.float32, device=logits.device)
+    for r in range(b):
+        for lo in range(0, t - 1, chunk):  # views of the logits; only the chunk is copied to fp32
+            hi = min(lo + chunk, t - 1)
+            part = logits[r, lo:hi].float()
+            out[r, lo:hi] = part.gather(-1, ids[r, lo + 1 : hi + 1, None]).squeeze(-1) - torch.logsumexp(part, -1)
     return out

@@ -7,7 +7,8 @@
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
 - a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
-- ``close()`` shuts the engine-core process down and frees this process's cached GPU memory;
+- ``close()`` shuts the engine-core process down, frees this process's cached GPU memory and returns once
+  NVML shows the GPUs back at their use before the engine (a warning after 2 minutes if not);
 - tensor / pipeline parallelism pass through to vLLM (checked against the visible GPUs first, NVLink multicast off);
   ``data_parallel_size`` is the harness's own (one engine per GPU group: data_parallel.py, via ``make_backend``).
 """
@@ -31,6 +32,7 @@ OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_
              "offload_backend: prefetch with offload_group_size / offload_num_in_group (or cpu_offload_gb) "
              "(keep some layers' weights in CPU memory)")
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
+RELEASE_TIMEOUT_S = 120.0  # close() waits this long at most for the engine's GPU memory to come back
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
                  "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
 
@@ -126,6 +128,10 @@ class VLLMBackend(Backend):
         self.log_path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) / f"engine-{spec.precision}.log"
         env = engine_environment(kwargs, self.log_path)
         self.env = env
+        from harness.backends import gpu_memory
+
+        self._gpus = gpu_memory.visible_indices()
+        self._mem_before = gpu_memory.used_mib(self._gpus)  # what close() waits to see again
         t0 = time.time()
         try:
             with scoped_env(env):  # the engine-core (and worker) processes are spawned inside: they inherit it
@@ -261,6 +267,18 @@ class VLLMBackend(Backend):
                 torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001
             pass
+        from harness.backends import gpu_memory
+
+        # return only once the engine's GPU memory is back, so the next engine never starts beside its remains
+        held = gpu_memory.wait_released(getattr(self, "_mem_before", None),
+                                        lambda: gpu_memory.used_mib(self._gpus), timeout_s=RELEASE_TIMEOUT_S)
+        if held:
+            import logging
+
+            logging.getLogger("harness").warning(
+                "the %s engine was closed but GPU memory is still held after %.0f s (MiB per GPU: %s); the next "
+                "engine may not fit", self.spec.precision, RELEASE_TIMEOUT_S, held)
+        self.release_held = held
 
 
 def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -> DocResult:

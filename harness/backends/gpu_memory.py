@@ -1,0 +1,52 @@
+"""Device memory as NVML sees it (every process on the GPU, the engine-core and workers included, and no CUDA context
+made here), and waiting for an engine's memory to come back after it is closed. No torch import."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Sequence
+
+
+def visible_indices() -> list[int] | None:
+    """NVML indices of this process's GPUs (CUDA_VISIBLE_DEVICES as indices); None: all of them."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return None
+    try:
+        return [int(d) for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    except ValueError:  # UUIDs: count them all
+        return None
+
+
+def used_mib(indices: Sequence[int] | None = None) -> dict[int, float] | None:
+    """Used memory per GPU in MiB, or None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver or no pynvml: nothing to measure
+        return None
+    try:
+        idx = list(indices) if indices is not None else list(range(pynvml.nvmlDeviceGetCount()))
+        return {i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used / 2**20 for i in idx}
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def wait_released(before: dict[int, float] | None, read: Callable[[], dict[int, float] | None],
+                  timeout_s: float = 120.0, tolerance_mib: float = 1024.0, poll_s: float = 0.5) -> dict | None:
+    """Block until every GPU uses at most what it used before the engine (+ ``tolerance_mib``); return None when
+    released (or nothing to measure), else what is still held after ``timeout_s``: {gpu: extra MiB}."""
+    if not before:
+        return None
+    deadline = time.time() + timeout_s
+    while True:
+        now = read()
+        if not now:
+            return None
+        held = {i: round(now[i] - before.get(i, 0.0)) for i in now if now[i] - before.get(i, 0.0) > tolerance_mib}
+        if not held or time.time() >= deadline:
+            return held or None
+        time.sleep(poll_s)
