@@ -202,12 +202,20 @@ def test_the_cache_key_covers_transformers_and_torch():
     assert v["torch"] == version("torch") and v["transformers"] == version("transformers")
 
 
-def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path):
+def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path, monkeypatch, capsys):
     """SIGKILL `harness gate` while its quantization child runs: the child goes with it; the next gate removes what
-    was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else."""
+    was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else. The rebuild
+    loads the model through llm-compressor's offloading (quantize.device_map: auto_offload), and its weights are the
+    bits of the ordinary build (the suite's cached checkpoint of the same model, recipe and calibration)."""
+    from harness.cli import main
+    from harness.config import load_config
+    from harness.gate import GateSession
+    from safetensors.torch import load_file
+
+    config = str(quick_project / "configs/tiny.yaml")
+    suite_cache = os.environ["HARNESS_CACHE"]
     env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", str(quick_project / "configs/tiny.yaml"),
-           "--report-dir", str(tmp_path / "reports")]
+    cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", config, "--report-dir", str(tmp_path / "reports")]
     gate = subprocess.Popen(cmd, env=env, cwd=quick_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "cache" / "checkpoints"
     child = None
@@ -227,11 +235,24 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     gate.wait()
     assert _wait_gone([child]) == [], "the quantization child outlived the killed gate"
     assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # what the kill left ...
-    r = subprocess.run(cmd, env=env, cwd=quick_project, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "removed what an interrupted build left in the cache" in r.stdout + r.stderr
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    capsys.readouterr()
+    rc = main(["gate", "--config", config, "--report-dir", str(tmp_path / "reports"),
+               "--set", "quantize.device_map=auto_offload"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert "removed what an interrupted build left in the cache" in out + err
     entries = list(ckpts.iterdir())                                  # ... is gone: one sound entry, nothing else
     assert len(entries) == 1 and cache_manifest.problems(entries[0]) == []
+    logs = list((tmp_path / "cache" / "logs").glob("*.log"))
+    assert any("loaded with device_map=auto_offload" in f.read_text() for f in logs)
+
+    monkeypatch.setenv("HARNESS_CACHE", suite_cache)  # the suite's cache: the same checkpoint, loaded whole into RAM
+    plain, _ = GateSession(load_config(config), quiet=True).checkpoint()
+    a, b = load_file(plain / "model.safetensors"), load_file(entries[0] / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
+    assert all((a[k] == b[k]).all() for k in a), "offloaded loading changed the quantized weights"
 
 
 def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
@@ -250,3 +271,20 @@ def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
     held = wait_released({0: 1000.0}, lambda: {0: 41000.0}, timeout_s=0.3, tolerance_mib=256, poll_s=0.05)
     assert held == {0: 40000} and 0.3 <= time.time() - t0 < 2
     assert wait_released(None, lambda: {0: 1.0}) is None  # no NVML when the engine started: nothing to wait for
+
+
+def test_a_quantization_killed_by_the_kernel_points_at_memory(tmp_path):
+    """What the OOM killer does to a 72B quantization on a host without the RAM: SIGKILL, no traceback."""
+    import stat
+
+    from harness.quantize import CalibrationSpec, QuantSpec, run_quantization
+
+    oom = tmp_path / "python"
+    oom.write_text(f"#!{sys.executable}\nimport os, signal\nprint('loading shards', flush=True)\n"
+                   "os.kill(os.getpid(), signal.SIGKILL)\n")
+    oom.chmod(oom.stat().st_mode | stat.S_IEXEC)
+    spec = QuantSpec(model="m", recipe="x: 1", output_dir=str(tmp_path / "out"),
+                     calibration=CalibrationSpec(path="parquet", split="train", samples=1, max_seq_len=8, seed=0))
+    with pytest.raises(HarnessError, match=r"(?s)killed by signal 9.*loading shards.*out of CPU memory.*Quantization "
+                                           r"memory"):
+        run_quantization(spec, QuantInterpreter(python=str(oom)), tmp_path / "q.log", log=lambda m: None)

@@ -33,7 +33,9 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
     target.unlink()
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable")
-    r.assert_outcomes(passed=2, failed=2)  # test_quantize + wikitext2 pass; ultrachat and overall fail
+    # test_quantize passes; every scoring test fails before any engine starts: a gate without all its baselines
+    # cannot reach a verdict, so it spends no GPU time finding that out
+    r.assert_outcomes(passed=1, failed=3)
     r.stdout.fnmatch_lines(["*baseline not found:*ultrachat.json*", "*create it with: pytest --harness-config*"
                             "--update-baselines*"])
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--update-baselines", "-p",

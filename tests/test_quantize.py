@@ -80,26 +80,3 @@ def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
     with pytest.raises(HarnessError, match="llmcompressor is not installed in the quantization interpreter"):
         GateSession(cfg, quiet=True, quant_python=str(no_llmc)).checkpoint()
 
-
-def test_offloaded_loading_quantizes_to_the_same_checkpoint(tmp_path, root):
-    """quantize.device_map: auto_offload loads the BF16 model through llm-compressor's offloading (CPU RAM, then
-    disk) instead of whole into RAM; the quantized weights are the bits of the ordinary build of the tiny default
-    (the suite's cached one), and nothing of the offload stays."""
-    from safetensors.torch import load_file
-
-    from harness.config import load_config
-    from harness.gate import GateSession
-
-    cfg = load_config(root / "configs/tiny.yaml")
-    s = GateSession(cfg, quiet=True)
-    plain, _ = s.checkpoint()  # built without offload (a cache hit when the suite's gate ran first)
-    spec = QuantSpec(model=str(root / "harness/tiny/model"), recipe=s.recipe().recipe_text,
-                     calibration=CalibrationSpec(**s.calibration().model_dump()), output_dir=str(tmp_path / "q"),
-                     device_map="auto_offload")
-    run_quantization(spec, QuantInterpreter(), tmp_path / "q.log", log=lambda m: None)
-    assert "loaded with device_map=auto_offload" in (tmp_path / "q.log").read_text()
-    assert not (tmp_path / "q.offload").exists()
-    a, b = load_file(plain / "model.safetensors"), load_file(tmp_path / "q" / "model.safetensors")
-    assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
-    for k in a:
-        assert (a[k] == b[k]).all(), k
