@@ -168,7 +168,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     """Run ``python -m harness.quantize`` in the quantization interpreter; raise HarnessError on any failure. The
     child dies with this process (harness/childproc.py), says how far it got every ``heartbeat_s`` and is stopped
     past ``timeout_s``."""
-    from harness.childproc import last_line, run_child
+    from harness.childproc import run_child
 
     spec_path = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".spec.json")
     spec_path.write_text(json.dumps(asdict(spec), indent=1))

@@ -3,7 +3,6 @@ baseline, then `harness gate` on the existing checkpoint: no quantization, the s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 

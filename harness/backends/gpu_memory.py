@@ -18,8 +18,7 @@ def visible_indices() -> list[int] | None:
         return None
 
 
-def used_mib(indices: Sequence[int] | None = None) -> dict[int, float] | None:
-    """Used memory per GPU in MiB, or None without NVML."""
+def _memory_mib(field: str, indices: Sequence[int] | None) -> dict[int, float] | None:
     try:
         import pynvml
 
@@ -28,11 +27,22 @@ def used_mib(indices: Sequence[int] | None = None) -> dict[int, float] | None:
         return None
     try:
         idx = list(indices) if indices is not None else list(range(pynvml.nvmlDeviceGetCount()))
-        return {i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used / 2**20 for i in idx}
+        return {i: getattr(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)), field) / 2**20
+                for i in idx}
     except Exception:  # noqa: BLE001
         return None
     finally:
         pynvml.nvmlShutdown()
+
+
+def used_mib(indices: Sequence[int] | None = None) -> dict[int, float] | None:
+    """Used memory per GPU in MiB, or None without NVML."""
+    return _memory_mib("used", indices)
+
+
+def total_gib() -> list[float]:
+    """Each GPU's memory in GiB (all of the host's; empty without a driver)."""
+    return [v / 1024 for v in (_memory_mib("total", None) or {}).values()]
 
 
 def wait_released(before: dict[int, float] | None, read: Callable[[], dict[int, float] | None],

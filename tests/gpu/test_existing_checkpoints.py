@@ -5,7 +5,6 @@ load format), and reads the scheme and the kernel off the loaded model."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from harness.backends import EngineSpec, make_backend
+from harness.backends.gpu_memory import total_gib
 from harness.gate import GateSession
 
 SHARE = 0.1  # of ~140 GiB: 14 GiB, less than the 7B shape's 15.2 GB of BF16 weights
@@ -31,16 +32,7 @@ pytestmark = pytest.mark.multi_gpu  # `pytest -m multi_gpu`; not part of `pytest
 
 
 def _gpus() -> int:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver: no GPU
-        return 0
-    try:
-        return pynvml.nvmlDeviceGetCount()
-    finally:
-        pynvml.nvmlShutdown()
+    return len(total_gib())
 
 
 needs_two = pytest.mark.skipif("_gpus() < 2", reason="needs 2 GPUs (device kind nvidia-h200-x2)")
@@ -159,7 +151,7 @@ def test_72b_shape_on_two_gpus(tmp_path, gpu_results, benchmark):
     then the NVFP4 gate on one GPU and with one engine per GPU (data_parallel_size=2): time to verdict, same score."""
     from test_scale_72b import CONFIG
 
-    if _gpu_gib_min() < 130:
+    if min(total_gib()) < 130:
         pytest.skip("the 72B shape needs H200-class GPUs (~140 GiB each)")
     synth = _synth(gpu_results)
     base = tmp_path / "baselines"
@@ -201,17 +193,6 @@ def test_72b_shape_on_two_gpus(tmp_path, gpu_results, benchmark):
     assert abs(tp["ppl"] - off["ppl"]) / off["ppl"] < 1e-3, runs
     assert tp["offload"] in (None, 0) and off["offload"] > 20, runs
     assert abs(runs["gate_dp2"]["score"] - runs["gate_1gpu"]["score"]) < 1e-3, runs
-
-
-def _gpu_gib_min() -> float:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        return min(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total / 2**30
-                   for i in range(pynvml.nvmlDeviceGetCount()))
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def _synth(gpu_results):

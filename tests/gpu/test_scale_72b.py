@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.backends.gpu_memory import total_gib
 from harness.config import load_config
 from harness.gate import GateSession
 
@@ -34,16 +35,7 @@ PEAK_FLOPS = 790e12  # measured dense BF16 matrix rate of this H200 (KINDS.md); 
 
 def _gpu_gib() -> float:
     """GPU 0's memory through NVML (no CUDA context in this process: the engines need all of it)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver: no GPU
-        return 0.0
-    try:
-        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total / 2**30
-    finally:
-        pynvml.nvmlShutdown()
+    return (total_gib() or [0.0])[0]
 
 
 needs_h200 = pytest.mark.skipif("_gpu_gib() < 130", reason="the 72B shape needs an H200-class GPU (~140 GiB)")
