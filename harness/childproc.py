@@ -102,7 +102,7 @@ def run_child(cmd: list[str], env: dict, log_path: Path, what: str, timeout_s: f
                     kill_group(proc)
                     raise HarnessError(
                         f"{what} ran past its timeout of {timeout_s:.0f} s and was stopped; log: {log_path}\n"
-                        f"last line: {last_line(log_path)}\nRaise the timeout (quantization_quantize.timeout_s in the config) "
+                        f"last line: {last_line(log_path)}\nRaise the timeout (quantize.timeout_s in the config) "
                         "if the model is that big, or look at the log for a hang.")
                 if now >= next_beat:
                     log(f"{what}: {now - t0:.0f} s so far; last: {last_line(log_path) or '(nothing logged yet)'}")

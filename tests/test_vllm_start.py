@@ -193,3 +193,20 @@ def test_the_ray_cluster_config_reaches_vllm_as_written(fake_vllm, monkeypatch, 
     assert (got["tensor_parallel_size"], got["pipeline_parallel_size"], got["distributed_executor_backend"]) == \
         (2, 2, "ray")
     assert cfg.engine_kwargs("nvfp4", "vllm").get("distributed_executor_backend") is None  # the gate needs no cluster
+
+
+def test_close_returns_only_once_the_engines_gpu_memory_is_back(fake_vllm, monkeypatch):
+    from harness.backends import gpu_memory
+
+    readings = [{0: 1000.0}, {0: 52000.0}, {0: 30000.0}, {0: 1100.0}]  # before start, then while it shuts down
+    seen = []
+
+    def used(indices=None):
+        seen.append(readings[len(seen)])
+        return seen[-1]
+
+    monkeypatch.setattr(gpu_memory, "used_mib", used)
+    eng = _backend({})
+    assert len(seen) == 1  # measured before the engine started
+    eng.close()
+    assert len(seen) == 4  # not back before the fourth reading: close() waited for it

@@ -8,11 +8,16 @@ BACKENDS = {"hf": "harness.backends.hf:HFBackend", "vllm": "harness.backends.vll
 
 
 def backend_class(name: str) -> type[Backend]:
-    import importlib
-
     if name not in BACKENDS:
         raise unknown_name("backend", name, BACKENDS)
-    mod, cls = BACKENDS[name].split(":")
+    return load_class(BACKENDS[name])
+
+
+def load_class(path: str) -> type[Backend]:
+    """A backend class from ``module:Class``."""
+    import importlib
+
+    mod, cls = path.split(":")
     return getattr(importlib.import_module(mod), cls)
 
 
@@ -29,9 +34,11 @@ def make_backend(name: str, spec: EngineSpec) -> Backend:
                                   "combine with distributed_executor_backend "
                                   f"{spec.engine_kwargs['distributed_executor_backend']!r} (use ray for tensor / "
                                   "pipeline parallelism across hosts, with data_parallel_size 1)")
-            devices = dp.plan_devices(size, per_engine, dp.visible_gpus())
+            from harness.backends.gpu_memory import visible_gpus
+
+            devices = dp.plan_devices(size, per_engine, visible_gpus())
             return dp.DataParallelBackend(spec, BACKENDS[name], size, devices)
     return backend_class(name)(spec)
 
 
-__all__ = ["Backend", "DocResult", "EngineSpec", "BACKENDS", "backend_class", "check_results", "make_backend"]
+__all__ = ["Backend", "DocResult", "EngineSpec", "BACKENDS", "backend_class", "check_results", "load_class", "make_backend"]

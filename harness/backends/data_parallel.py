@@ -16,13 +16,13 @@ GPU (or one tensor/pipeline-parallel group) independent engines are all data par
 """
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import os
 import time
 import traceback
 from typing import Sequence
 
+from harness.backends import load_class
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.errors import BackendError, ConfigError
 
@@ -38,19 +38,6 @@ def parallel_sizes(kwargs: dict) -> tuple[int, int]:
         return v
 
     return size(OWNED_KEY), size("tensor_parallel_size") * size("pipeline_parallel_size")
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no torch / no driver: no GPUs
-        return []
 
 
 def plan_devices(dp: int, per_engine: int, visible: Sequence[str]) -> list[str]:
@@ -93,18 +80,13 @@ def merge(n_docs: int, shards: Sequence[Sequence[int]], results: Sequence[Sequen
     return out  # type: ignore[return-value]
 
 
-def _load(path: str) -> type[Backend]:
-    mod, cls = path.split(":")
-    return getattr(importlib.import_module(mod), cls)
-
-
 def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
     from harness.childproc import set_parent_death_signal
 
     set_parent_death_signal()  # the harness dies (even by SIGKILL): so does this engine
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
-        eng = _load(inner)(spec)
+        eng = load_class(inner)(spec)
         conn.send(("ready", eng.info()))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which stops every worker
         conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
@@ -116,9 +98,7 @@ def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
                 break
             _, docs, keep = msg
             try:
-                t0 = time.time()
-                res = eng.loglikelihood_rolling(docs, token_logprobs=keep)
-                conn.send(("ok", res, time.time() - t0))
+                conn.send(("ok", eng.loglikelihood_rolling(docs, token_logprobs=keep)))
             except BaseException as e:  # noqa: BLE001
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
     finally:
@@ -132,10 +112,9 @@ def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
 class DataParallelBackend(Backend):
     """``size`` copies of the ``inner`` backend (``module:Class``), one per GPU group, behind one Backend."""
 
-    def __init__(self, spec: EngineSpec, inner: str, size: int, devices: Sequence[str],
-                 start_timeout_s: float | None = None):
+    def __init__(self, spec: EngineSpec, inner: str, size: int, devices: Sequence[str]):
         super().__init__(spec)
-        self.name = f"{getattr(_load(inner), 'name', 'backend')}"
+        self.name = getattr(load_class(inner), "name", "backend")
         self.size, self.devices = size, list(devices)
         inner_spec = EngineSpec(**{**spec.__dict__, "engine_kwargs": {k: v for k, v in spec.engine_kwargs.items()
                                                                        if k != OWNED_KEY}})
@@ -153,24 +132,19 @@ class DataParallelBackend(Backend):
         self.infos: list[dict] = []
         try:
             for k in range(size):
-                self.infos.append(self._recv(k, "ready", start_timeout_s)[1])
+                self.infos.append(self._recv(k, "ready")[1])
         except BaseException:
             self.close()
             raise
         self.engine_start_s = time.time() - t0
         self._check_same_kernel()
-        self.last_shard_s: list[float] = []
 
-    def _recv(self, k: int, want: str, timeout_s: float | None = None):
+    def _recv(self, k: int, want: str):
         conn, p = self._conns[k], self._procs[k]
-        deadline = None if timeout_s is None else time.time() + timeout_s
         while not conn.poll(1.0):
             if not p.is_alive():
                 raise BackendError(f"data-parallel engine {k} (GPUs {self.devices[k]}) died with exit code "
                                    f"{p.exitcode} before answering; its log is above")
-            if deadline is not None and time.time() > deadline:
-                raise BackendError(f"data-parallel engine {k} (GPUs {self.devices[k]}) gave no answer in "
-                                   f"{timeout_s:.0f} s")
         try:
             msg = conn.recv()
         except EOFError:  # the worker is gone
@@ -203,7 +177,6 @@ class DataParallelBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self.last_shard_s = [round(a[2], 2) for a in answers]
         if progress:
             progress(len(docs), len(docs))
         return check_results(merge(len(docs), shards, [a[1] for a in answers]), docs, self.name)

@@ -7,14 +7,22 @@ import time
 from typing import Callable, Sequence
 
 
-def visible_indices() -> list[int] | None:
-    """NVML indices of this process's GPUs (CUDA_VISIBLE_DEVICES as indices); None: all of them."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (unset: every GPU NVML sees; no CUDA
+    context is made here, so spawned engines still choose their own)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None:
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    return [str(i) for i in range(len(total_gib()))]
+
+
+def visible_indices() -> list[int] | None:
+    """NVML indices of this process's GPUs; None: all of them (CUDA_VISIBLE_DEVICES unset, or given as UUIDs)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is None:
         return None
     try:
-        return [int(d) for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    except ValueError:  # UUIDs: count them all
+        return [int(d) for d in visible_gpus()]
+    except ValueError:
         return None
 
 

@@ -73,7 +73,8 @@ def kernel_label(class_names: Sequence[str], precision: str) -> str:
 def check_parallel(kwargs: dict) -> None:
     """Tensor x pipeline parallelism on this host needs that many visible GPUs: say so before vLLM starts (it
     would wait for GPUs that never come, or fail deep in a worker). Ray places workers across its own cluster."""
-    from harness.backends.data_parallel import parallel_sizes, visible_gpus
+    from harness.backends.data_parallel import parallel_sizes
+    from harness.backends.gpu_memory import visible_gpus
 
     dp, per_engine = parallel_sizes(kwargs)
     if dp > 1:
@@ -278,7 +279,6 @@ class VLLMBackend(Backend):
             logging.getLogger("harness").warning(
                 "the %s engine was closed but GPU memory is still held after %.0f s (MiB per GPU: %s); the next "
                 "engine may not fit", self.spec.precision, RELEASE_TIMEOUT_S, held)
-        self.release_held = held
 
 
 def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -> DocResult:
