@@ -161,7 +161,10 @@ def test_two_gates_at_once_build_the_entry_once(tmp_path):
 
 def test_ctrl_c_leaves_no_half_report_no_cache_entry_and_no_orphan(tmp_path):
     cache, reports = tmp_path / "cache", tmp_path / "reports"
-    p = _cli("gate", "--report-dir", str(reports), env={"HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"})
+    # SIGINT as a terminal delivers it, even when this suite was started in the background (where a shell hands
+    # its children SIGINT ignored, and Python then never raises KeyboardInterrupt)
+    p = _cli("gate", "--report-dir", str(reports), env={"HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"},
+             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     for line in p.stderr:  # wait until the quantization child is running
         if "quantizing" in line or time.time() > deadline:
