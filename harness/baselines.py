@@ -93,15 +93,25 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class BaselineStore:
-    def __init__(self, root: Path, update_hint: str = "pytest --update-baselines"):
+    """``<root>/<model>/<dataset>.json``. With a ``fallback`` (the shipped tiny baselines, read-only), a baseline the
+    project lacks is read from there; writes always go to ``root``, so an update makes the project's own copy."""
+
+    def __init__(self, root: Path, update_hint: str = "pytest --update-baselines", fallback: Path | None = None):
         self.root = Path(root)
         self.update_hint = update_hint
+        self.fallback = Path(fallback) if fallback else None
+
+    def _read_path(self, model: str, name: str) -> Path:
+        own = self.root / model / name
+        if self.fallback is not None and not own.exists() and (self.fallback / model / name).exists():
+            return self.fallback / model / name
+        return own
 
     def path(self, model: str, dataset: str) -> Path:
-        return self.root / model / f"{dataset}.json"
+        return self._read_path(model, f"{dataset}.json")
 
     def tokens_path(self, model: str, dataset: str) -> Path:
-        return self.root / model / f"{dataset}.tokens.npz"
+        return self._read_path(model, f"{dataset}.tokens.npz")
 
     def exists(self, model: str, dataset: str) -> bool:
         return self.path(model, dataset).exists()
@@ -123,7 +133,7 @@ class BaselineStore:
         return b
 
     def write(self, b: Baseline) -> Path:
-        p = self.path(b.model, b.dataset)
+        p = self.root / b.model / f"{b.dataset}.json"
         atomic_write_text(p, b.to_json())
         return p
 

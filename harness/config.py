@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import ConfigError, unknown_name
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 PRECISIONS = ("bf16", "nvfp4")
 BACKEND_NAMES = ("hf", "vllm")
 
@@ -182,6 +181,7 @@ class HarnessConfig(Strict):
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)
     root: str | None = Field(None, exclude=True)
+    fallback_baselines_dir: str | None = Field(None, exclude=True)  # read-only: the shipped tiny baselines
 
     @model_validator(mode="after")
     def _check(self):
@@ -251,12 +251,17 @@ def find_root(start: Path) -> Path:
 
 
 def default_config_path() -> Path:
-    """The embedded tiny default: configs/tiny.yaml of the project in the cwd, else of the harness's own checkout."""
-    for root in (find_root(Path.cwd()), PACKAGE_DIR.parent):
-        cand = root / "configs" / "tiny.yaml"
-        if cand.exists():
-            return cand
-    raise ConfigError("no --config given and no configs/tiny.yaml found; pass --config PATH")
+    """The embedded tiny default: configs/tiny.yaml of the project in the cwd, else the one the package ships."""
+    from harness.bundled import bundled_dir
+
+    cand = find_root(Path.cwd()) / "configs" / "tiny.yaml"
+    if cand.exists():
+        return cand
+    shipped = bundled_dir("configs")
+    if shipped is not None and (shipped / "tiny.yaml").exists():
+        return shipped / "tiny.yaml"
+    raise ConfigError("no --config given, no configs/tiny.yaml in this project and none shipped with the harness "
+                      "(a broken install? reinstall nvfp4-gate); pass --config PATH")
 
 
 def format_validation_error(e: ValidationError, model: type[BaseModel], source: str) -> str:
@@ -288,7 +293,7 @@ def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
         else:
             return []
     if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return [k for k in cur.model_fields if k not in ("source_path", "root")]
+        return [k for k in cur.model_fields if k not in ("source_path", "root", "fallback_baselines_dir")]
     return []
 
 
@@ -313,6 +318,7 @@ class _DictOf:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> HarnessConfig:
+    implicit = not path
     path = Path(path) if path else default_config_path()
     if not path.exists():
         raise ConfigError(f"config file {path} not found; see configs/ for examples (configs/tiny.yaml)")
@@ -330,6 +336,14 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(format_validation_error(e, HarnessConfig, str(path))) from None
     cfg.source_path = str(path.resolve())
     cfg.root = str(find_root(path.parent))
+    from harness.bundled import bundled_dir, is_inside_package
+
+    if implicit and is_inside_package(path) and Path(cfg.root) != find_root(Path.cwd()):
+        # the shipped default run from a user's project: outputs (reports, new baselines) go to that project; the
+        # shipped tiny baselines are read when the project has none of its own
+        cfg.root = str(find_root(Path.cwd()))
+        if "baselines_dir" not in data:
+            cfg.fallback_baselines_dir = str(bundled_dir("baselines"))
     return cfg
 
 

@@ -19,5 +19,9 @@ class BackendError(HarnessError):
 
 
 def unknown_name(kind: str, name: str, known) -> HarnessError:
+    import difflib
+
     known = sorted(known)
-    return ConfigError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(known) if known else '(none)'}")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}{hint}; known {kind}s: {', '.join(known) if known else '(none)'}")

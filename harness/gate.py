@@ -124,7 +124,7 @@ class GateSession:
         src = cfg.source_path or "configs/tiny.yaml"
         self.update_hint = update_hint or (f"pytest --harness-config {src} --update-baselines   "
                                            f"(or: harness baseline update --config {src})")
-        self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint)
+        self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint, cfg.fallback_baselines_dir)
         self.log_lines: list[str] = []
         self._quiet = quiet
         self._external_log = log
@@ -406,7 +406,7 @@ class GateSession:
         for n in self.dataset_names:
             if self.store.exists(self.cfg.name, n):
                 try:
-                    ident = BaselineStore(self.store.root).load(self.cfg.name, n).provenance.get("model_identity")
+                    ident = self.store.load(self.cfg.name, n).provenance.get("model_identity")
                 except BaselineError:
                     continue
                 if ident:
@@ -450,7 +450,7 @@ class GateSession:
             if tok is not None:
                 from harness.token_detail import save_tokens
 
-                save_tokens(self.store.tokens_path(b.model, b.dataset), tok)
+                save_tokens(self.store.root / b.model / f"{b.dataset}.tokens.npz", tok)
         self.baseline_updates = pairs
         self._updated = True
         return pairs
@@ -460,7 +460,7 @@ class GateSession:
         if not self.store.exists(self.cfg.name, name):
             return None
         try:
-            old = BaselineStore(self.store.root).load(self.cfg.name, name)
+            old = self.store.load(self.cfg.name, name)
         except BaselineError as e:
             self.log(f"replacing unreadable baseline: {e}")
             return None

@@ -51,6 +51,11 @@ def pytest_addoption(parser):
     g.addoption("--batch-size", type=_positive_int, default=None, metavar="N",
                 help="requests per scoring batch; 1 reproduces the reference's one-at-a-time evaluation")
     g.addoption("--harness-report-dir", default=None, metavar="DIR", help="where reports go (default: the config's)")
+    g.addoption("--harness-gate-tests", choices=("auto", "yes", "no"), default="auto",
+                help="collect the packaged gate tests (harness/gate_tests.py): auto = when --harness-config is given, "
+                     "or the ini option harness_gate_tests is true and no single test file or node id was named")
+    parser.addini("harness_gate_tests", type="bool", default=False,
+                  help="collect the packaged gate tests on runs of whole folders (as with --harness-config)")
     g.addoption("--token-detail", action="store_true", default=False,
                 help="save per-token logprobs (compressed numpy) and report the tokens/documents that lost most")
 
@@ -62,6 +67,46 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
     config._harness = HarnessState(config)
     config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
+    _add_gate_tests(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path, parent):
+    """The packaged gate tests, collected from an installed package outside the project, get the node id they have in
+    a checkout (``harness/gate_tests.py::...``) instead of an empty one."""
+    from pathlib import Path
+
+    import harness.gate_tests as gt
+
+    if Path(module_path).resolve() != Path(gt.__file__).resolve():
+        return None
+    rootpath = parent.config.rootpath
+    if Path(module_path).resolve().is_relative_to(rootpath.resolve()):
+        return None
+    return pytest.Module.from_parent(parent, path=Path(module_path), nodeid="harness/gate_tests.py")
+
+
+def _add_gate_tests(config) -> None:
+    """Collect harness/gate_tests.py (test_quantize, test_dataset_score, test_overall_score) beside the user's own
+    tests, so a project needs no copy of them: on `--harness-config`, or where the ini option asks for them on runs
+    of whole folders (`pytest`, `pytest tests`; not `pytest tests/test_x.py`)."""
+    from pathlib import Path
+
+    import harness.gate_tests as gt
+
+    mode = config.getoption("harness_gate_tests")
+    args = [str(a) for a in config.args]
+    if mode == "no":
+        return
+    if mode == "auto":
+        explicit = bool(config.getoption("harness_config"))
+        whole_folders = all(Path(a.split("::")[0]).is_dir() for a in args)
+        if not (explicit or (config.getini("harness_gate_tests") and whole_folders)):
+            return
+    path = Path(gt.__file__).resolve()
+    if any(Path(a.split("::")[0]).resolve() == path for a in args):
+        return
+    config.args.append(str(path))
 
 
 class Case:

@@ -1,4 +1,8 @@
-"""Recipes as data: ``recipes/<name>.yaml`` holds an llm-compressor recipe plus harness metadata."""
+"""Recipes as data: ``recipes/<name>.yaml`` holds an llm-compressor recipe plus harness metadata.
+
+A recipe name is looked up in the project's recipes_dir first, then among the recipes the package ships (nvfp4,
+nvfp4a16, negative-control-w2): a project needs a recipes folder only for recipes of its own, and one of the same
+name replaces the shipped one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,13 +30,28 @@ class RecipeFile(Strict):
         return self.recipe if isinstance(self.recipe, str) else yaml.safe_dump(self.recipe, sort_keys=False)
 
 
+def recipe_dirs(recipes_dir: Path) -> list[Path]:
+    """Where recipe names are looked up, first match wins: the project's folder, then the shipped recipes."""
+    from harness.bundled import bundled_dir
+
+    dirs = [Path(recipes_dir)]
+    shipped = bundled_dir("recipes")
+    if shipped is not None and shipped.resolve() != Path(recipes_dir).resolve():
+        dirs.append(shipped)
+    return dirs
+
+
+def recipe_path(recipes_dir: Path, name: str) -> Path | None:
+    return next((d / f"{name}.yaml" for d in recipe_dirs(recipes_dir) if (d / f"{name}.yaml").exists()), None)
+
+
 def recipe_names(recipes_dir: Path) -> list[str]:
-    return sorted(p.stem for p in Path(recipes_dir).glob("*.yaml"))
+    return sorted({p.stem for d in recipe_dirs(recipes_dir) for p in d.glob("*.yaml")})
 
 
 def load_recipe(recipes_dir: Path, name: str) -> RecipeFile:
-    path = Path(recipes_dir) / f"{name}.yaml"
-    if not path.exists():
+    path = recipe_path(recipes_dir, name)
+    if path is None:
         raise unknown_name("recipe", name, recipe_names(recipes_dir))
     try:
         data = yaml.safe_load(path.read_text())

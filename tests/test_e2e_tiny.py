@@ -29,17 +29,36 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def installed_files(site: Path) -> dict[str, float]:
+    return {str(p.relative_to(site)): p.stat().st_mtime for p in site.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
 @pytest.fixture(scope="module")
-def gate_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reports")
-    r = harness("gate", "--report-dir", str(out))
-    reports = list(out.glob("*/report.json"))
+def gate_run(tmp_path_factory, root):
+    """`harness gate` as a new user runs it: the package built as a wheel and installed (unpacked onto PYTHONPATH,
+    the dependencies from this environment), run with no arguments in an empty directory."""
+    import zipfile
+
+    tmp = tmp_path_factory.mktemp("installed")
+    b = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp / "dist"), str(root)], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stdout + b.stderr
+    site, work = tmp / "site", tmp / "empty"
+    zipfile.ZipFile(next((tmp / "dist").glob("*.whl"))).extractall(site)
+    work.mkdir()
+    before = installed_files(site)
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "gate"], capture_output=True, text=True, cwd=work,
+                       env={**os.environ, "PYTHONPATH": str(site)}, timeout=600)
+    assert installed_files(site) == before, "the gate wrote into the installed package"
+    reports = list((work / "reports").glob("*/report.json"))
     return r, (json.loads(reports[0].read_text()) if reports else None), (reports[0].parent if reports else None)
 
 
 def test_default_gate_passes_and_prints_the_tables(gate_run):
     r, rep, folder = gate_run
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "/site/harness/_bundled/configs/tiny.yaml" in rep["config"], rep["config"]  # the shipped default ran
     assert "| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |" in r.stdout
     assert "| NVFP4 |" in r.stdout and "GATE PASSED" in r.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["chart.svg", "gate.log", "report.json", "report.md"]

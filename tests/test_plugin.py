@@ -17,14 +17,33 @@ def importable_harness(monkeypatch, root):
 
 
 @pytest.fixture
-def gate_project(pytester, root, quick_project):
-    for d in ("configs", "recipes", "baselines"):
+def gate_project(pytester, quick_project):
+    """A user's project as after `pip install nvfp4-gate`: a config and its baselines, no recipes folder (the
+    shipped recipes serve), no conftest (the pytest11 entry point loads the plugin) and no copy of the gate tests
+    (the plugin collects harness/gate_tests.py)."""
+    for d in ("configs", "baselines"):
         shutil.copytree(quick_project / d, pytester.path / d)
-    (pytester.path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
-    pytester.makeconftest('pytest_plugins = ("harness.plugin",)\n')
-    # in-process runs share sys.modules with this session, which imported tests/test_gate.py as "test_gate"
-    shutil.copy(root / "tests" / "test_gate.py", pytester.path / "test_user_gate.py")
+    (pytester.path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n[tool.pytest.ini_options]\n"
+                                                  "harness_gate_tests = true\n")
     return pytester
+
+
+def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_when_asked(pytester, quick_project):
+    from importlib.metadata import entry_points
+
+    assert [e.value for e in entry_points(group="pytest11") if e.value == "harness.plugin"] == ["harness.plugin"]
+    shutil.copytree(quick_project / "configs", pytester.path / "configs")
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    plain = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert "1 test collected" in plain.stdout.str(), plain.stdout.str()  # someone else's project: left alone
+    asked = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider",
+                                         "--harness-config", "configs/tiny.yaml")
+    out = asked.stdout.str()
+    assert "test_own.py::test_own" in out and "gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
+    assert "9 tests collected" in out, out  # theirs + 2 recipes x (quantize, 2 datasets, overall), shipped recipes
+    one_file = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
+                                            "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
+    assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()
 
 
 def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(gate_project):
@@ -60,7 +79,6 @@ def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_li
 
 
 def test_gpu_marker_is_registered_and_skips_cleanly_without_gpu(pytester):
-    pytester.makeconftest('pytest_plugins = ("harness.plugin",)\n')
     pytester.makepyfile("import pytest\n@pytest.mark.gpu\ndef test_needs_gpu():\n    assert False\n")
     r = pytester.runpytest_inprocess("-m", "gpu", "--strict-markers", "-rs",
                                       "-p", "no:cacheprovider")
@@ -76,7 +94,10 @@ def test_a_new_recipe_file_adds_parametrized_tests(gate_project):
     before = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     assert "test_dataset_score[tiny-qwen2/nvfp4-ultrachat]" in before.stdout.str()
     assert "negative-control-w2" not in before.stdout.str()  # not in the default set
-    text = (p.path / "recipes/nvfp4.yaml").read_text().replace("name: nvfp4", "name: nvfp4-smallcal")
+    from harness.bundled import bundled_dir
+
+    text = (bundled_dir("recipes") / "nvfp4.yaml").read_text().replace("name: nvfp4", "name: nvfp4-smallcal")
+    (p.path / "recipes").mkdir()  # the project's own recipes join the shipped ones
     (p.path / "recipes/nvfp4-smallcal.yaml").write_text(text.replace("samples: 512", "samples: 16"))
     after = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     for test in ("test_quantize[tiny-qwen2/nvfp4-smallcal]", "test_dataset_score[tiny-qwen2/nvfp4-smallcal-wikitext2]",

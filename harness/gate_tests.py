@@ -1,8 +1,9 @@
-"""The quality gate itself, driven by --harness-config (default: the embedded tiny model on CPU).
+"""The quality gate itself, driven by --harness-config (default: the embedded tiny model on CPU). The plugin collects
+this module beside a project's own tests (no copy needed; `--harness-gate-tests` says when).
 
-    pytest tests/test_gate.py                                   # tiny default, hf backend, CPU
+    pytest                                                      # this repo: tiny default, hf backend, CPU
     pytest -m gpu --harness-config configs/qwen2.5-72b.yaml     # a real model on vLLM (backend: vllm => gpu)
-    pytest tests/test_gate.py --update-baselines                # score BF16 and rewrite the baselines first
+    pytest --harness-config configs/tiny.yaml --update-baselines  # score BF16, rewrite the baselines first
 
 One test per dataset plus the overall score; each asserts score >= threshold against the stored BF16 baseline.
 Quantization and scoring times are captured by pytest-benchmark (extra_info carries PPL and tokens/s).
