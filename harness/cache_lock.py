@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 
 
@@ -73,10 +74,8 @@ def cache_lock(path: Path, what: str, timeout_s: float | None = None, heartbeat_
         old = read_holder(holder_path)
         if old and log:  # a holder file outlives only a holder that died holding the lock
             log(f"took the cache lock {path.stem} over from {describe_holder(old)}")
-        tmp = holder_path.with_name(f".{holder_path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "what": what}))
-        os.replace(tmp, holder_path)
+        atomic_write_text(holder_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "what": what}))
         yield
     finally:
         holder_path.unlink(missing_ok=True)

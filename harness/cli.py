@@ -230,7 +230,7 @@ def cmd_report(a) -> int:
         raise HarnessError(f"cannot read report {a.report_json}: {e}") from None
     md = render_markdown(rep)
     if a.out:
-        from harness.baselines import atomic_write_text
+        from harness.atomic import atomic_write_text
 
         atomic_write_text(a.out, md)
         print(f"wrote {a.out}")

@@ -5,10 +5,9 @@ BF16 files live beside the baselines (``baselines/<model>/<dataset>.tokens.npz``
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 
 DROP_NATS = 1.0
@@ -31,14 +30,8 @@ def save_tokens(path: Path, per_doc: list[list[float]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets, flat = to_arrays(per_doc)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
         np.savez_compressed(tmp, offsets=offsets, logprobs=flat)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tokens(path: Path):

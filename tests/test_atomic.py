@@ -1,0 +1,26 @@
+"""One way to write a file whole or not at all (harness/atomic.py)."""
+from __future__ import annotations
+
+import pytest
+
+from harness.atomic import atomic_path, atomic_write_text
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "b.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt  # Ctrl-C mid-write
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b.json"]
+
+
+def test_a_complete_write_replaces_the_file(tmp_path):
+    target = tmp_path / "b.json"
+    atomic_write_text(target, "old")
+    with atomic_path(target, suffix=".tmp.npz") as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".tmp.npz")
+        tmp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["b.json"]
