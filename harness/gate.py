@@ -265,7 +265,7 @@ class GateSession:
 
             def build(tmp: Path) -> dict:
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
-                                   recipe=recipe.recipe_text, calibration=q.CalibrationSpec(**cal.model_dump()),
+                                   recipe=recipe.recipe_text, calibration=cal,
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
                                    device_map=self.cfg.quantize.device_map)
                 log_path = cache.log_path(key)

@@ -17,26 +17,14 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from harness.config import CalibrationSpec  # the one calibration spec: config, recipes and this child
 from harness.errors import HarnessError
 
 SPEC_VERSION = 1
 MARKER = "harness_quantization.json"
-
-
-@dataclass
-class CalibrationSpec:
-    path: str                      # hub id or builder name ("parquet", "json")
-    split: str
-    samples: int
-    max_seq_len: int
-    seed: int
-    name: str | None = None
-    revision: str | None = None
-    data_files: str | list[str] | None = None
-    text_field: str = "messages"   # "messages" (chat) or "text"
 
 
 @dataclass
@@ -58,6 +46,9 @@ class QuantSpec:
         d = json.loads(text)
         d["calibration"] = CalibrationSpec(**d["calibration"])
         return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "calibration": self.calibration.model_dump()}
 
 
 def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
@@ -122,7 +113,7 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     tok.save_pretrained(out)
     shutil.rmtree(offload_dir, ignore_errors=True)
     info = {"quantize_s": round(time.time() - t0, 2), "calibration_samples": len(ds), "versions": quant_versions()}
-    (out / MARKER).write_text(json.dumps({"spec": asdict(spec), **info}, indent=1) + "\n")
+    (out / MARKER).write_text(json.dumps({"spec": spec.to_dict(), **info}, indent=1) + "\n")
     return info
 
 
@@ -171,7 +162,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     from harness.childproc import run_child
 
     spec_path = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".spec.json")
-    spec_path.write_text(json.dumps(asdict(spec), indent=1))
+    spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
     log(f"quantizing {spec.model} in {interp.describe()}; log: {log_path}")
     try:
