@@ -59,6 +59,8 @@ def test_default_gate_passes_and_prints_the_tables(gate_run):
     r, rep, folder = gate_run
     assert r.returncode == 0, r.stdout + r.stderr
     assert "/site/harness/_bundled/configs/tiny.yaml" in rep["config"], rep["config"]  # the shipped default ran
+    for noise in ("it/s]", "Decompressing model", "Compressing model", "Applying quantization config"):
+        assert noise not in r.stdout + r.stderr, noise  # one line per step, no library progress bars
     assert "| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |" in r.stdout
     assert "| NVFP4 |" in r.stdout and "GATE PASSED" in r.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["chart.svg", "gate.log", "report.json", "report.md"]

@@ -6,8 +6,12 @@ Quantized checkpoints must run in bf16; float32 input fails inside compressed-te
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import os
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +20,22 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import check_engine_kwargs
 from harness.errors import BackendError, ConfigError
+
+
+@contextlib.contextmanager
+def without_progress_bars():
+    """Hold back what libraries write to stderr meanwhile, then pass on every line that is not a progress bar."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        for line in re.split(r"[\r\n]+", buf.getvalue()):
+            if line.strip() and not PROGRESS_BAR.search(line):
+                print(line, file=sys.stderr)
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\d+/\d+ \[\d")
 
 
 class HFBackend(Backend):
@@ -44,21 +64,25 @@ class HFBackend(Backend):
 
         extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
         self._converted = None
-        try:
-            src = view_source(spec.model)
-            model = spec.model
-            if src is None and os.path.isdir(model) and checkpoint_quantization(model).get("quant_method") == "modelopt":
-                self._converted = tempfile.TemporaryDirectory(prefix="harness-modelopt-")
-                model = modelopt_as_compressed_tensors(model, self._converted.name)
-            if src is not None:
-                self.model = load_view(spec.model, src, self.dtype, extra)
-            else:
-                self.model = AutoModelForCausalLM.from_pretrained(
-                    model, revision=spec.revision, dtype=self.dtype,
-                    trust_remote_code=bool(kw.get("trust_remote_code", False)), **extra)
-        except (OSError, ValueError) as e:
-            raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
-        self.model.to(self.device).eval()
+        with without_progress_bars():  # compressed-tensors' per-step bars; its warnings still pass
+            try:
+                src = view_source(spec.model)
+                model = spec.model
+                if (src is None and os.path.isdir(model)
+                        and checkpoint_quantization(model).get("quant_method") == "modelopt"):
+                    self._converted = tempfile.TemporaryDirectory(prefix="harness-modelopt-")
+                    model = modelopt_as_compressed_tensors(model, self._converted.name)
+                if src is not None:
+                    self.model = load_view(spec.model, src, self.dtype, extra)
+                else:
+                    self.model = AutoModelForCausalLM.from_pretrained(
+                        model, revision=spec.revision, dtype=self.dtype,
+                        trust_remote_code=bool(kw.get("trust_remote_code", False)), **extra)
+            except (OSError, ValueError) as e:
+                raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
+            self.model.to(self.device).eval()
+            with torch.inference_mode():  # a compressed checkpoint decompresses on its first forward: part of the load
+                self.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device))
         self.load_s = time.time() - t0
         self.quant = quantization_info(self.model.config)
 
