@@ -340,6 +340,10 @@ class GateSession:
             self._scores[key] = s
         return self._scores[key]
 
+    def scored(self, name: str, precision: str = "nvfp4") -> bool:
+        """Whether this dataset has been scored at this precision in this session."""
+        return (name, precision) in self._scores
+
     def preflight(self) -> None:
         """Before any quantization or engine start of a gate: every dataset prepared (its stats checked) and its
         baseline present, made from the same data and the same model. Each fault found here costs seconds, not an

@@ -23,7 +23,11 @@ def test_quantize(harness_session, benchmark):
 
 
 def test_dataset_score(harness_session, scoring_engine, harness_dataset, benchmark):
-    harness_session.baseline(harness_dataset)  # data checked against the baseline before any scoring
+    b = harness_session.baseline(harness_dataset)  # data checked against the baseline before any scoring
+    if harness_session.update_mode:  # the baseline on disk is the BF16 score this run made, for this run's data
+        bf16 = harness_session.score(harness_dataset, "bf16")
+        assert (b.ppl, b.tokens, b.fingerprint) == (bf16.ppl, bf16.tokens,
+                                                    harness_session.prepared(harness_dataset).fingerprint)
     scoring_engine("nvfp4")  # started before the benchmark: engine start stays out of the scoring time
     s = benchmark.pedantic(harness_session.score, args=(harness_dataset,), rounds=1, iterations=1)
     info = harness_session.engine_info("nvfp4")

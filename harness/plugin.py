@@ -194,7 +194,7 @@ class HarnessState:
 
                 table = baseline_diff_table(update_rows(session.baseline_updates))
                 self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
-            if not all((n, "nvfp4") in session._scores for n in session.dataset_names):
+            if not all(session.scored(n) for n in session.dataset_names):
                 return
             verdict = session.verdict()
             rep = build_report(session, verdict)

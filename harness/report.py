@@ -136,6 +136,11 @@ def _brief(b) -> dict | None:
             "backend": b.provenance.get("backend"), "device": b.provenance.get("device"), "date": b.provenance.get("date")}
 
 
+def qlabel(rep: dict) -> str:
+    """The quantized side's name in tables and headings: the checkpoint's scheme (NVFP4, NVFP4A16, W2A16, ...)."""
+    return rep.get("scheme") or "NVFP4"
+
+
 def _fmt(v, nd=4) -> str:
     if v is None:
         return "-"
@@ -159,7 +164,7 @@ def dataset_table(rep: dict) -> str:
     for d in rep["datasets"]:
         for prec in ("bf16", "nvfp4"):
             r = d[prec]
-            label = "BF16" if prec == "bf16" else f"NVFP4 ({rep.get('kernel') or '?'})"
+            label = "BF16" if prec == "bf16" else f"{qlabel(rep)} ({rep.get('kernel') or '?'})"
             lines.append(f"| {d['dataset']} | {label} | {_fmt(r['ppl'], 6)} | {_fmt(r['nll'], 6)} | {r['tokens']} | "
                          f"{r['kept_texts']} | {_fmt(r.get('eval_s'), 2)} |")
     return "\n".join(lines)
@@ -171,7 +176,7 @@ def overall_table(rep: dict) -> str:
     ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "- (no per-document NLLs)"
     lines = ["| precision | PPL | NLL | tokens | relative score | 95% CI | min |", "|---|---:|---:|---:|---:|---|---:|",
              f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
-             f"| NVFP4 | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
+             f"| {qlabel(rep)} | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
              f"{o['score']:.2f} | {ci_s} | {_min(o)} |"]
     per = ["", "| dataset | relative score | 95% CI | min |", "|---|---:|---|---:|"]
     for d in rep["datasets"]:
@@ -194,8 +199,8 @@ def render_markdown(rep: dict) -> str:
         f"# NVFP4 quality gate: {rep['model']} / {rep['recipe']}: {verdict}",
         "",
         f"- created: {rep['created']}; config: `{rep['config']}`",
-        f"- backend: {rep['backend']}; NVFP4 kernel: **{rep.get('kernel') or '?'}**; max_model_len {rep['max_model_len']}",
-        f"- checkpoints on disk: BF16 {_bf16_size(ck['bf16'])}, NVFP4 {_size(ck['nvfp4']['bytes'])} ({_provenance(ck)})",
+        f"- backend: {rep['backend']}; {qlabel(rep)} kernel: **{rep.get('kernel') or '?'}**; max_model_len {rep['max_model_len']}",
+        f"- checkpoints on disk: BF16 {_bf16_size(ck['bf16'])}, {qlabel(rep)} {_size(ck['nvfp4']['bytes'])} ({_provenance(ck)})",
         *engine_lines(rep),
         f"- gate on: {'bootstrap lower bound' if rep['gate']['use'] == 'lower' else 'point estimate'}",
         *kernel_notes(rep.get("kernel") or ""),
@@ -245,7 +250,7 @@ def engine_lines(rep: dict) -> list[str]:
     """Engine start (and where its seconds went) for both precisions, how the engine was spread over GPUs, and any CPU
     offload: speed, not numbers."""
     out = []
-    for label, e in (("NVFP4", rep.get("engine") or {}), ("BF16 (baseline run)", rep.get("bf16_engine") or {})):
+    for label, e in ((qlabel(rep), rep.get("engine") or {}), ("BF16 (baseline run)", rep.get("bf16_engine") or {})):
         if not e.get("engine_start_s"):
             continue
         b = e.get("engine_start") or {}

@@ -54,3 +54,10 @@ def test_72b_config_matches_the_reference_settings(root):
     assert tp.name == cfg.name and tp.engine_kwargs("bf16", "vllm")["tensor_parallel_size"] == 2
     assert "offload_backend" not in tp.engine_kwargs("bf16", "vllm")
     assert tp.engine_kwargs("nvfp4", "vllm")["data_parallel_size"] == 2
+
+
+def test_tables_name_the_quantized_side_by_its_scheme(root):
+    """A weight-only or negative-control run is not labelled NVFP4: the label is the checkpoint's scheme."""
+    rep = {**reference_report(root / "baselines/qwen2.5-72b-instruct"), "scheme": "NVFP4A16"}
+    table = overall_table(rep)
+    assert "| NVFP4A16 |" in table and "| NVFP4 |" not in table
