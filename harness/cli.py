@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.backends import BACKENDS
 from harness.errors import HarnessError
 from harness.plugin import _min_score, _positive_int
 
@@ -20,7 +21,7 @@ def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True
                         "--set model.engine.nvfp4.vllm.linear_backend=emulation")
     p.add_argument("--recipe", default=None, metavar="NAME", help="recipe in recipes/ (default: the config's)")
     if backend:
-        p.add_argument("--backend", choices=("hf", "vllm"), default=None, help="scoring backend (default: config's)")
+        p.add_argument("--backend", choices=tuple(BACKENDS), default=None, help="scoring backend (default: config's)")
         p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                        help="requests per batch; 1 = the reference's one-at-a-time evaluation")
     if quant:

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import ConfigError, unknown_name
 
 PRECISIONS = ("bf16", "nvfp4")
-BACKEND_NAMES = ("hf", "vllm")
+from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
+
+BACKEND_NAMES = tuple(BACKENDS)
 
 
 class Strict(BaseModel):
@@ -166,7 +168,7 @@ class HarnessConfig(Strict):
                                                          "recipe in recipes_dir that applies to this model)")
     calibration: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's calibration")
     thresholds: Thresholds = Field(default_factory=Thresholds)
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = Field("hf", description="scoring backend: one of harness.backends.BACKENDS (hf, vllm)")
     batch_size: int | None = Field(None, ge=1, description="requests per scoring batch; 1 = the reference's "
                                                               "one-at-a-time evaluation; unset = all at once")
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
@@ -177,6 +179,13 @@ class HarnessConfig(Strict):
     recipes_dir: str = "recipes"
     reports_dir: str = "reports"
     cache_dir: str | None = Field(None, description="quantized-checkpoint cache (default $HARNESS_CACHE or ~/.cache/harness)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend {v!r}; choose from {', '.join(BACKEND_NAMES)}")
+        return v
 
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)

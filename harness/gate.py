@@ -6,93 +6,23 @@ one engine is alive at a time.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from harness.baselines import Baseline, BaselineStore, check_data_matches
 from harness.config import HarnessConfig
-from harness.data import PreparedDataset, TokenRules, load_rows, prepare_texts, select_texts
+from harness.data import PreparedDataset
+from harness.engines import EngineManager
 from harness.errors import BaselineError, HarnessError, unknown_name
-from harness.metrics import Comparison, DatasetScore, compare, overall_nll, paired_bootstrap
+from harness.judge import Outcome, Verdict, dataset_comparison, judge, overall_comparison, threshold_source
+from harness.metrics import Comparison, DatasetScore
+from harness.prepare import load_tokenizer, prepare_dataset
+from harness.provide import CheckpointProvider
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
-
-
-class EngineManager:
-    """Holds at most one scoring engine; asking for another closes (and frees) the current one first.
-
-    The rule holds across managers too (one per GateSession): a manager that starts an engine first closes the
-    engine of whichever manager holds one, so a process never has two engines on the GPU.
-    """
-
-    _holder: "EngineManager | None" = None  # the manager whose engine is alive, process-wide
-
-    def __init__(self, log=print):
-        self.current = None
-        self.key: tuple | None = None
-        self.log = log
-        self.opened: list[tuple] = []   # history, so tests can check which engines a run started
-
-    def get(self, key: tuple, make):
-        if self.key == key and self.current is not None:
-            return self.current
-        self.close()
-        other = EngineManager._holder
-        if other is not None and other is not self:
-            other.close()
-        self.log(f"starting engine {key}")
-        self.current = make()
-        self.key = key
-        self.opened.append(key)
-        EngineManager._holder = self
-        return self.current
-
-    def close(self) -> None:
-        if self.current is not None:
-            self.log(f"closing engine {self.key}")
-            try:
-                self.current.close()
-            finally:
-                self.current, self.key = None, None
-                if EngineManager._holder is self:
-                    EngineManager._holder = None
-
-
-@dataclass
-class Outcome:
-    name: str
-    comparison: Comparison
-    threshold: float
-    gated_value: float
-    passed: bool
-    threshold_source: str = "config"
-
-    def message(self) -> str:
-        c = self.comparison
-        basis = "score" if c.interval is None or self.gated_value == c.score else "score lower bound"
-        ci = f" [{c.interval.confidence:.0%} CI {c.interval.low:.2f}..{c.interval.high:.2f}]" if c.interval else ""
-        verdict = "ok  " if self.passed else "FAIL"
-        rel = ">=" if self.passed else "<"
-        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f} "
-                f"({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
-
-
-@dataclass
-class Verdict:
-    outcomes: list[Outcome]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(o.passed for o in self.outcomes)
-
-    def summary(self) -> str:
-        head = "GATE PASSED" if self.passed else "GATE FAILED"
-        return "\n".join([head] + [o.message() for o in self.outcomes] + [f"note: {n}" for n in self.notes])
 
 
 class GateSession:
@@ -133,9 +63,9 @@ class GateSession:
         self._prepared: dict[str, PreparedDataset] = {}
         self._scores: dict[tuple[str, str], DatasetScore] = {}
         self._engine_info: dict[str, dict] = {}
-        self._checkpoint: tuple[Path, dict] | None = None
         self._comparisons: dict[str | None, Comparison] = {}
-        self._recipe = None
+        self.provider = CheckpointProvider(cfg, self.recipe_name, self.existing, self.interp, self.log,
+                                           self.model_identity, self._check_checkpoint_architecture)
         self._identity: dict | None = None
         self.notes: list[str] = []      # said once in the log, repeated under the verdict
         self.baseline_updates: list[tuple[Baseline | None, Baseline]] = []
@@ -159,133 +89,24 @@ class GateSession:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            m = self.cfg.model
-            path = self.cfg.resolve(m.tokenizer or m.path)
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(path, revision=m.revision,
-                                                                trust_remote_code=m.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise HarnessError(f"cannot load tokenizer {path!r}: {str(e)[:300]}\n  hint: check model.path / "
-                                   "model.tokenizer; offline runs need a local dir or a warm HF cache") from None
+            self._tokenizer = load_tokenizer(self.cfg)
         return self._tokenizer
 
     def prepared(self, name: str) -> PreparedDataset:
         if name not in self._prepared:
-            if name not in self.cfg.datasets:
-                raise unknown_name("dataset", name, self.cfg.datasets)
-            d = self.cfg.datasets[name]
-            s = d.source
-            path = self.cfg.resolve(s.path)  # a local copy, a builder name ("parquet") or a hub dataset id
-            rows = load_rows(path, split=s.split, name=s.name, revision=s.revision,
-                             data_files=self.cfg.resolve_files(s.data_files))
-            texts = select_texts(d.rule, rows, d.n_texts)
-            rules = TokenRules(n_texts=d.n_texts, max_model_len=self.cfg.model.max_model_len, min_tokens=d.min_tokens,
-                               truncation_margin=d.truncation_margin,
-                               add_special_tokens=self.cfg.model.add_special_tokens)
-            source = {"path": s.path, "name": s.name, "split": s.split, "revision": s.revision}
-            p = prepare_texts(name, d.rule, texts, self.tokenizer(), rules, source=source)
-            st = p.stats
-            self.log(f"{name}: {st.kept_texts} texts kept of {st.selected} selected ({st.requested} requested), "
-                     f"{st.dropped_short} dropped < {d.min_tokens} tokens, {st.truncated} truncated, "
-                     f"{st.tokens} scored tokens, fingerprint {p.fingerprint}")
-            if st.selected < st.requested:
-                self.log(f"warning: {name}: the source has only {st.selected} usable texts, {st.requested} requested")
-            if st.kept_texts < d.min_kept_texts:
-                raise HarnessError(f"{name}: only {st.kept_texts} texts survive the rules ({st.selected} selected, "
-                                   f"{st.dropped_short} under {d.min_tokens} tokens); min_kept_texts is "
-                                   f"{d.min_kept_texts}. Raise n_texts or check the data source.")
-            self._prepared[name] = p
+            self._prepared[name] = prepare_dataset(self.cfg, name, self.tokenizer(), self.log)
         return self._prepared[name]
 
     # ---- quantization -------------------------------------------------------
     def recipe(self):
-        if self._recipe is None:
-            from harness.recipes import load_recipe
-
-            r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
-            bad = sorted(k for k in r.thresholds if k != "overall" and k not in self.cfg.datasets)
-            if bad:
-                raise unknown_name(f"threshold key in recipe {r.name}", bad[0], ["overall", *self.cfg.datasets])
-            self._recipe = r
-        return self._recipe
+        return self.provider.recipe()
 
     def calibration(self):
-        from harness.config import CalibrationSpec
-
-        merged = {**self.recipe().calibration.model_dump(), **self.cfg.calibration}
-        try:
-            cal = CalibrationSpec.model_validate(merged)
-        except Exception as e:  # pydantic ValidationError
-            raise HarnessError(f"calibration override in {self.cfg.source_path}: {e}") from None
-        cal.data_files = self.cfg.resolve_files(cal.data_files)
-        return cal
+        return self.provider.calibration()
 
     def checkpoint(self) -> tuple[Path, dict]:
         """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
-        if self._checkpoint is None and self.existing:
-            from harness.checkpoint import existing_checkpoint
-
-            path = self.cfg.resolve(self.existing)
-            info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
-            self._check_checkpoint_architecture(path)
-            self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
-            self._checkpoint = (Path(path), info)
-        if self._checkpoint is None:
-            from harness import quantize as q
-            from harness.checkpoint import check_shards, require_scheme
-            from harness.ckpt_cache import CheckpointCache, cache_key, interpreter_versions
-
-            from harness import identity
-
-            recipe = self.recipe()
-            cal = self.calibration()
-            m = self.cfg.model
-            model_path = self.cfg.resolve(m.path)
-            if Path(model_path).is_dir():
-                check_shards(Path(model_path))
-            cache = CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
-            model_key = {**identity.key(self.model_identity()), "trust_remote_code": bool(m.trust_remote_code)}
-            try:
-                versions = interpreter_versions(self.interp)
-            except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves
-                entry = cache.find(model_key, recipe.recipe_text, cal.model_dump())
-                if entry is None:
-                    raise
-                path, meta = entry
-                self.log(f"no quantization interpreter here ({str(e).splitlines()[0][:160]}); using the cached "
-                         f"checkpoint built with {meta['material']['versions']}: {path}")
-                self._checkpoint = (path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0,
-                                           "recipe": recipe.name, "scheme": recipe.scheme,
-                                           "quantize_s": meta.get("build", {}).get("quantize_s"),
-                                           "versions": meta.get("build", {}).get("versions")})
-                return self._checkpoint
-            key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions)
-
-            def build(tmp: Path) -> dict:
-                spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
-                                   recipe=recipe.recipe_text, calibration=cal,
-                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
-                                   device_map=self.cfg.quantize.device_map)
-                log_path = cache.log_path(key)
-                info = q.run_quantization(spec, self.interp, log_path, log=self.log,
-                                          timeout_s=self.cfg.quantize.timeout_s,
-                                          heartbeat_s=self.cfg.quantize.heartbeat_s)
-                check_shards(tmp)
-                require_scheme(tmp, recipe.scheme)
-                return {k: v for k, v in info.items() if k != "spec"}
-
-            t0 = time.time()
-            path, hit = cache.get_or_build(key, material, build, log=self.log)
-            import json
-
-            built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
-            info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
-                    "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
-            self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
-            self._checkpoint = (path, info)
-        return self._checkpoint
+        return self.provider.checkpoint()
 
     # ---- scoring ------------------------------------------------------------
     def _engine(self, precision: str):
@@ -500,14 +321,7 @@ class GateSession:
         return self._comparisons[name]
 
     def _compare(self, name: str) -> Comparison:
-        b = self.baseline(name)
-        s = self.score(name)
-        c = compare(name, (b.nll, b.tokens), (s.nll, s.tokens))
-        if b.has_documents:
-            t = self.cfg.thresholds
-            c.interval = paired_bootstrap({name: (b.doc_nll_sums, b.doc_tokens)}, {name: (s.nll_sums, s.n_tokens)},
-                                          samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
-        return c
+        return dataset_comparison(name, self.baseline(name), self.score(name), self.cfg.thresholds)
 
     def overall(self) -> Comparison:
         if None not in self._comparisons:
@@ -516,17 +330,8 @@ class GateSession:
 
     def _compare_overall(self) -> Comparison:
         names = self.dataset_names
-        bs = {n: self.baseline(n) for n in names}
-        ss = {n: self.score(n) for n in names}
-        ref = overall_nll({n: (b.nll, b.tokens) for n, b in bs.items()})
-        mod = overall_nll({n: (s.nll, s.tokens) for n, s in ss.items()})
-        c = compare("overall", ref, mod)
-        if all(b.has_documents for b in bs.values()):
-            t = self.cfg.thresholds
-            c.interval = paired_bootstrap({n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()},
-                                          {n: (s.nll_sums, s.n_tokens) for n, s in ss.items()},
-                                          samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
-        return c
+        return overall_comparison({n: self.baseline(n) for n in names}, {n: self.score(n) for n in names},
+                                  self.cfg.thresholds)
 
     def token_summary(self, name: str) -> dict | None:
         """BF16-vs-quantized per-token summary, when both sides have per-token logprobs."""
@@ -544,33 +349,13 @@ class GateSession:
         return self.threshold_source(name)[0]
 
     def threshold_source(self, name: str | None) -> tuple[float, str]:
-        """The minimum score for a dataset (``None``: overall) and where it came from. Precedence: the command line
-        (--min-score), then the config (keys written in it), then the recipe, then the default; a dataset without a
-        threshold of its own takes the overall one, by the same precedence."""
-        if self.min_score is not None:
-            return self.min_score, "--min-score"
-        t = self.cfg.thresholds
+        """The minimum score for a dataset (``None``: overall) and where it came from (judge.threshold_source)."""
         rt = {} if self.existing else self.recipe().thresholds
-        if name is not None:
-            if name in t.datasets:
-                return t.datasets[name], "config"
-            if name in rt:
-                return rt[name], f"recipe {self.recipe_name}"
-        if "overall" in t.model_fields_set:
-            return t.overall, "config"
-        if "overall" in rt:
-            return rt["overall"], f"recipe {self.recipe_name}"
-        return t.overall, "default"
+        return threshold_source(name, self.cfg.thresholds, rt, self.min_score, self.recipe_name)
 
     def outcome(self, name: str | None) -> Outcome:
         c = self.overall() if name is None else self.comparison(name)
-        use_lower = self.cfg.thresholds.use == "lower" and c.interval is not None
-        value = c.interval.low if use_lower else c.score
-        if not math.isfinite(value):
-            raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
-        thr, source = self.threshold_source(name)
-        return Outcome(name=c.name, comparison=c, threshold=thr, gated_value=value, passed=value >= thr,
-                       threshold_source=source)
+        return judge(c, *self.threshold_source(name), self.cfg.thresholds.use)
 
     def verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]

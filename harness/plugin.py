@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from harness.backends import BACKENDS
 from harness.errors import HarnessError
 
 
@@ -41,7 +42,7 @@ def pytest_addoption(parser):
                 help="with --update-baselines: accept a changed data fingerprint")
     g.addoption("--min-score", type=_min_score, default=None, metavar="SCORE",
                 help="override every threshold (overall and per dataset)")
-    g.addoption("--backend", choices=("hf", "vllm"), default=None, help="scoring backend (default: the config's)")
+    g.addoption("--backend", choices=tuple(BACKENDS), default=None, help="scoring backend (default: the config's)")
     g.addoption("--recipe", default=None, metavar="NAME",
                 help="run only this recipe (default: every default recipe in recipes/ that applies to the model)")
     g.addoption("--quant-python", default=None, metavar="PYTHON",

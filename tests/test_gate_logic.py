@@ -62,7 +62,7 @@ def session(project, monkeypatch, tmp_path):
         writer = GateSession(cfg, quiet=True, update_baselines=True)  # fake BF16 baselines in the project copy
         writer.update_baselines()
         s = GateSession(cfg, quiet=True)
-        s._checkpoint = (ckpt, {"cache_hit": True, "scheme": "NVFP4", "recipe": "nvfp4"})
+        s.provider._checkpoint = (ckpt, {"cache_hit": True, "scheme": "NVFP4", "recipe": "nvfp4"})
         return s
 
     yield make

@@ -1,0 +1,99 @@
+"""Judging: a score against its baseline, the threshold that applies and where it came from, the verdict.
+
+Pure functions of scores, baselines and thresholds (no engines, no files): the gate session feeds them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from harness.errors import HarnessError
+from harness.metrics import Comparison, compare, overall_nll, paired_bootstrap
+
+
+@dataclass
+class Outcome:
+    name: str
+    comparison: Comparison
+    threshold: float
+    gated_value: float
+    passed: bool
+    threshold_source: str = "config"
+
+    def message(self) -> str:
+        c = self.comparison
+        basis = "score" if c.interval is None or self.gated_value == c.score else "score lower bound"
+        ci = f" [{c.interval.confidence:.0%} CI {c.interval.low:.2f}..{c.interval.high:.2f}]" if c.interval else ""
+        verdict = "ok  " if self.passed else "FAIL"
+        rel = ">=" if self.passed else "<"
+        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f} "
+                f"({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
+
+
+@dataclass
+class Verdict:
+    outcomes: list[Outcome]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outcomes)
+
+    def summary(self) -> str:
+        head = "GATE PASSED" if self.passed else "GATE FAILED"
+        return "\n".join([head] + [o.message() for o in self.outcomes] + [f"note: {n}" for n in self.notes])
+
+
+def dataset_comparison(name: str, baseline, score, thresholds) -> Comparison:
+    """One dataset: relative score of the quantized run against its BF16 baseline, with a paired bootstrap interval
+    over documents when the baseline has per-document NLLs."""
+    c = compare(name, (baseline.nll, baseline.tokens), (score.nll, score.tokens))
+    if baseline.has_documents:
+        t = thresholds
+        c.interval = paired_bootstrap({name: (baseline.doc_nll_sums, baseline.doc_tokens)},
+                                      {name: (score.nll_sums, score.n_tokens)},
+                                      samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+    return c
+
+
+def overall_comparison(baselines: dict, scores: dict, thresholds) -> Comparison:
+    """All datasets pooled, token-weighted; the bootstrap resamples documents within each dataset."""
+    ref = overall_nll({n: (b.nll, b.tokens) for n, b in baselines.items()})
+    mod = overall_nll({n: (s.nll, s.tokens) for n, s in scores.items()})
+    c = compare("overall", ref, mod)
+    if all(b.has_documents for b in baselines.values()):
+        t = thresholds
+        c.interval = paired_bootstrap({n: (b.doc_nll_sums, b.doc_tokens) for n, b in baselines.items()},
+                                      {n: (s.nll_sums, s.n_tokens) for n, s in scores.items()},
+                                      samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+    return c
+
+
+def threshold_source(name: str | None, thresholds, recipe_thresholds: dict, min_score: float | None,
+                     recipe_name: str) -> tuple[float, str]:
+    """The minimum score for a dataset (``None``: overall) and where it came from. Precedence: the command line
+    (--min-score), then the config (keys written in it), then the recipe, then the default; a dataset without a
+    threshold of its own takes the overall one, by the same precedence."""
+    if min_score is not None:
+        return min_score, "--min-score"
+    t = thresholds
+    if name is not None:
+        if name in t.datasets:
+            return t.datasets[name], "config"
+        if name in recipe_thresholds:
+            return recipe_thresholds[name], f"recipe {recipe_name}"
+    if "overall" in t.model_fields_set:
+        return t.overall, "config"
+    if "overall" in recipe_thresholds:
+        return recipe_thresholds["overall"], f"recipe {recipe_name}"
+    return t.overall, "default"
+
+
+def judge(c: Comparison, threshold: float, source: str, use: str) -> Outcome:
+    """Pass or fail on the point estimate, or (``use: lower``) on the interval's lower bound where there is one."""
+    use_lower = use == "lower" and c.interval is not None
+    value = c.interval.low if use_lower else c.score
+    if not math.isfinite(value):
+        raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
+    return Outcome(name=c.name, comparison=c, threshold=threshold, gated_value=value, passed=value >= threshold,
+                   threshold_source=source)

@@ -1,0 +1,107 @@
+"""The second stage of a gate: the quantized checkpoint to score. The recipe run by llm-compressor in its own
+interpreter (harness.quantize) and cached by content (harness.ckpt_cache), or an existing checkpoint gated as it is
+(``model.checkpoint``)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from harness.errors import HarnessError, unknown_name
+
+
+class CheckpointProvider:
+    """One (config, recipe) case's checkpoint, built or found once. ``model_identity()`` names the BF16 model (the
+    cache key's first part); ``check_architecture(path)`` refuses an existing checkpoint of another model."""
+
+    def __init__(self, cfg, recipe_name: str, existing: str | None, interp, log, model_identity, check_architecture):
+        self.cfg, self.recipe_name, self.existing, self.interp, self.log = cfg, recipe_name, existing, interp, log
+        self._model_identity, self._check_architecture = model_identity, check_architecture
+        self._recipe = None
+        self._checkpoint: tuple[Path, dict] | None = None
+
+    def recipe(self):
+        if self._recipe is None:
+            from harness.recipes import load_recipe
+
+            r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
+            bad = sorted(k for k in r.thresholds if k != "overall" and k not in self.cfg.datasets)
+            if bad:
+                raise unknown_name(f"threshold key in recipe {r.name}", bad[0], ["overall", *self.cfg.datasets])
+            self._recipe = r
+        return self._recipe
+
+    def calibration(self):
+        from harness.config import CalibrationSpec
+
+        merged = {**self.recipe().calibration.model_dump(), **self.cfg.calibration}
+        try:
+            cal = CalibrationSpec.model_validate(merged)
+        except Exception as e:  # pydantic ValidationError
+            raise HarnessError(f"calibration override in {self.cfg.source_path}: {e}") from None
+        cal.data_files = self.cfg.resolve_files(cal.data_files)
+        return cal
+
+    def checkpoint(self) -> tuple[Path, dict]:
+        """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
+        if self._checkpoint is None and self.existing:
+            from harness.checkpoint import existing_checkpoint
+
+            path = self.cfg.resolve(self.existing)
+            info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
+            self._check_architecture(path)
+            self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
+            self._checkpoint = (Path(path), info)
+        if self._checkpoint is None:
+            from harness import quantize as q
+            from harness.checkpoint import check_shards, require_scheme
+            from harness.ckpt_cache import CheckpointCache, cache_key, interpreter_versions
+
+            from harness import identity
+
+            recipe = self.recipe()
+            cal = self.calibration()
+            m = self.cfg.model
+            model_path = self.cfg.resolve(m.path)
+            if Path(model_path).is_dir():
+                check_shards(Path(model_path))
+            cache = CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
+            model_key = {**identity.key(self._model_identity()), "trust_remote_code": bool(m.trust_remote_code)}
+            try:
+                versions = interpreter_versions(self.interp)
+            except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves
+                entry = cache.find(model_key, recipe.recipe_text, cal.model_dump())
+                if entry is None:
+                    raise
+                path, meta = entry
+                self.log(f"no quantization interpreter here ({str(e).splitlines()[0][:160]}); using the cached "
+                         f"checkpoint built with {meta['material']['versions']}: {path}")
+                self._checkpoint = (path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0,
+                                           "recipe": recipe.name, "scheme": recipe.scheme,
+                                           "quantize_s": meta.get("build", {}).get("quantize_s"),
+                                           "versions": meta.get("build", {}).get("versions")})
+                return self._checkpoint
+            key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions)
+
+            def build(tmp: Path) -> dict:
+                spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
+                                   recipe=recipe.recipe_text, calibration=cal,
+                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
+                                   device_map=self.cfg.quantize.device_map)
+                log_path = cache.log_path(key)
+                info = q.run_quantization(spec, self.interp, log_path, log=self.log,
+                                          timeout_s=self.cfg.quantize.timeout_s,
+                                          heartbeat_s=self.cfg.quantize.heartbeat_s)
+                check_shards(tmp)
+                require_scheme(tmp, recipe.scheme)
+                return {k: v for k, v in info.items() if k != "spec"}
+
+            t0 = time.time()
+            path, hit = cache.get_or_build(key, material, build, log=self.log)
+            import json
+
+            built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
+            info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
+                    "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
+            self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
+            self._checkpoint = (path, info)
+        return self._checkpoint
