@@ -15,7 +15,8 @@ from harness.plugin import _min_score, _positive_int
 
 
 def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True) -> None:
-    p.add_argument("--config", default=None, metavar="PATH", help="gate config YAML (default: configs/tiny.yaml)")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="gate config YAML (default: configs/tiny.yaml of this project, else the shipped tiny default)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
                    help="override a config value (repeatable; VALUE is YAML), e.g. "
                         "--set model.engine.nvfp4.vllm.linear_backend=emulation")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser("stats", help="kept_texts, scored tokens, dropped/truncated counts and fingerprint",
                          description="Prepare the datasets exactly as the gate does and print their statistics. "
                                      "From a config (--config) or from flags (--dataset ... --tokenizer ...).")
-    ds.add_argument("--config", default=None, metavar="PATH", help="gate config (default: configs/tiny.yaml)")
+    ds.add_argument("--config", default=None, metavar="PATH",
+                    help="gate config (default: configs/tiny.yaml of this project, else the shipped tiny default)")
     ds.add_argument("--dataset", action="append", choices=sorted(DATASET_DEFAULTS), default=None,
                     help="with flags: which dataset (repeatable)")
     ds.add_argument("--data-path", default=None, metavar="PATH",

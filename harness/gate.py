@@ -52,8 +52,11 @@ class GateSession:
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         check_model_path(cfg)
         src = cfg.source_path or "configs/tiny.yaml"
-        self.update_hint = update_hint or (f"pytest --harness-config {src} --update-baselines   "
-                                           f"(or: harness baseline update --config {src})")
+        if cfg.fallback_baselines_dir:  # the shipped default, run in a user's project: no path to spell out
+            hint = "harness baseline update   (or: pytest --harness-gate-tests yes --update-baselines)"
+        else:
+            hint = f"pytest --harness-config {src} --update-baselines   (or: harness baseline update --config {src})"
+        self.update_hint = update_hint or hint
         self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint, cfg.fallback_baselines_dir)
         self.log_lines: list[str] = []
         self._quiet = quiet

@@ -35,7 +35,8 @@ def _positive_int(v: str) -> int:
 def pytest_addoption(parser):
     g = parser.getgroup("harness", "NVFP4 quality gate (harness)")
     g.addoption("--harness-config", action="append", default=None, metavar="PATH",
-                help="gate config YAML, repeatable: one model each (default: configs/tiny.yaml, the tiny model)")
+                help="gate config YAML, repeatable: one model each (default: configs/tiny.yaml of this project, else "
+                     "the shipped tiny default)")
     g.addoption("--update-baselines", action="store_true", default=False,
                 help="score BF16 and rewrite the baselines (atomically) before gating")
     g.addoption("--force", "--harness-force", dest="harness_force", action="store_true", default=False,
