@@ -54,8 +54,8 @@ def pytest_addoption(parser):
                 help="requests per scoring batch; 1 reproduces the reference's one-at-a-time evaluation")
     g.addoption("--harness-report-dir", default=None, metavar="DIR", help="where reports go (default: the config's)")
     g.addoption("--harness-gate-tests", choices=("auto", "yes", "no"), default="auto",
-                help="collect the packaged gate tests (harness/gate_tests.py): auto = when --harness-config is given, "
-                     "or the ini option harness_gate_tests is true and no single test file or node id was named")
+                help="collect the packaged gate tests (harness/gate_tests.py): auto = when --harness-config is given "
+                     "or the ini option harness_gate_tests is true, and no test file or node id was named")
     parser.addini("harness_gate_tests", type="bool", default=False,
                   help="collect the packaged gate tests on runs of whole folders (as with --harness-config)")
     g.addoption("--token-detail", action="store_true", default=False,
@@ -90,8 +90,9 @@ def pytest_pycollect_makemodule(module_path, parent):
 
 def _add_gate_tests(config) -> None:
     """Collect harness/gate_tests.py (test_quantize, test_dataset_score, test_overall_score) beside the user's own
-    tests, so a project needs no copy of them: on `--harness-config`, or where the ini option asks for them on runs
-    of whole folders (`pytest`, `pytest tests`; not `pytest tests/test_x.py`)."""
+    tests, so a project needs no copy of them: when `--harness-config` is given or the ini option asks for them, on
+    runs of whole folders (`pytest`, `pytest tests`; naming a test file or node id leaves them out);
+    `--harness-gate-tests yes|no` decides outright."""
     from pathlib import Path
 
     import harness.gate_tests as gt
@@ -101,9 +102,9 @@ def _add_gate_tests(config) -> None:
     if mode == "no":
         return
     if mode == "auto":
-        explicit = bool(config.getoption("harness_config"))
+        asked = bool(config.getoption("harness_config")) or config.getini("harness_gate_tests")
         whole_folders = all(Path(a.split("::")[0]).is_dir() for a in args)
-        if not (explicit or (config.getini("harness_gate_tests") and whole_folders)):
+        if not (asked and whole_folders):
             return
     path = Path(gt.__file__).resolve()
     if any(Path(a.split("::")[0]).resolve() == path for a in args):

@@ -43,8 +43,14 @@ def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_
     assert "test_own.py::test_own" in out and "gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
     assert "9 tests collected" in out, out  # theirs + 2 recipes x (quantize, 2 datasets, overall), shipped recipes
     one_file = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
-                                            "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
-    assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()
+                                            "--harness-config", "configs/tiny.yaml")
+    assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()  # a named file: theirs alone
+    forced = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
+                                          "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "yes")
+    assert "9 tests collected" in forced.stdout.str(), forced.stdout.str()
+    off = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider",
+                                       "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
+    assert "1 test collected" in off.stdout.str(), off.stdout.str()
 
 
 def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(gate_project):
