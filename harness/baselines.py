@@ -128,3 +128,14 @@ def check_data_matches(b: Baseline, prepared, where: str = "") -> None:
             "  the tokenizer, dataset revision or sampling rules changed; if that is intended, re-create the baseline "
             "(--update-baselines, with --force to accept a changed fingerprint)"
         )
+
+
+def baseline_from_score(model: str, dataset: str, prep, score, provenance: dict) -> Baseline:
+    """A BF16 baseline from this run's score of ``dataset``: per-document NLLs (rounded to 1e-6, for the bootstrap),
+    the data it was scored on (stats, rules, tokenizer, source) and the provenance the caller gives."""
+    return Baseline(model=model, dataset=dataset, ppl=score.ppl, nll=score.nll, tokens=score.tokens,
+                    kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint, words=prep.words,
+                    bytes=prep.bytes, doc_nll_sums=[round(x, 6) for x in score.nll_sums],
+                    doc_tokens=list(score.n_tokens),
+                    data={**asdict(prep.stats), "rules": prep.rules, "tokenizer": prep.tokenizer_id,
+                          "source": prep.source}, provenance=provenance)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from harness.baselines import Baseline, BaselineStore, check_data_matches
+from harness.baselines import Baseline, BaselineStore, baseline_from_score, check_data_matches
 from harness.config import HarnessConfig
 from harness.data import PreparedDataset
 from harness.engines import EngineManager
@@ -213,11 +212,8 @@ class GateSession:
             self._note_once(f"{b.dataset}: baseline records no model identity (made before it was recorded); "
                             f"rebuild it to pin the model: {self.update_hint}")
             return
-        why = identity.mismatches(theirs, self.model_identity())
-        dtype_b = b.provenance.get("dtype")
         dtype_c = self.cfg.engine_kwargs("bf16", b.provenance.get("backend") or self.backend).get("dtype")
-        if dtype_b and dtype_c and dtype_b != dtype_c:
-            why.append(f"dtype {dtype_b} vs {dtype_c}")
+        why = identity.baseline_mismatches(theirs, self.model_identity(), b.provenance.get("dtype"), dtype_c)
         if why:
             raise BaselineError(f"{where}: scored on another model than this config's ({'; '.join(why)}).\n"
                                 f"  baseline: {identity.describe(theirs)}\n  config:   "
@@ -229,7 +225,6 @@ class GateSession:
 
         if not Path(path).is_dir():
             return  # a hub id: its config.json is read by the engine
-        mine = {"architecture": identity.local_architecture(Path(path))}
         sources = [("model.path " + self.cfg.model.path, self.model_identity())]
         for n in self.dataset_names:
             if self.store.exists(self.cfg.name, n):
@@ -239,12 +234,12 @@ class GateSession:
                     continue
                 if ident:
                     sources.append((f"the baseline's model ({n})", ident))
-        for what, ident in sources:
-            why = identity.mismatches({"architecture": ident.get("architecture")}, mine)
-            if why:
-                raise HarnessError(f"model.checkpoint {self.existing} is not a quantization of {what}: "
-                                   f"{'; '.join(why)} (theirs vs the checkpoint's config.json). Point model.checkpoint "
-                                   "at a checkpoint of this model, or model.path at its BF16 model.")
+        bad = identity.checkpoint_mismatch(Path(path), sources)
+        if bad:
+            what, why = bad
+            raise HarnessError(f"model.checkpoint {self.existing} is not a quantization of {what}: "
+                               f"{'; '.join(why)} (theirs vs the checkpoint's config.json). Point model.checkpoint "
+                               "at a checkpoint of this model, or model.path at its BF16 model.")
 
     def _note_once(self, note: str) -> None:
         if note not in self.notes:
@@ -310,12 +305,7 @@ class GateSession:
                 "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
-        return Baseline(model=self.cfg.name, dataset=name, ppl=s.ppl, nll=s.nll, tokens=s.tokens,
-                        kept_texts=prep.stats.kept_texts, fingerprint=prep.fingerprint, words=prep.words,
-                        bytes=prep.bytes,
-                        doc_nll_sums=[round(x, 6) for x in s.nll_sums], doc_tokens=list(s.n_tokens),
-                        data={**asdict(prep.stats), "rules": prep.rules, "tokenizer": prep.tokenizer_id,
-                              "source": prep.source}, provenance=prov)
+        return baseline_from_score(self.cfg.name, name, prep, s, prov)
 
     # ---- comparison ---------------------------------------------------------
     def comparison(self, name: str) -> Comparison:

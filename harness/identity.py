@@ -143,3 +143,22 @@ def describe(ident: dict) -> str:
         return f"{ident['path']} (content {(ident.get('content_sha256') or '?')[:12]})"
     rev = ident.get("resolved") or "unresolved"
     return f"{ident['id']}@{ident.get('revision') or 'main'} ({rev[:12]}, {ident.get('resolved_by')})"
+
+
+def baseline_mismatches(baseline_identity: dict, current: dict, baseline_dtype: str | None,
+                        config_dtype: str | None) -> list[str]:
+    """Why a baseline is not of this config's model: content, commit or architecture differ, or the BF16 dtype."""
+    why = mismatches(baseline_identity, current)
+    if baseline_dtype and config_dtype and baseline_dtype != config_dtype:
+        why.append(f"dtype {baseline_dtype} vs {config_dtype}")
+    return why
+
+
+def checkpoint_mismatch(checkpoint_dir: Path, sources: list[tuple[str, dict]]) -> tuple[str, list[str]] | None:
+    """The first of ``sources`` (what, identity) whose architecture the checkpoint's config.json contradicts."""
+    mine = {"architecture": local_architecture(Path(checkpoint_dir))}
+    for what, ident in sources:
+        why = mismatches({"architecture": ident.get("architecture")}, mine)
+        if why:
+            return what, why
+    return None
