@@ -84,6 +84,10 @@ class GateSession:
         elif not self._quiet:
             print(line, file=sys.stderr, flush=True)
 
+    def _shows_progress(self) -> bool:
+        """A progress bar per dataset where a person watches: this process's own terminal, not pytest or a log."""
+        return not self._quiet and self._external_log is None and sys.stderr.isatty()
+
     # ---- data ---------------------------------------------------------------
     @property
     def dataset_names(self) -> list[str]:
@@ -155,7 +159,9 @@ class GateSession:
             self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
                      f"with {self.backend}/{precision}")
             t0 = time.time()
-            res = eng.loglikelihood_rolling(prep.token_ids, token_logprobs=self.token_detail)
+            show = self._shows_progress() and getattr(eng, "reports_progress", False)
+            with ScoringProgress(f"{name} {precision}", len(prep.token_ids), enabled=show) as progress:
+                res = eng.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=self.token_detail)
             s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
                              eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
                              token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None)
@@ -367,6 +373,30 @@ class GateSession:
 
     def close(self) -> None:
         self.engines.close()
+
+
+class ScoringProgress:
+    """The backends' ``progress(done, total)`` callback as one tqdm bar over a dataset's texts, shown from the
+    start (only for backends that call back: vLLM scoring all texts at once draws its own bar)."""
+
+    def __init__(self, desc: str, total: int, enabled: bool, file=None):
+        self.desc, self.total, self.enabled, self.file, self.bar = desc, total, enabled, file, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "ScoringProgress":
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=f"scoring {self.desc}", unit="text", leave=False,
+                            file=self.file or sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_model_path(cfg: HarnessConfig) -> None:

@@ -214,3 +214,33 @@ def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
     assert rep["overall"]["threshold_source"] == "config"
     assert {d["threshold_source"] for d in rep["datasets"]} == {"config"}
     assert "| 99.00 (config) |" in overall_table(rep)
+
+
+def test_scoring_progress_is_one_bar_over_the_texts_and_only_when_called_back():
+    import io
+
+    from harness.gate import ScoringProgress
+
+    out = io.StringIO()
+    with ScoringProgress("wikitext2 nvfp4", 100, enabled=True, file=out) as p:
+        assert "scoring wikitext2 nvfp4" in out.getvalue() and "0/100" in out.getvalue()  # shown before batch 1
+        for done in (32, 64, 100):  # the hf backend calls back once a batch, with the running count
+            p(done, 100)
+        assert (p.bar.n, p.bar.total) == (100, 100)
+    quiet = io.StringIO()
+    with ScoringProgress("x", 2, enabled=False, file=quiet) as p:
+        p(1, 2)
+    assert quiet.getvalue() == ""
+
+
+def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_own():
+    from harness.backends.base import Backend, EngineSpec
+    from harness.backends.data_parallel import DataParallelBackend
+    from harness.backends.hf import HFBackend
+    from harness.backends.vllm import VLLMBackend
+
+    assert Backend.reports_progress and HFBackend.reports_progress and not DataParallelBackend.reports_progress
+    spec = EngineSpec(model="m", precision="nvfp4", max_model_len=512)
+    one_by_one, at_once = object.__new__(VLLMBackend), object.__new__(VLLMBackend)
+    one_by_one.spec, at_once.spec = EngineSpec(**{**spec.__dict__, "batch_size": 1}), spec
+    assert one_by_one.reports_progress and not at_once.reports_progress

@@ -40,6 +40,7 @@ class DocResult:
 
 class Backend(ABC):
     name: str = "?"
+    reports_progress: bool = True  # calls loglikelihood_rolling's progress(done, total) as it goes
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec

@@ -112,6 +112,8 @@ def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
 class DataParallelBackend(Backend):
     """``size`` copies of the ``inner`` backend (``module:Class``), one per GPU group, behind one Backend."""
 
+    reports_progress = False  # each worker's engine draws its own bar
+
     def __init__(self, spec: EngineSpec, inner: str, size: int, devices: Sequence[str]):
         super().__init__(spec)
         self.name = getattr(load_class(inner), "name", "backend")

@@ -209,6 +209,10 @@ class VLLMBackend(Backend):
                 "tensor_parallel_size.")
         return out if (self.offload_requested or got) else None
 
+    @property
+    def reports_progress(self) -> bool:
+        return bool(self.spec.batch_size)  # all at once: vLLM draws its own bar (prompts, tokens/s)
+
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
                               token_logprobs: bool = False) -> list[DocResult]:
         from vllm import SamplingParams
