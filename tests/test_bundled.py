@@ -59,3 +59,15 @@ def test_the_default_config_run_elsewhere_writes_there_and_reads_the_shipped_bas
     # this checkout run in its own folder: unchanged
     monkeypatch.chdir(root)
     assert load_config().root == str(root) and load_config().fallback_baselines_dir is None
+
+
+def test_the_wheel_lists_every_package_of_the_source(root):
+    """pyproject.toml names the packages one by one (the shipped defaults are mapped in): a new subpackage that is
+    not listed would be missing from installs only."""
+    import tomllib
+
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "harness").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
+    mapped = {k for k in listed if k.startswith("harness._bundled.")}
+    assert {f"harness._bundled.{k}" for k in ("configs", "recipes", "baselines")} == mapped
