@@ -14,11 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
 from harness.errors import ConfigError, unknown_name
 
 PRECISIONS = ("bf16", "nvfp4")
-from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
-
 BACKEND_NAMES = tuple(BACKENDS)
 
 
