@@ -77,17 +77,20 @@ class BaselineStore:
         self.update_hint = update_hint
         self.fallback = Path(fallback) if fallback else None
 
-    def _read_path(self, model: str, name: str) -> Path:
-        own = self.root / model / name
-        if self.fallback is not None and not own.exists() and (self.fallback / model / name).exists():
-            return self.fallback / model / name
-        return own
+    def own_path(self, model: str, dataset: str, suffix: str = ".json") -> Path:
+        """The project's copy (a baseline, or with ``.tokens.npz`` its per-token file): where writes go."""
+        return self.root / model / f"{dataset}{suffix}"
+
+    def _read_path(self, model: str, dataset: str, suffix: str) -> Path:
+        own = self.own_path(model, dataset, suffix)
+        shipped = self.fallback / model / own.name if self.fallback is not None else None
+        return shipped if shipped is not None and not own.exists() and shipped.exists() else own
 
     def path(self, model: str, dataset: str) -> Path:
-        return self._read_path(model, f"{dataset}.json")
+        return self._read_path(model, dataset, ".json")
 
     def tokens_path(self, model: str, dataset: str) -> Path:
-        return self._read_path(model, f"{dataset}.tokens.npz")
+        return self._read_path(model, dataset, ".tokens.npz")
 
     def exists(self, model: str, dataset: str) -> bool:
         return self.path(model, dataset).exists()
@@ -109,7 +112,7 @@ class BaselineStore:
         return b
 
     def write(self, b: Baseline) -> Path:
-        p = self.root / b.model / f"{b.dataset}.json"
+        p = self.own_path(b.model, b.dataset)
         atomic_write_text(p, b.to_json())
         return p
 

@@ -279,7 +279,7 @@ class GateSession:
             if tok is not None:
                 from harness.token_detail import save_tokens
 
-                save_tokens(self.store.root / b.model / f"{b.dataset}.tokens.npz", tok)
+                save_tokens(self.store.own_path(b.model, b.dataset, ".tokens.npz"), tok)
         self.baseline_updates = pairs
         self._updated = True
         return pairs
