@@ -328,6 +328,14 @@ def main(argv=None) -> int:
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional library missing (a plain `pip install .`): say which extra
+        from harness.errors import missing_extra
+
+        err = missing_extra(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: no report written; engines closed", file=sys.stderr)
         return 130

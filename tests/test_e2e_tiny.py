@@ -194,3 +194,23 @@ def test_the_engine_log_travels_with_the_report(gate_run, tmp_path):
     out = write_report(rep, tmp_path / "reports", ["a log line"])
     assert (out / "engine.log").read_text() == log.read_text()
     assert json.loads((out / "report.json").read_text())["engine"]["engine_log"] == "engine.log"
+
+
+def test_a_missing_optional_library_names_the_extra_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    """A plain `pip install .` has no transformers: the gate says which extra to install, before any work."""
+    import harness.gate
+
+    def no_transformers(cfg):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(harness.gate, "load_tokenizer", no_transformers)
+    rc, out, err = cli(capsys, "gate", "--report-dir", str(tmp_path / "reports"))
+    assert rc == 2 and "transformers is not installed" in err and "pip install 'nvfp4-gate[hf]'" in err, err
+    assert "quantizing" not in err and not (tmp_path / "reports").exists()
+
+    def other(cfg):
+        raise ModuleNotFoundError("No module named 'mylib'", name="mylib")
+
+    monkeypatch.setattr(harness.gate, "load_tokenizer", other)
+    with pytest.raises(ModuleNotFoundError):  # not an extra of ours: the real error, untouched
+        cli(capsys, "gate", "--report-dir", str(tmp_path / "reports"))
