@@ -16,6 +16,7 @@ def atomic_path(path: Path, suffix: str = ".tmp"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets the mode open() would give it
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -31,6 +32,12 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _sync_dir(d: Path) -> None:

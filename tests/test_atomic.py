@@ -24,3 +24,15 @@ def test_a_complete_write_replaces_the_file(tmp_path):
         assert tmp.parent == target.parent and tmp.name.endswith(".tmp.npz")
         tmp.write_text("new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+
+def test_a_written_file_gets_the_mode_a_plain_open_gives_it(tmp_path):
+    """Baselines are shared: a temporary file's 0600 must not survive the rename (umask 022 -> 0644)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "b.json", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
