@@ -11,6 +11,7 @@ An hour of 72B quantization left running by a killed parent costs a GPU-hour and
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -82,7 +83,19 @@ def last_line(path: Path, limit: int = 160) -> str:
     except OSError:
         return ""
     lines = [ln for ln in lines if ln]
-    return lines[-1][:limit] if lines else ""
+    return condense_bar(lines[-1])[:limit] if lines else ""
+
+
+BAR = re.compile(r"^(?P<desc>.*?):?\s*(?P<pct>\d+)%\|.*?\|\s*(?P<done>\d+)/(?P<total>\d+)")
+
+
+def condense_bar(line: str) -> str:
+    """A tqdm bar as words ("Calibrating 30/64 (46%)"), so a heartbeat reads as one plain line."""
+    m = BAR.match(line)
+    if not m:
+        return line
+    desc = m["desc"].strip() or "progress"
+    return f"{desc} {m['done']}/{m['total']} ({m['pct']}%)"
 
 
 def run_child(cmd: list[str], env: dict, log_path: Path, what: str, timeout_s: float | None = None,

@@ -288,3 +288,15 @@ def test_a_quantization_killed_by_the_kernel_points_at_memory(tmp_path):
     with pytest.raises(HarnessError, match=r"(?s)killed by signal 9.*loading shards.*out of CPU memory.*Quantization "
                                            r"memory"):
         run_quantization(spec, QuantInterpreter(python=str(oom)), tmp_path / "q.log", log=lambda m: None)
+
+
+def test_a_progress_bar_in_the_heartbeat_reads_as_words(tmp_path):
+    """The child's last line is often a tqdm bar; the heartbeat says how far it got, not the bar's drawing."""
+    from harness.childproc import last_line
+
+    log = tmp_path / "c.log"
+    log.write_text("loading\nCalibrating:  46%|████▋     | 30/64 [00:04<00:05,  6.84it/s]\r"
+                   "Calibrating:  47%|████▋     | 31/64 [00:04<00:05,  6.84it/s]")
+    assert last_line(log) == "Calibrating 31/64 (47%)"
+    log.write_text("layer 3/80")
+    assert last_line(log) == "layer 3/80"
