@@ -23,6 +23,7 @@ class DatasetScore:
     words: int | None = None   # of the scored texts, for lm-evaluation-harness's word/byte metrics
     bytes: int | None = None
     token_logprobs: list[list[float]] | None = field(default=None, repr=False)  # only with token_detail
+    topk: object = field(default=None, repr=False)  # harness.distributions.TopK, only with distributions on
 
     def __post_init__(self):
         if len(self.nll_sums) != len(self.n_tokens):
@@ -127,23 +128,51 @@ def paired_bootstrap(ref: Mapping[str, tuple[Sequence[float], Sequence[int]]],
     """
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    log_ratio = np.zeros(samples)
-    tot_tokens = np.zeros(samples)
-    diff_sum = np.zeros(samples)
+    groups = {}
     for name in ref:
         r_sums = np.asarray(ref[name][0], dtype=np.float64)
         m_sums = np.asarray(model[name][0], dtype=np.float64)
-        counts = np.asarray(model[name][1], dtype=np.float64)
         if len(r_sums) != len(m_sums):
             raise ValueError(f"{name}: {len(r_sums)} reference vs {len(m_sums)} model documents: cannot pair")
-        n = len(r_sums)
-        idx = rng.integers(0, n, size=(samples, n))
-        diff_sum += (r_sums - m_sums)[idx].sum(axis=1)
-        tot_tokens += counts[idx].sum(axis=1)
+        groups[name] = ((r_sums - m_sums)[:, None], model[name][1])
+    diff_sum, tot_tokens = resampled_totals(groups, samples, seed)
     # score = exp(nll_ref - nll_model) * 100 on pooled sums
-    log_ratio = diff_sum / tot_tokens
-    scores = np.exp(log_ratio) * 100.0
+    scores = np.exp(diff_sum[:, 0] / tot_tokens) * 100.0
+    lo, hi = _quantiles(scores, confidence)
+    return Interval(low=lo, high=hi, confidence=confidence, samples=samples, seed=seed)
+
+
+def resampled_totals(groups: Mapping[str, tuple[Sequence, Sequence[int]]], samples: int, seed: int):
+    """Bootstrap totals over documents, stratified by group (dataset): ``groups`` maps a name to (per-document values
+    [documents, columns], per-document token counts); each sample draws every group's documents with replacement and
+    sums them, pooled over groups. Returns (value totals [samples, columns], token totals [samples])."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values_tot = None
+    tokens_tot = np.zeros(samples)
+    for values, counts in groups.values():
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
+        n = len(counts)
+        idx = rng.integers(0, n, size=(samples, n))
+        part = values[idx].sum(axis=1)
+        values_tot = part if values_tot is None else values_tot + part
+        tokens_tot += counts[idx].sum(axis=1)
+    return values_tot, tokens_tot
+
+
+def bootstrap_ratios(groups: Mapping[str, tuple[Sequence, Sequence[int]]], samples: int = 1000,
+                     confidence: float = 0.95, seed: int = 0) -> list[tuple[float, float]]:
+    """Confidence intervals of token-weighted means (per-document sums over per-document token counts), one per
+    column of the groups' values, from the same resampled documents."""
+    values_tot, tokens_tot = resampled_totals(groups, samples, seed)
+    return [_quantiles(values_tot[:, j] / tokens_tot, confidence) for j in range(values_tot.shape[1])]
+
+
+def _quantiles(x, confidence: float) -> tuple[float, float]:
+    import numpy as np
+
     a = (1 - confidence) / 2
-    lo, hi = np.quantile(scores, [a, 1 - a])
-    return Interval(low=float(lo), high=float(hi), confidence=confidence, samples=samples, seed=seed)
+    lo, hi = np.quantile(x, [a, 1 - a])
+    return float(lo), float(hi)
