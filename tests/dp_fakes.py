@@ -24,7 +24,7 @@ class EchoBackend(Backend):
             raise RuntimeError(f"CUDA out of memory on {self.devices}")
         self.closed = False
 
-    def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False):
+    def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False, top_k=0):
         trace = self.spec.engine_kwargs.get("trace_dir")
         out = []
         for d in docs:

@@ -129,12 +129,16 @@ def test_chunked_token_logprobs_match_a_hand_computed_log_softmax():
     rows = [[[0.0, 1.0, 2.0], [3.0, 0.0, -1.0], [0.5, 0.5, 0.5], [9.0, 9.0, 9.0]],
             [[-2.0, 0.0, 2.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [4.0, 1.0, 0.0]]]
     ids = [[0, 2, 0, 1], [0, 1, 0, 2]]
-    got = token_logprobs_chunked(torch.tensor(rows), torch.tensor(ids), chunk=4)  # 6 positions: chunks of 4 + 2
+    got, top, top_ids = token_logprobs_chunked(torch.tensor(rows), torch.tensor(ids), chunk=4, top_k=2)  # 4 + 2
     for b in range(2):
         for t in range(3):  # position t predicts ids[t + 1]
             z = rows[b][t]
-            want = z[ids[b][t + 1]] - math.log(sum(math.exp(v) for v in z))
-            assert got[b, t].item() == pytest.approx(want, abs=1e-6)
+            norm = math.log(sum(math.exp(v) for v in z))
+            assert got[b, t].item() == pytest.approx(z[ids[b][t + 1]] - norm, abs=1e-6)
+            best = sorted(range(3), key=lambda i: (-z[i], i))[:2]  # the two largest logits (ties: lower id first)
+            assert top[b, t].tolist() == pytest.approx([z[i] - norm for i in best], abs=1e-6)
+            if z[best[0]] != z[best[1]] and len(set(z)) == 3:
+                assert top_ids[b, t].tolist() == best
 
 
 PEAK_SCRIPT = """
@@ -155,7 +159,7 @@ except OSError:
     pass
 before = status("VmRSS")
 if sys.argv[1] == "chunked":
-    out = token_logprobs_chunked(logits, ids)
+    out = token_logprobs_chunked(logits, ids)[0]
 else:  # what the backend did before: a full fp32 log_softmax
     out = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
 print(status("VmHWM") - before)

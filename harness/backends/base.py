@@ -1,15 +1,16 @@
 """The scoring interface every backend implements (like lm-evaluation-harness's ``LM.loglikelihood_rolling``).
 
 A backend gets token-id documents and returns, per document, the sum of log-probabilities of every token but the
-first (each token scored once, conditioned on all before it) and how many tokens that is. Nothing else: datasets,
-metrics and baselines live in the torch-free core.
+first (each token scored once, conditioned on all before it) and how many tokens that is; asked for it, each of those
+log-probabilities, and with ``top_k`` the k most likely next tokens at every scored position (harness/distributions.py).
+Nothing else: datasets, metrics and baselines live in the torch-free core.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from harness.errors import BackendError
 
@@ -31,7 +32,9 @@ class EngineSpec:
 class DocResult:
     logprob_sum: float
     n_tokens: int
-    token_logprobs: list[float] | None = None  # per scored token, only when asked for (token_detail)
+    token_logprobs: list[float] | None = None  # per scored token, only when asked for (token_detail, top_k)
+    top_ids: Any = None                        # [n_tokens, k] numpy, best first, only with top_k
+    top_logprobs: Any = None                   # [n_tokens, k] numpy float32, only with top_k
 
     @property
     def nll_sum(self) -> float:
@@ -47,9 +50,10 @@ class Backend(ABC):
 
     @abstractmethod
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
-                              token_logprobs: bool = False) -> list[DocResult]:
+                              token_logprobs: bool = False, top_k: int = 0) -> list[DocResult]:
         """Per document: sum of log p(token_i | tokens_<i) for i >= 1, and the count of such tokens
-        (with ``token_logprobs``: also each of those log-probabilities)."""
+        (with ``token_logprobs``: also each of those log-probabilities; with ``top_k`` > 0: those too, and the
+        ``top_k`` most likely tokens at each of those positions with their log-probabilities, best first)."""
 
     @abstractmethod
     def info(self) -> dict:

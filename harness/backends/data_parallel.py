@@ -96,9 +96,9 @@ def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
             msg = conn.recv()
             if msg[0] == "close":
                 break
-            _, docs, keep = msg
+            _, docs, keep, top_k = msg
             try:
-                conn.send(("ok", eng.loglikelihood_rolling(docs, token_logprobs=keep)))
+                conn.send(("ok", eng.loglikelihood_rolling(docs, token_logprobs=keep, top_k=top_k)))
             except BaseException as e:  # noqa: BLE001
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
     finally:
@@ -168,13 +168,13 @@ class DataParallelBackend(Backend):
                                f"GPUs ({self.devices}) differ; make only GPUs of one kind visible")
 
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
-                              token_logprobs: bool = False) -> list[DocResult]:
+                              token_logprobs: bool = False, top_k: int = 0) -> list[DocResult]:
         if getattr(self, "_conns", None) is None:
             raise BackendError("data-parallel backend is closed")
         shards = shard([len(d) for d in docs], self.size)
         try:
             for conn, idx in zip(self._conns, shards):
-                conn.send(("score", [list(docs[i]) for i in idx], token_logprobs))
+                conn.send(("score", [list(docs[i]) for i in idx], token_logprobs, top_k))
             answers = [self._recv(k, "ok") for k in range(self.size)]
         except BaseException:
             self.close()

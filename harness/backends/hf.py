@@ -87,8 +87,13 @@ class HFBackend(Backend):
         self.quant = quantization_info(self.model.config)
 
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
-                              token_logprobs: bool = False) -> list[DocResult]:
+                              token_logprobs: bool = False, top_k: int = 0) -> list[DocResult]:
         import torch
+
+        vocab = self.model.config.get_text_config().vocab_size
+        if top_k > vocab:
+            raise ConfigError(f"distributions.top_k {top_k} is above the vocabulary size {vocab}")
+        token_logprobs = token_logprobs or bool(top_k)
 
         order = sorted(range(len(docs)), key=lambda i: -len(docs[i]))
         results: list[DocResult | None] = [None] * len(docs)
@@ -111,17 +116,22 @@ class HFBackend(Backend):
                     mask[r, : len(d)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
                 logits = self.model(input_ids=ids, attention_mask=mask).logits
-                tok_lp = token_logprobs_chunked(logits, ids) * mask[:, 1:]
+                tok_lp, top_lp, top_ids = token_logprobs_chunked(logits, ids, top_k=top_k)
+                tok_lp = tok_lp * mask[:, 1:]
                 sums = tok_lp.sum(-1).double().cpu().tolist()
                 per_tok = tok_lp.cpu().tolist() if token_logprobs else None
+                if top_k:
+                    top_lp, top_ids = top_lp.cpu().numpy(), top_ids.cpu().numpy()
                 for r, j in enumerate(batch):
                     n = len(docs[j]) - 1
                     results[j] = DocResult(logprob_sum=sums[r], n_tokens=n,
-                                           token_logprobs=per_tok[r][:n] if per_tok is not None else None)
+                                           token_logprobs=per_tok[r][:n] if per_tok is not None else None,
+                                           top_ids=top_ids[r, :n] if top_k else None,
+                                           top_logprobs=top_lp[r, :n] if top_k else None)
                 done += len(batch)
                 if progress:
                     progress(done, len(docs))
-                del logits, tok_lp
+                del logits, tok_lp, top_lp, top_ids
         return check_results(results, docs, self.name)  # type: ignore[arg-type]
 
     def info(self) -> dict:
@@ -218,8 +228,9 @@ def quantization_info(config) -> dict:
 LOGSOFTMAX_CHUNK = 256  # positions per fp32 step: 256 x 152k vocab x 4 B = 0.16 GB (twice that with logsumexp)
 
 
-def token_logprobs_chunked(logits, ids, chunk: int = LOGSOFTMAX_CHUNK):
-    """log p(ids[:, t+1] | ...) for every position t, in fp32, from [batch, T, vocab] logits in their own dtype.
+def token_logprobs_chunked(logits, ids, chunk: int = LOGSOFTMAX_CHUNK, top_k: int = 0):
+    """log p(ids[:, t+1] | ...) for every position t, in fp32, from [batch, T, vocab] logits in their own dtype; with
+    ``top_k``, also the top-k log-probabilities and token ids at every position (best first), else None for both.
 
     Computed as logit[token] - logsumexp(logits) over ``chunk`` positions at a time, so the fp32 working set is
     ``chunk x vocab`` instead of a full fp32 log_softmax of every position (about 20 GB at 16k tokens x 152k vocab)."""
@@ -227,9 +238,16 @@ def token_logprobs_chunked(logits, ids, chunk: int = LOGSOFTMAX_CHUNK):
 
     b, t, _ = logits.shape
     out = torch.empty((b, t - 1), dtype=torch.float32, device=logits.device)
+    top_lp = torch.empty((b, t - 1, top_k), dtype=torch.float32, device=logits.device) if top_k else None
+    top_ids = torch.empty((b, t - 1, top_k), dtype=torch.long, device=logits.device) if top_k else None
     for r in range(b):
         for lo in range(0, t - 1, chunk):  # views of the logits; only the chunk is copied to fp32
             hi = min(lo + chunk, t - 1)
             part = logits[r, lo:hi].float()
-            out[r, lo:hi] = part.gather(-1, ids[r, lo + 1 : hi + 1, None]).squeeze(-1) - torch.logsumexp(part, -1)
-    return out
+            norm = torch.logsumexp(part, -1)
+            out[r, lo:hi] = part.gather(-1, ids[r, lo + 1 : hi + 1, None]).squeeze(-1) - norm
+            if top_k:
+                vals, idx = torch.topk(part, top_k, dim=-1)
+                top_lp[r, lo:hi] = vals - norm[:, None]
+                top_ids[r, lo:hi] = idx
+    return out, top_lp, top_ids

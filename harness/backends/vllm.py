@@ -214,10 +214,14 @@ class VLLMBackend(Backend):
         return bool(self.spec.batch_size)  # all at once: vLLM draws its own bar (prompts, tokens/s)
 
     def loglikelihood_rolling(self, docs: Sequence[Sequence[int]], progress=None,
-                              token_logprobs: bool = False) -> list[DocResult]:
+                              token_logprobs: bool = False, top_k: int = 0) -> list[DocResult]:
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, temperature=0.0,
+        most = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "max_logprobs", -1)
+        if top_k and most != -1 and top_k > most:
+            raise ConfigError(f"distributions.top_k {top_k} is above this engine's max_logprobs {most}: set "
+                              f"model.engine.{self.spec.precision}.vllm.max_logprobs: {top_k} (or lower top_k)")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0,
                                 flat_logprobs=True)
         prompts = [{"prompt_token_ids": list(d)} for d in docs]
         try:
@@ -234,8 +238,8 @@ class VLLMBackend(Backend):
             if is_oom(e):
                 raise oom_error(e, "scoring", self.kwargs) from None
             raise
-        return check_results([doc_result(o.prompt_logprobs, d, token_logprobs) for o, d in zip(outs, docs)], docs,
-                             self.name)
+        return check_results([doc_result(o.prompt_logprobs, d, token_logprobs, top_k) for o, d in zip(outs, docs)],
+                             docs, self.name)
 
     def info(self) -> dict:
         import torch
@@ -285,8 +289,9 @@ class VLLMBackend(Backend):
                 "engine may not fit", self.spec.precision, RELEASE_TIMEOUT_S, held)
 
 
-def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -> DocResult:
-    """Sum the logprob of each actual prompt token (position >= 1) from vLLM's prompt_logprobs."""
+def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False, top_k: int = 0) -> DocResult:
+    """Sum the logprob of each actual prompt token (position >= 1) from vLLM's prompt_logprobs; with ``top_k``
+    also the top-k next tokens at each of those positions."""
     if prompt_logprobs is None:
         raise BackendError("vllm returned no prompt_logprobs (is prompt_logprobs set and max_logprobs >= 0?)")
     n = len(ids)
@@ -294,6 +299,8 @@ def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -
     npos = len(prompt_logprobs.start_indices) if flat else len(prompt_logprobs)
     if npos != n:
         raise BackendError(f"vllm returned prompt_logprobs for {npos} positions, prompt has {n}")
+    if top_k:
+        return topk_result(prompt_logprobs, ids, top_k)
     if flat and n > 1:  # fast path (prompt_logprobs=0): one entry per position, the prompt token, contiguous
         lo, hi = prompt_logprobs.start_indices[1], prompt_logprobs.end_indices[n - 1]
         if hi - lo == n - 1 and prompt_logprobs.token_ids[lo:hi] == list(ids[1:]):
@@ -322,3 +329,29 @@ def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False) -
         if per_tok is not None:
             per_tok.append(lp)
     return DocResult(logprob_sum=total, n_tokens=count, token_logprobs=per_tok)
+
+
+def topk_result(prompt_logprobs, ids: Sequence[int], k: int) -> DocResult:
+    """From flat prompt logprobs with ``prompt_logprobs=k``: every position >= 1 holds k + 1 entries, the prompt token
+    first (at its vocabulary rank), then the top k, best first (vllm/logprobs.py, append_logprobs_for_next_position)."""
+    import numpy as np
+
+    n = len(ids)
+    if not hasattr(prompt_logprobs, "start_indices"):
+        raise BackendError("vllm: top-k distributions need flat prompt logprobs (SamplingParams(flat_logprobs=True))")
+    if n < 2:
+        return DocResult(logprob_sum=0.0, n_tokens=0, token_logprobs=[], top_ids=np.zeros((0, k), dtype=np.int64),
+                         top_logprobs=np.zeros((0, k), dtype=np.float32))
+    lo, hi = prompt_logprobs.start_indices[1], prompt_logprobs.end_indices[n - 1]
+    width = k + 1
+    starts = np.asarray(prompt_logprobs.start_indices[1:n]) - lo
+    if hi - lo != (n - 1) * width or not np.array_equal(starts, np.arange(n - 1) * width):
+        raise BackendError(f"vllm: expected {width} prompt logprobs at each of {n - 1} positions (the token and the "
+                           f"top {k}), got {hi - lo} in all; is max_logprobs >= {k}?")
+    tok = np.asarray(prompt_logprobs.token_ids[lo:hi], dtype=np.int64).reshape(n - 1, width)
+    lps = np.asarray(prompt_logprobs.logprobs[lo:hi], dtype=np.float32).reshape(n - 1, width)
+    if not np.array_equal(tok[:, 0], np.asarray(ids[1:], dtype=np.int64)):
+        raise BackendError("vllm: the first prompt logprob of a position is not the prompt token")
+    true = lps[:, 0].astype(np.float64)
+    return DocResult(logprob_sum=float(true.sum()), n_tokens=n - 1, token_logprobs=true.tolist(),
+                     top_ids=tok[:, 1:], top_logprobs=lps[:, 1:])
