@@ -34,6 +34,7 @@ class Baseline:
     data: dict = field(default_factory=dict)        # token stats, rules, tokenizer, source
     provenance: dict = field(default_factory=dict)  # backend, versions, device, max_model_len, engine, date, commit
     kind: str = "baseline"                          # "baseline" or "reference-result" (never gated against)
+    distributions: dict | None = None               # the BF16 top-k file beside it: file, top_k, tokens, sha256
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -63,6 +64,10 @@ class Baseline:
             val = getattr(b, name)
             if not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
                 raise BaselineError(f"{where}: baseline {name} is {val!r}, not a finite number")
+        if b.distributions is not None and (not isinstance(b.distributions.get("file"), str)
+                                            or Path(b.distributions["file"]).name != b.distributions["file"]):
+            raise BaselineError(f"{where}: distributions.file must name a file beside the baseline, got "
+                                f"{b.distributions.get('file')!r}")
         if b.has_documents and len(b.doc_nll_sums) != len(b.doc_tokens):  # type: ignore[arg-type]
             raise BaselineError(f"{where}: doc_nll_sums and doc_tokens differ in length")
         return b
@@ -91,6 +96,10 @@ class BaselineStore:
 
     def tokens_path(self, model: str, dataset: str) -> Path:
         return self._read_path(model, dataset, ".tokens.npz")
+
+    def distributions_path(self, b: Baseline) -> Path:
+        """The BF16 top-k file a baseline records, in the folder that baseline was read from."""
+        return self.path(b.model, b.dataset).parent / b.distributions["file"]
 
     def exists(self, model: str, dataset: str) -> bool:
         return self.path(model, dataset).exists()

@@ -167,6 +167,10 @@ def cmd_gate(a) -> int:
 
         print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
     print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
+    if rep.get("top_k"):
+        from harness.report import distribution_table
+
+        print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
     print(verdict.summary())
     print(f"\nreport: {out}/report.md")
     return 0 if verdict.passed else 1
@@ -215,6 +219,10 @@ def cmd_baseline(a) -> int:
     print(baseline_diff_table(update_rows(pairs)))
     for _, new in pairs:
         print(f"wrote {s.store.path(new.model, new.dataset)}")
+        if new.distributions:
+            d = new.distributions
+            print(f"wrote {s.store.distributions_path(new)} (BF16 top-{d['top_k']} for {d['tokens']} tokens, "
+                  f"{d['bytes'] / 2**20:.1f} MiB)")
     return 0
 
 

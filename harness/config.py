@@ -62,6 +62,20 @@ class Thresholds(Strict):
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = 0
+    kld_mean_max: float | None = Field(None, gt=0, description="largest mean KL(BF16 || quantized) in nats over the "
+                                       "scored tokens, per dataset and overall (needs `distributions`)")
+    top1_min: float | None = Field(None, gt=0, le=100, description="smallest top-1 agreement with BF16 in percent, "
+                                   "per dataset and overall (needs `distributions`)")
+
+
+DISTRIBUTION_LIMITS = ("kld_mean_max", "top1_min")  # threshold keys that need distributions (config and recipes)
+
+
+class DistributionSpec(Strict):
+    """Whole next-token distributions against BF16 (harness/divergence.py); on when the config has this section."""
+
+    top_k: int = Field(20, ge=1, le=1000, description="next tokens kept per scored position (vLLM prompt_logprobs=k); "
+                                                       "above 20, vLLM needs max_logprobs >= top_k")
 
 
 class ModelSpec(Strict):
@@ -173,6 +187,9 @@ class HarnessConfig(Strict):
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     hub: HubSpec = Field(default_factory=HubSpec)
     token_detail: bool = Field(False, description="save per-token logprobs (compressed numpy) and summarise them")
+    distributions: DistributionSpec | None = Field(
+        None, description="compare whole next-token distributions with BF16 (KL divergence, top-1 agreement, Δp): "
+                          "a baseline update stores BF16's top-k beside each baseline, the gate compares at the same k")
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
     baselines_dir: str = "baselines"
     recipes_dir: str = "recipes"
@@ -195,6 +212,10 @@ class HarnessConfig(Strict):
     def _check(self):
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
+        unset = [k for k in DISTRIBUTION_LIMITS if getattr(self.thresholds, k) is not None]
+        if unset and self.distributions is None:
+            raise ValueError(f"thresholds.{unset[0]} needs the next-token distributions: add `distributions: "
+                             "{top_k: 20}` to the config (and update the baselines), or drop the threshold")
         for ds in self.thresholds.datasets:
             if ds not in self.datasets:
                 raise ValueError(f"thresholds.datasets: unknown dataset {ds!r}; known: {', '.join(self.datasets)}")

@@ -22,6 +22,7 @@ from harness.provide import CheckpointProvider
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
+VLLM_MAX_LOGPROBS = 20   # vLLM's default max_logprobs: a larger distributions.top_k raises it for the engine
 
 
 class GateSession:
@@ -47,6 +48,7 @@ class GateSession:
         self.recipe_name = EXISTING if self.existing else (recipe or cfg.recipe)
         self.batch_size = batch_size or cfg.batch_size
         self.token_detail = token_detail or cfg.token_detail
+        self.top_k = cfg.distributions.top_k if cfg.distributions else 0  # 0: no next-token distributions
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         check_model_path(cfg)
@@ -66,6 +68,8 @@ class GateSession:
         self._scores: dict[tuple[str, str], DatasetScore] = {}
         self._engine_info: dict[str, dict] = {}
         self._comparisons: dict[str | None, Comparison] = {}
+        self._token_metrics: dict[str, object] = {}
+        self._distribution_stats: dict[str | None, dict] = {}
         self.provider = CheckpointProvider(cfg, self.recipe_name, self.existing, self.interp, self.log,
                                            self.model_identity, self._check_checkpoint_architecture)
         self._identity: dict | None = None
@@ -129,9 +133,12 @@ class GateSession:
             model = str(self.checkpoint()[0])
 
         def make():
+            kwargs = self.cfg.engine_kwargs(precision, self.backend)
+            if self.backend == "vllm" and self.top_k > VLLM_MAX_LOGPROBS:  # vLLM refuses more than max_logprobs
+                kwargs.setdefault("max_logprobs", self.top_k)
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
                               tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
-                              engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size)
+                              engine_kwargs=kwargs, batch_size=self.batch_size)
             eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
             if precision != "bf16":
@@ -161,10 +168,16 @@ class GateSession:
             t0 = time.time()
             show = self._shows_progress() and getattr(eng, "reports_progress", False)
             with ScoringProgress(f"{name} {precision}", len(prep.token_ids), enabled=show) as progress:
-                res = eng.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=self.token_detail)
+                res = eng.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=self.token_detail,
+                                                top_k=self.top_k)
+            topk = None
+            if self.top_k:
+                from harness.distributions import from_results
+
+                topk = from_results(res, prep.token_ids, self.top_k, self.backend)
             s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
                              eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
-                             token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None)
+                             token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None, topk=topk)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
             self._scores[key] = s
         return self._scores[key]
@@ -259,7 +272,26 @@ class GateSession:
         b = self.store.load(self.cfg.name, name)
         check_data_matches(b, self.prepared(name), where=f"{self.store.path(self.cfg.name, name)}")
         self.check_identity(b)
+        self._check_distributions(b)
         return b
+
+    def _check_distributions(self, b: Baseline) -> None:
+        """With distributions on, the baseline must carry BF16's top-k at this config's k (checked before any
+        quantization or engine start, like the data)."""
+        if not self.top_k:
+            return
+        where = self.store.path(self.cfg.name, b.dataset)
+        if not b.distributions:
+            raise BaselineError(f"{where}: the config compares next-token distributions (distributions.top_k "
+                                f"{self.top_k}) but this baseline stores none (made without them); add them with: "
+                                f"{self.update_hint}")
+        if b.distributions.get("top_k") != self.top_k:
+            raise BaselineError(f"{where}: stores BF16's top-{b.distributions.get('top_k')}, the config asks for top-"
+                                f"{self.top_k}: compare at the same k (set distributions.top_k: "
+                                f"{b.distributions.get('top_k')}) or re-create it with: {self.update_hint}")
+        if not self.store.distributions_path(b).exists():
+            raise BaselineError(f"{self.store.distributions_path(b)}: the BF16 distributions file {where.name} records "
+                                f"is missing; re-create it with: {self.update_hint}")
 
     def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
         """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
@@ -273,6 +305,13 @@ class GateSession:
         self.engines.close()
         pairs = [(olds[b.dataset], b) for b in new]
         for _, b in pairs:
+            topk = self._scores[(b.dataset, "bf16")].topk
+            if topk is not None:  # the distributions file first: the baseline written next records its sha256
+                from harness.distributions import SUFFIX, save
+
+                b.distributions = save(self.store.own_path(b.model, b.dataset, SUFFIX), topk)
+                self.log(f"wrote BF16 top-{topk.k} distributions {b.distributions['file']} "
+                         f"({b.distributions['bytes'] / 2**20:.1f} MiB, {topk.tokens} tokens)")
             p = self.store.write(b)
             self.log(f"wrote baseline {p}")
             tok = self._scores[(b.dataset, "bf16")].token_logprobs
@@ -344,6 +383,46 @@ class GateSession:
 
         return summarize(load_tokens(bf16), to_arrays(s.token_logprobs))
 
+    # ---- next-token distributions ------------------------------------------
+    def token_metrics(self, name: str):
+        """Per-token KL, top-1 agreement and Δp of the quantized run against the stored BF16 distributions."""
+        if name not in self._token_metrics:
+            from harness.distributions import load
+            from harness.divergence import token_metrics
+
+            b = self.baseline(name)
+            ref = load(self.store.distributions_path(b), b.distributions, self.update_hint)
+            self._token_metrics[name] = token_metrics(ref, self.score(name).topk)
+        return self._token_metrics[name]
+
+    def distribution_stats(self, name: str | None) -> dict | None:
+        """divergence.describe of one dataset (``None``: all datasets pooled); None with distributions off."""
+        if not self.top_k:
+            return None
+        if name not in self._distribution_stats:
+            from harness.divergence import describe
+
+            t = self.cfg.thresholds
+            names = self.dataset_names if name is None else [name]
+            self._distribution_stats[name] = describe({n: self.token_metrics(n) for n in names},
+                                                      samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+        return self._distribution_stats[name]
+
+    def limit_outcomes(self, name: str | None) -> list:
+        """The distribution limits (kld_mean_max, top1_min) that apply, judged for a dataset or (``None``) overall."""
+        from harness.judge import LIMITS, judge_limit, limit_source
+
+        stats = self.distribution_stats(name)
+        if stats is None:
+            return []
+        rt = {} if self.existing else self.recipe().thresholds
+        out = []
+        for key in LIMITS:
+            limit, source = limit_source(key, self.cfg.thresholds, rt, self.recipe_name)
+            if limit is not None:
+                out.append(judge_limit(name or "overall", stats, key, limit, source, self.cfg.thresholds.use))
+        return out
+
     def threshold(self, name: str | None) -> float:
         return self.threshold_source(name)[0]
 
@@ -358,6 +437,7 @@ class GateSession:
 
     def verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
+        outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
         notes = list(self.notes)
         mine = self.engine_info("nvfp4")
         for n in self.dataset_names:

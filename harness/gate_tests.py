@@ -5,7 +5,8 @@ this module beside a project's own tests (no copy needed; `--harness-gate-tests`
     pytest -m gpu --harness-config configs/qwen2.5-72b.yaml     # a real model on vLLM (backend: vllm => gpu)
     pytest --harness-config configs/tiny.yaml --update-baselines  # score BF16, rewrite the baselines first
 
-One test per dataset plus the overall score; each asserts score >= threshold against the stored BF16 baseline.
+One test per dataset plus the overall score; each asserts score >= threshold against the stored BF16 baseline. With
+`distributions` in the config, one more per dataset plus overall: KL mean and top-1 agreement within their limits.
 Quantization and scoring times are captured by pytest-benchmark (extra_info carries PPL and tokens/s).
 """
 from __future__ import annotations
@@ -42,3 +43,25 @@ def test_overall_score(harness_session):
     assert outcome.passed, harness_session.verdict().summary()
     assert all(key[1] != "bf16" or harness_session.update_mode for key in harness_session.engines.opened), \
         "the normal gate must never start a BF16 engine"
+
+
+@pytest.mark.harness_distributions
+def test_dataset_distribution(harness_session, harness_dataset):
+    """Next-token distributions against BF16's on one dataset: mean KL and top-1 agreement within the limits
+    (thresholds.kld_mean_max / top1_min of the config, else of the recipe). Collected for configs with
+    `distributions`."""
+    _assert_limits(harness_session, harness_dataset)
+
+
+@pytest.mark.harness_distributions
+def test_overall_distribution(harness_session):
+    _assert_limits(harness_session, None)
+
+
+def _assert_limits(session, name):
+    outcomes = session.limit_outcomes(name)
+    if not outcomes:
+        pytest.skip("distributions are on but no kld_mean_max / top1_min limit is set (config or recipe): reported, "
+                    "not gated")
+    failed = [o.message() for o in outcomes if not o.passed]
+    assert not failed, "\n".join(failed)

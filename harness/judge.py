@@ -97,3 +97,61 @@ def judge(c: Comparison, threshold: float, source: str, use: str) -> Outcome:
         raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
     return Outcome(name=c.name, comparison=c, threshold=threshold, gated_value=value, passed=value >= threshold,
                    threshold_source=source)
+
+
+# ---- next-token distributions (harness/divergence.py) -------------------------------------------------------------
+LIMITS = {  # threshold key -> (what it bounds, max or min)
+    "kld_mean_max": ("KL mean", "max"),
+    "top1_min": ("top-1 agreement", "min"),
+}
+
+
+@dataclass
+class LimitOutcome:
+    """A distribution statistic of one dataset (or overall) against its limit."""
+
+    name: str
+    key: str                # kld_mean_max or top1_min
+    value: float            # the gated value: the point estimate, or with `use: lower` the pessimistic interval end
+    point: float
+    interval: tuple[float, float] | None
+    limit: float
+    passed: bool
+    threshold_source: str
+
+    def message(self) -> str:
+        what, kind = LIMITS[self.key]
+        basis = "" if self.value == self.point else (" upper bound" if kind == "max" else " lower bound")
+        unit = " nats" if kind == "max" else "%"
+        fmt = (lambda v: f"{v:.4f}") if kind == "max" else (lambda v: f"{v:.2f}")
+        rel = ("<=" if kind == "max" else ">=") if self.passed else (">" if kind == "max" else "<")
+        ci = f" [CI {fmt(self.interval[0])}..{fmt(self.interval[1])}]" if self.interval else ""
+        return (f"{'ok  ' if self.passed else 'FAIL'} {self.name}: {what}{basis} {fmt(self.value)}{unit} {rel} "
+                f"{kind} {fmt(self.limit)}{unit} ({self.threshold_source}){ci}")
+
+
+def limit_source(key: str, thresholds, recipe_thresholds: dict, recipe_name: str) -> tuple[float | None, str]:
+    """A distribution limit and where it came from: the config, else the recipe, else none (reported, not gated)."""
+    if getattr(thresholds, key) is not None:
+        return getattr(thresholds, key), "config"
+    if key in recipe_thresholds:
+        return recipe_thresholds[key], f"recipe {recipe_name}"
+    return None, "none"
+
+
+def judge_limit(name: str, stats: dict, key: str, limit: float, source: str, use: str) -> LimitOutcome:
+    """Pass or fail a dataset's (or the pool's) distribution statistics against one limit; ``use: lower`` gates on
+    the interval's pessimistic end (the KL mean's upper bound, the top-1 agreement's lower bound)."""
+    if key == "kld_mean_max":
+        point, ci = stats["kld"]["mean"], stats["kld"]["interval"]
+    else:
+        point, ci = stats["top1_pct"], stats["top1_interval"]
+    interval = (ci["low"], ci["high"]) if ci else None
+    value = point
+    if use == "lower" and interval:
+        value = interval[1] if key == "kld_mean_max" else interval[0]
+    if not math.isfinite(value):
+        raise HarnessError(f"{name}: {LIMITS[key][0]} is not a finite number ({value}); refusing to report it")
+    passed = value <= limit if key == "kld_mean_max" else value >= limit
+    return LimitOutcome(name=name, key=key, value=value, point=point, interval=interval, limit=limit, passed=passed,
+                        threshold_source=source)

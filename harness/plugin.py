@@ -67,6 +67,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "multi_gpu: the tensor-parallel / offload suite (`pytest -m multi_gpu`); "
                                        "tests that need two GPUs skip cleanly on fewer")
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
+    config.addinivalue_line("markers", "harness_distributions: a gate test of next-token distributions (collected "
+                                       "for configs with `distributions`)")
     config._harness = HarnessState(config)
     config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
     _add_gate_tests(config)
@@ -232,7 +234,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("harness_gate") and case is not None:
             if (config.getoption("backend") or case.cfg.backend) == "vllm":
                 item.add_marker(pytest.mark.gpu)
-    gpu_items = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("multi_gpu")]
+    gpu_items = [i for i in items if any(i.get_closest_marker(m) for m in ("gpu", "multi_gpu", "scale"))]
     if gpu_items and not _gpu_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU: none visible (torch.cuda.is_available() is False)")
         for item in gpu_items:
@@ -265,9 +267,14 @@ def _group_by_case(items) -> None:
 
 
 def _dataset_not_in_case(item) -> bool:
+    """A (case, dataset) pair the case's config lacks, or a distribution test of a config without distributions."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return "harness_case" in params and "harness_dataset" in params and \
-        params["harness_dataset"] not in params["harness_case"].cfg.datasets
+    case = params.get("harness_case")
+    if case is None:
+        return False
+    if item.get_closest_marker("harness_distributions") and case.cfg.distributions is None:
+        return True
+    return "harness_dataset" in params and params["harness_dataset"] not in case.cfg.datasets
 
 
 def pytest_generate_tests(metafunc):

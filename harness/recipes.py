@@ -21,7 +21,8 @@ class RecipeFile(Strict):
     scheme: str = Field(description="scheme the checkpoint must have: NVFP4, NVFP4A16, ... (checked after quantizing)")
     recipe: str | dict[str, Any] = Field(description="llm-compressor recipe (YAML text or mapping) for oneshot(recipe=...)")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
-    thresholds: dict[str, float] = Field(default_factory=dict, description="overall / per-dataset min scores")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="overall / per-dataset min scores, and "
+                                         "kld_mean_max / top1_min for configs with distributions")
     models: list[str] = Field(default_factory=list, description="config names it applies to (empty: all)")
     default: bool = Field(True, description="part of the default recipe set (negative controls are not)")
 

@@ -42,10 +42,14 @@ def build_report(session, verdict) -> dict:
             "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
             "threshold_source": session.threshold_source(name)[1],
             "data": prep.summary(), "token_detail": session.token_summary(name),
+            "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
+            "limits": [limit_row(o) for o in session.limit_outcomes(name)],
         })
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
     overall["threshold_source"] = session.threshold_source(None)[1]
+    overall["distributions"] = session.distribution_stats(None)
+    overall["limits"] = [limit_row(o) for o in session.limit_outcomes(None)]
     bf16_path = Path(cfg.resolve(cfg.model.path))
     from harness.synth import view_source
 
@@ -58,6 +62,7 @@ def build_report(session, verdict) -> dict:
         "scheme": ckpt_info.get("scheme"), "backend": session.backend,
         "kernel": q_info.get("kernel"), "engine": q_info,
         "max_model_len": cfg.model.max_model_len,
+        "top_k": session.top_k or None,
         "datasets": datasets,
         "overall": overall,
         "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
@@ -69,6 +74,23 @@ def build_report(session, verdict) -> dict:
         "baseline_updates": update_rows(session.baseline_updates),
         "wall_s": round(time.time() - session.started, 1),
     }
+
+
+def limit_row(o) -> dict:
+    return {"key": o.key, "value": o.value, "point": o.point, "limit": o.limit, "passed": o.passed,
+            "threshold_source": o.threshold_source}
+
+
+def with_token_text(stats: dict | None, tokenizer) -> dict | None:
+    """The worst positions with their tokens as text (the true token, and each model's most likely one)."""
+    if not stats or not stats.get("worst_positions"):
+        return stats
+    tok = tokenizer()
+    for w in stats["worst_positions"]:
+        for key in ("true", "top1_bf16", "top1_model"):
+            tid = w["true_id" if key == "true" else key]
+            w[f"{key}_text"] = tok.decode([tid])
+    return stats
 
 
 def lm_eval_table(rep: dict) -> str:
@@ -225,6 +247,9 @@ def render_markdown(rep: dict) -> str:
         rep["gate"]["summary"],
         "```",
     ]
+    if rep.get("top_k"):
+        parts += ["", f"## Next-token distributions against BF16 (top-{rep['top_k']})", "",
+                  distribution_table(rep), "", DISTRIBUTION_NOTE, "", "### Most changed", "", most_changed(rep)]
     if any(d.get("token_detail") for d in rep["datasets"]):
         parts += ["", "## Per-token detail", "", token_detail_table(rep)]
     if rep.get("baseline_updates"):
@@ -299,6 +324,61 @@ def token_detail_table(rep: dict) -> str:
     return "\n".join(lines)
 
 
+DISTRIBUTION_NOTE = (
+    "KL: KL(BF16 || quantized) per scored token in nats, estimated on both top-k lists plus one bucket for all other "
+    "tokens (a lower bound of the full-vocabulary KL; README, 'Reading the distribution metrics'). top-1: share of "
+    "tokens where both models rank the same next token first. Δp: the true next token's probability, quantized minus "
+    "BF16, in percentage points. Intervals: bootstrap over documents.")
+
+
+def distribution_table(rep: dict) -> str:
+    lines = ["| dataset | tokens | KL mean | 95% CI | median | p99 | p99.9 | max | top-1 % | 95% CI | Δp mean | RMS Δp | "
+             "Δp p01 .. p99 | limits |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    for row in [*rep["datasets"], {"dataset": "overall", **rep["overall"]}]:
+        st = row.get("distributions")
+        if not st:
+            continue
+        k, t, dp = st["kld"], st["top1_interval"], st["dp_pct"]
+        lines.append(f"| {row['dataset']} | {st['tokens']} | {k['mean']:.5f} | {k['interval']['low']:.5f} .. "
+                     f"{k['interval']['high']:.5f} | {k['median']:.5f} | {k['p99']:.4f} | {k['p99_9']:.4f} | "
+                     f"{k['max']:.3f} | {st['top1_pct']:.2f} | {t['low']:.2f} .. {t['high']:.2f} | "
+                     f"{dp['mean']:+.3f} | {dp['rms']:.3f} | {dp['p01']:+.2f} .. {dp['p99']:+.2f} | "
+                     f"{_limits(row.get('limits') or [])} |")
+    return "\n".join(lines)
+
+
+def _limits(rows: list[dict]) -> str:
+    if not rows:
+        return "-"
+    out = []
+    for r in rows:
+        sign = "<=" if r["key"] == "kld_mean_max" else ">="
+        what = "KL" if r["key"] == "kld_mean_max" else "top-1"
+        out.append(f"{'ok' if r['passed'] else '**FAIL**'} {what} {sign} {r['limit']:g} ({r['threshold_source']})")
+    return "; ".join(out)
+
+
+def most_changed(rep: dict) -> str:
+    lines = ["| dataset | documents (index among the kept texts: KL mean, top-1) | positions (document:token: KL; "
+             f"true token; BF16 vs {qlabel(rep)} top-1; p(true) BF16 -> {qlabel(rep)}) |", "|---|---|---|"]
+    for d in rep["datasets"]:
+        st = d.get("distributions")
+        if not st:
+            continue
+        docs = "<br>".join(f"{w['doc']}: {w['kld_mean']:.4f}, {w['top1_pct']:.1f}%" for w in st["worst_documents"])
+        pos = "<br>".join(f"{w['doc']}:{w['position']}: {w['kld']:.3f}; {_tok(w, 'true')}; {_tok(w, 'top1_bf16')} vs "
+                          f"{_tok(w, 'top1_model')}; {w['p_true_bf16']:.3f} -> {w['p_true_model']:.3f}"
+                          for w in st["worst_positions"])
+        lines.append(f"| {d['dataset']} | {docs} | {pos} |")
+    return "\n".join(lines)
+
+
+def _tok(w: dict, key: str) -> str:
+    text = w.get(f"{key}_text")
+    tid = w["true_id" if key == "true" else key]
+    return f"`{text!r}`" if text is not None else str(tid)
+
+
 def baseline_diff_table(updates: list[dict]) -> str:
     lines = ["| dataset | field | old | new |", "|---|---|---|---|"]
     for u in updates:
@@ -320,7 +400,12 @@ def write_chart(rep: dict, path: Path) -> None:
     scores = [d["score"] for d in rep["datasets"]] + [rep["overall"]["score"]]
     cis = [d.get("interval") for d in rep["datasets"]] + [rep["overall"].get("interval")]
     thr = [d["threshold"] for d in rep["datasets"]] + [rep["overall"]["threshold"]]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    hist = [(d["dataset"], d["distributions"]["histogram"]) for d in rep["datasets"] if d.get("distributions")]
+    if hist:
+        fig, (ax, hax) = plt.subplots(2, 1, figsize=(6.4, 7.0))
+        kl_histogram(hax, hist, rep.get("top_k"))
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
     colors = ["#4c9a2a" if s >= t else "#c0392b" for s, t in zip(scores, thr)]
     bars = ax.bar(names, scores, color=colors)
     for i, ci in enumerate(cis):
@@ -337,6 +422,22 @@ def write_chart(rep: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="svg")
     plt.close(fig)
+
+
+def kl_histogram(ax, hist: list[tuple[str, dict]], top_k) -> None:
+    """Share of scored tokens per KL bin (log-spaced), one bar group per dataset."""
+    edges = hist[0][1]["edges"]
+    labels = [f"<{edges[1]:g}"] + [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[1:-1], edges[2:])] + [f">={edges[-1]:g}"]
+    width = 0.8 / len(hist)
+    for j, (name, h) in enumerate(hist):
+        total = max(sum(h["counts"]), 1)
+        xs = [i + (j - (len(hist) - 1) / 2) * width for i in range(len(h["counts"]))]
+        ax.bar(xs, [100.0 * c / total for c in h["counts"]], width=width, label=name)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, fontsize=8)
+    ax.set_ylabel("% of scored tokens")
+    ax.set_xlabel(f"per-token KL(BF16 || quantized), nats (top-{top_k} estimate)")
+    ax.legend(fontsize=8)
 
 
 def write_report(rep: dict, reports_dir: Path, log_lines: list[str],

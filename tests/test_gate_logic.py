@@ -29,7 +29,7 @@ class FakeBackend(Backend):
         self.kernel = spec.engine_kwargs.get("kernel", "emulation W4A4")
         self.poison = spec.engine_kwargs.get("poison")
 
-    def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False):
+    def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False, top_k=0):
         out = []
         for i, d in enumerate(docs):
             per_tok = 1.0 + self.extra * (1 + (i % 3) * 0.1)
@@ -57,6 +57,8 @@ def session(project, monkeypatch, tmp_path):
     def make(**engine_kwargs):
         cfg = load_config(project / "configs/tiny.yaml")
         cfg.model.engine = {"bf16": {"hf": {}}, "nvfp4": {"hf": dict(engine_kwargs)}}
+        cfg.distributions = None  # the PPL logic alone (distributions: tests/test_distributions.py)
+        cfg.thresholds.kld_mean_max = cfg.thresholds.top1_min = None
         ckpt = tmp_path / "ckpt"
         ckpt.mkdir(exist_ok=True)
         writer = GateSession(cfg, quiet=True, update_baselines=True)  # fake BF16 baselines in the project copy

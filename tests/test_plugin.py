@@ -41,13 +41,14 @@ def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_
                                          "--harness-config", "configs/tiny.yaml")
     out = asked.stdout.str()
     assert "test_own.py::test_own" in out and "gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
-    assert "9 tests collected" in out, out  # theirs + 2 recipes x (quantize, 2 datasets, overall), shipped recipes
+    # theirs + 2 shipped recipes x (quantize, 2 datasets, overall; distributions: 2 datasets, overall)
+    assert "15 tests collected" in out, out
     one_file = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                             "--harness-config", "configs/tiny.yaml")
     assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()  # a named file: theirs alone
     forced = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                           "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "yes")
-    assert "9 tests collected" in forced.stdout.str(), forced.stdout.str()
+    assert "15 tests collected" in forced.stdout.str(), forced.stdout.str()
     off = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider",
                                        "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
     assert "1 test collected" in off.stdout.str(), off.stdout.str()
@@ -59,14 +60,14 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
     target.unlink()
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable")
-    # test_quantize passes; every scoring test fails before any engine starts: a gate without all its baselines
-    # cannot reach a verdict, so it spends no GPU time finding that out
-    r.assert_outcomes(passed=1, failed=3)
+    # test_quantize passes; every scoring and distribution test fails before any engine starts: a gate without all
+    # its baselines cannot reach a verdict, so it spends no GPU time finding that out
+    r.assert_outcomes(passed=1, failed=6)
     r.stdout.fnmatch_lines(["*baseline not found:*ultrachat.json*", "*create it with: pytest --harness-config*"
                             "--update-baselines*"])
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--update-baselines", "-p",
                                "no:cacheprovider", "--benchmark-disable")
-    r.assert_outcomes(passed=8)  # both default recipes (nvfp4, nvfp4a16) x (quantize, 2 datasets, overall)
+    r.assert_outcomes(passed=14)  # both default recipes x (quantize, 2 datasets, overall, 3 distribution tests)
     assert target.exists()
     r.stdout.fnmatch_lines(["*baselines updated (old -> new, * = changed)*", "*| ultrachat | ppl * | - | 2.*",
                             "*GATE PASSED*", "*report: *report.md"])
@@ -75,10 +76,11 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
 
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
     p = gate_project
-    # the override replaces every threshold (the config's 98.5 / 99.0 pass): every score test fails, quantize passes
+    # the override replaces every score threshold (the config's 98.5 / 99.0 pass): every score test fails; quantize
+    # and the distribution tests (their own limits) pass
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "--min-score", "150",
                                "-p", "no:cacheprovider", "--benchmark-disable")
-    r.assert_outcomes(passed=1, failed=3)
+    r.assert_outcomes(passed=4, failed=3)
     r.stdout.fnmatch_lines(["*FAIL overall: score * < min 150.00*", "*FAIL ultrachat: score * < min 150.00*"])
     r = p.runpytest_inprocess("--min-score", "abc")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
@@ -122,7 +124,7 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
     args = ("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
             "--benchmark-storage", store)
     r = p.runpytest_inprocess(*args, "--benchmark-autosave")
-    r.assert_outcomes(passed=4)
+    r.assert_outcomes(passed=7)
     saved = list((tmp_path / "bench").rglob("0001_*.json"))
     assert len(saved) == 1
     import json
@@ -131,7 +133,7 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
     assert set(extra["test_dataset_score[tiny-qwen2/nvfp4-ultrachat]"]) >= {"ppl", "nll", "tokens", "tokens_per_s"}
     assert "cache_hit" in extra["test_quantize[tiny-qwen2/nvfp4]"]
     r = p.runpytest_inprocess(*args, "--benchmark-compare")
-    r.assert_outcomes(passed=4)
+    r.assert_outcomes(passed=7)
     r.stderr.fnmatch_lines(["*Comparing against benchmarks from: *0001_*"])
     r.stdout.fnmatch_lines(["*test_dataset_score*(0001_*"])
 
@@ -139,6 +141,27 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
 def test_gate_tests_become_gpu_tests_when_scored_with_vllm(gate_project):
     p = gate_project
     cpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider")
-    assert "8 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
+    assert "14 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
     gpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "--backend", "vllm", "-p", "no:cacheprovider")
-    assert "8 tests collected" in gpu.stdout.str()
+    assert "14 tests collected" in gpu.stdout.str()
+
+
+def test_distribution_tests_follow_the_config(gate_project):
+    """No `distributions`: no distribution tests. Distributions without limits: reported, and the tests say they
+    gate nothing (skipped with the reason), never a silent pass."""
+    import yaml
+
+    p = gate_project
+    cfg_path = p.path / "configs/tiny.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for key in ("kld_mean_max", "top1_min"):
+        del cfg["thresholds"][key]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = p.runpytest_inprocess("--recipe", "nvfp4", "-p", "no:cacheprovider", "--benchmark-disable", "-rs")
+    r.assert_outcomes(passed=4, skipped=3)
+    r.stdout.fnmatch_lines(["*no kld_mean_max / top1_min limit is set*reported, not gated*"])
+    del cfg["distributions"]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    off = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    out = off.stdout.str()
+    assert "8/14 tests collected (6 deselected)" in out and "_distribution[" not in out, out
