@@ -176,3 +176,58 @@ def bench_workload():
             "n_prompts": n, "prompt_len": length, "max_model_len": 2048,
             "engine": {"gpu_memory_utilization": 0.5, "enforce_eager": True, "skip_tokenizer_init": True, "seed": 0,
                        "max_num_batched_tokens": 16384}}
+
+
+class PeakMemory:
+    """Peak memory while a block runs, sampled every 50 ms: this process's RSS, its child processes' RSS (the vLLM
+    engine core) and GPU 0's used memory (NVML), each in MiB above what it was when the block began."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.peak: dict[str, float] = {}
+
+    @staticmethod
+    def now() -> dict[str, float]:
+        import psutil
+        import pynvml
+
+        me = psutil.Process()
+        kids = sum(c.memory_info().rss for c in me.children(recursive=True) if c.is_running())
+        pynvml.nvmlInit()
+        try:
+            gpu = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
+        finally:
+            pynvml.nvmlShutdown()
+        return {"harness_rss_mib": me.memory_info().rss / 2**20, "engine_rss_mib": kids / 2**20,
+                "gpu_used_mib": gpu / 2**20}
+
+    def __enter__(self):
+        import threading
+
+        self.start = self.now()
+        self.peak = dict(self.start)
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval_s):
+                for k, v in self.now().items():
+                    self.peak[k] = max(self.peak[k], v)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        for k, v in self.now().items():
+            self.peak[k] = max(self.peak[k], v)
+
+    def growth(self) -> dict[str, float]:
+        return {k: round(self.peak[k] - self.start[k], 1) for k in self.peak}
+
+
+@pytest.fixture
+def peak_memory():
+    """``with peak_memory() as pm: ...; pm.growth()``: see PeakMemory."""
+    return PeakMemory

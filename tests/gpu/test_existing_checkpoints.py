@@ -67,9 +67,12 @@ def test_gate_an_existing_modelopt_checkpoint(layouts, gpu_cfg, gpu_results):
     finally:
         s.close()
     o = s.overall()
+    dist = s.distribution_stats(None)  # random weights: near-uniform distributions over 152k tokens
     gpu_results("gate_existing_modelopt_0p5b", {"scheme": info["scheme"], "layout": info["layout"],
                                                 "kernel": engine["kernel"], "score": o.score,
-                                                "ppl": o.ppl_model, "passed": verdict.passed})
+                                                "ppl": o.ppl_model, "passed": verdict.passed,
+                                                "kld_mean": dist["kld"]["mean"], "top1_pct": dist["top1_pct"],
+                                                "verdict": verdict.summary()})
     assert info["existing"] and info["scheme"] == "NVFP4" and info["layout"] == "modelopt" and path == layouts / "modelopt"
     assert [k[1] for k in s.engines.opened] == ["nvfp4"]  # no quantization, no BF16 engine in the gate
     assert "Marlin W4A16" in engine["kernel"]

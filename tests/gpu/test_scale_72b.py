@@ -1,4 +1,5 @@
-"""The reference shape on one H200 (`pytest -m "gpu and scale"`, about 15 minutes; skipped on smaller GPUs).
+"""The reference shape on one H200 (`pytest -m scale`, about 15 minutes; skipped on smaller GPUs). Its own suite, like
+`-m multi_gpu`: not part of `pytest -m gpu`, which must fit one 30-minute device session with room for new tests.
 
 Qwen2.5-72B-Instruct's tensors with synthetic weights (``harness synth-checkpoint``: 44 GB of NVFP4 plus a BF16 view
 of it), then, through the harness's own commands as a user runs them:
@@ -25,7 +26,7 @@ from harness.backends.gpu_memory import total_gib
 from harness.config import load_config
 from harness.gate import GateSession
 
-pytestmark = [pytest.mark.gpu, pytest.mark.scale]
+pytestmark = pytest.mark.scale  # `pytest -m scale`; not part of `pytest -m gpu`
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "qwen2.5-72b-shape.yaml"

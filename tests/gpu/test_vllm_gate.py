@@ -44,9 +44,22 @@ def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, linear_backend, gpu_resul
         "overall_score": rep["overall"]["score"], "overall_interval": rep["overall"]["interval"],
         "datasets": {d["dataset"]: {"ppl": d["nvfp4"]["ppl"], "score": d["score"], "tokens_per_s": d["nvfp4"]["tokens_per_s"]}
                      for d in rep["datasets"]},
-        "quantize": qinfo, "engine_start_s": info["engine_start_s"]})
+        "quantize": qinfo, "engine_start_s": info["engine_start_s"],
+        "distributions": {d["dataset"]: _dist_brief(d) for d in [*rep["datasets"], {"dataset": "overall",
+                                                                                     **rep["overall"]}]}})
     assert verdict.passed, verdict.summary()
+    o = rep["overall"]["distributions"]  # the tiny config compares top-20 distributions with vLLM's own BF16
+    assert o["tokens"] == sum(d["nvfp4"]["tokens"] for d in rep["datasets"])
+    assert 0 < o["kld"]["mean"] and o["top1_pct"] < 100.0, o
+    assert {r["key"] for r in rep["overall"]["limits"]} == {"kld_mean_max", "top1_min"}
     if linear_backend == "emulation":  # W4A4: activations quantized too, so the tiny model must pay for it
         assert rep["overall"]["interval"]["high"] < 100.0, rep["overall"]
         for d in rep["datasets"]:  # on each dataset too (2026-11-27: WikiText scored 101.0 before the retrained fixture)
             assert d["interval"]["high"] < 100.0, (d["dataset"], d["score"], d["interval"])
+
+
+def _dist_brief(row: dict) -> dict:
+    st = row["distributions"]
+    return {"kld_mean": st["kld"]["mean"], "kld_ci": [st["kld"]["interval"]["low"], st["kld"]["interval"]["high"]],
+            "kld_p99_9": st["kld"]["p99_9"], "top1_pct": st["top1_pct"], "dp_rms_pct": st["dp_pct"]["rms"],
+            "limits": [(r["key"], r["passed"]) for r in row["limits"]]}
