@@ -2,7 +2,8 @@
 
 Each token t (after the first) scores log p = -log(1 + t); a document holding token 999999 kills its worker; the
 kwarg ``fail_on`` names a CUDA_VISIBLE_DEVICES value whose engine fails to start; ``trace_dir`` records which
-worker scored which documents (one line per document: its first token)."""
+worker scored which documents (one line per document: its first token). With ``top_k``: ids t .. t+k-1 at the
+token's own log-probability."""
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ class EchoBackend(Backend):
                 with open(Path(trace) / f"gpu{self.devices.replace(',', '-')}.txt", "a") as f:
                     f.write(f"{d[0]}\n")
             lps = [-math.log1p(t) for t in d[1:]]
+            top = None
+            if top_k:  # top-k "distributions": ids t, t+1, ... with the token's own log-probability
+                import numpy as np
+
+                top = np.asarray([[t + j for j in range(top_k)] for t in d[1:]], dtype=np.int64).reshape(-1, top_k)
             out.append(DocResult(logprob_sum=sum(lps), n_tokens=len(d) - 1,
-                                 token_logprobs=lps if token_logprobs else None))
+                                 token_logprobs=lps if token_logprobs or top_k else None, top_ids=top,
+                                 top_logprobs=None if top is None else np.repeat(
+                                     np.asarray(lps, dtype=np.float32)[:, None], top_k, axis=1)))
         return out
 
     def info(self):

@@ -67,6 +67,18 @@ def test_two_workers_score_shards_on_their_own_gpus_and_merge_in_document_order(
     assert not [p for p in mp.active_children() if p.name.startswith("harness-dp")]  # closed: no worker left
 
 
+def test_top_k_distributions_cross_the_worker_pipes_in_document_order():
+    docs = [[1, 5, 6], [2, 9], [3, 4, 4, 4]]
+    be = DataParallelBackend(_spec(data_parallel_size=2), FAKE, 2, ["0", "1"])
+    try:
+        res = be.loglikelihood_rolling(docs, top_k=3)
+    finally:
+        be.close()
+    for d, r in zip(docs, res):
+        assert r.top_ids.tolist() == [[t, t + 1, t + 2] for t in d[1:]]
+        assert r.top_logprobs[:, 0].tolist() == pytest.approx([-math.log1p(t) for t in d[1:]])
+
+
 def test_a_worker_that_cannot_start_stops_all_of_them_and_says_which_gpu():
     with pytest.raises(BackendError, match=r"engine 1 of 2 \(GPUs 1\): RuntimeError: CUDA out of memory on 1"):
         DataParallelBackend(_spec(data_parallel_size=2, fail_on="1"), FAKE, 2, ["0", "1"])

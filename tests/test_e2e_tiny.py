@@ -94,6 +94,8 @@ def test_negative_control_recipe_fails_the_gate_readably(capsys, tmp_path, quick
     assert "GATE FAILED" in out
     line = next(l for l in out.splitlines() if l.startswith("FAIL overall"))
     assert "< min 99.00" in line and "PPL" in line
+    # and on the next-token distributions (the tiny config compares them): KL far above, top-1 far below the limits
+    assert "FAIL overall: KL mean" in out and "FAIL overall: top-1 agreement" in out, out
 
 
 def test_run_to_run_noise_is_far_below_the_nvfp4_cost(gate_run, tmp_path):
