@@ -116,8 +116,8 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
              worst: int = 5) -> dict:
     """Statistics of one dataset (one part) or of several pooled (the overall row): KL mean / median / 99th / 99.9th
     percentile / max, top-1 agreement %, Δp of the true token in percentage points (mean, RMS, percentiles, min, max),
-    bootstrap intervals of the KL mean and the top-1 agreement (documents resampled within each dataset), a KL
-    histogram, and the documents and positions that changed most."""
+    bootstrap intervals of the KL mean, the top-1 agreement and the Δp mean (documents resampled within each dataset),
+    a KL histogram, and the documents and positions that changed most."""
     import numpy as np
 
     from harness.metrics import bootstrap_ratios
@@ -127,9 +127,9 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
     dp = np.concatenate([m.dp for m in parts.values()]) * 100.0
     if not len(kl):
         raise BaselineError("no scored tokens to compare distributions on")
-    groups = {n: (np.stack([_per_doc(m.kl, m.offsets), _per_doc(m.same_top1.astype(np.float64), m.offsets)], axis=1),
-                  m.doc_tokens) for n, m in parts.items()}
-    kl_ci, top1_ci = bootstrap_ratios(groups, samples=samples, confidence=confidence, seed=seed)
+    groups = {n: (np.stack([_per_doc(m.kl, m.offsets), _per_doc(m.same_top1.astype(np.float64), m.offsets),
+                            _per_doc(m.dp * 100.0, m.offsets)], axis=1), m.doc_tokens) for n, m in parts.items()}
+    kl_ci, top1_ci, dp_ci = bootstrap_ratios(groups, samples=samples, confidence=confidence, seed=seed)
     counts, _ = np.histogram(np.minimum(kl, HIST_EDGES[-1]), bins=list(HIST_EDGES) + [np.inf])
     out = {
         "tokens": int(len(kl)),
@@ -140,7 +140,8 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
         "top1_pct": float(same.mean() * 100.0),
         "top1_interval": {"low": top1_ci[0] * 100.0, "high": top1_ci[1] * 100.0, "confidence": confidence,
                           "samples": samples},
-        "dp_pct": {"mean": float(dp.mean()), "rms": float(np.sqrt(np.mean(dp ** 2))), "min": float(dp.min()),
+        "dp_pct": {"mean": float(dp.mean()), "mean_interval": {"low": dp_ci[0], "high": dp_ci[1]},
+                   "rms": float(np.sqrt(np.mean(dp ** 2))), "min": float(dp.min()),
                    "max": float(dp.max()),
                    **{f"p{q:02d}": float(np.percentile(dp, q)) for q in DP_PERCENTILES}},
         "histogram": {"edges": list(HIST_EDGES), "counts": [int(c) for c in counts]},

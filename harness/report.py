@@ -332,8 +332,8 @@ DISTRIBUTION_NOTE = (
 
 
 def distribution_table(rep: dict) -> str:
-    lines = ["| dataset | tokens | KL mean | 95% CI | median | p99 | p99.9 | max | top-1 % | 95% CI | Δp mean | RMS Δp | "
-             "Δp p01 .. p99 | limits |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---|"]
+    lines = ["| dataset | tokens | KL mean | 95% CI | median | p99 | p99.9 | max | top-1 % | 95% CI | Δp mean (95% CI) | "
+             "RMS Δp | Δp p01 .. p99 | limits |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|---|"]
     for row in [*rep["datasets"], {"dataset": "overall", **rep["overall"]}]:
         st = row.get("distributions")
         if not st:
@@ -342,9 +342,14 @@ def distribution_table(rep: dict) -> str:
         lines.append(f"| {row['dataset']} | {st['tokens']} | {k['mean']:.5f} | {k['interval']['low']:.5f} .. "
                      f"{k['interval']['high']:.5f} | {k['median']:.5f} | {k['p99']:.4f} | {k['p99_9']:.4f} | "
                      f"{k['max']:.3f} | {st['top1_pct']:.2f} | {t['low']:.2f} .. {t['high']:.2f} | "
-                     f"{dp['mean']:+.3f} | {dp['rms']:.3f} | {dp['p01']:+.2f} .. {dp['p99']:+.2f} | "
+                     f"{dp['mean']:+.3f}{_dp_ci(dp)} | {dp['rms']:.3f} | {dp['p01']:+.2f} .. {dp['p99']:+.2f} | "
                      f"{_limits(row.get('limits') or [])} |")
     return "\n".join(lines)
+
+
+def _dp_ci(dp: dict) -> str:
+    ci = dp.get("mean_interval")
+    return f" ({ci['low']:+.3f} .. {ci['high']:+.3f})" if ci else ""
 
 
 def _limits(rows: list[dict]) -> str:

@@ -113,6 +113,8 @@ def test_statistics_worst_documents_and_positions_by_hand():
     assert (first["doc"], first["position"], first["true_id"], first["top1_bf16"], first["top1_model"]) == (1, 1, 0, 0, 2)
     lo, hi = st["kld"]["interval"]["low"], st["kld"]["interval"]["high"]
     assert 0.0 <= lo <= st["kld"]["mean"] <= hi <= 0.274887 + 1e-6  # resampled means of the two documents
+    dp_ci = st["dp_pct"]["mean_interval"]  # from all-doc-0 (0 points) to all-doc-1 (-30 points) resamples
+    assert -30.0 - 1e-4 <= dp_ci["low"] <= st["dp_pct"]["mean"] <= dp_ci["high"] <= 1e-9
     assert sum(st["histogram"]["counts"]) == 4
 
 
