@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
                    help="gate this existing quantized checkpoint as it is (no quantization); same as "
                         "--set model.checkpoint=PATH_OR_ID")
-    g.add_argument("--min-score", type=_min_score, default=None, help="override every threshold")
+    g.add_argument("--min-score", type=_min_score, default=None, help="override every relative-score threshold (not the distribution limits)")
     g.add_argument("--update-baselines", action="store_true", help="score BF16 and rewrite baselines first")
     g.add_argument("--force", action="store_true", help="with --update-baselines: accept a changed data fingerprint")
     g.add_argument("--report-dir", default=None, metavar="DIR", help="where the report goes (default: config's)")

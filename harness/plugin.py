@@ -42,7 +42,8 @@ def pytest_addoption(parser):
     g.addoption("--force", "--harness-force", dest="harness_force", action="store_true", default=False,
                 help="with --update-baselines: accept a changed data fingerprint")
     g.addoption("--min-score", type=_min_score, default=None, metavar="SCORE",
-                help="override every threshold (overall and per dataset)")
+                help="override every relative-score threshold (overall and per dataset; not the "
+                     "distribution limits kld_mean_max / top1_min)")
     g.addoption("--backend", choices=tuple(BACKENDS), default=None, help="scoring backend (default: the config's)")
     g.addoption("--recipe", default=None, metavar="NAME",
                 help="run only this recipe (default: every default recipe in recipes/ that applies to the model)")
