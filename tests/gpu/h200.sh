@@ -2,6 +2,8 @@
 # Maintainers' driver for the GPU suite on a lent H200 (the `device` tool: one command <= 10 min, a machine idle for
 # 30 s is given back). Long suites run as a background job that outlives each command; every call collects its
 # logs, results and reports into $OUT.
+#   bash tests/gpu/h200.sh resplit [SIZE]          here, before staging: cut .stage/p* into parts of SIZE (default 55M)
+#                                                  so a part plus this repository fits one call's 64 MiB
 #   bash tests/gpu/h200.sh stage K                 copy .stage/pK (bash ../shared/gpu/prepare.sh) to /tmp/stage
 #   bash tests/gpu/h200.sh install                 unpack the wheels (after the last part)
 #   bash tests/gpu/h200.sh start NAME PYTEST_ARGS  run pytest with the GPU environment as background job NAME
@@ -28,6 +30,14 @@ collect() {
   return 0
 }
 case "${1:-}" in
+  resplit)
+    size=${2:-55M}; tmp=$(mktemp -d)
+    cp "$(ls -d .stage/p* | sort -V | tail -1)/install.sh" "$tmp/" || exit 1
+    for d in $(ls -d .stage/p* | sort -V); do cat "$d"/part.*; done | split -b "$size" -d -a 2 - "$tmp/part." || exit 1
+    rm -rf .stage/p*; n=0
+    for f in $(ls "$tmp"/part.* | sort -V); do mkdir -p ".stage/p$n"; mv "$f" ".stage/p$n/"; n=$((n + 1)); done
+    mv "$tmp/install.sh" ".stage/p$((n - 1))/"; rmdir "$tmp"
+    du -sh .stage/p* | sed 's/^/  /'; echo "parts: $n (p0..p$((n - 1))); the last one carries install.sh" ;;
   stage) mkdir -p /tmp/stage && cp ".stage/p$2"/* /tmp/stage/ && ls /tmp/stage | wc -l ;;
   install) bash /tmp/stage/install.sh && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
              && df -h /dev/shm /tmp | tail -2 && free -g | head -2 ;;
@@ -46,5 +56,5 @@ case "${1:-}" in
     tail -c 3000 "$jobs/$name.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     if [ -f "$jobs/$name.rc" ]; then echo "DONE $name rc=$(cat "$jobs/$name.rc")"; else echo "RUNNING $name"; fi ;;
-  *) sed -n 2,9p "$0"; exit 2 ;;
+  *) sed -n 2,11p "$0"; exit 2 ;;
 esac
