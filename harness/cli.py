@@ -184,7 +184,7 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_score(a) -> int:
-    s = _session(a)
+    s = _session(a, distributions=False)  # PPL only: the top-k would cost time and go unused
     names = a.dataset or s.dataset_names
     from harness.config import check_dataset_names
 

@@ -29,7 +29,8 @@ class GateSession:
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
-                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False):
+                 update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
+                 distributions: bool = True):
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
@@ -48,7 +49,8 @@ class GateSession:
         self.recipe_name = EXISTING if self.existing else (recipe or cfg.recipe)
         self.batch_size = batch_size or cfg.batch_size
         self.token_detail = token_detail or cfg.token_detail
-        self.top_k = cfg.distributions.top_k if cfg.distributions else 0  # 0: no next-token distributions
+        # 0: no next-token distributions (config off, or a caller that only wants PPL: `harness score`)
+        self.top_k = cfg.distributions.top_k if cfg.distributions and distributions else 0
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         check_model_path(cfg)

@@ -203,3 +203,22 @@ def test_a_replaced_distributions_file_is_refused_at_comparison(dist_project, tm
             s.distribution_stats("ultrachat")
     finally:
         s.close()
+
+
+def test_harness_score_reports_ppl_without_computing_distributions(dist_project, capsys, monkeypatch):
+    """`harness score` prints PPL only, so it asks the backend for no top-k (which would cost up to half the speed)."""
+    from harness.backends.hf import HFBackend
+    from harness.cli import main
+
+    asked = []
+    real = HFBackend.loglikelihood_rolling
+
+    def spy(self, docs, progress=None, token_logprobs=False, top_k=0):
+        asked.append(top_k)
+        return real(self, docs, progress, token_logprobs, top_k)
+
+    monkeypatch.setattr(HFBackend, "loglikelihood_rolling", spy)
+    rc = main(["score", "--config", str(dist_project / "configs/tiny.yaml"), "--precision", "bf16", "--dataset",
+               "wikitext2"])
+    assert rc == 0 and asked == [0], asked
+    assert "| wikitext2 | bf16 |" in capsys.readouterr().out
