@@ -58,21 +58,21 @@ def from_results(results: Sequence, docs: Sequence[Sequence[int]], k: int, backe
     """A dataset's TopK from backend DocResults that carry ``top_ids`` / ``top_logprobs`` / ``token_logprobs``."""
     import numpy as np
 
+    from harness.token_detail import to_arrays
+
     counts = [len(d) - 1 for d in docs]
     for i, (r, n) in enumerate(zip(results, counts)):
         if r.top_ids is None or r.top_logprobs is None or r.token_logprobs is None:
             raise BackendError(f"{backend}: document {i} came back without its top-{k} next-token distributions")
-        if np.shape(r.top_ids) != (n, k) or np.shape(r.top_logprobs) != (n, k):
-            raise BackendError(f"{backend}: document {i} has top-k arrays of shape {np.shape(r.top_ids)}, expected "
-                               f"({n}, {k})")
-    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(counts)
+        if np.shape(r.top_ids) != (n, k) or np.shape(r.top_logprobs) != (n, k) or len(r.token_logprobs) != n:
+            raise BackendError(f"{backend}: document {i} has top-k arrays of shape {np.shape(r.top_ids)} and "
+                               f"{len(r.token_logprobs)} token log-probabilities, expected ({n}, {k}) and {n}")
+    offsets, true_lps = to_arrays([r.token_logprobs for r in results])
     ids = np.concatenate([np.asarray(r.top_ids, dtype=np.int64).reshape(-1, k) for r in results]) if docs else \
         np.zeros((0, k), dtype=np.int64)
     lps = np.concatenate([np.asarray(r.top_logprobs, dtype=np.float32).reshape(-1, k) for r in results]) if docs else \
         np.zeros((0, k), dtype=np.float32)
     true_ids = np.fromiter((t for d in docs for t in list(d)[1:]), dtype=np.int32, count=int(offsets[-1]))
-    true_lps = np.fromiter((x for r in results for x in r.token_logprobs), dtype=np.float32, count=int(offsets[-1]))
     if not (np.isfinite(lps).all() and np.isfinite(true_lps).all()):
         raise BackendError(f"{backend}: non-finite log-probabilities in the top-{k} distributions: the checkpoint or "
                            "kernel is broken")

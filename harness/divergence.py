@@ -120,15 +120,15 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
     a KL histogram, and the documents and positions that changed most."""
     import numpy as np
 
-    from harness.metrics import bootstrap_ratios
+    from harness.metrics import bootstrap_ratios, per_doc_sums
 
     kl = np.concatenate([m.kl for m in parts.values()])
     same = np.concatenate([m.same_top1 for m in parts.values()])
     dp = np.concatenate([m.dp for m in parts.values()]) * 100.0
     if not len(kl):
         raise BaselineError("no scored tokens to compare distributions on")
-    groups = {n: (np.stack([_per_doc(m.kl, m.offsets), _per_doc(m.same_top1.astype(np.float64), m.offsets),
-                            _per_doc(m.dp * 100.0, m.offsets)], axis=1), m.doc_tokens) for n, m in parts.items()}
+    groups = {n: (np.stack([per_doc_sums(m.kl, m.offsets), per_doc_sums(m.same_top1.astype(np.float64), m.offsets),
+                            per_doc_sums(m.dp * 100.0, m.offsets)], axis=1), m.doc_tokens) for n, m in parts.items()}
     kl_ci, top1_ci, dp_ci = bootstrap_ratios(groups, samples=samples, confidence=confidence, seed=seed)
     counts, _ = np.histogram(np.minimum(kl, HIST_EDGES[-1]), bins=list(HIST_EDGES) + [np.inf])
     out = {
@@ -153,24 +153,15 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
     return out
 
 
-def _per_doc(values, offsets):
-    import numpy as np
-
-    out = np.zeros(len(offsets) - 1)
-    counts = np.diff(offsets)
-    nonempty = counts > 0
-    if nonempty.any():
-        out[nonempty] = np.add.reduceat(values, offsets[:-1][nonempty])
-    return out
-
-
 def worst_documents(m: TokenMetrics, n: int) -> list[dict]:
     """The documents with the highest mean KL_k."""
     import numpy as np
 
+    from harness.metrics import per_doc_sums
+
     counts = m.doc_tokens
-    mean = np.where(counts > 0, _per_doc(m.kl, m.offsets) / np.maximum(counts, 1), 0.0)
-    top1 = np.where(counts > 0, _per_doc(m.same_top1.astype(np.float64), m.offsets) / np.maximum(counts, 1), 0.0)
+    mean = np.where(counts > 0, per_doc_sums(m.kl, m.offsets) / np.maximum(counts, 1), 0.0)
+    top1 = np.where(counts > 0, per_doc_sums(m.same_top1.astype(np.float64), m.offsets) / np.maximum(counts, 1), 0.0)
     order = np.argsort(-mean, kind="stable")[:n]
     return [{"doc": int(i), "tokens": int(counts[i]), "kld_mean": float(mean[i]), "top1_pct": float(top1[i] * 100)}
             for i in order]

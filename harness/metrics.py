@@ -142,6 +142,19 @@ def paired_bootstrap(ref: Mapping[str, tuple[Sequence[float], Sequence[int]]],
     return Interval(low=lo, high=hi, confidence=confidence, samples=samples, seed=seed)
 
 
+def per_doc_sums(values, offsets):
+    """Per-document sums of per-token ``values`` (numpy), documents given as token ranges ``offsets`` [docs + 1];
+    an empty document sums to 0."""
+    import numpy as np
+
+    out = np.zeros(len(offsets) - 1)
+    counts = np.diff(offsets)
+    nonempty = counts > 0
+    if nonempty.any():
+        out[nonempty] = np.add.reduceat(values, np.asarray(offsets)[:-1][nonempty])
+    return out
+
+
 def resampled_totals(groups: Mapping[str, tuple[Sequence, Sequence[int]]], samples: int, seed: int):
     """Bootstrap totals over documents, stratified by group (dataset): ``groups`` maps a name to (per-document values
     [documents, columns], per-document token counts); each sample draws every group's documents with replacement and

@@ -52,12 +52,11 @@ def summarize(ref, model, worst: int = 5, drop_nats: float = DROP_NATS) -> dict:
     if len(r_off) != len(m_off) or not np.array_equal(r_off, m_off):
         raise HarnessError("per-token files do not describe the same documents (different offsets): re-create the "
                            "BF16 file with a baseline update")
+    from harness.metrics import per_doc_sums
+
     delta = m_lp.astype(np.float64) - r_lp.astype(np.float64)
     counts = np.diff(r_off)
-    starts = r_off[:-1]
-    nonempty = counts > 0
-    per_doc = np.zeros(len(counts))
-    per_doc[nonempty] = np.add.reduceat(delta, starts[nonempty]) / counts[nonempty]
+    per_doc = per_doc_sums(delta, r_off) / np.maximum(counts, 1)
     order = np.argsort(per_doc)[:worst]
     return {
         "tokens": int(len(delta)),
