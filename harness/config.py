@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
 from harness.errors import ConfigError, unknown_name
+from harness.judge import LIMITS  # the distribution limits: threshold keys that need `distributions`
 
 PRECISIONS = ("bf16", "nvfp4")
 BACKEND_NAMES = tuple(BACKENDS)
@@ -66,9 +67,6 @@ class Thresholds(Strict):
                                        "scored tokens, per dataset and overall (needs `distributions`)")
     top1_min: float | None = Field(None, gt=0, le=100, description="smallest top-1 agreement with BF16 in percent, "
                                    "per dataset and overall (needs `distributions`)")
-
-
-DISTRIBUTION_LIMITS = ("kld_mean_max", "top1_min")  # threshold keys that need distributions (config and recipes)
 
 
 class DistributionSpec(Strict):
@@ -212,9 +210,9 @@ class HarnessConfig(Strict):
     def _check(self):
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
-        unset = [k for k in DISTRIBUTION_LIMITS if getattr(self.thresholds, k) is not None]
-        if unset and self.distributions is None:
-            raise ValueError(f"thresholds.{unset[0]} needs the next-token distributions: add `distributions: "
+        limits = [k for k in LIMITS if getattr(self.thresholds, k) is not None]
+        if limits and self.distributions is None:
+            raise ValueError(f"thresholds.{limits[0]} needs the next-token distributions: add `distributions: "
                              "{top_k: 20}` to the config (and update the baselines), or drop the threshold")
         for ds in self.thresholds.datasets:
             if ds not in self.datasets:
