@@ -22,7 +22,6 @@ from harness.provide import CheckpointProvider
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
-VLLM_MAX_LOGPROBS = 20   # vLLM's default max_logprobs: a larger distributions.top_k raises it for the engine
 
 
 class GateSession:
@@ -135,12 +134,10 @@ class GateSession:
             model = str(self.checkpoint()[0])
 
         def make():
-            kwargs = self.cfg.engine_kwargs(precision, self.backend)
-            if self.backend == "vllm" and self.top_k > VLLM_MAX_LOGPROBS:  # vLLM refuses more than max_logprobs
-                kwargs.setdefault("max_logprobs", self.top_k)
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
                               tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
-                              engine_kwargs=kwargs, batch_size=self.batch_size)
+                              engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size,
+                              top_k=self.top_k)
             eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
             if precision != "bf16":

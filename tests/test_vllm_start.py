@@ -72,6 +72,7 @@ def fake_vllm(monkeypatch):
         max_num_seqs: int | None = None
         enforce_eager: bool = False
         seed: int = 0
+        max_logprobs: int = 20
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
@@ -110,6 +111,18 @@ def test_offload_runs_on_the_v1_runner_for_that_engine_only_and_is_verified(fake
     assert info["offload"]["requested"] == {"cpu_offload_gb": 12}
     _backend({"gpu_memory_utilization": 0.5})  # no offload asked: the default runner, untouched
     assert fake_vllm.seen[-1]["env"]["VLLM_USE_V2_MODEL_RUNNER"] is None
+
+
+def test_an_engine_asked_for_more_than_20_next_tokens_is_started_with_that_max_logprobs(fake_vllm):
+    from harness.backends.vllm import VLLMBackend
+
+    def start(top_k, **kw):
+        VLLMBackend(EngineSpec(model="m", precision="bf16", max_model_len=2048, engine_kwargs=kw, top_k=top_k))
+        return fake_vllm.seen[-1]["kwargs"].get("max_logprobs")
+
+    assert start(0) is None and start(20) is None  # vLLM's own default (20) serves
+    assert start(50) == 50
+    assert start(50, max_logprobs=100) == 100     # the config's own setting stands
 
 
 def test_offload_that_does_not_engage_is_an_error_that_says_what_to_change(fake_vllm):

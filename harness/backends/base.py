@@ -26,6 +26,7 @@ class EngineSpec:
     revision: str | None = None
     engine_kwargs: dict = field(default_factory=dict)
     batch_size: int | None = None   # None: the backend batches as it sees fit; 1: one request at a time
+    top_k: int = 0                  # the most next tokens per position loglikelihood_rolling will be asked for
 
 
 @dataclass

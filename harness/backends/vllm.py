@@ -32,6 +32,7 @@ OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_
              "offload_backend: prefetch with offload_group_size / offload_num_in_group (or cpu_offload_gb) "
              "(keep some layers' weights in CPU memory)")
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
+DEFAULT_MAX_LOGPROBS = 20  # vLLM's max_logprobs unless set: a larger EngineSpec.top_k raises it for that engine
 RELEASE_TIMEOUT_S = 120.0  # close() waits this long at most for the engine's GPU memory to come back
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
                  "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
@@ -122,6 +123,8 @@ class VLLMBackend(Backend):
                                "env, or use --backend hf") from None
         self._vllm = vllm
         kwargs, self.dropped = split_kwargs(dict(spec.engine_kwargs), engine_arg_names())
+        if spec.top_k > DEFAULT_MAX_LOGPROBS:  # vLLM refuses prompt_logprobs above the engine's max_logprobs
+            kwargs.setdefault("max_logprobs", spec.top_k)
         check_parallel(kwargs)
         kwargs = self._view_kwargs(spec, kwargs)
         self.kwargs = kwargs
