@@ -226,10 +226,10 @@ def _gpu_available() -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before -m selection, so `pytest -m gpu` picks up vLLM gate tests
 def pytest_collection_modifyitems(config, items):
-    foreign = [i for i in items if _dataset_not_in_case(i)]
+    foreign = [i for i in items if _not_for_case(i)]
     if foreign:
         config.hook.pytest_deselected(items=foreign)
-        items[:] = [i for i in items if not _dataset_not_in_case(i)]
+        items[:] = [i for i in items if not _not_for_case(i)]
     for item in items:  # a gate test whose case scores with vLLM is a GPU test
         case = _case_of(item)
         if item.get_closest_marker("harness_gate") and case is not None:
@@ -267,7 +267,7 @@ def _group_by_case(items) -> None:
         items[n] = item
 
 
-def _dataset_not_in_case(item) -> bool:
+def _not_for_case(item) -> bool:
     """A (case, dataset) pair the case's config lacks, or a distribution test of a config without distributions."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     case = params.get("harness_case")

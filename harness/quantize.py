@@ -50,6 +50,11 @@ class QuantSpec:
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "calibration": self.calibration.model_dump()}
 
+    def beside(self, suffix: str) -> Path:
+        """A path next to the output dir (``.spec.json``, ``.offload``): the names ckpt_cache clears after a crash."""
+        out = Path(self.output_dir)
+        return out.with_name(out.name + suffix)
+
 
 def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
     """Calibration rows as text: chat template where the tokenizer has one, else one `role: content` line a message."""
@@ -85,7 +90,7 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     tok = AutoTokenizer.from_pretrained(spec.tokenizer or spec.model, revision=spec.revision,
                                         trust_remote_code=spec.trust_remote_code)
     load = dict(revision=spec.revision, dtype=torch.bfloat16, trust_remote_code=spec.trust_remote_code)
-    offload_dir = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".offload")
+    offload_dir = spec.beside(".offload")
     if spec.device_map:
         # llm-compressor's way for models bigger than RAM: accelerate places what fits (GPUs with "auto", CPU RAM
         # with "auto_offload") and the rest on disk; compressed-tensors' offloading then onloads one module at a time
@@ -161,7 +166,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     past ``timeout_s``."""
     from harness.childproc import run_child
 
-    spec_path = Path(spec.output_dir).parent / (Path(spec.output_dir).name + ".spec.json")
+    spec_path = spec.beside(".spec.json")
     spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
     log(f"quantizing {spec.model} in {interp.describe()}; log: {log_path}")
