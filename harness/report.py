@@ -326,7 +326,7 @@ def token_detail_table(rep: dict) -> str:
 
 DISTRIBUTION_NOTE = (
     "KL: KL(BF16 || quantized) per scored token in nats, estimated on both top-k lists plus one bucket for all other "
-    "tokens (a lower bound of the full-vocabulary KL; README, 'Reading the distribution metrics'). top-1: share of "
+    "tokens (a lower bound of the full-vocabulary KL; README, 'Beyond perplexity'). top-1: share of "
     "tokens where both models rank the same next token first. Δp: the true next token's probability, quantized minus "
     "BF16, in percentage points. Intervals: bootstrap over documents.")
 
@@ -355,11 +355,13 @@ def _dp_ci(dp: dict) -> str:
 def _limits(rows: list[dict]) -> str:
     if not rows:
         return "-"
+    from harness.judge import LIMITS
+
     out = []
     for r in rows:
-        sign = "<=" if r["key"] == "kld_mean_max" else ">="
-        what = "KL" if r["key"] == "kld_mean_max" else "top-1"
-        out.append(f"{'ok' if r['passed'] else '**FAIL**'} {what} {sign} {r['limit']:g} ({r['threshold_source']})")
+        what, kind = LIMITS[r["key"]]
+        out.append(f"{'ok' if r['passed'] else '**FAIL**'} {what} {'<=' if kind == 'max' else '>='} {r['limit']:g} "
+                   f"({r['threshold_source']})")
     return "; ".join(out)
 
 
