@@ -87,3 +87,24 @@ def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_u
     nll_1 = sum(r.nll_sum for r in one) / tokens
     assert [r.n_tokens for r in batched] == [r.n_tokens for r in one]
     assert abs(math.exp(nll_b) - math.exp(nll_1)) / math.exp(nll_b) < 1e-3
+
+
+def test_top_k_above_20_starts_the_engine_with_that_max_logprobs(gpu_cfg, gpu_results):
+    """A config with distributions.top_k above vLLM's default max_logprobs (20): the backend raises max_logprobs for
+    its engine, and the top-30 it returns starts with the top-20 of the same engine."""
+    from harness.backends.vllm import VLLMBackend
+
+    docs = GateSession(gpu_cfg, backend="vllm").prepared("wikitext2").token_ids[:4]
+    eng = VLLMBackend(dataclasses.replace(_bf16_spec(gpu_cfg, "vllm"), top_k=30))
+    try:
+        wide = eng.loglikelihood_rolling(docs, top_k=30)
+        narrow = eng.loglikelihood_rolling(docs, top_k=20)
+        most = eng.llm.llm_engine.model_config.max_logprobs
+    finally:
+        eng.close()
+    gpu_results("top_k_30_engine", {"max_logprobs": most, "shape": list(wide[0].top_ids.shape)})
+    assert most == 30
+    for w, n, d in zip(wide, narrow, docs):
+        assert w.top_ids.shape == (len(d) - 1, 30)
+        assert (w.top_ids[:, :20] == n.top_ids).mean() > 0.99  # ties may swap places
+        assert abs(w.logprob_sum - n.logprob_sum) < 1e-3
