@@ -92,6 +92,8 @@ def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_u
 def test_top_k_above_20_starts_the_engine_with_that_max_logprobs(gpu_cfg, gpu_results):
     """A config with distributions.top_k above vLLM's default max_logprobs (20): the backend raises max_logprobs for
     its engine, and the top-30 it returns starts with the top-20 of the same engine."""
+    import numpy as np
+
     from harness.backends.vllm import VLLMBackend
 
     docs = GateSession(gpu_cfg, backend="vllm").prepared("wikitext2").token_ids[:4]
@@ -106,5 +108,7 @@ def test_top_k_above_20_starts_the_engine_with_that_max_logprobs(gpu_cfg, gpu_re
     assert most == 30
     for w, n, d in zip(wide, narrow, docs):
         assert w.top_ids.shape == (len(d) - 1, 30)
-        assert (w.top_ids[:, :20] == n.top_ids).mean() > 0.99  # ties may swap places
+        # the same 20 best log-probabilities; not necessarily the same ids: the tiny model's bf16 logits tie often
+        # and the top-30 and top-20 selections order tied tokens differently (H200, 2026-11-27: 93% of ids in place)
+        assert np.allclose(w.top_logprobs[:, :20], n.top_logprobs, atol=1e-5)
         assert abs(w.logprob_sum - n.logprob_sum) < 1e-3
