@@ -1,7 +1,8 @@
 """The embedded tiny default: a self-built 2-layer Qwen2 model (shipped in ``model/``) and a seeded corpus.
 
 ``builtin:tiny`` -> the model dir; ``builtin:corpus/<file>`` -> a file of the synthetic corpus, generated on first
-use into the cache (``$HARNESS_CACHE`` or ``~/.cache/harness``); generation is deterministic and takes < 1 s.
+use into the cache (``$HARNESS_CACHE`` or ``~/.cache/harness``); generation is deterministic and takes < 1 s;
+``builtin:texts/<path>`` -> real text shipped in ``harness/texts`` (WikiText-2's test split, with its licence).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+TEXTS_DIR = Path(__file__).resolve().parent.parent / "texts"
 
 
 def cache_root() -> Path:
@@ -46,4 +48,11 @@ def builtin_path(name: str) -> Path:
         return MODEL_DIR
     if name.startswith("corpus/"):
         return corpus_dir() / name[len("corpus/"):]
-    raise ConfigError(f"unknown builtin path 'builtin:{name}'; known: builtin:tiny, builtin:corpus/<file>")
+    if name.startswith("texts/"):  # real text shipped with its licence (harness/texts/README.md)
+        p = TEXTS_DIR / name[len("texts/"):]
+        if not p.exists():
+            raise ConfigError(f"builtin:{name}: no such shipped text; known: "
+                              + ", ".join(f"builtin:texts/{d.name}" for d in sorted(TEXTS_DIR.iterdir()) if d.is_dir()))
+        return p
+    raise ConfigError(f"unknown builtin path 'builtin:{name}'; known: builtin:tiny, builtin:corpus/<file>, "
+                      "builtin:texts/<dataset>")
