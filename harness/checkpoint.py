@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -30,6 +31,26 @@ def scheme_name(d: dict) -> str:
         a = d.get("activation_bits")
         return f"W{d['weight_bits']}A{a if a else 16}-{d.get('weight_type')}-{d.get('weight_strategy')}"
     return "unknown"
+
+
+SCHEME_LABEL = re.compile(r"^W(\d+)A(\d+)-(\w+)-(\w+)$")
+VLLM_INT_BITS = (4, 8)  # vLLM 0.26 runs int weights of these widths (WNA16: Marlin and friends), per channel or group
+
+
+def vllm_refusal(scheme: str | None) -> str | None:
+    """Why vLLM 0.26 cannot run a checkpoint of this scheme label (None: it can, or the label is not one we parse).
+    Measured: int2 per tensor (``W2A16-int-tensor``) fails at engine start with "No compressed-tensors compatible
+    scheme was found"."""
+    m = SCHEME_LABEL.match(scheme or "")
+    if not m:
+        return None
+    wbits, abits, wtype, strategy = int(m[1]), int(m[2]), m[3], m[4]
+    if wtype == "int" and abits == 16:
+        if wbits not in VLLM_INT_BITS:
+            return f"vLLM runs {' and '.join(map(str, VLLM_INT_BITS))}-bit int weights, not {wbits}-bit"
+        if strategy not in ("channel", "group"):
+            return f"vLLM runs int weights with one scale per channel or group, not per {strategy}"
+    return None
 
 
 def read_config(path: Path) -> dict:

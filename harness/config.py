@@ -51,6 +51,8 @@ class CalibrationSpec(Strict):
     revision: str | None = None
     data_files: str | list[str] | None = None
     text_field: str = "messages"
+    skip: int = Field(0, ge=0, description="rows skipped from the start before sampling: keeps calibration rows apart "
+                                            "from the scored ones when both come from one file")
     samples: int = Field(512, gt=0)
     max_seq_len: int = Field(2048, gt=0)
     seed: int = 42
@@ -189,6 +191,10 @@ class HarnessConfig(Strict):
         None, description="compare whole next-token distributions with BF16 (KL divergence, top-1 agreement, Δp): "
                           "a baseline update stores BF16's top-k beside each baseline, the gate compares at the same k")
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
+    fidelity: Literal["scheme", "this-gpu"] = Field(
+        "scheme", description="which NVFP4 numerics to measure on a GPU without FP4 units (harness/fidelity.py): "
+                              "scheme = the checkpoint's W4A4 as written (vLLM W4A4 emulation); this-gpu = what vLLM "
+                              "serves here (Marlin W4A16 on Hopper, activations not quantized)")
     baselines_dir: str = "baselines"
     recipes_dir: str = "recipes"
     reports_dir: str = "reports"

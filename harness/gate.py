@@ -14,7 +14,7 @@ from harness.baselines import Baseline, BaselineStore, baseline_from_score, chec
 from harness.config import HarnessConfig
 from harness.data import PreparedDataset
 from harness.engines import EngineManager
-from harness.errors import BaselineError, HarnessError, unknown_name
+from harness.errors import BaselineError, ConfigError, HarnessError, unknown_name
 from harness.judge import Outcome, Verdict, dataset_comparison, judge, overall_comparison, threshold_source
 from harness.metrics import Comparison, DatasetScore
 from harness.prepare import load_tokenizer, prepare_dataset
@@ -137,7 +137,7 @@ class GateSession:
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
                               tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
                               engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size,
-                              top_k=self.top_k)
+                              top_k=self.top_k, fidelity=self.cfg.fidelity)
             eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
             if precision != "bf16":
@@ -193,14 +193,28 @@ class GateSession:
             return
         for n in self.dataset_names:
             self.baseline(n)
+        if self.backend == "vllm" and not self.existing:
+            from harness.checkpoint import vllm_refusal
+
+            why = vllm_refusal(self.recipe().scheme)
+            if why:
+                raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
+                                  "quantized. Gate it with --backend hf (transformers runs it as fake quantization), "
+                                  "or pick a recipe vLLM runs (nvfp4, nvfp4a16, negative-control-nvfp4-pruned)")
         self._preflight_done = True
 
     def engine_info(self, precision: str) -> dict:
         return self._engine_info.get(precision, {})
 
     def _check_kernel(self, precision: str) -> None:
+        info = self.engine_info(precision)
         want = self.cfg.require_kernel
-        got = self.engine_info(precision).get("kernel", "?")
+        got = info.get("kernel", "?")
+        chose = (info.get("fidelity") or {}).get("set_by") == "fidelity: scheme"
+        if chose and "emulation" not in got:  # the harness asked for W4A4 emulation and vLLM ran something else
+            raise HarnessError(f"fidelity: scheme started the NVFP4 engine with linear_backend: emulation, but vLLM ran "
+                               f"{got!r}: this vLLM ignores the setting. Set fidelity: this-gpu to gate what it runs, "
+                               "or use a vLLM that has the W4A4 emulation backend")
         if want and want.lower() not in got.lower():
             raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper set "
                                "linear_backend: emulation for W4A4, or drop require_kernel")
@@ -345,6 +359,7 @@ class GateSession:
         prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
                 "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
                 "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
+                "compilation": info.get("compilation"),
                 "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
                 "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -439,10 +454,18 @@ class GateSession:
         outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
         notes = list(self.notes)
         mine = self.engine_info("nvfp4")
+        from harness import fidelity
+
+        said = fidelity.note(mine.get("fidelity"), mine.get("kernel") or "?")
+        if said:
+            notes.append(said)
         for n in self.dataset_names:
             b = self.store.load(self.cfg.name, n)
             if not b.has_documents:
                 notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
+            said = fidelity.mode_note(n, b.provenance.get("compilation"), mine.get("compilation"))
+            if said:
+                notes.append(said)
             theirs = (b.provenance.get("backend"), b.provenance.get("device"))
             if mine and theirs != (self.backend, mine.get("device")):
                 notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {self.backend} on "

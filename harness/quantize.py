@@ -62,6 +62,8 @@ def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
 
     c = spec.calibration
     rows = load_rows(c.path, name=c.name, split=c.split, revision=c.revision, data_files=c.data_files)
+    if c.skip:
+        rows = rows.select(range(min(c.skip, len(rows)), len(rows)))
     rows = rows.shuffle(seed=c.seed).select(range(min(c.samples, len(rows))))
     out = []
     for row in rows:

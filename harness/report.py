@@ -300,8 +300,9 @@ def engine_lines(rep: dict) -> list[str]:
 
 def kernel_notes(kernel: str) -> list[str]:
     if "W4A16" in kernel:
-        return ["- **note:** Marlin W4A16 leaves activations in 16 bit: this measures weight-only fidelity. For W4A4 "
-                "fidelity on Hopper set `linear_backend: emulation` (or `require_kernel: W4A4` to refuse this run)."]
+        return ["- **note:** Marlin W4A16 leaves activations in 16 bit: this measures weight-only fidelity. For the "
+                "W4A4 scheme on Hopper set `fidelity: scheme` (the default; or `require_kernel: W4A4` to refuse this "
+                "run)."]
     if "emulation" in kernel:
         return ["- note: W4A4 emulation: the NVFP4 numerics of Blackwell's native kernels, computed in higher precision "
                 "on this GPU; accuracy is comparable, speed is not."]

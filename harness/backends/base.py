@@ -27,6 +27,7 @@ class EngineSpec:
     engine_kwargs: dict = field(default_factory=dict)
     batch_size: int | None = None   # None: the backend batches as it sees fit; 1: one request at a time
     top_k: int = 0                  # the most next tokens per position loglikelihood_rolling will be asked for
+    fidelity: str = "scheme"        # which NVFP4 numerics a quantized engine runs (harness/fidelity.py)
 
 
 @dataclass

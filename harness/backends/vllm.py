@@ -25,7 +25,7 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import engine_environment, offload_requested, parse_engine_log, scoped_env
-from harness.errors import BackendError, ConfigError
+from harness.errors import BackendError, ConfigError, HarnessError
 
 OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_tokens (lower it)",
              "max_num_seqs (lower it)", "tensor_parallel_size (spread the model over more GPUs)",
@@ -98,6 +98,39 @@ def is_oom(e: BaseException) -> bool:
                                 "insufficient memory", "not enough memory"))
 
 
+# what vLLM 0.26 raises (in the engine-core process, so read from its log) for a checkpoint it has no kernel for
+UNSUPPORTED = ("no compressed-tensors compatible scheme", "notimplementederror")
+
+
+def start_error(e: BaseException, spec: EngineSpec, kwargs: dict, log_text: str, log_path) -> BackendError:
+    """Why an engine did not start, in words that say what to change: a scheme this vLLM cannot run, GPU memory, or
+    (anything else) where the root cause is. vLLM reports the engine-core process's failure as "Engine core
+    initialization failed"; the cause is in that process's log."""
+    text = f"{type(e).__name__}: {e}\n{log_text}"
+    low = text.lower()
+    if any(u in low for u in UNSUPPORTED) and not is_oom(e):
+        import sys
+
+        version = getattr(sys.modules.get("vllm"), "__version__", "")
+        line = next((ln.strip() for ln in text.splitlines() if any(u in ln.lower() for u in UNSUPPORTED)), str(e))
+        return BackendError(
+            f"vLLM {version} cannot run {spec.model}: {line[:300]}. This is the checkpoint's quantization "
+            "scheme, not memory: vLLM runs NVFP4, NVFP4A16, FP8 and int4/int8 weights per channel or group, but not "
+            "e.g. 2-bit or per-tensor int weights. Score it with --backend hf (transformers runs any compressed-tensors "
+            f"scheme as fake quantization), or quantize to a scheme vLLM runs. Engine log: {log_path}")
+    if is_oom(e) or any(t in log_text.lower() for t in ("out of memory", "outofmemory", "no available memory")):
+        return oom_error(e, f"starting the {spec.precision} engine", kwargs)
+    if "engine core initialization failed" in low:
+        knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
+        return BackendError(
+            f"vLLM could not start the {spec.precision} engine for {spec.model} ({e}). The engine-core log "
+            f"({log_path}) has the root cause; it was neither an unsupported scheme nor out-of-memory that the harness "
+            f"recognises. If it is memory, turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
+            f"Current engine kwargs: {kwargs}")
+    return BackendError(f"vLLM could not start the {spec.precision} engine for {spec.model}: {type(e).__name__}: "
+                        f"{str(e)[:500]} (engine log: {log_path})")
+
+
 def oom_error(e: BaseException, what: str, kwargs: dict) -> BackendError:
     knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
     return BackendError(f"GPU out of memory while {what} ({str(e)[:300]}).\nCurrent engine kwargs: {kwargs}\n"
@@ -126,6 +159,7 @@ class VLLMBackend(Backend):
         if spec.top_k > DEFAULT_MAX_LOGPROBS:  # vLLM refuses prompt_logprobs above the engine's max_logprobs
             kwargs.setdefault("max_logprobs", spec.top_k)
         check_parallel(kwargs)
+        kwargs, self.fidelity = self._fidelity_kwargs(spec, kwargs)
         kwargs = self._view_kwargs(spec, kwargs)
         self.kwargs = kwargs
         self.offload_requested = offload_requested(kwargs)
@@ -141,18 +175,10 @@ class VLLMBackend(Backend):
             with scoped_env(env):  # the engine-core (and worker) processes are spawned inside: they inherit it
                 self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
                                     max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many types; OOM gets the knobs, the rest passes through
-            if is_oom(e):
-                raise oom_error(e, f"starting the {spec.precision} engine", kwargs) from None
-            if "engine core initialization failed" in str(e).lower():
-                # the root cause is in the engine-core process's log above; OOM is the usual one
-                knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
-                raise BackendError(
-                    f"vLLM could not start the {spec.precision} engine for {spec.model} ({e}). The engine-core log "
-                    f"({self.log_path}) has the root cause. If it ran out of GPU memory (weights or KV cache do not "
-                    f"fit the share), turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
-                    f"Current engine kwargs: {kwargs}") from None
-            raise
+        except Exception as e:  # noqa: BLE001 - vLLM raises many types: each becomes an error that says what to change
+            if isinstance(e, HarnessError):
+                raise
+            raise start_error(e, spec, kwargs, self._log_text(), self.log_path) from None
         self.engine_start_s = time.time() - t0
         self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s)
         from harness.backends.vllm_loader import offload_info, quant_kernels
@@ -165,6 +191,33 @@ class VLLMBackend(Backend):
             self.kernels = []
             self.kernel_source = f"unknown ({type(e).__name__}: {str(e)[:120]})"
         self.offload = self._check_offload(offload_info)
+
+    @staticmethod
+    def _fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:
+        """A W4A4 checkpoint on a GPU without FP4 units runs as the config's ``fidelity`` says (harness/fidelity.py)."""
+        if spec.precision == "bf16" or not Path(spec.model, "config.json").is_file():
+            return kwargs, None
+        import torch
+
+        from harness import fidelity
+        from harness.checkpoint import checkpoint_quantization
+
+        cap = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+        return fidelity.choose(spec.fidelity, checkpoint_quantization(spec.model), cap, kwargs)
+
+    def compilation(self) -> dict:
+        """How the engine runs the model: eager, or torch.compile (+ CUDA graphs); it moves PPL by ~0.1% on real
+        weights (docs/results), so baselines record it and the gate compares it."""
+        cfg = getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
+        if cfg is None:
+            return {"mode": None}
+        cc = getattr(cfg, "compilation_config", None)
+        eager = bool(getattr(getattr(cfg, "model_config", None), "enforce_eager", False))
+        mode = getattr(cc, "mode", getattr(cc, "level", None))
+        mode = getattr(mode, "name", mode)
+        return {"mode": "eager" if eager or mode in (0, "NONE", None) else "compiled", "compilation_mode": str(mode),
+                "enforce_eager": eager, "custom_ops": list(getattr(cc, "custom_ops", None) or []),
+                "cudagraph_mode": str(getattr(getattr(cc, "cudagraph_mode", None), "name", None))}
 
     @staticmethod
     def _view_kwargs(spec: EngineSpec, kwargs: dict) -> dict:
@@ -255,6 +308,7 @@ class VLLMBackend(Backend):
                              **_maybe_version("compressed-tensors")},
                 "kernel": kernel_label(self.kernels, self.spec.precision), "kernel_classes": self.kernels,
                 "kernel_source": self.kernel_source, "engine_kwargs": dict(self.spec.engine_kwargs),
+                "fidelity": self.fidelity, "compilation": self.compilation(),
                 "dropped_kwargs": self.dropped, "batch_size": self.spec.batch_size,
                 "engine_start_s": round(self.engine_start_s, 2), "engine_start": self.start_breakdown,
                 "offload": self.offload, "engine_log": str(self.log_path),
