@@ -77,7 +77,7 @@ def test_missing_file_and_bad_yaml(project):
 def test_unknown_recipe_lists_known_ones(project):
     from harness.recipes import load_recipe
 
-    with pytest.raises(ConfigError, match="known recipes: negative-control-w2, nvfp4, nvfp4a16"):
+    with pytest.raises(ConfigError, match="known recipes: negative-control-nvfp4-pruned, negative-control-w2, nvfp4, nvfp4a16"):
         load_recipe(project / "recipes", "fp8")
 
 

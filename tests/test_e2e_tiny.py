@@ -87,13 +87,17 @@ def test_normal_gate_never_starts_a_bf16_engine(gate_run):
     assert "'bf16'" not in log
 
 
-def test_negative_control_recipe_fails_the_gate_readably(capsys, tmp_path, quick_project):
+@pytest.mark.parametrize("recipe", ["negative-control-w2", "negative-control-nvfp4-pruned"])
+def test_negative_control_recipe_fails_the_gate_readably(capsys, tmp_path, quick_project, recipe):
+    """Both controls: 2-bit per-tensor weights (hf only: vLLM has no such kernel) and NVFP4 after pruning 90% of
+    the weights (a checkpoint vLLM runs like any NVFP4 one)."""
     rc, out, err = cli(capsys, "gate", "--config", str(quick_project / "configs/tiny.yaml"), "--recipe",
-                       "negative-control-w2", "--report-dir", str(tmp_path))
+                       recipe, "--report-dir", str(tmp_path))
     assert rc == 1, out + err
     assert "GATE FAILED" in out
     line = next(l for l in out.splitlines() if l.startswith("FAIL overall"))
     assert "< min 99.00" in line and "PPL" in line
+    assert float(line.split("score ")[1].split()[0]) < 40.0, line  # destroyed, not merely below the line
     # and on the next-token distributions (the tiny config compares them): KL far above, top-1 far below the limits
     assert "FAIL overall: KL mean" in out and "FAIL overall: top-1 agreement" in out, out
 

@@ -140,9 +140,11 @@ def test_gpu_out_of_memory_names_the_knobs(monkeypatch):
     _fake_vllm(monkeypatch, RuntimeError("Engine core initialization failed. See root cause above."))
     with pytest.raises(BackendError, match="(?s)could not start the bf16 engine.*root cause.*cpu_offload_gb"):
         VLLMBackend(spec)
-    _fake_vllm(monkeypatch, ValueError("model architecture not supported"))  # not OOM: passes through unchanged
-    with pytest.raises(ValueError, match="not supported"):
+    _fake_vllm(monkeypatch, ValueError("model architecture not supported"))  # neither: one message with the cause
+    with pytest.raises(BackendError, match="could not start the bf16 engine for m: ValueError: model architecture "
+                                           "not supported") as e:
         VLLMBackend(spec)
+    assert "gpu_memory_utilization" not in str(e.value)  # not dressed up as a memory problem
 
 
 def test_two_gates_at_once_build_the_entry_once(tmp_path):
