@@ -35,7 +35,7 @@ def test_modelopt_and_compressed_tensors_layouts_score_alike_in_vllm(layouts, be
     for layout in ("compressed-tensors", "modelopt"):
         eng = backend_class("vllm")(EngineSpec(model=str(layouts / layout), precision="nvfp4",
                                                max_model_len=bench_workload["max_model_len"],
-                                               engine_kwargs=bench_workload["engine"]))
+                                               engine_kwargs=bench_workload["engine"], fidelity="this-gpu"))
         try:
             res = eng.loglikelihood_rolling(docs)
             info = eng.info()

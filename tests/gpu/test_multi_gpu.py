@@ -134,7 +134,8 @@ def test_1p5b_parallel_layout_matches_one_gpu(bench_models, bench_workload, vari
         if (variant, name) not in _PPL_1P5B:  # one GPU's number is shared by the layouts
             kw = {**bench_workload["engine"], **extra, **LAYOUTS.get(name, {})}
             eng = make_backend("vllm", EngineSpec(model=str(bench_models[precision]), precision=precision,
-                                                  max_model_len=bench_workload["max_model_len"], engine_kwargs=kw))
+                                                  max_model_len=bench_workload["max_model_len"], engine_kwargs=kw,
+                                                  fidelity="this-gpu"))
             try:
                 _PPL_1P5B[(variant, name)] = _ppl(eng.loglikelihood_rolling(docs))
             finally:

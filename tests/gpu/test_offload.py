@@ -11,7 +11,7 @@ import pytest
 
 from harness.errors import BackendError
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.scale  # `pytest -m scale` (sizes and speed at real shapes); not part of `pytest -m gpu`
 
 SHARE = 0.1  # of ~140 GiB: 14 GiB, less than the 7B shape's 15.2 GB of BF16 weights
 PREFETCH = {"offload_backend": "prefetch", "offload_group_size": 2, "offload_num_in_group": 1,

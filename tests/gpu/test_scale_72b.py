@@ -116,7 +116,7 @@ def test_72b_shape_bf16_baseline_with_cpu_offload(synth_dir, dirs, gpu_results, 
 @pytest.mark.parametrize("kernel", ["marlin", "emulation"])
 def test_72b_shape_gate_time_to_verdict(synth_dir, dirs, kernel, gpu_results, benchmark):
     """`harness gate` from command start to verdict, the NVFP4 checkpoint on disk (no quantization)."""
-    extra = ["model.engine.nvfp4.vllm.linear_backend=emulation"] if kernel == "emulation" else []
+    extra = ["fidelity=scheme" if kernel == "emulation" else "fidelity=this-gpu"]
     rep_dir = dirs["reports"] / kernel
     t0 = time.time()
     r = benchmark.pedantic(_harness, args=("gate", *_sets(dirs, *extra), "--report-dir", rep_dir), rounds=1,
