@@ -256,8 +256,11 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
                            "install gguf)") from None
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # one bar per tensor, twice: the harness says what it does instead
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    from harness.backends.hf import without_progress_bars
+
+    hf_logging.disable_progress_bar()
+    with without_progress_bars():  # the GGUF loader's own bar per tensor; the harness says what it does instead
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     config = loaded.config
     for attr in ("quantization_config",):
         if hasattr(config, attr):

