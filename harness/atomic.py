@@ -34,9 +34,27 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def readable(path: Path) -> None:
-    """Give a file the mode open() would give it (libraries that write through mkstemp leave 0600)."""
-    os.chmod(path, 0o666 & ~_umask())
+def readable(path: Path, folder: bool = False) -> None:
+    """Give a file (or folder) the mode open() (or mkdir()) would give it: mkstemp / mkdtemp leave 0600 / 0700."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def rename_unique(tmp: Path, base: Path) -> Path:
+    """Publish the finished folder ``tmp`` as ``base``, or ``base-2``, ``base-3``, ... when that name is taken (two
+    gates finishing in the same second): a rename onto an existing non-empty folder fails, so each name has one owner."""
+    import errno
+
+    n = 1
+    while True:
+        final = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            if not final.exists():
+                os.rename(tmp, final)
+                return final
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        n += 1
 
 
 def _umask() -> int:
@@ -66,7 +84,7 @@ def atomic_dir(final: Path, prefix: str = ".tmp-"):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{final.name}-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder gets the mode mkdir() would give it
+    readable(tmp, folder=True)
     try:
         yield tmp
         try:

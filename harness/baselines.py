@@ -72,6 +72,24 @@ class Baseline:
             raise BaselineError(f"{where}: doc_nll_sums and doc_tokens differ in length")
         return b
 
+    def inconsistency(self) -> str | None:
+        """Why the baseline's numbers do not add up (None: they do). PPL must be exp(NLL) (to the 6 or 7 digits the
+        reference figures carry), and with per-document sums: as many documents as kept_texts, their tokens adding to
+        ``tokens`` and their NLL sums to ``nll`` (each sum is stored rounded to 1e-6)."""
+        if abs(math.exp(self.nll) / self.ppl - 1) > 1e-5:
+            return f"ppl {self.ppl} is not exp(nll {self.nll}) = {math.exp(self.nll):.6f}"
+        if not self.has_documents:
+            return None
+        n = len(self.doc_tokens)
+        if n != self.kept_texts:
+            return f"{n} per-document sums for {self.kept_texts} kept_texts"
+        if sum(self.doc_tokens) != self.tokens:
+            return f"its documents hold {sum(self.doc_tokens)} tokens, the baseline says {self.tokens}"
+        nll = sum(self.doc_nll_sums) / self.tokens
+        if abs(nll - self.nll) > 1e-6 * n / self.tokens + 1e-9:
+            return f"nll {self.nll:.6f}, but its per-document sums give {nll:.6f}"
+        return None
+
 
 class BaselineStore:
     """``<root>/<model>/<dataset>.json``. With a ``fallback`` (the shipped tiny baselines, read-only), a baseline the
@@ -118,6 +136,10 @@ class BaselineStore:
             raise BaselineError(f"{p}: is a {b.kind!r}, not a baseline; the gate compares only against baselines")
         if (b.model, b.dataset) != (model, dataset):
             raise BaselineError(f"{p}: holds model {b.model!r} dataset {b.dataset!r}, expected {model!r} {dataset!r}")
+        why = b.inconsistency()
+        if why:
+            raise BaselineError(f"{p}: inconsistent baseline: {why} (edited or damaged); rebuild it with: "
+                                f"{self.update_hint}")
         return b
 
     def write(self, b: Baseline) -> Path:

@@ -45,6 +45,23 @@ def describe_holder(h: dict | None) -> str:
             + (" - that process is gone: a stale holder file" if dead else ""))
 
 
+HOLDER_GRACE_S = 10.0  # how long a holder may take between getting the lock and writing its holder file
+
+
+def _wait_for_holder_file(lock, holder_path: Path) -> bool:
+    """The holder takes the lock first and writes its holder file next, so a waiter can look in between (on a loaded
+    machine for a while): give the file time to appear before calling the holder unknown. True if the lock came free
+    (and is now held by us)."""
+    deadline = time.time() + HOLDER_GRACE_S
+    while not holder_path.exists() and time.time() < deadline:
+        try:
+            lock.acquire(timeout=0.1, poll_interval=0.05)
+            return True
+        except Timeout:
+            pass
+    return False
+
+
 @contextmanager
 def cache_lock(path: Path, what: str, timeout_s: float | None = None, heartbeat_s: float = 60.0, log=None):
     """Hold ``path`` (a ``.lock`` file) for ``what``; ``timeout_s`` None waits for good."""
@@ -64,6 +81,8 @@ def cache_lock(path: Path, what: str, timeout_s: float | None = None, heartbeat_
             break
         except Timeout:
             waited += 1
+            if _wait_for_holder_file(lock, holder_path):  # the lock came free meanwhile: ours
+                break
             holder = describe_holder(read_holder(holder_path))
             if timeout_s is not None and time.time() - t0 >= timeout_s:
                 raise HarnessError(f"gave up after {timeout_s:.0f} s waiting for the cache lock {path.name}, held by "

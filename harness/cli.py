@@ -1,11 +1,13 @@
 """``harness``: quantize, score, gate, baseline update, report, cache. Thin layer over harness.gate.
 
-Exit codes: 0 gate passed / command succeeded, 1 gate failed, 2 usage or input error (message says what to do).
+Exit codes: 0 gate passed / command succeeded, 1 gate failed, 2 bad input or environment (the message says what to
+do), 3 internal error (traceback in a file, one line on the terminal), 130 Ctrl-C, 143 SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -157,8 +159,10 @@ def cmd_gate(a) -> int:
 
     s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force,
                  token_detail=a.token_detail)
+    report_dir = Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir")
     try:
-        for n in s.dataset_names:   # baselines and data checks first: refuse before any GPU time
+        s.preflight(report_dir)     # refuse bad input before any quantization or GPU time
+        for n in s.dataset_names:   # (in update mode: score BF16 and write the baselines first)
             s.baseline(n)
         s.checkpoint()
         for n in s.dataset_names:
@@ -166,20 +170,23 @@ def cmd_gate(a) -> int:
         s.engines.close()
         verdict = s.verdict()
         rep = build_report(s, verdict)
-        out = write_report(rep, Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir"), s.log_lines,
-                           session_token_logprobs(s))
+        if rep["baseline_updates"]:
+            from harness.report import baseline_diff_table
+
+            print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
+        print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
+        if rep.get("top_k"):
+            from harness.report import distribution_table
+
+            print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
+        print(verdict.summary(), flush=True)  # the verdict stands even if the report cannot be written
+        try:
+            out = write_report(rep, report_dir, s.log_lines, session_token_logprobs(s))
+        except OSError as e:
+            raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
+                               f"{e.strerror or e}") from None
     finally:
         s.close()
-    if rep["baseline_updates"]:
-        from harness.report import baseline_diff_table
-
-        print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
-    print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
-    if rep.get("top_k"):
-        from harness.report import distribution_table
-
-        print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
-    print(verdict.summary())
     print(f"\nreport: {out}/report.md")
     return 0 if verdict.passed else 1
 
@@ -245,8 +252,14 @@ def cmd_report(a) -> int:
         raise HarnessError("harness report needs a report.json path (or --reference DIR)")
     try:
         rep = json.loads(a.report_json.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HarnessError(f"cannot read report {a.report_json}: {e}") from None
+    from harness.report import REPORT_SCHEMA
+
+    if not isinstance(rep, dict) or rep.get("schema_version") != REPORT_SCHEMA or "checkpoints" not in rep:
+        got = rep.get("schema_version") if isinstance(rep, dict) else type(rep).__name__
+        raise HarnessError(f"{a.report_json} is not a harness report (schema_version {got!r}; this harness writes "
+                           f"{REPORT_SCHEMA}): give the report.json of a `harness gate` run, or --reference DIR")
     md = render_markdown(rep)
     if a.out:
         from harness.atomic import atomic_write_text
@@ -350,8 +363,46 @@ def cmd_fetch_model(a) -> int:
     return 0
 
 
+EXIT_CODES = {0: "gate passed / command succeeded", 1: "gate failed", 2: "bad input or environment (the message says "
+              "what to do)", 3: "internal error (a bug: the traceback is in the file named)", 130: "interrupted (Ctrl-C)",
+              143: "terminated (SIGTERM, e.g. a CI cancel)"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled): unwinds like Ctrl-C, so engines, children and temp folders are cleaned up alike."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def internal_error(e: BaseException) -> int:
+    """Not a HarnessError: a bug. The traceback goes to a file, the terminal gets one line that points at it."""
+    import tempfile
+    import time
+    import traceback
+
+    from harness.tiny import cache_root
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    for folder in (cache_root() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(f"harness {' '.join(sys.argv[1:])}\n{text}")
+            break
+        except OSError:
+            path = None
+    where = f"traceback in {path}" if path else f"traceback:\n{text}"
+    print(f"internal error: {type(e).__name__}: {str(e)[:300]} ({where}; please report it)", file=sys.stderr)
+    return 3
+
+
 def main(argv=None) -> int:
+    import signal
+
     a = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
                 "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth,
                 "fetch-model": cmd_fetch_model}
@@ -365,12 +416,27 @@ def main(argv=None) -> int:
 
         err = missing_extra(e)
         if err is None:
-            raise
+            return internal_error(e)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM): no report written; engines closed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted: no report written; engines closed", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the boundary: whatever else happened is a bug, said in one line
+        return internal_error(e)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread (a test may call main() from another)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Typed, validated configuration: model, datasets, recipe + calibration, thresholds. Loaded from YAML.
 
-Every error names the key and the allowed choices. Relative paths resolve against the project root (the nearest
-folder above the config file holding ``pyproject.toml``, else the config's folder). ``builtin:`` paths point at the
+Every error names the key and the allowed choices. Relative paths resolve against the project root: the config's
+``root:`` (relative to the config file), else the nearest folder above the config file holding ``pyproject.toml``,
+else the working directory. ``builtin:`` paths point at the
 embedded tiny default: ``builtin:tiny`` (model dir) and ``builtin:corpus/...`` (the seeded synthetic corpus).
 No torch import.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,9 +59,25 @@ class CalibrationSpec(Strict):
     seed: int = 42
 
 
+class CalibrationOverrides(Strict):
+    """A config's ``calibration``: any CalibrationSpec key, each optional, with the same types and ranges."""
+
+    path: str | None = None
+    name: str | None = None
+    split: str | None = None
+    revision: str | None = None
+    data_files: str | list[str] | None = None
+    text_field: str | None = None
+    skip: int | None = Field(None, ge=0)
+    samples: int | None = Field(None, gt=0)
+    max_seq_len: int | None = Field(None, gt=0)
+    seed: int | None = None
+
+
 class Thresholds(Strict):
     overall: float = Field(99.0, gt=0, le=200, description="minimum overall relative score")
-    datasets: dict[str, float] = Field(default_factory=dict, description="minimum relative score per dataset")
+    datasets: dict[str, Annotated[float, Field(gt=0, le=200)]] = Field(
+        default_factory=dict, description="minimum relative score per dataset (the same range as overall)")
     use: Literal["point", "lower"] = Field("point", description="gate on the point estimate or the bootstrap lower bound")
     confidence: float = Field(0.95, gt=0, lt=1)
     bootstrap_samples: int = Field(1000, ge=100)
@@ -180,6 +197,17 @@ class HarnessConfig(Strict):
     recipes: list[str] | None = Field(None, description="recipes the pytest gate runs (default: every default "
                                                          "recipe in recipes_dir that applies to this model)")
     calibration: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's calibration")
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_keys(cls, v):
+        """The overrides must be CalibrationSpec keys of the right types (checked now, not after data preparation)."""
+        try:
+            CalibrationOverrides.model_validate(v or {})
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, CalibrationOverrides, "calibration").split("\n", 1)[1]
+                             .strip()) from None
+        return v
     thresholds: Thresholds = Field(default_factory=Thresholds)
     backend: str = Field("hf", description="scoring backend: one of harness.backends.BACKENDS (hf, vllm)")
     batch_size: int | None = Field(None, ge=1, description="requests per scoring batch; 1 = the reference's "
@@ -209,7 +237,9 @@ class HarnessConfig(Strict):
 
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)
-    root: str | None = Field(None, exclude=True)
+    root: str | None = Field(None, exclude=True, description="the project root, relative to this file: relative paths "
+                             "(baselines, reports, recipes, data) resolve against it; default: the nearest folder "
+                             "above this file holding pyproject.toml, else the working directory")
     fallback_baselines_dir: str | None = Field(None, exclude=True)  # read-only: the shipped tiny baselines
 
     @model_validator(mode="after")
@@ -276,11 +306,14 @@ def resolve_path(p: str | None, root: Path, local: bool = False) -> str | None:
 
 
 def find_root(start: Path) -> Path:
+    """The project a path belongs to: the nearest folder at or above ``start`` holding ``pyproject.toml``, else the
+    working directory (never the config's own folder: a project without pyproject.toml keeps its baselines and
+    reports where it runs, not under configs/)."""
     start = start.resolve()
     for d in [start, *start.parents]:
         if (d / "pyproject.toml").exists():
             return d
-    return start
+    return Path.cwd().resolve()
 
 
 def default_config_path() -> Path:
@@ -326,7 +359,7 @@ def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
         else:
             return []
     if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return [k for k in cur.model_fields if k not in ("source_path", "root", "fallback_baselines_dir")]
+        return [k for k in cur.model_fields if k not in ("source_path", "fallback_baselines_dir")]
     return []
 
 
@@ -368,7 +401,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, HarnessConfig, str(path))) from None
     cfg.source_path = str(path.resolve())
-    cfg.root = str(find_root(path.parent))
+    declared = data.get("root")
+    cfg.root = str((path.parent / os.path.expanduser(declared)).resolve()) if declared else str(find_root(path.parent))
     from harness.bundled import bundled_dir, is_inside_package
 
     if implicit and is_inside_package(path) and Path(cfg.root) != find_root(Path.cwd()):

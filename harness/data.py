@@ -203,19 +203,48 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
     datasets.disable_progress_bars()
     if data_files is None and os.path.exists(path) and not _is_saved_dataset_dir(path):
         path, data_files = local_files(path, split)
+    empty = _empty_files(data_files)
+    if empty:  # datasets fails on these with DatasetGenerationError / StopIteration tracebacks
+        raise HarnessError(f"{empty[0]} holds no rows; point data_files (or the dataset path) at a file that has some")
     try:
         if _is_saved_dataset_dir(path):
             ds = datasets.load_from_disk(path)
-            return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        kwargs = {}
-        if data_files is not None:
-            kwargs["data_files"] = {split: data_files}
-        return datasets.load_dataset(path, name, split=split, revision=revision, cache_dir=cache_dir, **kwargs)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            kwargs = {}
+            if data_files is not None:
+                kwargs["data_files"] = {split: data_files}
+            ds = datasets.load_dataset(path, name, split=split, revision=revision, cache_dir=cache_dir, **kwargs)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, StopIteration,
+            datasets.exceptions.DatasetsError) as e:
         where = f"{path!r}" + (f" config {name!r}" if name else "") + f" split {split!r}"
         hint = ("local data_files missing or unreadable" if data_files is not None else
                 "no network or not cached: set HF_DATASETS_OFFLINE=1 with a warm cache, or point data_files at a local copy")
         raise HarnessError(f"could not load dataset {where}: {type(e).__name__}: {str(e)[:400]}\n  hint: {hint}") from None
+    if len(ds) == 0:
+        raise HarnessError(f"dataset {path!r} split {split!r}" + (f" ({data_files})" if data_files else "") +
+                           " holds no rows; point it at data that has some")
+    return ds
+
+
+def _empty_files(data_files) -> list[str]:
+    """Local data files with no rows: empty files, and parquet files whose metadata counts none."""
+    files = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    out = []
+    for f in files:
+        if not os.path.isfile(f):
+            continue
+        if os.path.getsize(f) == 0:
+            out.append(f)
+        elif f.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+
+                if pq.ParquetFile(f).metadata.num_rows == 0:
+                    out.append(f)
+            except Exception:  # noqa: BLE001 - not readable as parquet: datasets says so below
+                pass
+    return out
 
 
 BUILDER_BY_SUFFIX = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow", ".csv": "csv"}

@@ -94,19 +94,27 @@ def save(path: Path, topk: TopK) -> dict:
             "sha256": digest}
 
 
+def verify(path: Path, meta: dict, update_hint: str) -> None:
+    """The stored file is there and is the one its baseline recorded (sha256): checked with the other baseline checks,
+    before any quantization or engine start, and again when it is read."""
+    path = Path(path)
+    if not path.exists():
+        raise BaselineError(f"{path}: the BF16 distributions file its baseline records is missing; re-create it "
+                            f"with: {update_hint}")
+    digest, size = _sha256(path)
+    if digest != meta.get("sha256"):
+        said = f"{size} bytes where the baseline recorded {meta.get('bytes')}" if size != meta.get("bytes") else \
+            f"sha256 {digest[:12]}... differs from the {meta.get('sha256', '?')[:12]}... its baseline recorded"
+        raise BaselineError(f"{path}: {said} (replaced, truncated or damaged after the update); re-create both with: "
+                            f"{update_hint}")
+
+
 def load(path: Path, meta: dict, update_hint: str) -> TopK:
     """Read a stored file and check it is the one its baseline recorded (sha256, k, tokens)."""
     import numpy as np
 
     path = Path(path)
-    if not path.exists():
-        raise BaselineError(f"{path}: the BF16 distributions file its baseline records is missing; re-create it "
-                            f"with: {update_hint}")
-    digest, _ = _sha256(path)
-    if digest != meta.get("sha256"):
-        raise BaselineError(f"{path}: sha256 {digest[:12]}... differs from the {meta.get('sha256', '?')[:12]}... its "
-                            f"baseline recorded (replaced or damaged after the update); re-create both with: "
-                            f"{update_hint}")
+    verify(path, meta, update_hint)
     try:
         with np.load(path) as z:
             t = TopK(*(z[f] for f in FIELDS))

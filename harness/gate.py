@@ -14,7 +14,7 @@ from harness.baselines import Baseline, BaselineStore, baseline_from_score, chec
 from harness.config import HarnessConfig
 from harness.data import PreparedDataset
 from harness.engines import EngineManager
-from harness.errors import BaselineError, ConfigError, HarnessError, unknown_name
+from harness.errors import BaselineError, ConfigError, HarnessError
 from harness.judge import Outcome, Verdict, dataset_comparison, judge, overall_comparison, threshold_source
 from harness.metrics import Comparison, DatasetScore
 from harness.prepare import load_tokenizer, prepare_dataset
@@ -185,14 +185,23 @@ class GateSession:
         """Whether this dataset has been scored at this precision in this session."""
         return (name, precision) in self._scores
 
-    def preflight(self) -> None:
-        """Before any quantization or engine start of a gate: every dataset prepared (its stats checked) and its
-        baseline present, made from the same data and the same model. Each fault found here costs seconds, not an
-        hour of quantization or an engine start."""
-        if self._preflight_done or self.update_mode:
+    def preflight(self, report_dir: Path | None = None, baselines: bool = True) -> None:
+        """Before any quantization or engine start of a gate, everything that needs no GPU: the backend's libraries,
+        where the report goes, every dataset prepared (its stats checked) with its baseline present, made from the
+        same data and the same model, its side files intact, and a recipe vLLM can run. Each fault found here costs
+        seconds, not an hour of quantization or an engine start. ``baselines=False``: another session of this run
+        writes them first (pytest --update-baselines serves every recipe with one update), so they are checked later."""
+        if self._preflight_done:
             return
-        for n in self.dataset_names:
-            self.baseline(n)
+        from harness.preflight import check_backend_installed, check_writable_dir
+
+        check_backend_installed(self.backend)
+        if report_dir is not None:
+            check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
+                                                            "--harness-report-dir) or reports_dir in the config")
+        if baselines and not self.update_mode:
+            for n in self.dataset_names:
+                self.baseline(n)
         if self.backend == "vllm" and not self.existing:
             from harness.checkpoint import vllm_refusal
 
@@ -201,7 +210,9 @@ class GateSession:
                 raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
                                   "quantized. Gate it with --backend hf (transformers runs it as fake quantization), "
                                   "or pick a recipe vLLM runs (nvfp4, nvfp4a16, negative-control-nvfp4-pruned)")
-        self._preflight_done = True
+        elif not self.existing:
+            self.recipe()  # its threshold keys checked now, not after quantizing
+        self._preflight_done = baselines or self.update_mode
 
     def engine_info(self, precision: str) -> dict:
         return self._engine_info.get(precision, {})
@@ -302,9 +313,9 @@ class GateSession:
             raise BaselineError(f"{where}: stores BF16's top-{b.distributions.get('top_k')}, the config asks for top-"
                                 f"{self.top_k}: compare at the same k (set distributions.top_k: "
                                 f"{b.distributions.get('top_k')}) or re-create it with: {self.update_hint}")
-        if not self.store.distributions_path(b).exists():
-            raise BaselineError(f"{self.store.distributions_path(b)}: the BF16 distributions file {where.name} records "
-                                f"is missing; re-create it with: {self.update_hint}")
+        from harness.distributions import verify
+
+        verify(self.store.distributions_path(b), b.distributions, self.update_hint)
 
     def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
         """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""

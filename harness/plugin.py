@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 
@@ -79,8 +80,6 @@ def pytest_configure(config):
 def pytest_pycollect_makemodule(module_path, parent):
     """The packaged gate tests, collected from an installed package outside the project, get the node id they have in
     a checkout (``harness/gate_tests.py::...``) instead of an empty one."""
-    from pathlib import Path
-
     import harness.gate_tests as gt
 
     if Path(module_path).resolve() != Path(gt.__file__).resolve():
@@ -96,8 +95,6 @@ def _add_gate_tests(config) -> None:
     tests, so a project needs no copy of them: when `--harness-config` is given or the ini option asks for them, on
     runs of whole folders (`pytest`, `pytest tests`; naming a test file or node id leaves them out);
     `--harness-gate-tests yes|no` decides outright."""
-    from pathlib import Path
-
     import harness.gate_tests as gt
 
     mode = config.getoption("harness_gate_tests")
@@ -240,6 +237,47 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU: none visible (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """Before any gate test runs, so before any quantization or engine start: each case's preflight (the backend's
+    libraries, the report folder, its baselines: every missing one on its own line with the command that makes it).
+    A problem is a usage error with those lines, not a dozen failing tests after an hour of quantizing."""
+    config = session.config
+    state = getattr(config, "_harness", None)
+    if state is None or config.option.collectonly:
+        return
+    cases: dict[int, Case] = {}
+    for item in session.items:
+        case = _case_of(item)
+        if case is not None and not item.get_closest_marker("skip"):
+            cases.setdefault(id(case), case)
+    problems: list[str] = []
+    for case in cases.values():
+        try:
+            s = state.session(case)
+            updating = bool(state.opt("update_baselines"))  # one session of this run writes them for all recipes
+            missing = [] if updating else [n for n in s.dataset_names if not s.store.exists(s.cfg.name, n)]
+            if missing:
+                problems.append(f"{case.id}: no baseline yet for " + ", ".join(missing) + ":\n" +
+                                "\n".join(f"    {s.store.path(s.cfg.name, n)}" for n in missing) +
+                                f"\n  create them with: {s.update_hint}")
+                continue
+            out = state.opt("harness_report_dir") or s.cfg.path_of("reports_dir")
+            s.preflight(Path(out), baselines=not updating)
+        except HarnessError as e:
+            problems.append(f"{case.id}: {e}")
+    if problems:
+        raise pytest.UsageError("the gate cannot start (nothing was quantized or scored):\n" + "\n".join(problems))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A HarnessError in a gate test is the user's to fix: its message, without a traceback through the harness."""
+    outcome = yield
+    rep = outcome.get_result()
+    if call.excinfo is not None and _case_of(item) is not None and call.excinfo.errisinstance(HarnessError):
+        rep.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
 
 
 class _CaseOrdering:

@@ -23,10 +23,13 @@ class CheckpointProvider:
         if self._recipe is None:
             from harness.recipes import load_recipe
 
+            from harness.judge import LIMITS
+
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
-            bad = sorted(k for k in r.thresholds if k != "overall" and k not in self.cfg.datasets)
+            known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits (README)
+            bad = sorted(k for k in r.thresholds if k not in known)
             if bad:
-                raise unknown_name(f"threshold key in recipe {r.name}", bad[0], ["overall", *self.cfg.datasets])
+                raise unknown_name(f"threshold key in recipe {r.name}", bad[0], known)
             self._recipe = r
         return self._recipe
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -65,7 +64,9 @@ def build_report(session, verdict) -> dict:
         "top_k": session.top_k or None,
         "datasets": datasets,
         "overall": overall,
-        "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "summary": verdict.summary()},
+        "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "confidence": cfg.thresholds.confidence,
+                 "summary": verdict.summary()},
+        "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
         "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
         "checkpoints": {"bf16": {"path": str(bf16_path),
                                  "bytes": disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None,
@@ -196,11 +197,11 @@ def overall_table(rep: dict) -> str:
     o = rep["overall"]
     ci = o.get("interval")
     ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "- (no per-document NLLs)"
-    lines = ["| precision | PPL | NLL | tokens | relative score | 95% CI | min |", "|---|---:|---:|---:|---:|---|---:|",
+    lines = [f"| precision | PPL | NLL | tokens | relative score | {ci_label(rep)} | min |", "|---|---:|---:|---:|---:|---|---:|",
              f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
              f"| {qlabel(rep)} | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
              f"{o['score']:.2f} | {ci_s} | {_min(o)} |"]
-    per = ["", "| dataset | relative score | 95% CI | min |", "|---|---:|---|---:|"]
+    per = ["", f"| dataset | relative score | {ci_label(rep)} | min |", "|---|---:|---|---:|"]
     for d in rep["datasets"]:
         ci = d.get("interval")
         ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "-"
@@ -224,6 +225,7 @@ def render_markdown(rep: dict) -> str:
         f"- backend: {rep['backend']}; {qlabel(rep)} kernel: **{rep.get('kernel') or '?'}**; max_model_len {rep['max_model_len']}",
         f"- checkpoints on disk: BF16 {_bf16_size(ck['bf16'])}, {qlabel(rep)} {_size(ck['nvfp4']['bytes'])} ({_provenance(ck)})",
         *engine_lines(rep),
+        *baseline_lines(rep),
         f"- gate on: {'bootstrap lower bound' if rep['gate']['use'] == 'lower' else 'point estimate'}",
         *kernel_notes(rep.get("kernel") or ""),
         "",
@@ -235,7 +237,7 @@ def render_markdown(rep: dict) -> str:
         "",
         overall_table(rep),
         "",
-        "![relative score](chart.svg)",
+        (f"(chart not drawn: {rep['chart_error']})" if rep.get("chart_error") else "![relative score](chart.svg)"),
         "",
         "## lm-evaluation-harness metrics (on the scored texts)",
         "",
@@ -333,7 +335,8 @@ DISTRIBUTION_NOTE = (
 
 
 def distribution_table(rep: dict) -> str:
-    lines = ["| dataset | tokens | KL mean | 95% CI | median | p99 | p99.9 | max | top-1 % | 95% CI | Δp mean (95% CI) | "
+    ci = ci_label(rep)
+    lines = [f"| dataset | tokens | KL mean | {ci} | median | p99 | p99.9 | max | top-1 % | {ci} | Δp mean ({ci}) | "
              "RMS Δp | Δp p01 .. p99 | limits |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|---|"]
     for row in [*rep["datasets"], {"dataset": "overall", **rep["overall"]}]:
         st = row.get("distributions")
@@ -398,6 +401,43 @@ def baseline_diff_table(updates: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def baseline_origin(session, name: str) -> dict:
+    """Which BF16 baseline a dataset was compared against: its file, when and where it was scored."""
+    b = session.baseline(name)
+    p = b.provenance
+    return {"path": str(session.store.path(session.cfg.name, name)), "date": p.get("date"), "backend": p.get("backend"),
+            "device": p.get("device"), "versions": p.get("versions"), "git_commit": p.get("git_commit"),
+            "mode": (p.get("compilation") or {}).get("mode")}
+
+
+def baseline_lines(rep: dict) -> list[str]:
+    out = []
+    for name, o in (rep.get("baselines") or {}).items():
+        versions = ", ".join(f"{k} {v}" for k, v in (o.get("versions") or {}).items() if v)
+        where = " ".join(x for x in (o.get("backend"), o.get("mode")) if x)
+        out.append(f"- baseline {name}: `{o['path']}`, scored {o.get('date') or '?'} with {where or '?'} on "
+                   f"{o.get('device') or '?'}" + (f" ({versions})" if versions else "") +
+                   (f", commit {o['git_commit']}" if o.get("git_commit") else ""))
+    return out
+
+
+def ci_label(rep: dict) -> str:
+    """The interval columns' header at the configured confidence (thresholds.confidence)."""
+    conf = (rep.get("gate") or {}).get("confidence") or 0.95
+    return f"{conf * 100:g}% CI"
+
+
+def chart_layout(scores: list[float], thresholds: list[float], cis: list[dict | None]) -> tuple[float, float, list]:
+    """The score axis (lo, hi) and each value label's height: the axis spans every score, interval and threshold and
+    100 with a margin (8% of the span, at least 0.3 points) below, room for the labels above; a label sits a quarter
+    margin above its bar's interval (or its bar), so the error bar never crosses it."""
+    tops = [max(s, ci["high"] if ci else s) for s, ci in zip(scores, cis)]
+    lo = min(min(scores), min(thresholds), *(c["low"] for c in cis if c))
+    hi = max(100.0, *tops)
+    pad = max((hi - lo) * 0.08, 0.3)
+    return lo - pad, hi + 1.6 * pad, [t + 0.25 * pad for t in tops]
+
+
 def write_chart(rep: dict, path: Path) -> None:
     import matplotlib
 
@@ -410,23 +450,29 @@ def write_chart(rep: dict, path: Path) -> None:
     thr = [d["threshold"] for d in rep["datasets"]] + [rep["overall"]["threshold"]]
     hist = [(d["dataset"], d["distributions"]["histogram"]) for d in rep["datasets"] if d.get("distributions")]
     if hist:
-        fig, (ax, hax) = plt.subplots(2, 1, figsize=(6.4, 7.0))
+        fig, (ax, hax) = plt.subplots(2, 1, figsize=(6.4, 7.4))
         kl_histogram(hax, hist, rep.get("top_k"))
     else:
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
     colors = ["#4c9a2a" if s >= t else "#c0392b" for s, t in zip(scores, thr)]
-    bars = ax.bar(names, scores, color=colors)
+    lo, hi, label_y = chart_layout(scores, thr, cis)
+    # bars grow from the bottom of the axis, so a score far below its threshold is a short bar, never an invisible one
+    ax.bar(names, [s - lo for s in scores], bottom=lo, color=colors)
+    ax.plot(range(len(scores)), scores, linestyle="none", marker="_", markersize=18, color="black")
+    ci_name = ci_label(rep)
     for i, ci in enumerate(cis):
         if ci:
-            ax.errorbar(i, scores[i], yerr=[[scores[i] - ci["low"]], [ci["high"] - scores[i]]], color="black", capsize=4)
-        ax.hlines(thr[i], i - 0.4, i + 0.4, colors="black", linestyles="dashed")
-    ax.axhline(100, color="grey", linewidth=0.8)
-    lo = min(min(scores), min(thr), *(c["low"] for c in cis if c)) - 0.5
-    hi = max(100.5, max(scores) + 0.5, *(c["high"] + 0.2 for c in cis if c))
+            ax.errorbar(i, scores[i], yerr=[[scores[i] - ci["low"]], [ci["high"] - scores[i]]], color="black", capsize=4,
+                        label=ci_name if i == next(j for j, c in enumerate(cis) if c) else None)
+        ax.hlines(thr[i], i - 0.4, i + 0.4, colors="black", linestyles="dashed",
+                  label="threshold (min score)" if i == 0 else None)
+        # the value sits above the bar and its interval, never on the error bar
+        ax.text(i, label_y[i], f"{scores[i]:.2f}", ha="center", va="bottom", fontsize=9)
+    ax.axhline(100, color="grey", linewidth=0.8, label="BF16 = 100")
     ax.set_ylim(lo, hi)
-    ax.bar_label(bars, labels=[f"{s:.2f}" for s in scores])
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     ax.set_ylabel("relative score (BF16 = 100)")
-    ax.set_title(f"{rep['model']} / {rep['recipe']} ({rep.get('kernel') or rep['backend']})")
+    ax.set_title(f"{rep['model']} / {rep['recipe']} ({rep.get('kernel') or rep['backend']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="svg")
     plt.close(fig)
@@ -452,29 +498,30 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
                  token_logprobs: dict[str, list[list[float]]] | None = None) -> Path:
     """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
     reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
+    from harness.atomic import readable, rename_unique
+
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    final = reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}"
-    n = 1
-    while final.exists():
-        n += 1
-        final = reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}-{n}"
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=reports_dir))
+    readable(tmp, folder=True)  # mkdtemp makes 0700: the rest of a team could not read the report
     try:
         engine_log = (rep.get("engine") or {}).get("engine_log")
         if engine_log and Path(engine_log).is_file():  # the vLLM engine's own log travels with the report
             shutil.copy2(engine_log, tmp / "engine.log")
             rep = {**rep, "engine": {**rep["engine"], "engine_log": "engine.log"}}
+        try:
+            write_chart(rep, tmp / "chart.svg")
+        except Exception as e:  # noqa: BLE001 - a chart is not worth the report: it is written without one
+            rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
         (tmp / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
-        write_chart(rep, tmp / "chart.svg")
         (tmp / "report.md").write_text(render_markdown(rep))
         (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")
         for name, per_doc in (token_logprobs or {}).items():
             from harness.token_detail import save_tokens
 
             save_tokens(tmp / f"tokens-{name}.npz", per_doc)
-        os.rename(tmp, final)
+        final = rename_unique(tmp, reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

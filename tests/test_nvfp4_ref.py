@@ -76,7 +76,6 @@ def test_safetensors_round_trip_without_torch(tmp_path):
     R.write_bf16_safetensors(tmp_path / "x.safetensors", {"w": a})
     got = R.SafetensorsFile(tmp_path / "x.safetensors").get("w")
     assert got.tolist() == R.round_bf16(a).tolist()
-    import torch
     from safetensors.torch import load_file
 
     assert load_file(tmp_path / "x.safetensors")["w"].float().numpy().tolist() == got.tolist()  # torch reads it alike

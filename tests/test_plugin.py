@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -60,11 +61,11 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
     target.unlink()
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable")
-    # test_quantize passes; every scoring and distribution test fails before any engine starts: a gate without all
-    # its baselines cannot reach a verdict, so it spends no GPU time finding that out
-    r.assert_outcomes(passed=1, failed=6)
-    r.stdout.fnmatch_lines(["*baseline not found:*ultrachat.json*", "*create it with: pytest --harness-config*"
-                            "--update-baselines*"])
+    # a gate without all its baselines cannot reach a verdict: it stops before quantizing or starting an engine,
+    # one line per missing baseline and the command that makes them
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*tiny-qwen2/nvfp4: no baseline yet for ultrachat:*", "*baselines/tiny-qwen2/ultrachat.json",
+                            "*create them with: pytest --harness-config*--update-baselines*"])
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--update-baselines", "-p",
                                "no:cacheprovider", "--benchmark-disable")
     r.assert_outcomes(passed=14)  # both default recipes x (quantize, 2 datasets, overall, 3 distribution tests)
@@ -165,3 +166,52 @@ def test_distribution_tests_follow_the_config(gate_project):
     off = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     out = off.stdout.str()
     assert "8/14 tests collected (6 deselected)" in out and "_distribution[" not in out, out
+
+
+# ---- failures: the same checks and words as the CLI (README, "When things go wrong") ------------------------------
+def test_pytest_without_baselines_stops_before_quantizing_one_line_each(gate_project):
+    p = gate_project
+    shutil.rmtree(p.path / "baselines")
+    before = _checkpoints()
+    r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "-p", "no:cacheprovider", "--benchmark-disable")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    err = r.stderr.str()
+    assert "the gate cannot start (nothing was quantized or scored)" in err
+    assert "tiny-qwen2/nvfp4: no baseline yet for ultrachat, wikitext2" in err  # the config's order
+    assert err.count("baselines/tiny-qwen2/wikitext2.json") == 2  # once per case (nvfp4, nvfp4a16)
+    assert "create them with: pytest --harness-config" in err and "Traceback" not in err
+    assert _checkpoints() == before
+
+
+def test_pytest_without_the_hf_extra_says_which_extra(gate_project, monkeypatch):
+    import importlib.util
+
+    p = gate_project
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "-p", "no:cacheprovider", "--benchmark-disable")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    err = r.stderr.str()
+    assert "transformers is not installed" in err and "pip install 'nvfp4-gate[hf]'" in err
+    assert err.count("ModuleNotFoundError") == 0
+
+
+def test_a_harness_error_inside_a_gate_test_is_its_message_not_a_traceback(gate_project, monkeypatch):
+    import harness.gate
+
+    def broken(self, *a, **kw):
+        raise __import__('harness.errors').errors.HarnessError("quantization failed (exit 3); log: /x/y.log")
+
+    p = gate_project
+    monkeypatch.setattr(harness.gate.GateSession, "checkpoint", broken)
+    r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
+                               "--benchmark-disable", "-k", "quantize")
+    r.assert_outcomes(failed=1)
+    out = r.stdout.str()
+    assert "HarnessError: quantization failed (exit 3); log: /x/y.log" in out
+    assert "harness/gate.py:" not in out  # no traceback through the harness
+
+
+def _checkpoints() -> set[str]:
+    d = Path(os.environ["HARNESS_CACHE"]) / "checkpoints"
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()

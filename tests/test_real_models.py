@@ -3,7 +3,6 @@ fidelity choice (harness/fidelity.py), vLLM's unsupported schemes told apart fro
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 import zipfile

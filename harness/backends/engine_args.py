@@ -61,7 +61,11 @@ VLLM_ENGINE_ARGS = frozenset("""
 VLLM_DROPPED = frozenset({"swap_space"})
 # set by the harness from the config (model.path, model.max_model_len, ...): refused in model.engine
 HARNESS_OWNED = frozenset({"model", "tokenizer", "revision", "max_model_len", "enable_prefix_caching"})
-HF_KWARGS = frozenset({"device", "dtype", "batch_tokens", "attn_implementation", "trust_remote_code", "threads"})
+# the hf backend's settings and the type each must have (checked when the config loads, not when the engine starts)
+HF_TYPES = {"device": str, "dtype": str, "batch_tokens": int, "attn_implementation": str, "trust_remote_code": bool,
+            "threads": int}
+HF_KWARGS = frozenset(HF_TYPES)
+HF_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", fields=None) -> None:
@@ -77,6 +81,8 @@ def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", field
         valid = HF_KWARGS
     bad = sorted(k for k in kwargs if k not in valid)
     if not bad:
+        if backend != "vllm":
+            check_hf_types(kwargs, where)
         return
     hints = []
     for k in bad:
@@ -86,3 +92,16 @@ def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", field
               f"vLLM {VLLM_VERSION} EngineArgs" if fields is None else "the installed vLLM's EngineArgs")
     raise ConfigError(f"{where}: unknown {backend} engine kwarg(s) {', '.join(hints)}. Valid keys ({source}): "
                       f"{', '.join(sorted(valid))}")
+
+
+def check_hf_types(kwargs: dict, where: str) -> None:
+    """Each hf setting of its type (``threads: "two"`` is refused here, not by torch at engine start)."""
+    for k, v in kwargs.items():
+        want = HF_TYPES[k]
+        ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+        if not ok:
+            raise ConfigError(f"{where}.{k}: expected {want.__name__}, got {v!r} ({type(v).__name__})")
+        if want is int and v < 1:
+            raise ConfigError(f"{where}.{k}: must be at least 1, got {v}")
+    if "dtype" in kwargs and kwargs["dtype"] not in HF_DTYPES:
+        raise ConfigError(f"{where}.dtype: {kwargs['dtype']!r} is not one of {', '.join(HF_DTYPES)}")
