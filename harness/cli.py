@@ -376,8 +376,8 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def internal_error(e: BaseException) -> int:
-    """Not a HarnessError: a bug. The traceback goes to a file, the terminal gets one line that points at it."""
+def internal_error_report(e: BaseException) -> str:
+    """Not a HarnessError: a bug. Its traceback goes to a file; the one line returned points at it."""
     import tempfile
     import time
     import traceback
@@ -385,16 +385,21 @@ def internal_error(e: BaseException) -> int:
     from harness.tiny import cache_root
 
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    path = None
     for folder in (cache_root() / "logs", Path(tempfile.gettempdir())):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-            path.write_text(f"harness {' '.join(sys.argv[1:])}\n{text}")
+            path = folder / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(e):x}.log"
+            path.write_text(f"{' '.join(sys.argv)}\n{text}")
             break
         except OSError:
             path = None
     where = f"traceback in {path}" if path else f"traceback:\n{text}"
-    print(f"internal error: {type(e).__name__}: {str(e)[:300]} ({where}; please report it)", file=sys.stderr)
+    return f"internal error: {type(e).__name__}: {str(e)[:300]} ({where}; please report it)"
+
+
+def internal_error(e: BaseException) -> int:
+    print(internal_error_report(e), file=sys.stderr)
     return 3
 
 

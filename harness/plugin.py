@@ -137,6 +137,7 @@ class HarnessState:
         self.updated: set[str] = set()
         self.reports: list[str] = []
         self.verdicts: list[str] = []
+        self.internal_errors: list[str] = []  # bugs met in gate tests: the run then exits 3, like the CLI
 
     def opt(self, name):
         return self.pytest_config.getoption(name)
@@ -276,8 +277,24 @@ def pytest_runtest_makereport(item, call):
     """A HarnessError in a gate test is the user's to fix: its message, without a traceback through the harness."""
     outcome = yield
     rep = outcome.get_result()
-    if call.excinfo is not None and _case_of(item) is not None and call.excinfo.errisinstance(HarnessError):
+    if call.excinfo is None or _case_of(item) is None:
+        return
+    if call.excinfo.errisinstance(HarnessError):
         rep.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    elif not call.excinfo.errisinstance((AssertionError, pytest.skip.Exception, pytest.fail.Exception,
+                                         KeyboardInterrupt)):
+        # neither the gate failing (an assertion) nor the user's to fix: a bug, said in one line like the CLI's exit 3
+        from harness.cli import internal_error_report
+
+        line = internal_error_report(call.excinfo.value)
+        item.config._harness.internal_errors.append(f"{item.nodeid}: {line}")
+        rep.longrepr = line
+
+
+def pytest_sessionfinish(session, exitstatus):
+    state = getattr(session.config, "_harness", None)
+    if state is not None and state.internal_errors:
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # 3: a bug, told apart from a failed gate (1)
 
 
 class _CaseOrdering:

@@ -316,3 +316,19 @@ def test_a_waiter_names_a_holder_that_writes_its_holder_file_late(tmp_path):
         pass
     t.join()
     assert said and "pid 4242 on h" in said[0] and "unknown process" not in " ".join(said), said
+
+
+def test_the_chart_shows_a_failing_score_and_keeps_labels_off_the_error_bars(tmp_path):
+    from harness.report import chart_layout, write_chart
+
+    scores, thresholds = [0.5, 99.3], [99.0, 99.0]
+    cis = [{"low": 0.3, "high": 0.8}, {"low": 98.9, "high": 99.7}]
+    lo, hi, label_y = chart_layout(scores, thresholds, cis)
+    assert (scores[0] - lo) / (hi - lo) >= 0.05  # a visible bar, not a sliver on an axis that starts at the score
+    assert all(y > ci["high"] for y, ci in zip(label_y, cis)) and max(label_y) < hi
+    rep = {"model": "m", "recipe": "r", "backend": "hf", "gate": {"confidence": 0.9},
+           "datasets": [{"dataset": "d", "score": 0.5, "interval": cis[0], "threshold": 99.0}],
+           "overall": {"score": 99.3, "interval": cis[1], "threshold": 99.0}}
+    write_chart(rep, tmp_path / "c.svg")
+    svg = (tmp_path / "c.svg").read_text()
+    assert "threshold (min score)" in svg and "90% CI" in svg and "BF16 = 100" in svg  # the legend

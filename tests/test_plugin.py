@@ -215,3 +215,17 @@ def test_a_harness_error_inside_a_gate_test_is_its_message_not_a_traceback(gate_
 def _checkpoints() -> set[str]:
     d = Path(os.environ["HARNESS_CACHE"]) / "checkpoints"
     return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def test_a_bug_inside_a_gate_test_is_one_line_and_exit_3(gate_project, monkeypatch):
+    import harness.gate
+
+    def bug(self, *a, **kw):
+        return 1 / 0
+
+    p = gate_project
+    monkeypatch.setattr(harness.gate.GateSession, "checkpoint", bug)
+    r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
+                               "--benchmark-disable", "-k", "quantize")
+    assert r.ret == pytest.ExitCode.INTERNAL_ERROR  # 3: not "the gate failed"
+    r.stdout.fnmatch_lines(["*internal error: ZeroDivisionError: division by zero (traceback in *; please report it)*"])
