@@ -305,15 +305,19 @@ def resolve_path(p: str | None, root: Path, local: bool = False) -> str | None:
     return locate(p, root, local=local).path
 
 
-def find_root(start: Path) -> Path:
-    """The project a path belongs to: the nearest folder at or above ``start`` holding ``pyproject.toml``, else the
-    working directory (never the config's own folder: a project without pyproject.toml keeps its baselines and
-    reports where it runs, not under configs/)."""
+def project_of(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding ``pyproject.toml`` (None: none)."""
     start = start.resolve()
     for d in [start, *start.parents]:
         if (d / "pyproject.toml").exists():
             return d
-    return Path.cwd().resolve()
+    return None
+
+
+def find_root(start: Path) -> Path:
+    """The project a path belongs to: :func:`project_of`, else the working directory (never the config's own folder:
+    a project without pyproject.toml keeps its baselines and reports where it runs, not under configs/)."""
+    return project_of(start) or Path.cwd().resolve()
 
 
 def default_config_path() -> Path:
@@ -405,7 +409,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     cfg.root = str((path.parent / os.path.expanduser(declared)).resolve()) if declared else str(find_root(path.parent))
     from harness.bundled import bundled_dir, is_inside_package
 
-    if implicit and is_inside_package(path) and Path(cfg.root) != find_root(Path.cwd()):
+    if implicit and is_inside_package(path) and project_of(path.parent) != find_root(Path.cwd()):
         # the shipped default run from a user's project: outputs (reports, new baselines) go to that project; the
         # shipped tiny baselines are read when the project has none of its own
         cfg.root = str(find_root(Path.cwd()))

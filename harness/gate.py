@@ -195,6 +195,17 @@ class GateSession:
             return
         from harness.preflight import check_backend_installed, check_writable_dir
 
+        if not self.existing:  # the recipe first (its threshold keys; a scheme vLLM can run): the input's faults
+            self.recipe()      # before the environment's
+            if self.backend == "vllm":
+                from harness.checkpoint import vllm_refusal
+
+                why = vllm_refusal(self.recipe().scheme)
+                if why:
+                    raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
+                                      "quantized. Gate it with --backend hf (transformers runs it as fake "
+                                      "quantization), or pick a recipe vLLM runs (nvfp4, nvfp4a16, "
+                                      "negative-control-nvfp4-pruned)")
         check_backend_installed(self.backend)
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
@@ -202,16 +213,6 @@ class GateSession:
         if baselines and not self.update_mode:
             for n in self.dataset_names:
                 self.baseline(n)
-        if self.backend == "vllm" and not self.existing:
-            from harness.checkpoint import vllm_refusal
-
-            why = vllm_refusal(self.recipe().scheme)
-            if why:
-                raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
-                                  "quantized. Gate it with --backend hf (transformers runs it as fake quantization), "
-                                  "or pick a recipe vLLM runs (nvfp4, nvfp4a16, negative-control-nvfp4-pruned)")
-        elif not self.existing:
-            self.recipe()  # its threshold keys checked now, not after quantizing
         self._preflight_done = baselines or self.update_mode
 
     def engine_info(self, precision: str) -> dict:

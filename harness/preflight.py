@@ -17,18 +17,20 @@ BACKEND_MODULES = {"hf": ("torch", "transformers"), "vllm": ("vllm",)}
 
 
 def check_writable_dir(path: Path, what: str, hint: str) -> Path:
-    """``path`` exists (made now if missing), is a folder, can take a file and has room; else one clear error."""
-    path = Path(path)
+    """``path`` can become a folder that takes files and has room; else one clear error. Nothing is created: the
+    nearest existing folder on the way is probed with a temporary file, removed at once."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "that path is" if existing == path else f"{existing} on that path is"
+        raise HarnessError(f"{what} {path}: {where} a file, not a folder; {hint}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".harness-write-check-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".harness-write-check-", dir=existing)
         os.close(fd)
         os.unlink(probe)
-        free = shutil.disk_usage(path).free
-    except FileExistsError:
-        raise HarnessError(f"{what} {path}: a file is in the way of that folder; {hint}") from None
-    except NotADirectoryError:
-        raise HarnessError(f"{what} {path}: part of that path is a file, not a folder; {hint}") from None
+        free = shutil.disk_usage(existing).free
     except PermissionError as e:
         raise HarnessError(f"{what} {path}: not writable ({e.strerror}); {hint}") from None
     except OSError as e:

@@ -14,7 +14,7 @@ from harness.errors import BaselineError
 
 def _b(**kw) -> Baseline:
     d = dict(model="m", dataset="d", ppl=2.0, nll=0.693147, tokens=10, kept_texts=2, fingerprint="abc",
-             doc_nll_sums=[3.0, 3.93], doc_tokens=[4, 6])
+             doc_nll_sums=[3.0, 3.93147], doc_tokens=[4, 6])  # numbers that add up: 6.93147 / 10 = ln 2
     d.update(kw)
     return Baseline(**d)
 

@@ -35,11 +35,13 @@ def test_shipped_baselines_are_read_until_the_project_writes_its_own(tmp_path):
     b = store.load("tiny-qwen2", "wikitext2")
     assert store.path("tiny-qwen2", "wikitext2") == shipped / "tiny-qwen2/wikitext2.json"
     assert b.ppl == json.loads((shipped / "tiny-qwen2/wikitext2.json").read_text())["ppl"]
-    b.ppl = 1.5
+    b.provenance = {**b.provenance, "git_commit": "the project's own"}
     written = store.write(b)
     assert written == tmp_path / "baselines/tiny-qwen2/wikitext2.json"
-    assert store.load("tiny-qwen2", "wikitext2").ppl == 1.5  # the project's copy now wins
-    assert json.loads((shipped / "tiny-qwen2/wikitext2.json").read_text())["ppl"] != 1.5  # shipped one untouched
+    mine = store.load("tiny-qwen2", "wikitext2").provenance["git_commit"]
+    assert mine == "the project's own"  # the project's copy now wins
+    shipped_commit = json.loads((shipped / "tiny-qwen2/wikitext2.json").read_text())["provenance"]["git_commit"]
+    assert shipped_commit != "the project's own"  # shipped one untouched
     assert not BaselineStore(tmp_path / "other").exists("tiny-qwen2", "wikitext2")  # no fallback, no baseline
 
 

@@ -191,16 +191,19 @@ def test_missing_or_mismatched_distributions_are_refused_before_any_work(dist_pr
         s.close()
 
 
-def test_a_replaced_distributions_file_is_refused_at_comparison(dist_project, tmp_path):
+def test_a_replaced_distributions_file_is_refused_before_scoring(dist_project, tmp_path):
     def edit(root):
         d = root / "baselines/tiny-qwen2"
         shutil.copy(d / "wikitext2.topk.npz", d / "ultrachat.topk.npz")  # a file of the right name, other content
+        b = json.loads((d / "ultrachat.json").read_text())  # ... even one of the recorded size
+        b["distributions"]["bytes"] = (d / "ultrachat.topk.npz").stat().st_size
+        (d / "ultrachat.json").write_text(json.dumps(b))
 
     s = _break(dist_project, tmp_path, edit)
     try:
-        s.score("ultrachat")
-        with pytest.raises(BaselineError, match="sha256"):
-            s.distribution_stats("ultrachat")
+        with pytest.raises(BaselineError, match=r"sha256 \w+\.\.\. differs from the \w+\.\.\. its baseline recorded"):
+            s.score("ultrachat")  # checked with the baseline, before any quantization or engine start
+        assert s.engines.opened == []
     finally:
         s.close()
 

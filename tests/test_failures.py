@@ -46,7 +46,7 @@ def test_a_report_dir_inside_a_file_is_refused_before_any_work(capsys, tmp_path,
     before = checkpoints()
     rc, out, err = run(capsys, "gate", "--config", quick_cfg(quick_project), "--report-dir", str(blocker / "reports"))
     assert rc == 2, err
-    assert f"report folder {blocker / 'reports'}: part of that path is a file" in err and "--report-dir" in err
+    assert f"report folder {blocker / 'reports'}: {blocker} on that path is a file" in err and "--report-dir" in err
     assert "Traceback" not in err and out == ""
     assert checkpoints() == before  # nothing quantized
 

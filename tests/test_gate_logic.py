@@ -201,8 +201,8 @@ def test_threshold_precedence_command_line_then_config_then_recipe_then_default(
 
 def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
     _with_recipe_thresholds(project, {"overall": 99.0, "c4": 99.0})
-    with pytest.raises(ConfigError, match=r"unknown threshold key in recipe nvfp4 'c4'; known .*: overall, "
-                                          r"ultrachat, wikitext2"):
+    with pytest.raises(ConfigError, match=r"unknown threshold key in recipe nvfp4 'c4'; known .*: kld_mean_max, "
+                                          r"overall, top1_min, ultrachat, wikitext2"):
         GateSession(load_config(project / "configs/tiny.yaml"), quiet=True).threshold(None)
 
 

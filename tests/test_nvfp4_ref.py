@@ -209,8 +209,8 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
         (proj / d).mkdir()
     (proj / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
     cfg = yaml.safe_load((root / "configs/smollm2-135m-cpu.yaml").read_text())
-    cfg["datasets"]["wikitext2"]["n_texts"] = 6
-    cfg["model"]["max_model_len"] = 128
+    cfg["datasets"]["wikitext2"]["n_texts"] = 4
+    cfg["model"]["max_model_len"] = 64  # a short text set: equality per document needs no more
     cfg["calibration"].update(samples=4, max_seq_len=64)
     cfg["calibration"]["data_files"] = str(root / "harness/texts/wikitext-2-raw-v1/test-00000-of-00001.parquet")
     (proj / "configs/real.yaml").write_text(yaml.safe_dump(cfg))
@@ -235,5 +235,5 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     ref_w, ref_a = proj / "ref-w", proj / "ref-a"
     R.write_reference_model(bf16, ref_w, arithmetic="torch-bf16")
     R.write_reference_model(bf16, ref_a, activations_from=ck["nvfp4"], arithmetic="torch-bf16")
-    assert _hf_doc_sums(ref_w, docs, 128)[0] == _hf_doc_sums(ck["nvfp4a16"], docs, 128)[0]
-    assert _hf_doc_sums(ref_a, docs, 128)[0] == _hf_doc_sums(ck["nvfp4"], docs, 128)[0]
+    assert _hf_doc_sums(ref_w, docs, 64)[0] == _hf_doc_sums(ck["nvfp4a16"], docs, 64)[0]
+    assert _hf_doc_sums(ref_a, docs, 64)[0] == _hf_doc_sums(ck["nvfp4"], docs, 64)[0]
