@@ -228,8 +228,8 @@ class GateSession:
                                f"{got!r}: this vLLM ignores the setting. Set fidelity: this-gpu to gate what it runs, "
                                "or use a vLLM that has the W4A4 emulation backend")
         if want and want.lower() not in got.lower():
-            raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper set "
-                               "linear_backend: emulation for W4A4, or drop require_kernel")
+            raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper W4A4 "
+                               "needs fidelity: scheme (the default: vLLM's emulation), or drop require_kernel")
 
     # ---- model identity ------------------------------------------------------
     def model_identity(self) -> dict:

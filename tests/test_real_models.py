@@ -240,7 +240,7 @@ def test_an_engine_that_cannot_run_the_scheme_is_told_apart_from_memory():
     e = start_error(core, spec, {}, log, "/tmp/engine.log")
     assert isinstance(e, BackendError)
     msg = str(e)
-    assert "No compressed-tensors compatible scheme" in msg and "not memory" in msg and "--backend hf" in msg
+    assert "No compressed-tensors compatible scheme" in msg and "this is not memory" in msg and "--backend hf" in msg
     assert "gpu_memory_utilization" not in msg
     oom = start_error(core, spec, {"gpu_memory_utilization": 0.3}, log.replace(
         "NotImplementedError: No compressed-tensors compatible scheme was found.",

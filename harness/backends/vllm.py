@@ -113,9 +113,10 @@ def start_error(e: BaseException, spec: EngineSpec, kwargs: dict, log_text: str,
 
         version = getattr(sys.modules.get("vllm"), "__version__", "")
         line = next((ln.strip() for ln in text.splitlines() if any(u in ln.lower() for u in UNSUPPORTED)), str(e))
+        scheme = "quantization scheme" if "compressed-tensors" in low else "quantization scheme or architecture"
         return BackendError(
-            f"vLLM {version} cannot run {spec.model}: {line[:300]}. This is the checkpoint's quantization "
-            "scheme, not memory: vLLM runs NVFP4, NVFP4A16, FP8 and int4/int8 weights per channel or group, but not "
+            f"vLLM {version} cannot run {spec.model}: {line[:300]}. vLLM has no kernel for this checkpoint's {scheme}; "
+            "this is not memory. vLLM runs NVFP4, NVFP4A16, FP8 and int4/int8 weights per channel or group, but not "
             "e.g. 2-bit or per-tensor int weights. Score it with --backend hf (transformers runs any compressed-tensors "
             f"scheme as fake quantization), or quantize to a scheme vLLM runs. Engine log: {log_path}")
     if is_oom(e) or any(t in log_text.lower() for t in ("out of memory", "outofmemory", "no available memory")):
