@@ -94,6 +94,10 @@ def test_real_bf16_engines_agree_and_compiled_is_located(real_cfg, real_baseline
         "compiled_vllm_custom_ops": {"compilation_config": {"custom_ops": ["all"], "cudagraph_mode": "NONE"}},
         "compiled_precision_casts": {"compilation_config": {"cudagraph_mode": "NONE", "inductor_compile_config":
                                                             {"emulate_precision_casts": True}}},
+        # not yet run (2026-11-29 ran the three above): Dynamo's graph run op by op without Inductor's code, which
+        # separates graph capture and splitting from Inductor's fused kernels; and plain torch.compile (mode 1)
+        "compiled_dynamo_no_inductor": {"compilation_config": {"backend": "eager", "cudagraph_mode": "NONE"}},
+        "stock_torch_compile": {"compilation_config": {"mode": 1, "cudagraph_mode": "NONE"}},
     }
     out = {"hf": ppl_hf, "vllm_eager": real_baseline.ppl}
     for name, extra in variants.items():
