@@ -11,9 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from harness.backends import BACKENDS
 from harness.errors import HarnessError
-from harness.plugin import _min_score, _positive_int
+from harness.options import add_options, positive_int
 
 
 def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True) -> None:
@@ -22,16 +21,8 @@ def _common(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="overrides",
                    help="override a config value (repeatable; VALUE is YAML), e.g. "
                         "--set model.engine.nvfp4.vllm.linear_backend=emulation")
-    p.add_argument("--recipe", default=None, metavar="NAME", help="recipe in recipes/ (default: the config's)")
-    if backend:
-        p.add_argument("--backend", choices=tuple(BACKENDS), default=None, help="scoring backend (default: config's)")
-        p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                       help="requests per batch; 1 = the reference's one-at-a-time evaluation")
-    if quant:
-        p.add_argument("--quant-python", default=None, metavar="PYTHON",
-                       help="interpreter with llmcompressor (default: $HARNESS_QUANT_PYTHON or this one)")
-        p.add_argument("--quant-pythonpath", default=None, metavar="PATHS",
-                       help="extra PYTHONPATH for it (default: $HARNESS_QUANT_PYTHONPATH)")
+    add_options(p, ["recipe"] + (["backend", "batch_size"] if backend else []) +
+                (["quant_python", "quant_pythonpath"] if quant else []), "cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
                    help="gate this existing quantized checkpoint as it is (no quantization); same as "
                         "--set model.checkpoint=PATH_OR_ID")
-    g.add_argument("--min-score", type=_min_score, default=None, help="override every relative-score threshold (not the distribution limits)")
-    g.add_argument("--update-baselines", action="store_true", help="score BF16 and rewrite baselines first")
-    g.add_argument("--force", action="store_true", help="with --update-baselines: accept a changed data fingerprint")
-    g.add_argument("--report-dir", default=None, metavar="DIR", help="where the report goes (default: config's)")
-    g.add_argument("--token-detail", action="store_true",
-                   help="save per-token logprobs (compressed numpy) and report the tokens/documents that lost most")
+    add_options(g, ["min_score", "update_baselines", "force", "report_dir", "token_detail"], "cli")
 
     q = sub.add_parser("quantize", help="build (or fetch from cache) the quantized checkpoint; prints its path",
                        description="Run llm-compressor oneshot in the quantization interpreter, cached by content.")
@@ -93,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--split", default=None, help="split (default: test for wikitext2, test_sft for ultrachat)")
     ds.add_argument("--revision", default=None, help="hub revision to pin")
     ds.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer dir or hub id (flags mode)")
-    ds.add_argument("--max-model-len", type=_positive_int, default=2048)
-    ds.add_argument("--n", type=_positive_int, default=200, help="texts requested")
+    ds.add_argument("--max-model-len", type=positive_int, default=2048)
+    ds.add_argument("--n", type=positive_int, default=200, help="texts requested")
     ds.add_argument("--json", action="store_true", help="print JSON")
 
     y = sub.add_parser("synth-checkpoint", help="a checkpoint at a real model's shape with random weights (sizing, "

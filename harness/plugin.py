@@ -3,65 +3,29 @@ the workflow lives in ``harness.gate``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import pytest
 
-from harness.backends import BACKENDS
 from harness.errors import HarnessError
 
 
-def _min_score(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--min-score takes a number such as 99.0, got {v!r}") from None
-    if not 0 < f <= 200:
-        raise argparse.ArgumentTypeError(f"--min-score must be in (0, 200], got {f}")
-    return f
-
-
-def _positive_int(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {i}")
-    return i
-
-
 def pytest_addoption(parser):
+    from harness.options import add_options
+
     g = parser.getgroup("harness", "NVFP4 quality gate (harness)")
     g.addoption("--harness-config", action="append", default=None, metavar="PATH",
                 help="gate config YAML, repeatable: one model each (default: configs/tiny.yaml of this project, else "
                      "the shipped tiny default)")
-    g.addoption("--update-baselines", action="store_true", default=False,
-                help="score BF16 and rewrite the baselines (atomically) before gating")
-    g.addoption("--force", "--harness-force", dest="harness_force", action="store_true", default=False,
-                help="with --update-baselines: accept a changed data fingerprint")
-    g.addoption("--min-score", type=_min_score, default=None, metavar="SCORE",
-                help="override every relative-score threshold (overall and per dataset; not the "
-                     "distribution limits kld_mean_max / top1_min)")
-    g.addoption("--backend", choices=tuple(BACKENDS), default=None, help="scoring backend (default: the config's)")
-    g.addoption("--recipe", default=None, metavar="NAME",
-                help="run only this recipe (default: every default recipe in recipes/ that applies to the model)")
-    g.addoption("--quant-python", default=None, metavar="PYTHON",
-                help="interpreter that has llmcompressor (default: $HARNESS_QUANT_PYTHON or this one)")
-    g.addoption("--quant-pythonpath", default=None, metavar="PATHS",
-                help="extra PYTHONPATH for the quantization interpreter (default: $HARNESS_QUANT_PYTHONPATH)")
-    g.addoption("--batch-size", type=_positive_int, default=None, metavar="N",
-                help="requests per scoring batch; 1 reproduces the reference's one-at-a-time evaluation")
-    g.addoption("--harness-report-dir", default=None, metavar="DIR", help="where reports go (default: the config's)")
+    add_options(g, ["update_baselines", "force", "min_score", "backend", "recipe", "quant_python", "quant_pythonpath",
+                    "batch_size", "report_dir"], "pytest")
     g.addoption("--harness-gate-tests", choices=("auto", "yes", "no"), default="auto",
                 help="collect the packaged gate tests (harness/gate_tests.py): auto = when --harness-config is given "
                      "or the ini option harness_gate_tests is true, and no test file or node id was named")
     parser.addini("harness_gate_tests", type="bool", default=False,
                   help="collect the packaged gate tests on runs of whole folders (as with --harness-config)")
-    g.addoption("--token-detail", action="store_true", default=False,
-                help="save per-token logprobs (compressed numpy) and report the tokens/documents that lost most")
+    add_options(g, ["token_detail"], "pytest")
 
 
 def pytest_configure(config):
