@@ -195,17 +195,17 @@ class GateSession:
             return
         from harness.preflight import check_backend_installed, check_writable_dir
 
-        if not self.existing:  # the recipe first (its threshold keys; a scheme vLLM can run): the input's faults
-            self.recipe()      # before the environment's
-            if self.backend == "vllm":
-                from harness.checkpoint import vllm_refusal
+        if not self.existing:  # the recipe first (its threshold keys; a scheme the backend runs): the input's
+            self.recipe()      # faults before the environment's
+            from harness.backends import backend_spec, load_class
 
-                why = vllm_refusal(self.recipe().scheme)
-                if why:
-                    raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
-                                      "quantized. Gate it with --backend hf (transformers runs it as fake "
-                                      "quantization), or pick a recipe vLLM runs (nvfp4, nvfp4a16, "
-                                      "negative-control-nvfp4-pruned)")
+            refuse = backend_spec(self.backend).refuse_scheme
+            why = load_class(refuse)(self.recipe().scheme) if refuse else None
+            if why:
+                raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
+                                  "quantized. Gate it with --backend hf (transformers runs it as fake "
+                                  "quantization), or pick a recipe vLLM runs (nvfp4, nvfp4a16, "
+                                  "negative-control-nvfp4-pruned)")
         check_backend_installed(self.backend)
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "

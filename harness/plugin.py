@@ -195,7 +195,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:  # a gate test whose case scores with vLLM is a GPU test
         case = _case_of(item)
         if item.get_closest_marker("harness_gate") and case is not None:
-            if (config.getoption("backend") or case.cfg.backend) == "vllm":
+            from harness.backends import backend_spec
+
+            if backend_spec(config.getoption("backend") or case.cfg.backend).needs_gpu:
                 item.add_marker(pytest.mark.gpu)
     gpu_items = [i for i in items if any(i.get_closest_marker(m) for m in ("gpu", "multi_gpu", "scale"))]
     if gpu_items and not _gpu_available():

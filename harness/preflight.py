@@ -7,13 +7,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from harness.errors import HarnessError
 
 MIN_FREE_BYTES = 64 << 20  # a report with per-token files and charts stays far below this
-BACKEND_MODULES = {"hf": ("torch", "transformers"), "vllm": ("vllm",)}
 
 
 def check_writable_dir(path: Path, what: str, hint: str) -> Path:
@@ -42,8 +42,12 @@ def check_writable_dir(path: Path, what: str, hint: str) -> Path:
 
 def check_backend_installed(backend: str) -> None:
     """The libraries the scoring backend imports are installed here; else the extra that brings them."""
-    for mod in BACKEND_MODULES.get(backend, ()):
-        if importlib.util.find_spec(mod) is None:
-            from harness.errors import missing_extra
+    from harness.backends import backend_spec
 
-            raise missing_extra(ModuleNotFoundError(f"No module named {mod!r}", name=mod))
+    b = backend_spec(backend)
+    for mod in b.modules:
+        if importlib.util.find_spec(mod) is None:
+            raise HarnessError(f"{mod} is not installed in this environment ({sys.executable}); the {b.name} backend "
+                               f"needs the '{b.extra}' extra: pip install 'nvfp4-gate[{b.extra}]'. The tiny default "
+                               "on CPU needs [hf,quant] (from a checkout: pip install -e '.[dev]'); a vLLM gate needs "
+                               "[vllm] here and [quant] in the quantization interpreter.")

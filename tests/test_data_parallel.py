@@ -2,6 +2,7 @@
 processes: how documents are shared out and merged back, GPU planning, and failures that stop every worker."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 
@@ -95,7 +96,7 @@ def test_a_worker_that_dies_while_scoring_is_an_error_not_a_hang():
 
 
 def test_make_backend_plans_gpus_before_starting_anything(monkeypatch):
-    monkeypatch.setitem(BACKENDS, "vllm", FAKE)
+    monkeypatch.setitem(BACKENDS, "vllm", dataclasses.replace(BACKENDS["vllm"], cls=FAKE))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     be = make_backend("vllm", _spec(data_parallel_size=2))
     try:

@@ -69,27 +69,38 @@ HF_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", fields=None) -> None:
-    """Refuse unknown, misspelled and harness-owned keys; the message lists the closest and the valid keys."""
-    if backend == "vllm":
-        owned = sorted(set(kwargs) & HARNESS_OWNED)
-        if owned:
-            raise ConfigError(f"{where}: {owned} are set by the harness (model.path, model.max_model_len, ...); "
-                              "remove them from model.engine")
-        valid = (fields if fields is not None else VLLM_ENGINE_ARGS) | VLLM_DROPPED
-        valid = valid - HARNESS_OWNED
-    else:
-        valid = HF_KWARGS
+    """Refuse unknown, misspelled, harness-owned and wrong-typed keys, by the backend's own check (its BackendSpec)."""
+    from harness.backends import backend_spec, load_class
+
+    load_class(backend_spec(backend).check_kwargs)(kwargs, where, fields)
+
+
+def check_vllm_kwargs(kwargs: dict, where: str, fields=None) -> None:
+    """Fields of vLLM's EngineArgs (the pinned version's, or ``fields`` read off the installed one), minus the keys
+    the harness sets itself."""
+    owned = sorted(set(kwargs) & HARNESS_OWNED)
+    if owned:
+        raise ConfigError(f"{where}: {owned} are set by the harness (model.path, model.max_model_len, ...); "
+                          "remove them from model.engine")
+    valid = ((fields if fields is not None else VLLM_ENGINE_ARGS) | VLLM_DROPPED) - HARNESS_OWNED
+    source = f"vLLM {VLLM_VERSION} EngineArgs" if fields is None else "the installed vLLM's EngineArgs"
+    _refuse_unknown("vllm", kwargs, valid, where, source)
+
+
+def check_hf_kwargs(kwargs: dict, where: str, fields=None) -> None:
+    _refuse_unknown("hf", kwargs, HF_KWARGS, where, "the hf backend")
+    check_hf_types(kwargs, where)
+
+
+def _refuse_unknown(backend: str, kwargs: dict, valid, where: str, source: str) -> None:
+    """The message lists, for each unknown key, the closest valid ones, then every valid key."""
     bad = sorted(k for k in kwargs if k not in valid)
     if not bad:
-        if backend != "vllm":
-            check_hf_types(kwargs, where)
         return
     hints = []
     for k in bad:
         close = difflib.get_close_matches(k, sorted(valid), n=3, cutoff=0.6)
         hints.append(f"{k!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
-    source = ("the hf backend" if backend != "vllm" else
-              f"vLLM {VLLM_VERSION} EngineArgs" if fields is None else "the installed vLLM's EngineArgs")
     raise ConfigError(f"{where}: unknown {backend} engine kwarg(s) {', '.join(hints)}. Valid keys ({source}): "
                       f"{', '.join(sorted(valid))}")
 
