@@ -100,10 +100,45 @@ def judge(c: Comparison, threshold: float, source: str, use: str) -> Outcome:
 
 
 # ---- next-token distributions (harness/divergence.py) -------------------------------------------------------------
-LIMITS = {  # threshold key -> (what it bounds, max or min)
-    "kld_mean_max": ("KL mean", "max"),
-    "top1_min": ("top-1 agreement", "min"),
-}
+@dataclass(frozen=True)
+class LimitSpec:
+    """A gated statistic of the next-token distributions: everything the judge, the config and recipes, the verdict
+    and the report know of it. A new limit is one entry here and its field in config.Thresholds."""
+
+    key: str          # the threshold key in a config's or a recipe's thresholds
+    label: str        # what it bounds, in words
+    kind: str         # "max": the value must not exceed the limit; "min": must not fall below it
+    unit: str
+    stat: str         # the statistic's key in divergence.describe's dict ...
+    point: str        # ... its point estimate's key there ("mean" of a sub-dict, or "" for the statistic itself)
+    interval: str     # ... and its bootstrap interval's key
+    digits: int
+
+    def value_and_interval(self, stats: dict) -> tuple[float, tuple[float, float] | None]:
+        s = stats[self.stat]
+        point = s[self.point] if self.point else s
+        ci = (stats[self.stat] if self.point else stats)[self.interval]
+        return point, ((ci["low"], ci["high"]) if ci else None)
+
+    def pessimistic(self, interval: tuple[float, float]) -> float:
+        """The interval's end that is worse for the model (``use: lower``)."""
+        return interval[1] if self.kind == "max" else interval[0]
+
+    def passes(self, value: float, limit: float) -> bool:
+        return value <= limit if self.kind == "max" else value >= limit
+
+    def fmt(self, v: float) -> str:
+        return f"{v:.{self.digits}f}"
+
+    def relation(self, passed: bool = True) -> str:
+        return ("<=" if self.kind == "max" else ">=") if passed else (">" if self.kind == "max" else "<")
+
+
+LIMITS: dict[str, LimitSpec] = {s.key: s for s in (
+    LimitSpec("kld_mean_max", "KL mean", "max", " nats", stat="kld", point="mean", interval="interval", digits=4),
+    LimitSpec("top1_min", "top-1 agreement", "min", "%", stat="top1_pct", point="", interval="top1_interval",
+              digits=2),
+)}
 
 
 @dataclass
@@ -120,14 +155,12 @@ class LimitOutcome:
     threshold_source: str
 
     def message(self) -> str:
-        what, kind = LIMITS[self.key]
-        basis = "" if self.value == self.point else (" upper bound" if kind == "max" else " lower bound")
-        unit = " nats" if kind == "max" else "%"
-        fmt = (lambda v: f"{v:.4f}") if kind == "max" else (lambda v: f"{v:.2f}")
-        rel = ("<=" if kind == "max" else ">=") if self.passed else (">" if kind == "max" else "<")
-        ci = f" [CI {fmt(self.interval[0])}..{fmt(self.interval[1])}]" if self.interval else ""
-        return (f"{'ok  ' if self.passed else 'FAIL'} {self.name}: {what}{basis} {fmt(self.value)}{unit} {rel} "
-                f"{kind} {fmt(self.limit)}{unit} ({self.threshold_source}){ci}")
+        spec = LIMITS[self.key]
+        basis = "" if self.value == self.point else (" upper bound" if spec.kind == "max" else " lower bound")
+        ci = f" [CI {spec.fmt(self.interval[0])}..{spec.fmt(self.interval[1])}]" if self.interval else ""
+        return (f"{'ok  ' if self.passed else 'FAIL'} {self.name}: {spec.label}{basis} {spec.fmt(self.value)}"
+                f"{spec.unit} {spec.relation(self.passed)} {spec.kind} {spec.fmt(self.limit)}{spec.unit} "
+                f"({self.threshold_source}){ci}")
 
 
 def limit_source(key: str, thresholds, recipe_thresholds: dict, recipe_name: str) -> tuple[float | None, str]:
@@ -142,16 +175,10 @@ def limit_source(key: str, thresholds, recipe_thresholds: dict, recipe_name: str
 def judge_limit(name: str, stats: dict, key: str, limit: float, source: str, use: str) -> LimitOutcome:
     """Pass or fail a dataset's (or the pool's) distribution statistics against one limit; ``use: lower`` gates on
     the interval's pessimistic end (the KL mean's upper bound, the top-1 agreement's lower bound)."""
-    if key == "kld_mean_max":
-        point, ci = stats["kld"]["mean"], stats["kld"]["interval"]
-    else:
-        point, ci = stats["top1_pct"], stats["top1_interval"]
-    interval = (ci["low"], ci["high"]) if ci else None
-    value = point
-    if use == "lower" and interval:
-        value = interval[1] if key == "kld_mean_max" else interval[0]
+    spec = LIMITS[key]
+    point, interval = spec.value_and_interval(stats)
+    value = spec.pessimistic(interval) if use == "lower" and interval else point
     if not math.isfinite(value):
-        raise HarnessError(f"{name}: {LIMITS[key][0]} is not a finite number ({value}); refusing to report it")
-    passed = value <= limit if key == "kld_mean_max" else value >= limit
-    return LimitOutcome(name=name, key=key, value=value, point=point, interval=interval, limit=limit, passed=passed,
-                        threshold_source=source)
+        raise HarnessError(f"{name}: {spec.label} is not a finite number ({value}); refusing to report it")
+    return LimitOutcome(name=name, key=key, value=value, point=point, interval=interval, limit=limit,
+                        passed=spec.passes(value, limit), threshold_source=source)

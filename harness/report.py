@@ -363,8 +363,8 @@ def _limits(rows: list[dict]) -> str:
 
     out = []
     for r in rows:
-        what, kind = LIMITS[r["key"]]
-        out.append(f"{'ok' if r['passed'] else '**FAIL**'} {what} {'<=' if kind == 'max' else '>='} {r['limit']:g} "
+        spec = LIMITS[r["key"]]
+        out.append(f"{'ok' if r['passed'] else '**FAIL**'} {spec.label} {spec.relation()} {r['limit']:g} "
                    f"({r['threshold_source']})")
     return "; ".join(out)
 

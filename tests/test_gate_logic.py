@@ -246,3 +246,23 @@ def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_o
     one_by_one, at_once = object.__new__(VLLMBackend), object.__new__(VLLMBackend)
     one_by_one.spec, at_once.spec = EngineSpec(**{**spec.__dict__, "batch_size": 1}), spec
     assert one_by_one.reports_progress and not at_once.reports_progress
+
+
+def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
+    """The limits are declared once (judge.LIMITS); a config can set each, and a recipe's thresholds accept each."""
+    from harness.config import Thresholds
+    from harness.judge import LIMITS
+
+    assert set(LIMITS) <= set(Thresholds.model_fields)
+    stats = {"kld": {"mean": 0.02, "interval": {"low": 0.01, "high": 0.03}}, "top1_pct": 91.0,
+             "top1_interval": {"low": 90.0, "high": 92.0}}
+    from harness.judge import judge_limit
+
+    # by hand: KL 0.02 <= 0.025 passes on the point, fails on the pessimistic end 0.03; top-1 91 >= 90.5 passes on the
+    # point, fails on its lower end 90.0
+    assert judge_limit("d", stats, "kld_mean_max", 0.025, "config", "point").passed
+    assert not judge_limit("d", stats, "kld_mean_max", 0.025, "config", "lower").passed
+    assert judge_limit("d", stats, "top1_min", 90.5, "config", "point").passed
+    o = judge_limit("d", stats, "top1_min", 90.5, "config", "lower")
+    assert not o.passed and o.message() == ("FAIL d: top-1 agreement lower bound 90.00% < min 90.50% (config) "
+                                            "[CI 90.00..92.00]")

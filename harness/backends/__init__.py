@@ -65,7 +65,7 @@ def make_backend(name: str, spec: EngineSpec) -> Backend:
 
             devices = dp.plan_devices(size, per_engine, visible_gpus())
             return dp.DataParallelBackend(spec, b.cls, size, devices)
-    return load_class(b.cls)(spec)
+    return backend_class(name)(spec)
 
 
 __all__ = ["Backend", "BackendSpec", "DocResult", "EngineSpec", "BACKENDS", "backend_class", "backend_spec",
