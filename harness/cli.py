@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "From a config (--config) or from flags (--dataset ... --tokenizer ...).")
     ds.add_argument("--config", default=None, metavar="PATH",
                     help="gate config (default: configs/tiny.yaml of this project, else the shipped tiny default)")
-    ds.add_argument("--dataset", action="append", choices=sorted(DATASET_DEFAULTS), default=None,
+    ds.add_argument("--dataset", action="append", choices=sorted(dataset_defaults()), default=None,
                     help="with flags: which dataset (repeatable)")
     ds.add_argument("--data-path", default=None, metavar="PATH",
                     help="local copy in the hub schema: a file, a snapshot folder or a saved dataset dir "
@@ -257,10 +257,11 @@ def cmd_report(a) -> int:
     return 0
 
 
-DATASET_DEFAULTS = {
-    "wikitext2": {"rule": "wikitext", "path": "wikitext", "name": "wikitext-2-raw-v1", "split": "test"},
-    "ultrachat": {"rule": "ultrachat", "path": "HuggingFaceH4/ultrachat_200k", "name": None, "split": "test_sft"},
-}
+def dataset_defaults() -> dict[str, dict]:
+    """The reference datasets by name (wikitext2, ultrachat): their rule and hub source (harness.data.RULES)."""
+    from harness.data import RULES
+
+    return {r.dataset: {"rule": r.name, **r.hub} for r in RULES.values()}
 
 
 def stats_config(a):
@@ -270,8 +271,9 @@ def stats_config(a):
     if not a.tokenizer:
         raise HarnessError("data stats with --dataset needs --tokenizer PATH (or use --config)")
     datasets = {}
+    defaults = dataset_defaults()
     for name in a.dataset:
-        d = DATASET_DEFAULTS[name]
+        d = defaults[name]
         split = a.split or d["split"]
         source = ({"path": str(Path(a.data_path).resolve()), "split": split} if a.data_path else
                   {"path": d["path"], "name": d["name"], "split": split, "revision": a.revision})

@@ -37,12 +37,23 @@ class SourceSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    rule: Literal["wikitext", "ultrachat"] = Field(description="text rule: which sampling rule builds the texts")
+    rule: str = Field(description="text rule: which sampling rule builds the texts (harness.data.RULES: wikitext, "
+                                  "ultrachat)")
     source: SourceSpec
     n_texts: int = Field(200, gt=0, description="first N (non-empty) texts")
     min_tokens: int = Field(16, ge=2, description="texts with fewer tokens are dropped")
     truncation_margin: int = Field(8, ge=0, description="texts are truncated to max_model_len - margin tokens")
     min_kept_texts: int = Field(1, ge=1, description="fail the run if fewer texts survive the rules")
+
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        from harness.data import RULES
+
+        if v not in RULES:
+            raise ValueError(f"unknown rule {v!r}; choose from {', '.join(RULES)}")
+        return v
 
 
 class CalibrationSpec(Strict):

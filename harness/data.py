@@ -57,8 +57,24 @@ def ultrachat_texts(rows, n: int) -> list[str]:
     return out
 
 
-TEXT_RULES: dict[str, Callable] = {"wikitext": first_nonempty_texts, "ultrachat": ultrachat_texts}
-REQUIRED_COLUMNS = {"wikitext": {"text"}, "ultrachat": {"messages"}}
+@dataclass(frozen=True)
+class RuleSpec:
+    """A dataset rule: how texts are selected from rows, which columns it needs, and the reference dataset it was
+    written for (its usual name in configs and the hub source). A new rule is one entry here."""
+
+    name: str
+    select: Callable          # (rows, n) -> texts
+    columns: frozenset        # the row columns the rule reads
+    dataset: str              # the reference's name for the dataset (configs, `data stats --dataset`)
+    hub: dict                 # the hub source: path, name, split
+
+
+RULES: dict[str, RuleSpec] = {r.name: r for r in (
+    RuleSpec("wikitext", first_nonempty_texts, frozenset({"text"}), "wikitext2",
+             {"path": "wikitext", "name": "wikitext-2-raw-v1", "split": "test"}),
+    RuleSpec("ultrachat", ultrachat_texts, frozenset({"messages"}), "ultrachat",
+             {"path": "HuggingFaceH4/ultrachat_200k", "name": None, "split": "test_sft"}),
+)}
 
 
 @dataclass(frozen=True)
@@ -270,10 +286,15 @@ def local_files(path: str, split: str) -> tuple[str, str | list[str]]:
                        "and a saved dataset dir)")
 
 
+def rule_spec(rule: str) -> RuleSpec:
+    if rule not in RULES:
+        raise unknown_name("dataset rule", rule, RULES)
+    return RULES[rule]
+
+
 def select_texts(rule: str, rows, n: int) -> list[str]:
-    if rule not in TEXT_RULES:
-        raise unknown_name("dataset rule", rule, TEXT_RULES)
-    missing = REQUIRED_COLUMNS[rule] - set(getattr(rows, "column_names", None) or REQUIRED_COLUMNS[rule])
+    r = rule_spec(rule)
+    missing = r.columns - set(getattr(rows, "column_names", None) or r.columns)
     if missing:
         raise HarnessError(f"rule {rule!r} needs column(s) {sorted(missing)}; the data has {rows.column_names}")
-    return TEXT_RULES[rule](rows, n)
+    return r.select(rows, n)
