@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Iterator
 
 from harness.errors import HarnessError
+
+VIEW_FILE = "harness_view.json"
 
 
 def describe_quantization(qc: dict) -> dict:
@@ -92,8 +95,6 @@ def describe_modelopt(qc: dict) -> dict:
 def check_shards(path: Path) -> None:
     """Every shard named in the safetensors index must exist, else loading fails much later and obscurely."""
     path = Path(path)
-    from harness.synth import view_source
-
     src = view_source(path)
     if src is not None:  # a BF16 view: its weights are its NVFP4 source's
         return check_shards(src)
@@ -136,3 +137,53 @@ def existing_checkpoint(path: str) -> dict:
         raise HarnessError(f"model.checkpoint {path}: quant_method {q.get('quant_method')!r}; the gate takes "
                            "compressed-tensors (llm-compressor) and NVIDIA ModelOpt checkpoints")
     return {"existing": True, "scheme": q.get("scheme"), "layout": q.get("format"), "quantization": q, "source": "local"}
+
+
+# ---- BF16 views of NVFP4 checkpoints (written by harness/synth.py) ----------------------------------------------
+def view_source(model_dir) -> Path | None:
+    """The NVFP4 checkpoint a BF16 view dequantizes, or None when ``model_dir`` is not a view."""
+    f = Path(model_dir) / VIEW_FILE
+    if not f.is_file():
+        return None
+    src = (Path(model_dir) / json.loads(f.read_text())["source"]).resolve()
+    if not (src / "config.json").is_file():
+        raise HarnessError(f"{model_dir} is a BF16 view of {src}, which is missing; re-create the view with "
+                           "harness synth-checkpoint --bf16-view")
+    return src
+
+
+def dequantized_weights(src: Path, device="cpu") -> Iterator[tuple[str, object]]:
+    """(name, tensor) of ``src`` as a dense model: NVFP4 modules dequantized to BF16, the rest as stored."""
+    from safetensors import safe_open
+
+    from harness.nvfp4_pack import MODELOPT_SUFFIXES, NVFP4_SUFFIXES, dequantize_nvfp4
+
+    src = Path(src)
+    idx = src / "model.safetensors.index.json"
+    if idx.is_file():
+        weight_map = json.loads(idx.read_text())["weight_map"]
+    else:
+        files = sorted(src.glob("*.safetensors"))
+        weight_map = {}
+        for f in files:
+            with safe_open(f, "pt") as fh:
+                weight_map.update({k: f.name for k in fh.keys()})
+    handles: dict = {}
+
+    def get(name: str):
+        f = weight_map[name]
+        if f not in handles:
+            handles[f] = safe_open(src / f, "pt")
+        return handles[f].get_tensor(name).to(device)
+
+    for name in weight_map:
+        mod = name.rpartition(".")[0]
+        if name.endswith(".weight_zero_point"):
+            raise HarnessError(f"{src}: {name}: asymmetric NVFP4 is not supported by the dequantized view")
+        if name.endswith(".weight_packed"):  # compressed-tensors
+            yield f"{mod}.weight", dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"),
+                                                     get(f"{mod}.weight_global_scale"))
+        elif name.endswith(".weight") and f"{mod}.weight_scale_2" in weight_map:  # ModelOpt: scale_2 = 1 / global
+            yield name, dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"), 1.0 / get(f"{mod}.weight_scale_2"))
+        elif not name.endswith(NVFP4_SUFFIXES + MODELOPT_SUFFIXES):
+            yield name, get(name)

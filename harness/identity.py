@@ -95,7 +95,7 @@ def model_identity(location, revision: str | None, named: str | None = None) -> 
     """``location``: a harness.locate.Location of the BF16 model; ``named``: how the config names it (recorded
     instead of a machine's absolute path)."""
     from harness.pypi_models import read_marker
-    from harness.synth import view_source
+    from harness.checkpoint import view_source
 
     marker = read_marker(Path(location.path)) if location.is_local else None
     if marker is not None:  # a real model from the package index: its origin and its converted tensors

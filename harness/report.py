@@ -50,7 +50,7 @@ def build_report(session, verdict) -> dict:
     overall["distributions"] = session.distribution_stats(None)
     overall["limits"] = [limit_row(o) for o in session.limit_outcomes(None)]
     bf16_path = Path(cfg.resolve(cfg.model.path))
-    from harness.synth import view_source
+    from harness.checkpoint import view_source
 
     view_of = view_source(bf16_path) if bf16_path.is_dir() else None
     b0 = session.baseline(session.dataset_names[0])

@@ -31,18 +31,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
+
+from harness.checkpoint import VIEW_FILE
 from harness.errors import HarnessError
+from harness.nvfp4_pack import FP4_MAX, FP8_MAX, GROUP, quantize_nvfp4
 
 SYNTH_FILE = "harness_synth.json"
-VIEW_FILE = "harness_view.json"
-FP4_MAX, FP8_MAX = 6.0, 448.0
-E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)          # magnitudes of the 8 positive FP4 E2M1 codes
-E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)     # midpoints between them: round to nearest
-NVFP4_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_global_scale", ".input_global_scale")
-MODELOPT_SUFFIXES = (".weight_scale_2", ".input_scale")
-GROUP = 16
 # Linear layers that vLLM runs as one fused GEMM share one global scale (llm-compressor fuses their observers the
 # same way); vLLM keeps a single global scale per fused layer, so unequal ones would change the numbers.
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -200,41 +195,6 @@ def synth_tensors(p: TensorPlan, spec: SynthSpec, device, plan: list[TensorPlan]
             f"{mod}.input_global_scale": input_global}
 
 
-def quantize_nvfp4(w, global_scale=None):
-    """NVFP4 of a 2-D weight [out, in]: (packed uint8 [out, in/2], FP8 scales [out, in/16], FP32 global scale [1]).
-    The global scale is 448 x 6 / amax unless given (a fused group's shared one)."""
-    import torch
-
-    out_f, in_f = w.shape
-    w = w.float()
-    if global_scale is None:
-        global_scale = FP8_MAX * FP4_MAX / w.abs().amax().clamp(min=torch.finfo(torch.float32).tiny)
-    global_scale = global_scale.float().reshape(1).clone()  # its own storage: safetensors refuses shared tensors
-    groups = w.view(out_f, in_f // GROUP, GROUP)
-    scale = (groups.abs().amax(-1) / FP4_MAX * global_scale).clamp(max=FP8_MAX).to(torch.float8_e4m3fn)
-    step = scale.float() / global_scale
-    step = torch.where(step == 0, torch.ones_like(step), step)
-    x = groups / step.unsqueeze(-1)
-    bounds = torch.tensor(E2M1_BOUNDS, device=w.device)
-    codes = torch.bucketize(x.abs(), bounds, out_int32=True) | (torch.signbit(x).to(torch.int32) << 3)
-    codes = codes.view(out_f, in_f).to(torch.uint8)
-    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    return packed.contiguous(), scale, global_scale.float()
-
-
-def dequantize_nvfp4(packed, scale, global_scale, dtype=None):
-    """Inverse of :func:`quantize_nvfp4` (the values compressed-tensors and vLLM read from the same bytes)."""
-    import torch
-
-    dtype = dtype or torch.bfloat16
-    out_f, half = packed.shape
-    codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1).view(out_f, 2 * half).int()
-    lut = torch.tensor(E2M1 + tuple(-v for v in E2M1), dtype=torch.float32, device=packed.device)
-    step = scale.float() / global_scale.float().reshape(1, 1)
-    w = lut[codes].view(out_f, 2 * half // GROUP, GROUP) * step.unsqueeze(-1)
-    return w.view(out_f, 2 * half).to(dtype)
-
-
 def quantization_config(spec: SynthSpec) -> dict:
     """compressed-tensors' NVFP4 preset, as llm-compressor writes it (W4A4, group 16, FP8 scales)."""
     args = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": GROUP, "strategy": "tensor_group",
@@ -374,7 +334,7 @@ def _save_tokenizer(tokenizer: str | None, out: Path) -> str:
     return "builtin:tiny" if tokenizer is None else tokenizer
 
 
-# ---- BF16 view of an NVFP4 checkpoint -------------------------------------------------------------------------
+# ---- BF16 view of an NVFP4 checkpoint (written here; read by harness.checkpoint) ----------------------------------
 
 def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
     """A BF16 model dir whose weights are ``nvfp4_dir``'s dequantization (config + tokenizer + a pointer, no weights)."""
@@ -404,50 +364,3 @@ def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(out), **view}
-
-
-def view_source(model_dir) -> Path | None:
-    """The NVFP4 checkpoint a BF16 view dequantizes, or None when ``model_dir`` is not a view."""
-    f = Path(model_dir) / VIEW_FILE
-    if not f.is_file():
-        return None
-    src = (Path(model_dir) / json.loads(f.read_text())["source"]).resolve()
-    if not (src / "config.json").is_file():
-        raise HarnessError(f"{model_dir} is a BF16 view of {src}, which is missing; re-create the view with "
-                           "harness synth-checkpoint --bf16-view")
-    return src
-
-
-def dequantized_weights(src: Path, device="cpu") -> Iterator[tuple[str, object]]:
-    """(name, tensor) of ``src`` as a dense model: NVFP4 modules dequantized to BF16, the rest as stored."""
-    from safetensors import safe_open
-
-    src = Path(src)
-    idx = src / "model.safetensors.index.json"
-    if idx.is_file():
-        weight_map = json.loads(idx.read_text())["weight_map"]
-    else:
-        files = sorted(src.glob("*.safetensors"))
-        weight_map = {}
-        for f in files:
-            with safe_open(f, "pt") as fh:
-                weight_map.update({k: f.name for k in fh.keys()})
-    handles: dict = {}
-
-    def get(name: str):
-        f = weight_map[name]
-        if f not in handles:
-            handles[f] = safe_open(src / f, "pt")
-        return handles[f].get_tensor(name).to(device)
-
-    for name in weight_map:
-        mod = name.rpartition(".")[0]
-        if name.endswith(".weight_zero_point"):
-            raise HarnessError(f"{src}: {name}: asymmetric NVFP4 is not supported by the dequantized view")
-        if name.endswith(".weight_packed"):  # compressed-tensors
-            yield f"{mod}.weight", dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"),
-                                                     get(f"{mod}.weight_global_scale"))
-        elif name.endswith(".weight") and f"{mod}.weight_scale_2" in weight_map:  # ModelOpt: scale_2 = 1 / global
-            yield name, dequantize_nvfp4(get(name), get(f"{mod}.weight_scale"), 1.0 / get(f"{mod}.weight_scale_2"))
-        elif not name.endswith(NVFP4_SUFFIXES + MODELOPT_SUFFIXES):
-            yield name, get(name)

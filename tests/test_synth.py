@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.synth import SynthSpec, dequantized_weights, resolve_shape, tensor_plan, write_checkpoint, \
-    write_dequant_view
+from harness.checkpoint import dequantized_weights
+from harness.synth import SynthSpec, resolve_shape, tensor_plan, write_checkpoint, write_dequant_view
 
 SHAPE = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,

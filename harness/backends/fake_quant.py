@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
-E2M1_TIE_UP = (False, True, False, True, False, True, False)
-E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+from harness.nvfp4_pack import E2M1, E2M1_BOUNDS
+
+E2M1_TIE_UP = (False, True, False, True, False, True, False)  # a tie rounds to the value with an even mantissa bit
 
 
 def e4m3_round(x):

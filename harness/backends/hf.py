@@ -63,7 +63,7 @@ class HFBackend(Backend):
         self.batch_tokens = int(kw.get("batch_tokens", 16384 if self.device.startswith("cuda") else 2048))
         t0 = time.time()
         from harness.checkpoint import checkpoint_quantization
-        from harness.synth import view_source
+        from harness.checkpoint import view_source
 
         extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
         self._converted = None
@@ -196,7 +196,7 @@ def load_view(model_dir: str, src, dtype, extra: dict):
     """A BF16 view (harness_view.json): the model built from its config, with ``src``'s weights dequantized."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.synth import dequantized_weights
+    from harness.checkpoint import dequantized_weights
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype, **extra)
     missing, unexpected = model.load_state_dict(dict(dequantized_weights(src)), strict=False)

@@ -224,7 +224,7 @@ class VLLMBackend(Backend):
     def _view_kwargs(spec: EngineSpec, kwargs: dict) -> dict:
         """A BF16 view of an NVFP4 checkpoint loads through the harness's load format, registered in the workers
         by the harness's worker extension."""
-        from harness.synth import view_source
+        from harness.checkpoint import view_source
 
         if view_source(spec.model) is None:
             return kwargs
