@@ -155,7 +155,8 @@ def cmd_gate(a) -> int:
             s.score(n)
         s.engines.close()
         verdict = s.verdict()
-        rep = build_report(s, verdict)
+        with s.clock("report"):
+            rep = build_report(s, verdict)
         if rep["baseline_updates"]:
             from harness.report import baseline_diff_table
 
@@ -167,13 +168,16 @@ def cmd_gate(a) -> int:
             print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
         print(verdict.summary(), flush=True)  # the verdict stands even if the report cannot be written
         try:
-            out = write_report(rep, report_dir, s.log_lines, session_token_logprobs(s))
+            with s.clock("report"):
+                out = write_report(rep, report_dir, s.log_lines, session_token_logprobs(s), s.time_breakdown)
         except OSError as e:
             raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
                                f"{e.strerror or e}") from None
     finally:
         s.close()
-    print(f"\nreport: {out}/report.md")
+    from harness.timings import line
+
+    print(f"\n{line(s.time_breakdown())}\nreport: {out}/report.md")
     return 0 if verdict.passed else 1
 
 

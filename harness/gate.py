@@ -19,6 +19,7 @@ from harness.judge import Outcome, Verdict, dataset_comparison, judge, overall_c
 from harness.metrics import Comparison, DatasetScore
 from harness.prepare import load_tokenizer, prepare_dataset
 from harness.provide import CheckpointProvider
+from harness.timings import StageClock
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
@@ -79,6 +80,7 @@ class GateSession:
         self._updated = False
         self._preflight_done = False
         self.started = time.time()
+        self.clock = StageClock()  # seconds per stage, for the report's "Time" section (harness/timings.py)
 
     # ---- logging ------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -100,12 +102,14 @@ class GateSession:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.cfg)
+            with self.clock("prepare"):
+                self._tokenizer = load_tokenizer(self.cfg)
         return self._tokenizer
 
     def prepared(self, name: str) -> PreparedDataset:
         if name not in self._prepared:
-            self._prepared[name] = prepare_dataset(self.cfg, name, self.tokenizer(), self.log)
+            with self.clock("prepare"):
+                self._prepared[name] = prepare_dataset(self.cfg, name, self.tokenizer(), self.log)
         return self._prepared[name]
 
     # ---- quantization -------------------------------------------------------
@@ -117,7 +121,8 @@ class GateSession:
 
     def checkpoint(self) -> tuple[Path, dict]:
         """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
-        return self.provider.checkpoint()
+        with self.clock("quantize"):
+            return self.provider.checkpoint()
 
     # ---- scoring ------------------------------------------------------------
     def _engine(self, precision: str):
@@ -138,7 +143,8 @@ class GateSession:
                               tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
                               engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size,
                               top_k=self.top_k, fidelity=self.cfg.fidelity)
-            eng = make_backend(self.backend, spec)
+            with self.clock("engine_start"):
+                eng = make_backend(self.backend, spec)
             self._engine_info[precision] = eng.info()
             if precision != "bf16":
                 try:  # the kernel is known once the engine is up: refuse now, not after a dataset is scored
@@ -166,14 +172,15 @@ class GateSession:
                      f"with {self.backend}/{precision}")
             t0 = time.time()
             show = self._shows_progress() and getattr(eng, "reports_progress", False)
-            with ScoringProgress(f"{name} {precision}", len(prep.token_ids), enabled=show) as progress:
+            with self.clock("scoring"), ScoringProgress(f"{name} {precision}", len(prep.token_ids),
+                                                        enabled=show) as progress:
                 res = eng.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=self.token_detail,
                                                 top_k=self.top_k)
-            topk = None
-            if self.top_k:
-                from harness.distributions import from_results
+                topk = None
+                if self.top_k:
+                    from harness.distributions import from_results
 
-                topk = from_results(res, prep.token_ids, self.top_k, self.backend)
+                    topk = from_results(res, prep.token_ids, self.top_k, self.backend)
             s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
                              eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
                              token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None, topk=topk)
@@ -381,7 +388,8 @@ class GateSession:
     # ---- comparison ---------------------------------------------------------
     def comparison(self, name: str) -> Comparison:
         if name not in self._comparisons:  # scores and baselines are fixed once computed: bootstrap once
-            self._comparisons[name] = self._compare(name)
+            with self.clock("judging"):
+                self._comparisons[name] = self._compare(name)
         return self._comparisons[name]
 
     def _compare(self, name: str) -> Comparison:
@@ -389,7 +397,8 @@ class GateSession:
 
     def overall(self) -> Comparison:
         if None not in self._comparisons:
-            self._comparisons[None] = self._compare_overall()
+            with self.clock("judging"):
+                self._comparisons[None] = self._compare_overall()
         return self._comparisons[None]
 
     def _compare_overall(self) -> Comparison:
@@ -430,8 +439,10 @@ class GateSession:
 
             t = self.cfg.thresholds
             names = self.dataset_names if name is None else [name]
-            self._distribution_stats[name] = describe({n: self.token_metrics(n) for n in names},
-                                                      samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+            with self.clock("judging"):
+                self._distribution_stats[name] = describe({n: self.token_metrics(n) for n in names},
+                                                          samples=t.bootstrap_samples, confidence=t.confidence,
+                                                          seed=t.seed)
         return self._distribution_stats[name]
 
     def limit_outcomes(self, name: str | None) -> list:
@@ -462,6 +473,14 @@ class GateSession:
         return judge(c, *self.threshold_source(name), self.cfg.thresholds.use)
 
     def verdict(self) -> Verdict:
+        with self.clock("judging"):
+            return self._verdict()
+
+    def time_breakdown(self) -> dict:
+        """Seconds per stage so far and the wall time since the session began (harness/timings.py)."""
+        return self.clock.breakdown(time.time() - self.started)
+
+    def _verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
         outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
         notes = list(self.notes)

@@ -165,11 +165,16 @@ class HarnessState:
             if not all(session.scored(n) for n in session.dataset_names):
                 return
             verdict = session.verdict()
-            rep = build_report(session, verdict)
             out = self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")
-            path = write_report(rep, out, session.log_lines, session_token_logprobs(session))
+            with session.clock("report"):
+                rep = build_report(session, verdict)
+                path = write_report(rep, out, session.log_lines, session_token_logprobs(session),
+                                    session.time_breakdown)
             self.reports.append(str(path))
-            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {verdict.summary()}")
+            from harness.timings import line
+
+            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {verdict.summary()}\n"
+                                 f"{line(session.time_breakdown())}")
         except HarnessError as e:
             self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
         finally:

@@ -74,6 +74,7 @@ def build_report(session, verdict) -> dict:
                         "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
         "baseline_updates": update_rows(session.baseline_updates),
         "wall_s": round(time.time() - session.started, 1),
+        "time": session.time_breakdown(),  # brought up to date when the report is written (write_report)
     }
 
 
@@ -256,7 +257,16 @@ def render_markdown(rep: dict) -> str:
         parts += ["", "## Per-token detail", "", token_detail_table(rep)]
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
+    if rep.get("time"):
+        from harness.timings import table
+
+        parts += ["", "## Time", "", TIME_NOTE, "", table(rep["time"])]
     return "\n".join(parts) + "\n"
+
+
+TIME_NOTE = ("Where this run's time went, stage by stage (exclusive: starting an engine inside scoring counts as "
+             "engine start). quantize is the cache lookup when the checkpoint was cached; other is what no stage "
+             "claims: imports, baselines, closing engines.")
 
 
 def _bf16_size(ck: dict) -> str:
@@ -495,9 +505,10 @@ def kl_histogram(ax, hist: list[tuple[str, dict]], top_k) -> None:
 
 
 def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
-                 token_logprobs: dict[str, list[list[float]]] | None = None) -> Path:
+                 token_logprobs: dict[str, list[list[float]]] | None = None, time_breakdown=None) -> Path:
     """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
-    reports_dir/<timestamp>-<model>/, atomically (temp dir, rename)."""
+    reports_dir/<timestamp>-<model>/, atomically (temp dir, rename). ``time_breakdown()``, when given, restates the
+    report's "time" once the chart is drawn, so the report stage counts its own work."""
     from harness.atomic import readable, rename_unique
 
     reports_dir = Path(reports_dir)
@@ -514,6 +525,8 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
             write_chart(rep, tmp / "chart.svg")
         except Exception as e:  # noqa: BLE001 - a chart is not worth the report: it is written without one
             rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
+        if time_breakdown is not None:
+            rep = {**rep, "time": time_breakdown()}
         (tmp / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
         (tmp / "report.md").write_text(render_markdown(rep))
         (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")

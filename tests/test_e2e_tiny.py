@@ -68,6 +68,23 @@ def test_default_gate_passes_and_prints_the_tables(gate_run):
     assert rep["checkpoints"]["bf16"]["bytes"] > rep["checkpoints"]["nvfp4"]["bytes"] > 0
 
 
+def test_the_report_and_the_terminal_say_where_the_time_went(gate_run):
+    """Every stage this gate ran took time; the stages and `other` add up to the wall time; the stages agree with
+    what the engine and the scores measured on their own clocks (hf backend load time, each dataset's eval_s)."""
+    r, rep, folder = gate_run
+    t = rep["time"]
+    assert list(t["stages"]) == ["prepare", "quantize", "engine_start", "scoring", "judging", "report"]
+    assert all(v > 0 for k, v in t["stages"].items() if k != "quantize"), t  # quantize: a cache lookup may be 0.00
+    assert sum(t["stages"].values()) + t["other_s"] == pytest.approx(t["wall_s"], abs=0.05)
+    assert rep["wall_s"] <= t["wall_s"] + 0.05  # the report's wall time is taken before the report is written
+    assert t["stages"]["engine_start"] >= rep["engine"]["engine_start_s"] - 0.01  # the backend's load is inside it
+    eval_s = sum(d["nvfp4"]["eval_s"] for d in rep["datasets"])
+    assert t["stages"]["scoring"] <= eval_s + 0.01 and t["stages"]["scoring"] > 0.9 * eval_s - 0.05, (t, eval_s)
+    assert "## Time" in (folder / "report.md").read_text()
+    assert re.search(r"^time: prepare [\d.]+ s, quantize [\d.]+ s, engine start [\d.]+ s, scoring [\d.]+ s, judging "
+                     r"[\d.]+ s, report [\d.]+ s, other [\d.]+ s; [\d.]+ s in all$", r.stdout, re.M), r.stdout[-600:]
+
+
 def test_nvfp4_cost_is_measurable_and_above_threshold(gate_run):
     """Below 100 by more than noise (the whole paired-bootstrap interval), overall and on each dataset (a fixture
     that quantization noise helps on one dataset proves nothing there), above the default threshold."""

@@ -1,0 +1,63 @@
+"""Where a gate's time went, by stage: prepare (tokenizer, data), quantize (or the cache lookup), engine start,
+scoring, judging (comparisons, distributions, limits, verdict) and report. Exclusive time: a stage entered inside
+another (scoring that has to start its engine first) pauses the outer one, so the stages add up to the time the gate
+spent in them, and ``wall - sum`` is what no stage claims (imports, baselines, closing engines)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+STAGES = ("prepare", "quantize", "engine_start", "scoring", "judging", "report")
+
+
+class StageClock:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._stack: list[str] = []
+        self._since = 0.0
+
+    @contextmanager
+    def __call__(self, stage: str):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        now = time.perf_counter()
+        if self._stack:
+            self._add(self._stack[-1], now - self._since)
+        self._stack.append(stage)
+        self._since = now
+        try:
+            yield
+        finally:
+            now = time.perf_counter()
+            self._add(self._stack.pop(), now - self._since)
+            self._since = now
+
+    def _add(self, stage: str, dt: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
+
+    def breakdown(self, wall_s: float) -> dict:
+        """Seconds per stage in STAGES order (stages not entered: 0), with the rest of ``wall_s`` as ``other``."""
+        seconds = dict(self.seconds)
+        if self._stack:  # a stage still open (the report, while it is written) counts up to now
+            seconds[self._stack[-1]] = seconds.get(self._stack[-1], 0.0) + time.perf_counter() - self._since
+        stages = {k: round(seconds.get(k, 0.0), 2) for k in STAGES}
+        return {"stages": stages, "other_s": round(max(wall_s - sum(seconds.values()), 0.0), 2),
+                "wall_s": round(wall_s, 2)}
+
+
+def line(breakdown: dict) -> str:
+    """One line for the terminal: ``time: prepare 1.2 s, quantize 0.0 s, ... ; 41.0 s in all``."""
+    parts = [f"{k.replace('_', ' ')} {v:.1f} s" for k, v in breakdown["stages"].items()]
+    return f"time: {', '.join(parts)}, other {breakdown['other_s']:.1f} s; {breakdown['wall_s']:.1f} s in all"
+
+
+def table(breakdown: dict) -> str:
+    """The Markdown table of the report's "Time" section: seconds and share of the wall time per stage."""
+    from tabulate import tabulate
+
+    wall = breakdown["wall_s"] or 1.0
+    rows = [[k.replace("_", " "), f"{v:.2f}", f"{100 * v / wall:.0f}%"] for k, v in breakdown["stages"].items()]
+    rows.append(["other", f"{breakdown['other_s']:.2f}", f"{100 * breakdown['other_s'] / wall:.0f}%"])
+    rows.append(["**wall**", f"{breakdown['wall_s']:.2f}", "100%"])
+    return tabulate(rows, headers=["stage", "seconds", "share"], tablefmt="github", colalign=("left", "right", "right"),
+                    disable_numparse=True)
