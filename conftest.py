@@ -1,4 +1,86 @@
 """Root of this repo's test runs. The plugin (harness.plugin) is not loaded here: `-p harness.plugin` in
 pyproject.toml's addopts loads it for this repo (also where the package is only on PYTHONPATH, as on the GPU
 machines), and the pytest11 entry point loads it wherever the package is installed. A `pytest_plugins` line here
-would break runs that collect harness/gate_tests.py of an editable install from another project."""
+would break runs that collect harness/gate_tests.py of an editable install from another project.
+
+What is set here is set before any test process starts (pytest-xdist workers and subprocesses inherit it): one
+checkpoint cache per run (unless HARNESS_CACHE is set), so each (model, recipe, calibration) is quantized once and
+shared; and the ledger of quantization children (HARNESS_QUANT_LEDGER, harness/quantize.py). At the end of the run
+the ledger is summed up, and a second llm-compressor build of a checkpoint the run already built fails the run,
+unless the test that asked is marked ``own_quantization`` (tests of building, killing and locking)."""
+import os
+import sys
+import tempfile
+
+if not os.environ.get("HARNESS_CACHE"):
+    os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
+if not os.environ.get("HARNESS_QUANT_LEDGER"):
+    os.environ["HARNESS_QUANT_LEDGER"] = os.path.join(tempfile.mkdtemp(prefix="harness-test-ledger-"), "quant.jsonl")
+OWN = os.environ["HARNESS_QUANT_LEDGER"] + ".own"  # node ids of the tests marked own_quantization
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "own_quantization: a test of building, killing or locking that quantizes in "
+                                       "a cache of its own (the run's ledger check allows its rebuild)")
+
+
+def pytest_collection_modifyitems(items):
+    own = [i.nodeid for i in items if i.get_closest_marker("own_quantization")]
+    if own:
+        with open(OWN, "a", encoding="utf-8") as f:
+            f.write("".join(n + "\n" for n in own))
+
+
+def quantization_summary() -> tuple[list[str], list[str]]:
+    """(lines to print, faults): every child by test, and llm-compressor builds of a key already built this run by a
+    test not marked own_quantization."""
+    import json
+    from collections import Counter
+
+    from harness.quantize import read_ledger
+
+    runs = read_ledger(os.environ["HARNESS_QUANT_LEDGER"])
+    if not runs:
+        return [], []
+    own = set(open(OWN, encoding="utf-8").read().split()) if os.path.exists(OWN) else set()
+    real = [r for r in runs if os.path.realpath(r.get("python") or "") == os.path.realpath(sys.executable)]
+    built = [r for r in real if r["rc"] == 0]
+    n = len(runs)
+    lines = [f"{n} {'child' if n == 1 else 'children'}: {len(built)} llm-compressor builds "
+             f"({sum(r['seconds'] for r in built):.0f} s), {len(real) - len(built)} stopped or failed on purpose, "
+             f"{n - len(real)} test doubles"]
+    seen, faults = set(), []
+    for r in built:
+        key = json.dumps([r["model"], r["recipe_sha256"], r["calibration"], r.get("device_map")], sort_keys=True)
+        test = r.get("test") or "(outside a test)"
+        where = "own" if test in own else "shared"
+        if key in seen and where == "shared":
+            faults.append(f"{test} built {os.path.basename(r['model'])} (recipe {r['recipe_sha256']}) again: use the "
+                          "run's cache (HARNESS_CACHE), or mark the test own_quantization if building is what it tests")
+        seen.add(key)
+        lines.append(f"  {r['seconds']:5.1f} s  {where:6} {os.path.basename(r['model'])} recipe {r['recipe_sha256']}  "
+                     f"{test}")
+    rest = Counter((r.get("test") or "(outside a test)", f"rc {r['rc']}" if r in real else "test double")
+                   for r in runs if r not in built)
+    for (test, what), n in rest.items():
+        lines.append(f"  {n} x {what}: {test}")
+    return lines, faults
+
+
+def pytest_sessionfinish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller sums up the run
+    lines, faults = quantization_summary()
+    session.config._quantization_summary = (lines, faults)
+    if faults and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines, faults = getattr(config, "_quantization_summary", ([], []))
+    if not lines:
+        return
+    tr = terminalreporter
+    tr.section("quantization children")
+    for ln in lines + [f"FAULT: {f}" for f in faults]:
+        tr.write_line(ln)

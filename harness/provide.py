@@ -102,6 +102,8 @@ class CheckpointProvider:
             path, hit = cache.get_or_build(key, material, build, log=self.log)
             import json
 
+            if hit:  # the key holds the recipe's text, not its promised scheme: an edited `scheme:` meets an old entry
+                require_scheme(path, recipe.scheme)
             built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
             info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
                     "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}

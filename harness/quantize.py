@@ -172,6 +172,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
     log(f"quantizing {spec.model} in {interp.describe()}; log: {log_path}")
+    t0, rc = time.time(), None
     try:
         rc = run_child(cmd, interp.env(), log_path, f"quantizing {Path(spec.model).name}", timeout_s=timeout_s,
                        heartbeat_s=heartbeat_s, log=log)
@@ -182,6 +183,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
         ) from None
     finally:
         spec_path.unlink(missing_ok=True)
+        note_in_ledger(spec, interp, rc, time.time() - t0)
     if rc != 0:
         tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-25:])
         how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
@@ -194,6 +196,30 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     if not marker.exists():
         raise HarnessError(f"quantization exited 0 but wrote no {MARKER} in {spec.output_dir}; log: {log_path}")
     return json.loads(marker.read_text())
+
+
+LEDGER_ENV = "HARNESS_QUANT_LEDGER"
+
+
+def note_in_ledger(spec: QuantSpec, interp: "QuantInterpreter", rc: int | None, seconds: float) -> None:
+    """With ``$HARNESS_QUANT_LEDGER`` set (a file path): one JSON line per quantization child started, whatever its end
+    (``rc`` None: it never ran or was interrupted). CI counts them (.ci/run); the pytest test that asked is named."""
+    path = os.environ.get(LEDGER_ENV)
+    if not path:
+        return
+    import hashlib
+
+    line = {"model": spec.model, "recipe_sha256": hashlib.sha256(spec.recipe.encode()).hexdigest()[:12],
+            "python": interp.python, "device_map": spec.device_map,
+            "calibration": spec.calibration.model_dump(), "rc": rc, "seconds": round(seconds, 1),
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or None, "pid": os.getpid()}
+    with open(path, "a", encoding="utf-8") as f:  # one write of one line: appends from several processes interleave whole
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def read_ledger(path) -> list[dict]:
+    p = Path(path)
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()] if p.exists() else []
 
 
 def main(argv=None) -> int:

@@ -1,17 +1,13 @@
-"""Test-suite setup: a per-run checkpoint cache (unless HARNESS_CACHE is set) and shared helpers."""
+"""Shared test helpers (the per-run checkpoint cache and quantization ledger are set in the root conftest.py)."""
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-if not os.environ.get("HARNESS_CACHE"):
-    os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +69,46 @@ def quick_project(tmp_path_factory):
     finally:
         s.close()
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """The tiny default's NVFP4 checkpoint, from the run's cache (built once per run, by whichever test asks first)."""
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    s = GateSession(load_config(), quiet=True)
+    try:
+        return s.checkpoint()[0]
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def copy_quantizer(tmp_path):
+    """``copy_quantizer(source, sleep_s=0)``: a quantization interpreter (for --quant-python / HARNESS_QUANT_PYTHON)
+    that, instead of running llm-compressor, waits ``sleep_s`` and copies the checkpoint ``source`` into the spec's
+    output folder with its marker. It answers the versions probe as this Python. For tests of what the harness does
+    around a build (locking, scheme checks), which need a checkpoint but not another llm-compressor run."""
+    def make(source, sleep_s: float = 0.0):
+        path = tmp_path / f"copy-quantizer-{len(list(tmp_path.glob('copy-quantizer-*')))}"
+        path.write_text(f"""#!/bin/sh
+if [ "$1" = "-c" ]; then exec "{sys.executable}" "$@"; fi
+exec "{sys.executable}" - "$@" <<'PYEOF'
+import json, os, shutil, sys, time
+spec = json.load(open(sys.argv[sys.argv.index("--spec") + 1]))
+print("copy quantizer: {source}", flush=True)
+time.sleep({float(sleep_s)})
+os.makedirs(spec["output_dir"], exist_ok=True)
+for f in os.listdir("{source}"):
+    if not f.startswith("harness_"):
+        shutil.copy2(os.path.join("{source}", f), spec["output_dir"])
+open(os.path.join(spec["output_dir"], "harness_quantization.json"), "w").write(json.dumps(
+    {{"spec": spec, "quantize_s": {float(sleep_s)}, "calibration_samples": 0, "versions": {{}},
+     "test_double": "copy of {source}"}}))
+PYEOF
+""")
+        path.chmod(0o755)
+        return str(path)
+
+    return make

@@ -246,6 +246,7 @@ def test_an_unexpected_error_is_exit_3_with_the_traceback_in_a_file(capsys, monk
     assert "Traceback" not in err and 'raise ZeroDivisionError("division by zero")' in Path(m[1]).read_text()
 
 
+@pytest.mark.own_quantization  # interrupting a build of its own is what it tests
 @pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"),
                                            (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orphan(tmp_path, sig, code, said):

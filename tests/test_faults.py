@@ -202,6 +202,7 @@ def test_the_cache_key_covers_transformers_and_torch():
     assert v["torch"] == version("torch") and v["transformers"] == version("transformers")
 
 
+@pytest.mark.own_quantization  # a build of its own is what it tests
 def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path, monkeypatch, capsys):
     """SIGKILL `harness gate` while its quantization child runs: the child goes with it; the next gate removes what
     was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else. The rebuild

@@ -72,6 +72,7 @@ def _recipe_variant(project, name, mutate) -> None:
     (project / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(d))
 
 
+@pytest.mark.own_quantization  # a build of its own is what it tests
 def test_recipe_llmcompressor_rejects_fails_clearly_and_caches_nothing(project, tmp_path):
     _recipe_variant(project, "broken", lambda d: d.update(recipe="quant_stage:\n  quant_modifiers:\n"
                                                                  "    NoSuchModifier: {targets: [Linear]}\n"))
@@ -83,14 +84,22 @@ def test_recipe_llmcompressor_rejects_fails_clearly_and_caches_nothing(project, 
     assert list((tmp_path / "cache/checkpoints").iterdir()) == []  # no entry, no temp dir, no spec file
 
 
-def test_checkpoint_that_is_not_the_promised_scheme_is_refused(project, tmp_path):
-    _recipe_variant(project, "claims-nvfp4", lambda d: d.update(scheme="NVFP4"))  # really 2-bit integer weights
+def test_checkpoint_that_is_not_the_promised_scheme_is_refused(project, tmp_path, tiny_checkpoint, copy_quantizer):
+    """A recipe that promises weight-only NVFP4A16 but whose quantization delivers W4A4 NVFP4 (the tiny default's
+    checkpoint, copied in by a quantization double): refused, nothing cached; and an entry already in the cache under
+    the same recipe text is refused the same way when the recipe's `scheme:` line changes."""
+    _recipe_variant(project, "claims-a16", lambda d: d.update(scheme="NVFP4A16"))
     cfg = load_config(project / "configs/tiny.yaml")
     cfg.cache_dir = str(tmp_path / "cache")
-    s = GateSession(cfg, recipe="claims-nvfp4", quiet=True)
-    with pytest.raises(HarnessError, match="expected a compressed-tensors NVFP4 checkpoint, found W2A16-int-tensor"):
+    s = GateSession(cfg, recipe="claims-a16", quiet=True, quant_python=copy_quantizer(tiny_checkpoint))
+    with pytest.raises(HarnessError, match="expected a compressed-tensors NVFP4A16 checkpoint, found NVFP4"):
         s.checkpoint()
     assert list((tmp_path / "cache/checkpoints").iterdir()) == []  # no entry, no temp dir, no spec file
+    _recipe_variant(project, "honest", lambda d: d.update(scheme="NVFP4"))  # the same recipe text, built and cached
+    path, info = GateSession(cfg, recipe="honest", quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
+    assert info["cache_hit"] is False
+    with pytest.raises(HarnessError, match="expected a compressed-tensors NVFP4A16 checkpoint, found NVFP4"):
+        GateSession(cfg, recipe="claims-a16", quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
 
 
 def test_fewer_texts_than_requested_says_how_many(caplog):
@@ -145,8 +154,10 @@ def test_gpu_out_of_memory_names_the_knobs(monkeypatch):
     assert "gpu_memory_utilization" not in str(e.value)  # not dressed up as a memory problem
 
 
-def test_two_gates_at_once_build_the_entry_once(tmp_path):
-    env = {"HARNESS_CACHE": str(tmp_path / "cache")}
+def test_two_gates_at_once_build_the_entry_once(tmp_path, tiny_checkpoint, copy_quantizer):
+    """Two `harness quantize` at once on an empty cache: one builds (a quantization double that takes 3 s and copies the
+    run's checkpoint: the lock is what is tested, not llm-compressor), the other waits, says for whom, and reuses it."""
+    env = {"HARNESS_CACHE": str(tmp_path / "cache"), "HARNESS_QUANT_PYTHON": copy_quantizer(tiny_checkpoint, 3.0)}
     procs = [_cli("quantize", env=env) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
