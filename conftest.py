@@ -19,9 +19,15 @@ if not os.environ.get("HARNESS_QUANT_LEDGER"):
 OWN = os.environ["HARNESS_QUANT_LEDGER"] + ".own"  # node ids of the tests marked own_quantization
 
 
+_prefetch = []  # the background `harness fetch-model` of this run, if one was started
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "own_quantization: a test of building, killing or locking that quantizes in "
                                        "a cache of its own (the run's ledger check allows its rebuild)")
+    config.addinivalue_line("markers", "real_weights(name): needs the package-index model NAME converted to BF16; "
+                                       "when such a test is selected, the conversion starts in the background as the "
+                                       "run begins (the test waits on its lock)")
 
 
 def pytest_collection_modifyitems(items):
@@ -29,6 +35,14 @@ def pytest_collection_modifyitems(items):
     if own:
         with open(OWN, "a", encoding="utf-8") as f:
             f.write("".join(n + "\n" for n in own))
+    names = sorted({m.args[0] for i in items for m in i.iter_markers("real_weights")})
+    if names and not _prefetch and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import subprocess  # fetching and converting is ~1.5 min of single-threaded work: overlap it with other tests
+
+        log = open(os.environ["HARNESS_QUANT_LEDGER"] + ".prefetch.log", "a")
+        for name in names:
+            _prefetch.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "fetch-model", name],
+                                              stdout=log, stderr=log, stdin=subprocess.DEVNULL))
 
 
 def quantization_summary() -> tuple[list[str], list[str]]:
@@ -68,6 +82,10 @@ def quantization_summary() -> tuple[list[str], list[str]]:
 
 
 def pytest_sessionfinish(session):
+    for p in _prefetch:  # a run that ended before it finished (-x, Ctrl-C) does not leave it behind
+        if p.poll() is None:
+            p.terminate()
+        p.wait()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller sums up the run
     lines, faults = quantization_summary()

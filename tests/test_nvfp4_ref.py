@@ -194,6 +194,7 @@ def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, t
         R.write_reference_model(s.cfg.resolve(s.cfg.model.path), tmp_path / "x", activations_from=ckpt)
 
 
+@pytest.mark.real_weights("smollm2-135m")
 def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_factory):
     """SmolLM2-135M from the package index, quantized by llm-compressor (NVFP4, a short calibration): all 210 Linears
     bit for bit under torch's bf16 arithmetic; the definition's exact arithmetic differs in a small share of scales

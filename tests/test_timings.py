@@ -13,9 +13,15 @@ class FakeTime:
         return self.now
 
 
-def test_a_nested_stage_pauses_the_outer_one_and_the_stages_add_up(monkeypatch):
-    t = FakeTime()
-    monkeypatch.setattr(timings.time, "perf_counter", t)
+@pytest.fixture
+def t(monkeypatch):
+    """The clock's time, moved by hand."""
+    fake = FakeTime()
+    monkeypatch.setattr(timings.time, "perf_counter", fake)
+    return fake
+
+
+def test_a_nested_stage_pauses_the_outer_one_and_the_stages_add_up(t):
     clock = StageClock()
     with clock("prepare"):
         t.now += 2.0
@@ -32,9 +38,7 @@ def test_a_nested_stage_pauses_the_outer_one_and_the_stages_add_up(monkeypatch):
     assert b["other_s"] == 3.5 and b["wall_s"] == 15.0  # 15 - (2 + 5 + 4.5)
 
 
-def test_an_open_stage_counts_up_to_now_and_an_unknown_stage_is_refused(monkeypatch):
-    t = FakeTime()
-    monkeypatch.setattr(timings.time, "perf_counter", t)
+def test_an_open_stage_counts_up_to_now_and_an_unknown_stage_is_refused(t):
     clock = StageClock()
     with clock("report"):
         t.now += 1.25
