@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: tables from stored files, DIR/<dataset>.json vs DIR/reference/nvfp4-<dataset>.json "
                         "(e.g. baselines/qwen2.5-72b-instruct: the reference study)")
 
+    cp = sub.add_parser("compare", help="gate several recipes of one model in one run and compare them pairwise",
+                        description="Each recipe through the gate's path (cached checkpoints, the stored BF16 "
+                                    "baselines, one engine at a time); one page: score with CI, KL, top-1, size, "
+                                    "time, kernel, verdict per recipe, and A - B per pair with a paired bootstrap CI.")
+    _common(cp)
+    cp.set_defaults(recipe=None)
+    cp.add_argument("--recipes", nargs="+", default=None, metavar="NAME",
+                    help="recipes to compare (default: every default recipe for this model)")
+    add_options(cp, ["report_dir"], "cli")
+
     se = sub.add_parser("sensitivity", help="rank the model's layers (or Linear types) by the harm NVFP4 does "
                                             "to them and suggest what to leave in BF16",
                         description="In process on the hf backend (no checkpoint per variant): quantize one unit at a "
@@ -83,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score the suggested ignore list must reach (default: the gate's overall threshold)")
     se.add_argument("--max-units", type=int, default=None, help="stop the suggestion after this many units")
     se.add_argument("--no-suggest", action="store_true", help="rank only")
+    se.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="compute dtype (auto: float32 on a CPU, ~5x faster there; the model's on a GPU)")
     add_options(se, ["report_dir"], "cli")
 
     d = sub.add_parser("data", help="dataset commands", description="Inspect prepared datasets (no GPU).")
@@ -361,6 +373,16 @@ def cmd_cache(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from harness.compare import main as run
+
+    def session(recipe: str | None):
+        a.recipe = recipe
+        return _session(a)
+
+    return run(a, session)
+
+
 def cmd_sensitivity(a) -> int:
     from harness.sensitivity_report import cmd_sensitivity as run
 
@@ -437,7 +459,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
                 "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth,
-                "fetch-model": cmd_fetch_model, "sensitivity": cmd_sensitivity}
+                "fetch-model": cmd_fetch_model, "sensitivity": cmd_sensitivity, "compare": cmd_compare}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

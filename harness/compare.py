@@ -1,0 +1,180 @@
+"""`harness compare`: several recipes (or existing checkpoints) of one model, gated in one run against the same
+stored BF16 baselines, side by side; and each pair of them on the same documents.
+
+Each recipe runs the gate's own path (GateSession: the checkpoint cache, one engine alive at a time, closed before
+the next). Per recipe: the score with its interval, KL mean and p99, top-1 agreement, Δp, checkpoint size, time,
+kernel and the verdict. Per pair (A, B): the score difference A - B with a paired bootstrap interval (the same
+resampled documents for both, stratified by dataset as the gate's own interval), and a word: ``better`` when the
+whole interval is above 0, ``worse`` when below, else ``indistinguishable`` at the configured confidence."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> dict:
+    """Score(A) - score(B), overall. ``ref``, ``a``, ``b``: dataset -> (per-document NLL sums, per-document token
+    counts) of BF16, recipe A and recipe B on the same documents."""
+    import numpy as np
+
+    from harness.metrics import _quantiles, resampled_totals
+
+    groups, point = {}, np.zeros(2)
+    tokens = 0
+    for name in ref:
+        r, x, y = (np.asarray(d[name][0], dtype=np.float64) for d in (ref, a, b))
+        if not len(r) == len(x) == len(y):
+            raise ValueError(f"{name}: {len(r)} BF16, {len(x)} A and {len(y)} B documents: cannot pair")
+        groups[name] = (np.stack([r - x, r - y], axis=1), ref[name][1])
+        point += groups[name][0].sum(0)
+        tokens += int(np.sum(ref[name][1]))
+    totals, tok = resampled_totals(groups, samples, seed)
+    diffs = 100.0 * (np.exp(totals[:, 0] / tok) - np.exp(totals[:, 1] / tok))
+    lo, hi = _quantiles(diffs, confidence)
+    d = float(100.0 * (np.exp(point[0] / tokens) - np.exp(point[1] / tokens)))
+    word = "better" if lo > 0 else "worse" if hi < 0 else "indistinguishable"
+    return {"difference": d, "low": lo, "high": hi, "confidence": confidence, "word": word}
+
+
+def recipe_row(session, verdict) -> dict:
+    from harness.checkpoint import disk_size
+
+    o = session.overall()
+    path, info = session.checkpoint()
+    dist = session.distribution_stats(None) or {}
+    kld = dist.get("kld") or {}
+    return {"recipe": session.recipe_name, "score": o.score,
+            "low": o.interval.low if o.interval else None, "high": o.interval.high if o.interval else None,
+            "ppl": o.ppl_model, "threshold": session.threshold(None), "passed": verdict.passed,
+            "kld_mean": kld.get("mean"), "kld_p99": kld.get("p99"),
+            "top1_pct": dist.get("top1_pct"), "dp_mean_pct": (dist.get("dp_pct") or {}).get("mean"),
+            "bytes": disk_size(path), "scheme": info.get("scheme"), "cache_hit": info.get("cache_hit"),
+            "kernel": session.engine_info("nvfp4").get("kernel"), "time": session.time_breakdown()}
+
+
+def run(make_session, recipes: list[str], log=print) -> dict:
+    """Gate each recipe (``make_session(recipe)`` -> GateSession), one engine at a time; then every pair."""
+    rows, docs = [], {}
+    ref = None
+    t = None
+    for r in recipes:
+        s = make_session(r)
+        try:
+            for n in s.dataset_names:
+                s.score(n)
+            s.engines.close()
+            verdict = s.verdict()
+            rows.append(recipe_row(s, verdict))
+            docs[r] = {n: (s.score(n).nll_sums, s.score(n).n_tokens) for n in s.dataset_names}
+            if ref is None:
+                bs = {n: s.baseline(n) for n in s.dataset_names}
+                missing = [n for n, b in bs.items() if not b.has_documents]
+                if missing:
+                    from harness.errors import BaselineError
+
+                    raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
+                                        f"re-create them: {s.update_hint}")
+                ref = {n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()}
+                t = s.cfg.thresholds
+            log(f"{r}: score {rows[-1]['score']:.2f} [{rows[-1]['low']:.2f}, {rows[-1]['high']:.2f}] "
+                f"{'PASSED' if verdict.passed else 'FAILED'}")
+        finally:
+            s.close()
+    pairs = []
+    for i, a in enumerate(recipes):
+        for b in recipes[i + 1:]:
+            d = pair_difference(ref, docs[a], docs[b], t.bootstrap_samples, t.confidence, t.seed)
+            pairs.append({"a": a, "b": b, **d})
+    return {"recipes": rows, "pairs": pairs}
+
+
+def tables(rep: dict) -> tuple[str, str]:
+    from tabulate import tabulate
+
+    def f(v, nd=2):
+        return "n/a" if v is None else f"{v:.{nd}f}"
+
+    rows = [[r["recipe"], f"{f(r['score'])} [{f(r['low'])}, {f(r['high'])}]", f(r["ppl"], 3), f(r["kld_mean"], 4),
+             f(r["kld_p99"], 3), f(r["top1_pct"], 1), f"{r['bytes'] / 2**20:.1f}", r["kernel"] or "?",
+             f"{r['time']['wall_s']:.0f}", "PASS" if r["passed"] else "FAIL"] for r in rep["recipes"]]
+    one = tabulate(rows, headers=["recipe", "score [CI]", "PPL", "KL mean", "KL p99", "top-1 %", "MiB", "kernel",
+                                  "s", "gate"], tablefmt="github", disable_numparse=True)
+    pairs = [[p["a"], p["b"], f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]", p["word"]]
+             for p in rep["pairs"]]
+    two = tabulate(pairs, headers=["A", "B", "score A - B [CI]", "A is"], tablefmt="github", disable_numparse=True)
+    return one, two
+
+
+def render_markdown(rep: dict) -> str:
+    one, two = tables(rep)
+    conf = rep["pairs"][0]["confidence"] if rep["pairs"] else None
+    return "\n".join([f"# Recipes compared: {rep['model']}", "", f"- config: `{rep['config']}`; backend "
+                      f"{rep['backend']}; created {rep['created']}", "", one, "", "![scores](chart.svg)", "",
+                      "## Pairwise, on the same documents" + (f" ({conf:.0%} paired bootstrap)" if conf else ""), "",
+                      two, ""])
+
+
+def write_chart(rep: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rep["recipes"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.6))
+    xs = range(len(rows))
+    ax.bar(xs, [r["score"] for r in rows], color=["#55a868" if r["passed"] else "#c44e52" for r in rows])
+    ax.errorbar(xs, [r["score"] for r in rows], fmt="none", ecolor="black", capsize=4,
+                yerr=[[r["score"] - (r["low"] if r["low"] is not None else r["score"]) for r in rows],
+                      [(r["high"] if r["high"] is not None else r["score"]) - r["score"] for r in rows]])
+    for x, r in zip(xs, rows):
+        ax.hlines(r["threshold"], x - 0.4, x + 0.4, colors="black", linestyles="dashed", linewidth=1)
+    ax.set_xticks(list(xs), [r["recipe"] for r in rows], fontsize=8)
+    ax.set_ylabel("score (BF16 = 100)")
+    ax.set_title(f"{rep['model']}: recipes (dashed: threshold)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, format="svg")
+    plt.close(fig)
+
+
+def write(rep: dict, reports_dir: Path) -> Path:
+    from harness.atomic import atomic_dir
+
+    final = Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{rep['model']}-compare"
+    with atomic_dir(final, prefix=".report-") as tmp:
+        try:
+            write_chart(rep, tmp / "chart.svg")
+        except Exception as e:  # noqa: BLE001 - a chart is not worth the comparison
+            rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
+        (tmp / "compare.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
+        (tmp / "compare.md").write_text(render_markdown(rep))
+    return final
+
+
+def main(a, session) -> int:
+    """`harness compare` (harness/cli.py): ``session(recipe)`` makes the GateSession of the command's config."""
+    from harness.errors import HarnessError
+    from harness.recipes import default_recipes
+
+    cfg = session(None).cfg
+    recipes = a.recipes or (cfg.recipes if cfg.recipes is not None else
+                            default_recipes(cfg.path_of("recipes_dir"), cfg.name))
+    if len(recipes) < 2:
+        raise HarnessError(f"compare needs two recipes or more, got {recipes}: name them with --recipes A B ...")
+    report_dir = Path(a.report_dir) if a.report_dir else cfg.path_of("reports_dir")
+
+    def make(recipe):
+        s = session(recipe)
+        s.preflight(report_dir)  # every recipe's faults before its quantization or engine start
+        return s
+
+    rep = run(make, recipes)
+    rep = {"model": cfg.name, "config": cfg.source_path, "backend": getattr(a, "backend", None) or cfg.backend,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **rep}
+    one, two = tables(rep)
+    print(f"\n{one}\n\n{two}\n")
+    out = write(rep, report_dir)
+    print(f"report: {out}/compare.md")
+    return 0

@@ -1,0 +1,69 @@
+"""`harness compare` (harness/compare.py): the paired difference of two recipes on the same documents, by hand, and
+the command on the quick project."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from harness.compare import pair_difference
+
+
+def test_a_uniform_gap_is_a_point_and_says_better_or_worse():
+    """Every document: BF16 1.0 nat a token, A 1.1, B 1.2 (10 tokens each). Scores by hand: A 100 e^-0.1 = 90.484,
+    B 100 e^-0.2 = 81.873; every resample has the same per-token means, so the interval is the point."""
+    ref = {"d": ([10.0, 10.0], [10, 10])}
+    a = {"d": ([11.0, 11.0], [10, 10])}
+    b = {"d": ([12.0, 12.0], [10, 10])}
+    d = pair_difference(ref, a, b, samples=200)
+    want = 100 * (math.exp(-0.1) - math.exp(-0.2))  # 8.6106
+    assert d["difference"] == pytest.approx(want, abs=1e-9)
+    assert d["low"] == pytest.approx(want, abs=1e-9) and d["high"] == pytest.approx(want, abs=1e-9)
+    assert d["word"] == "better"
+    assert pair_difference(ref, b, a, samples=200)["word"] == "worse"
+
+
+def test_a_gap_that_flips_between_documents_is_indistinguishable():
+    """Doc 1: A 1.05, B 1.15 nats a token; doc 2 the other way round. Same totals: difference 0. A resample of doc 1
+    twice has A ahead by 100 (e^-0.05 - e^-0.15) = 8.18, of doc 2 twice behind by as much: the interval holds 0."""
+    ref = {"d": ([10.0, 10.0], [10, 10])}
+    a = {"d": ([10.5, 11.5], [10, 10])}
+    b = {"d": ([11.5, 10.5], [10, 10])}
+    d = pair_difference(ref, a, b, samples=400, seed=1)
+    assert d["difference"] == pytest.approx(0.0, abs=1e-9)
+    spread = 100 * (math.exp(-0.05) - math.exp(-0.15))
+    assert d["low"] == pytest.approx(-spread, abs=1e-6) and d["high"] == pytest.approx(spread, abs=1e-6)
+    assert d["word"] == "indistinguishable"
+
+
+def test_documents_that_do_not_pair_are_refused():
+    with pytest.raises(ValueError, match="cannot pair"):
+        pair_difference({"d": ([1.0, 1.0], [1, 1])}, {"d": ([1.0], [1])}, {"d": ([1.0, 1.0], [1, 1])})
+
+
+def test_compare_gates_each_recipe_and_the_pair_agrees_with_their_scores(quick_project, tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(quick_project)
+    rc = main(["compare", "--recipes", "nvfp4", "nvfp4a16", "--report-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    folder = next(tmp_path.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["chart.svg", "compare.json", "compare.md"]
+    rep = json.loads((folder / "compare.json").read_text())
+    a, b = rep["recipes"]
+    assert [a["recipe"], b["recipe"]] == ["nvfp4", "nvfp4a16"] and a["passed"] is not None
+    assert a["kernel"] == "hf-fake-quant W4A4" and b["kernel"] == "hf-fake-quant weight-only"
+    (p,) = rep["pairs"]
+    assert p["difference"] == pytest.approx(a["score"] - b["score"], abs=1e-9)  # the same documents, both gated
+    assert p["low"] <= p["difference"] <= p["high"]
+    assert re.search(r"^\| nvfp4\s+\| nvfp4a16\s+\| [-+]\d+\.\d\d \[", out, re.M), out  # the pair, printed
+
+
+def test_one_recipe_is_not_a_comparison(capsys):
+    from harness.cli import main
+
+    assert main(["compare", "--recipes", "nvfp4"]) == 2
+    assert "compare needs two recipes or more" in capsys.readouterr().err
