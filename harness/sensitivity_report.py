@@ -86,14 +86,15 @@ def write(rep: dict, reports_dir: Path) -> Path:
 
 
 def compute_dtype(cfg, asked: str) -> str:
-    """The dtype the probe computes in, set on the config's BF16 hf engine: ``auto`` is float32 on a CPU (bf16 matrix
-    products on CPUs without bf16 units are ~5x slower: 17.6 s vs 3.8 s a variant on SmolLM2-135M, 2 cores) and the
-    config's own (bf16) on a GPU. The weights and their NVFP4 values are the same numbers in either."""
+    """The dtype the probe computes in, set on the config's BF16 hf engine: ``auto`` is float32 on a CPU, whatever the
+    gate's engine uses (bf16 matrix products on CPUs without bf16 units are ~5x slower: 17.6 s vs 3.8 s a variant on
+    SmolLM2-135M, 2 cores), and the config's own (bf16) on a GPU. The weights and their NVFP4 values are the same
+    numbers in either; the ranking is of NVFP4's harm, not of bf16 rounding."""
     kw = cfg.model.engine.setdefault("bf16", {}).setdefault("hf", {})
     if asked == "auto":
         import torch
 
-        if kw.get("dtype") or torch.cuda.is_available():
+        if torch.cuda.is_available() and kw.get("device", "cuda") != "cpu":
             return kw.get("dtype", "bfloat16")
         asked = "float32"
     kw["dtype"] = asked

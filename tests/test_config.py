@@ -77,7 +77,8 @@ def test_missing_file_and_bad_yaml(project):
 def test_unknown_recipe_lists_known_ones(project):
     from harness.recipes import load_recipe
 
-    with pytest.raises(ConfigError, match="known recipes: negative-control-nvfp4-pruned, negative-control-w2, nvfp4, nvfp4a16"):
+    with pytest.raises(ConfigError, match="known recipes: negative-control-nvfp4-pruned, negative-control-w2, nvfp4, nvfp4-awq, "
+                                         "nvfp4-gptq, nvfp4-keep-down-proj, nvfp4a16"):
         load_recipe(project / "recipes", "fp8")
 
 
@@ -86,8 +87,11 @@ def test_shipped_recipes_validate(root):
 
     for name in recipe_names(root / "recipes"):
         r = load_recipe(root / "recipes", name)
-        assert "QuantizationModifier" in r.recipe_text
+        assert "QuantizationModifier" in r.recipe_text or "GPTQModifier" in r.recipe_text  # something quantizes
     assert load_recipe(root / "recipes", "negative-control-w2").default is False
+    # the recipes for `harness compare` do not add gate tests to every run
+    assert [n for n in recipe_names(root / "recipes") if load_recipe(root / "recipes", n).default] == \
+        ["nvfp4", "nvfp4a16"]
 
 
 def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
