@@ -293,11 +293,6 @@ class HarnessConfig(Strict):
     def path_of(self, key: str) -> Path:
         return Path(self.resolve_local(getattr(self, key)))
 
-    def threshold(self, dataset: str | None) -> float:
-        if dataset is None:
-            return self.thresholds.overall
-        return self.thresholds.datasets.get(dataset, self.thresholds.overall)
-
     def engine_kwargs(self, precision: str, backend: str) -> dict:
         return dict(self.model.engine.get(precision, {}).get(backend, {}))
 
