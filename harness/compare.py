@@ -8,7 +8,6 @@ resampled documents for both, stratified by dataset as the gate's own interval),
 whole interval is above 0, ``worse`` when below, else ``indistinguishable`` at the configured confidence."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -122,6 +121,8 @@ def write_chart(rep: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from harness.report_folder import save_svg
+
     rows = rep["recipes"]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.6))
     xs = range(len(rows))
@@ -134,23 +135,13 @@ def write_chart(rep: dict, path: Path) -> None:
     ax.set_xticks(list(xs), [r["recipe"] for r in rows], fontsize=8)
     ax.set_ylabel("score (BF16 = 100)")
     ax.set_title(f"{rep['model']}: recipes (dashed: threshold)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="svg")
-    plt.close(fig)
+    save_svg(fig, path)
 
 
 def write(rep: dict, reports_dir: Path) -> Path:
-    from harness.atomic import atomic_dir
+    from harness.report_folder import write_report_folder
 
-    final = Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{rep['model']}-compare"
-    with atomic_dir(final, prefix=".report-") as tmp:
-        try:
-            write_chart(rep, tmp / "chart.svg")
-        except Exception as e:  # noqa: BLE001 - a chart is not worth the comparison
-            rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
-        (tmp / "compare.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
-        (tmp / "compare.md").write_text(render_markdown(rep))
-    return final
+    return write_report_folder(reports_dir, rep["model"], "compare", rep, "compare", render_markdown, write_chart)
 
 
 def main(a, session) -> int:

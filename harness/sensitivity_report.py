@@ -60,6 +60,8 @@ def write_chart(rep: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from harness.report_folder import save_svg
+
     by_name = {r["unit"]: r for r in rep["ranking"]}
     names = rep["depth_order"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 3.6))
@@ -69,20 +71,14 @@ def write_chart(rep: dict, path: Path) -> None:
     ax.set_ylabel("KL mean (nats)")
     ax.set_title(f"{rep['model']}: KL against BF16, {rep['by']} "
                  f"{'quantized alone' if rep['mode'] == 'only' else 'left in BF16'}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="svg")
-    plt.close(fig)
+    save_svg(fig, path)
 
 
 def write(rep: dict, reports_dir: Path) -> Path:
-    from harness.atomic import atomic_dir
+    from harness.report_folder import write_report_folder
 
-    final = Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{rep['model']}-sensitivity-{rep['by']}"
-    with atomic_dir(final, prefix=".report-") as tmp:
-        write_chart(rep, tmp / "chart.svg")
-        (tmp / "sensitivity.json").write_text(json.dumps(rep, indent=1) + "\n")
-        (tmp / "sensitivity.md").write_text(render_markdown(rep))
-    return final
+    return write_report_folder(reports_dir, rep["model"], f"sensitivity-{rep['by']}", rep, "sensitivity",
+                               render_markdown, write_chart)
 
 
 def compute_dtype(cfg, asked: str) -> str:
