@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+import pytest
+
 if not os.environ.get("HARNESS_CACHE"):
     os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 if not os.environ.get("HARNESS_QUANT_LEDGER"):
@@ -30,13 +32,14 @@ def pytest_configure(config):
                                        "run begins (the test waits on its lock)")
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only what will run counts
+def pytest_collection_modifyitems(config, items):
     own = [i.nodeid for i in items if i.get_closest_marker("own_quantization")]
     if own:
         with open(OWN, "a", encoding="utf-8") as f:
             f.write("".join(n + "\n" for n in own))
     names = sorted({m.args[0] for i in items for m in i.iter_markers("real_weights")})
-    if names and not _prefetch and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if names and not _prefetch and not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         import subprocess  # fetching and converting is ~1.5 min of single-threaded work: overlap it with other tests
 
         log = open(os.environ["HARNESS_QUANT_LEDGER"] + ".prefetch.log", "a")
