@@ -54,7 +54,11 @@ def recipe_row(session, verdict) -> dict:
 
 
 def run(make_session, recipes: list[str], log=print) -> dict:
-    """Gate each recipe (``make_session(recipe)`` -> GateSession), one engine at a time; then every pair."""
+    """Gate each recipe (``make_session(recipe)`` -> GateSession), one engine at a time; then every pair of those that
+    ran. A recipe that cannot run (a HarnessError: llm-compressor refuses it, the engine cannot start it) is a row
+    with its error, and the others still run: one bad recipe does not hide the comparison of the rest."""
+    from harness.errors import BaselineError, HarnessError
+
     rows, docs = [], {}
     ref = None
     t = None
@@ -65,25 +69,31 @@ def run(make_session, recipes: list[str], log=print) -> dict:
                 s.score(n)
             s.engines.close()
             verdict = s.verdict()
-            rows.append(recipe_row(s, verdict))
-            docs[r] = {n: (s.score(n).nll_sums, s.score(n).n_tokens) for n in s.dataset_names}
+            row = recipe_row(s, verdict)
             if ref is None:
                 bs = {n: s.baseline(n) for n in s.dataset_names}
                 missing = [n for n, b in bs.items() if not b.has_documents]
                 if missing:
-                    from harness.errors import BaselineError
-
                     raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
                                         f"re-create them: {s.update_hint}")
                 ref = {n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()}
                 t = s.cfg.thresholds
-            log(f"{r}: score {rows[-1]['score']:.2f} [{rows[-1]['low']:.2f}, {rows[-1]['high']:.2f}] "
+            rows.append(row)
+            docs[r] = {n: (s.score(n).nll_sums, s.score(n).n_tokens) for n in s.dataset_names}
+            log(f"{r}: score {row['score']:.2f} [{row['low']:.2f}, {row['high']:.2f}] "
                 f"{'PASSED' if verdict.passed else 'FAILED'}")
+        except BaselineError:
+            raise  # the baselines are every recipe's: nothing to compare against
+        except HarnessError as e:
+            first = str(e).splitlines()[0][:300]
+            rows.append({"recipe": r, "error": first})
+            log(f"{r}: could not be gated: {first}")
         finally:
             s.close()
+    ran = [r for r in recipes if r in docs]
     pairs = []
-    for i, a in enumerate(recipes):
-        for b in recipes[i + 1:]:
+    for i, a in enumerate(ran):
+        for b in ran[i + 1:]:
             d = pair_difference(ref, docs[a], docs[b], t.bootstrap_samples, t.confidence, t.seed)
             pairs.append({"a": a, "b": b, **d})
     return {"recipes": rows, "pairs": pairs}
@@ -97,7 +107,8 @@ def tables(rep: dict) -> tuple[str, str]:
 
     rows = [[r["recipe"], f"{f(r['score'])} [{f(r['low'])}, {f(r['high'])}]", f(r["ppl"], 3), f(r["kld_mean"], 4),
              f(r["kld_p99"], 3), f(r["top1_pct"], 1), f"{r['bytes'] / 2**20:.1f}", r["kernel"] or "?",
-             f"{r['time']['wall_s']:.0f}", "PASS" if r["passed"] else "FAIL"] for r in rep["recipes"]]
+             f"{r['time']['wall_s']:.0f}", "PASS" if r["passed"] else "FAIL"] if "error" not in r else
+            [r["recipe"], "", "", "", "", "", "", "", "", f"ERROR: {r['error'][:120]}"] for r in rep["recipes"]]
     one = tabulate(rows, headers=["recipe", "score [CI]", "PPL", "KL mean", "KL p99", "top-1 %", "MiB", "kernel",
                                   "s", "gate"], tablefmt="github", disable_numparse=True)
     pairs = [[p["a"], p["b"], f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]", p["word"]]
@@ -123,7 +134,7 @@ def write_chart(rep: dict, path: Path) -> None:
 
     from harness.report_folder import save_svg
 
-    rows = rep["recipes"]
+    rows = [r for r in rep["recipes"] if "error" not in r]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.6))
     xs = range(len(rows))
     ax.bar(xs, [r["score"] for r in rows], color=["#55a868" if r["passed"] else "#c44e52" for r in rows])
@@ -168,4 +179,8 @@ def main(a, session) -> int:
     print(f"\n{one}\n\n{two}\n")
     out = write(rep, report_dir)
     print(f"report: {out}/compare.md")
+    failed = [r["recipe"] for r in rep["recipes"] if "error" in r]
+    if failed:
+        raise HarnessError(f"recipes that could not be gated: {', '.join(failed)} (their errors are in the table "
+                           "above and in the report); the others are compared")
     return 0

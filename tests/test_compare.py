@@ -44,19 +44,34 @@ def test_documents_that_do_not_pair_are_refused():
 
 
 def test_compare_gates_each_recipe_and_the_pair_agrees_with_their_scores(quick_project, tmp_path, capsys, monkeypatch):
+    """Two recipes and one llm-compressor refuses: the two are gated and paired, the third is a row with its error,
+    the report is written, and the exit says that not every recipe ran."""
+    import shutil
+
+    import yaml
+
     from harness.cli import main
 
-    monkeypatch.chdir(quick_project)
-    rc = main(["compare", "--recipes", "nvfp4", "nvfp4a16", "--report-dir", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    folder = next(tmp_path.iterdir())
+    proj = tmp_path / "proj"
+    shutil.copytree(quick_project, proj, ignore=shutil.ignore_patterns("reports"))
+    broken = yaml.safe_load((proj / "recipes/nvfp4.yaml").read_text())
+    broken.update(name="broken", default=False, recipe="quant_stage:\n  quant_modifiers:\n    NoSuchModifier: {}\n")
+    (proj / "recipes/broken.yaml").write_text(yaml.safe_dump(broken))
+    monkeypatch.chdir(proj)
+    rc = main(["compare", "--recipes", "nvfp4", "broken", "nvfp4a16", "--report-dir", str(tmp_path / "r")])
+    cap = capsys.readouterr()
+    out = cap.out
+    assert rc == 2, out + cap.err
+    assert "recipes that could not be gated: broken" in cap.err
+    folder = next((tmp_path / "r").iterdir())
     assert sorted(p.name for p in folder.iterdir()) == ["chart.svg", "compare.json", "compare.md"]
     rep = json.loads((folder / "compare.json").read_text())
-    a, b = rep["recipes"]
-    assert [a["recipe"], b["recipe"]] == ["nvfp4", "nvfp4a16"] and a["passed"] is not None
+    a, bad, b = rep["recipes"]
+    assert [a["recipe"], bad["recipe"], b["recipe"]] == ["nvfp4", "broken", "nvfp4a16"]
+    assert "quantization failed" in bad["error"] and re.search(r"^\| broken .*ERROR: quantization failed", out, re.M)
     assert a["kernel"] == "hf-fake-quant W4A4" and b["kernel"] == "hf-fake-quant weight-only"
-    (p,) = rep["pairs"]
+    (p,) = rep["pairs"]  # the two that ran
+    assert (p["a"], p["b"]) == ("nvfp4", "nvfp4a16")
     assert p["difference"] == pytest.approx(a["score"] - b["score"], abs=1e-9)  # the same documents, both gated
     assert p["low"] <= p["difference"] <= p["high"]
     assert re.search(r"^\| nvfp4\s+\| nvfp4a16\s+\| [-+]\d+\.\d\d \[", out, re.M), out  # the pair, printed
