@@ -23,6 +23,13 @@ PRECISIONS = ("bf16", "nvfp4")
 BACKEND_NAMES = tuple(BACKENDS)
 
 
+def one_of(what: str, v: str, names) -> str:
+    """``v`` if it is one of ``names``; else the config error that lists them."""
+    if v not in names:
+        raise ValueError(f"unknown {what} {v!r}; choose from {', '.join(names)}")
+    return v
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -51,9 +58,7 @@ class DatasetSpec(Strict):
     def _known_rule(cls, v: str) -> str:
         from harness.data import RULES
 
-        if v not in RULES:
-            raise ValueError(f"unknown rule {v!r}; choose from {', '.join(RULES)}")
-        return v
+        return one_of("rule", v, RULES)
 
 
 class CalibrationSpec(Strict):
@@ -242,9 +247,7 @@ class HarnessConfig(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in BACKEND_NAMES:
-            raise ValueError(f"unknown backend {v!r}; choose from {', '.join(BACKEND_NAMES)}")
-        return v
+        return one_of("backend", v, BACKEND_NAMES)
 
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)
