@@ -63,8 +63,9 @@ def run(make_session, recipes: list[str], log=print) -> dict:
     ref = None
     t = None
     for r in recipes:
-        s = make_session(r)
+        s = None
         try:
+            s = make_session(r)  # its preflight too: a recipe the backend refuses is that recipe's row
             for n in s.dataset_names:
                 s.score(n)
             s.engines.close()
@@ -89,7 +90,8 @@ def run(make_session, recipes: list[str], log=print) -> dict:
             rows.append({"recipe": r, "error": first})
             log(f"{r}: could not be gated: {first}")
         finally:
-            s.close()
+            if s is not None:
+                s.close()
     ran = [r for r in recipes if r in docs]
     pairs = []
     for i, a in enumerate(ran):

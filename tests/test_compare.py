@@ -82,3 +82,20 @@ def test_one_recipe_is_not_a_comparison(capsys):
 
     assert main(["compare", "--recipes", "nvfp4"]) == 2
     assert "compare needs two recipes or more" in capsys.readouterr().err
+
+
+def test_a_recipe_refused_before_it_starts_is_a_row_and_the_others_still_run():
+    """The preflight refuses a recipe (here: a scheme the backend cannot run) before any quantization: that recipe is
+    a row with the refusal, the comparison goes on with the rest."""
+    from harness.compare import run
+    from harness.errors import ConfigError
+
+    def make(name):
+        if name == "refused":
+            raise ConfigError("recipe refused: scheme W2A16 cannot run on vllm")
+        raise ConfigError(f"{name}: stopped here")  # the rows of errors are what this test is about
+
+    rep = run(make, ["refused", "later"], log=lambda m: None)
+    assert rep["recipes"] == [{"recipe": "refused", "error": "recipe refused: scheme W2A16 cannot run on vllm"},
+                              {"recipe": "later", "error": "later: stopped here"}]
+    assert rep["pairs"] == []
