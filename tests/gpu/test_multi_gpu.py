@@ -64,6 +64,9 @@ def tiny_scores(gpu_cfg):
             kw = cfg.model.engine.setdefault(precision, {}).setdefault("vllm", {})
             kw.update(extra)
             kw.update(LAYOUTS.get(layout, {}))
+            # eager, one GPU and every layout alike: these tests compare layouts, not compilation, and torch.compile
+            # plus graph capture made each of the 12 engine starts of a 2-layer model ~24 s (2026-11-29)
+            kw.setdefault("enforce_eager", True)
             s = GateSession(cfg, backend="vllm")
             try:
                 s.start_engine(precision)
