@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None, metavar="PATH_OR_ID",
                    help="gate this existing quantized checkpoint as it is (no quantization); same as "
                         "--set model.checkpoint=PATH_OR_ID")
-    add_options(g, ["min_score", "update_baselines", "force", "report_dir", "token_detail"], "cli")
+    add_options(g, ["min_score", "update_baselines", "force", "report_dir", "token_detail", "record_recipe"], "cli")
 
     q = sub.add_parser("quantize", help="build (or fetch from cache) the quantized checkpoint; prints its path",
                        description="Run llm-compressor oneshot in the quantization interpreter, cached by content.")
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(recipe=None)
     cp.add_argument("--recipes", nargs="+", default=None, metavar="NAME",
                     help="recipes to compare (default: every default recipe for this model)")
-    add_options(cp, ["report_dir"], "cli")
+    add_options(cp, ["report_dir", "record_recipe"], "cli")
 
     se = sub.add_parser("sensitivity", help="rank the model's layers (or Linear types) by the harm NVFP4 does "
                                             "to them and suggest what to leave in BF16",
@@ -177,7 +177,7 @@ def cmd_gate(a) -> int:
     from harness.report import build_report, dataset_table, overall_table, session_token_logprobs, write_report
 
     s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force,
-                 token_detail=a.token_detail)
+                 token_detail=a.token_detail, record_recipe=a.record_recipe)
     report_dir = Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir")
     try:
         s.preflight(report_dir)     # refuse bad input before any quantization or GPU time
@@ -211,6 +211,8 @@ def cmd_gate(a) -> int:
     from harness.timings import line
 
     print(f"\n{line(s.time_breakdown())}\nreport: {out}/report.md")
+    if s.recipe_record():
+        print(f"recipe result stored: {s.recipe_record()}")
     return 0 if verdict.passed else 1
 
 
@@ -378,7 +380,7 @@ def cmd_compare(a) -> int:
 
     def session(recipe: str | None):
         a.recipe = recipe
-        return _session(a)
+        return _session(a, record_recipe=a.record_recipe)
 
     return run(a, session)
 

@@ -71,6 +71,8 @@ def run(make_session, recipes: list[str], log=print) -> dict:
             s.engines.close()
             verdict = s.verdict()
             row = recipe_row(s, verdict)
+            if s.recipe_record():
+                row["record"] = str(s.recipe_record())
             if ref is None:
                 bs = {n: s.baseline(n) for n in s.dataset_names}
                 missing = [n for n, b in bs.items() if not b.has_documents]

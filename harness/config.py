@@ -104,6 +104,16 @@ class Thresholds(Strict):
                                    "per dataset and overall (needs `distributions`)")
 
 
+class RecipeRegressionSpec(Strict):
+    """Every recipe gated must not be worse than the stored result of the best recipe (harness/recipe_records.py)."""
+
+    best: str = Field(description="the recipe whose stored result (<baselines_dir>/<name>/recipes/<best>.json, "
+                                  "written by --record-recipe) every gated recipe is paired with")
+    margin: float = Field(0.0, ge=0, le=100, description="score points a recipe may lose against the best: it fails "
+                                                         "when the whole paired interval of (recipe - best) is below "
+                                                         "-margin")
+
+
 class DistributionSpec(Strict):
     """Whole next-token distributions against BF16 (harness/divergence.py); on when the config has this section."""
 
@@ -234,6 +244,9 @@ class HarnessConfig(Strict):
     distributions: DistributionSpec | None = Field(
         None, description="compare whole next-token distributions with BF16 (KL divergence, top-1 agreement, Δp): "
                           "a baseline update stores BF16's top-k beside each baseline, the gate compares at the same k")
+    recipe_regression: RecipeRegressionSpec | None = Field(
+        None, description="fail a recipe that is worse than the stored result of the best recipe, on the same "
+                          "documents (paired bootstrap)")
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
     fidelity: Literal["scheme", "this-gpu"] = Field(
         "scheme", description="which NVFP4 numerics to measure on a GPU without FP4 units (harness/fidelity.py): "

@@ -30,7 +30,7 @@ class GateSession:
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
                  update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
-                 distributions: bool = True):
+                 distributions: bool = True, record_recipe: bool = False):
         from harness.config import apply_hub_environment
         from harness.quantize import QuantInterpreter
 
@@ -81,6 +81,9 @@ class GateSession:
         self._preflight_done = False
         self.started = time.time()
         self.clock = StageClock()  # seconds per stage, for the report's "Time" section (harness/timings.py)
+        self.record_recipe = record_recipe
+        self._recipe_record: Path | None = None
+        self._regression: dict | None = None
 
     # ---- logging ------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -220,6 +223,11 @@ class GateSession:
         if baselines and not self.update_mode:
             for n in self.dataset_names:
                 self.baseline(n)
+        rr = self.cfg.recipe_regression
+        if rr is not None and not (self.record_recipe and self.recipe_name == rr.best):  # stored in this run
+            from harness.recipe_records import load_record, record_hint
+
+            load_record(self.cfg.path_of("baselines_dir"), self.cfg.name, rr.best, record_hint(self.cfg, rr.best))
         self._preflight_done = baselines or self.update_mode
 
     def engine_info(self, precision: str) -> dict:
@@ -472,6 +480,27 @@ class GateSession:
         c = self.overall() if name is None else self.comparison(name)
         return judge(c, *self.threshold_source(name), self.cfg.thresholds.use)
 
+    def recipe_record(self) -> Path | None:
+        """With record_recipe, once every dataset is scored: this run's recipe result, written (once) where
+        recipe_regression reads it."""
+        if self.record_recipe and self._recipe_record is None and all(self.scored(n) for n in self.dataset_names):
+            from harness import recipe_records
+
+            self._recipe_record = recipe_records.write_record(self.cfg.path_of("baselines_dir"),
+                                                              recipe_records.make_record(self))
+            self.log(f"recipe result stored: {self._recipe_record}")
+        return self._recipe_record
+
+    def recipe_regression(self) -> dict | None:
+        """This recipe against the stored result of the config's best recipe (None when not configured)."""
+        if self.cfg.recipe_regression is not None and self._regression is None:
+            from harness import recipe_records
+
+            self.recipe_record()  # recording the best recipe itself: it is checked against what this run measured
+            with self.clock("judging"):
+                self._regression = recipe_records.regression(self)
+        return self._regression
+
     def verdict(self) -> Verdict:
         with self.clock("judging"):
             return self._verdict()
@@ -483,6 +512,10 @@ class GateSession:
     def _verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
         outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
+        if self.cfg.recipe_regression is not None:
+            from harness.recipe_records import RegressionOutcome
+
+            outs.append(RegressionOutcome(self.recipe_name, self.recipe_regression()))
         notes = list(self.notes)
         mine = self.engine_info("nvfp4")
         from harness import fidelity

@@ -45,6 +45,19 @@ def test_overall_score(harness_session):
         "the normal gate must never start a BF16 engine"
 
 
+@pytest.mark.harness_recipe_regression
+def test_recipe_not_worse_than_the_best(harness_session):
+    """The recipe against the stored result of the config's best recipe (recipe_regression: best, margin), on the
+    same documents: fails when the whole paired interval of (recipe - best) is below -margin. A missing stored result
+    fails and names the command that stores it (--record-recipe). Collected for configs with `recipe_regression`."""
+    for n in harness_session.dataset_names:
+        harness_session.score(n)
+    from harness.recipe_records import message
+
+    r = harness_session.recipe_regression()
+    assert r["passed"], message(harness_session.recipe_name, r)
+
+
 @pytest.mark.harness_distributions
 def test_dataset_distribution(harness_session, harness_dataset):
     """Next-token distributions against BF16's on one dataset: mean KL and top-1 agreement within the limits

@@ -71,6 +71,10 @@ OPTIONS: dict[str, Option] = {
     "report_dir": Option(("--report-dir",), dict(default=None, metavar="DIR",
                                                  help="where reports go (default: the config's reports_dir)"),
                          pytest_flags=("--harness-report-dir",), pytest_dest="harness_report_dir"),
+    "record_recipe": Option(("--record-recipe",), dict(action="store_true", default=False,
+                                                       help="store this run's per-document result of the recipe "
+                                                            "(<baselines_dir>/<model>/recipes/<recipe>.json, "
+                                                            "atomically): what recipe_regression compares with")),
     "token_detail": Option(("--token-detail",), dict(action="store_true", default=False,
                                                      help="save per-token logprobs (compressed numpy) and report the "
                                                           "tokens/documents that lost most")),

@@ -25,7 +25,7 @@ def pytest_addoption(parser):
                      "or the ini option harness_gate_tests is true, and no test file or node id was named")
     parser.addini("harness_gate_tests", type="bool", default=False,
                   help="collect the packaged gate tests on runs of whole folders (as with --harness-config)")
-    add_options(g, ["token_detail"], "pytest")
+    add_options(g, ["token_detail", "record_recipe"], "pytest")
 
 
 def pytest_configure(config):
@@ -35,6 +35,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
     config.addinivalue_line("markers", "harness_distributions: a gate test of next-token distributions (collected "
                                        "for configs with `distributions`)")
+    config.addinivalue_line("markers", "harness_recipe_regression: the recipe against the stored best recipe "
+                                       "(collected for configs with `recipe_regression`)")
     config._harness = HarnessState(config)
     config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
     _add_gate_tests(config)
@@ -149,7 +151,7 @@ class HarnessState:
                 case.cfg, backend=backend, min_score=self.opt("min_score"), update_baselines=update,
                 force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
                 quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"),
-                token_detail=self.opt("token_detail"))
+                token_detail=self.opt("token_detail"), record_recipe=self.opt("record_recipe"))
         return self.sessions[key]
 
     def finish(self, session) -> None:
@@ -164,6 +166,9 @@ class HarnessState:
                 self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
             if not all(session.scored(n) for n in session.dataset_names):
                 return
+            if session.recipe_record():
+                self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] recipe result stored: "
+                                     f"{session.recipe_record()}")
             verdict = session.verdict()
             out = self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")
             with session.clock("report"):
@@ -300,6 +305,8 @@ def _not_for_case(item) -> bool:
     if case is None:
         return False
     if item.get_closest_marker("harness_distributions") and case.cfg.distributions is None:
+        return True
+    if item.get_closest_marker("harness_recipe_regression") and case.cfg.recipe_regression is None:
         return True
     return "harness_dataset" in params and params["harness_dataset"] not in case.cfg.datasets
 

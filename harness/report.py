@@ -73,6 +73,8 @@ def build_report(session, verdict) -> dict:
                                  **({"view_of": str(view_of)} if view_of else {})},
                         "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
         "baseline_updates": update_rows(session.baseline_updates),
+        "recipe_regression": session.recipe_regression(),  # None unless the config asks (harness/recipe_records.py)
+        "recipe_record": str(session.recipe_record() or "") or None,
         "wall_s": round(time.time() - session.started, 1),
         "time": session.time_breakdown(),  # brought up to date when the report is written (write_report)
     }

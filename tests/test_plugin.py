@@ -42,14 +42,15 @@ def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_
                                          "--harness-config", "configs/tiny.yaml")
     out = asked.stdout.str()
     assert "test_own.py::test_own" in out and "gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
-    # theirs + 2 shipped recipes x (quantize, 2 datasets, overall; distributions: 2 datasets, overall)
-    assert "15 tests collected" in out, out
+    # theirs + 2 shipped recipes x (quantize, 2 datasets, overall; distributions: 2 datasets, overall); the recipe
+    # regression test of each recipe is deselected: the config has no recipe_regression
+    assert "15/17 tests collected (2 deselected)" in out, out
     one_file = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                             "--harness-config", "configs/tiny.yaml")
     assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()  # a named file: theirs alone
     forced = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                           "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "yes")
-    assert "15 tests collected" in forced.stdout.str(), forced.stdout.str()
+    assert "15/17 tests collected (2 deselected)" in forced.stdout.str(), forced.stdout.str()
     off = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider",
                                        "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
     assert "1 test collected" in off.stdout.str(), off.stdout.str()
@@ -142,9 +143,10 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
 def test_gate_tests_become_gpu_tests_when_scored_with_vllm(gate_project):
     p = gate_project
     cpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider")
-    assert "14 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
+    assert "16 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
     gpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "--backend", "vllm", "-p", "no:cacheprovider")
-    assert "14 tests collected" in gpu.stdout.str()
+    # 2 recipes x 7 gate tests; each recipe's regression test is deselected (no recipe_regression in the config)
+    assert "14/16 tests collected (2 deselected)" in gpu.stdout.str(), gpu.stdout.str()
 
 
 def test_distribution_tests_follow_the_config(gate_project):
@@ -165,7 +167,8 @@ def test_distribution_tests_follow_the_config(gate_project):
     cfg_path.write_text(yaml.safe_dump(cfg))
     off = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     out = off.stdout.str()
-    assert "8/14 tests collected (6 deselected)" in out and "_distribution[" not in out, out
+    # 6 distribution tests and the 2 recipe regression tests (no recipe_regression) deselected
+    assert "8/16 tests collected (8 deselected)" in out and "_distribution[" not in out, out
 
 
 # ---- failures: the same checks and words as the CLI (README, "When things go wrong") ------------------------------
