@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -69,7 +70,12 @@ def test_from_flags_on_a_snapshot_folder_a_jsonl_file_and_a_saved_dataset(capsys
 def test_table_output_and_errors(capsys, corpus, root):
     assert main(["data", "stats"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("| dataset | requested | selected | kept_texts |")
+    assert re.match(r"\| dataset\s+\| requested\s+\| selected\s+\| kept_texts\s+\|", out), out
+    assert main(["data", "stats", "--json"]) == 0
+    for r in json.loads(capsys.readouterr().out):  # one table row per dataset, the same numbers as --json
+        cells = [r[k] for k in ("dataset", "requested", "selected", "kept_texts", "dropped_short", "truncated",
+                                "tokens", "fingerprint")]
+        assert re.search(r"^\| " + r"\s+\| ".join(re.escape(str(c)) for c in cells) + r"\s+\|", out, re.M), out
     assert main(["data", "stats", "--dataset", "wikitext2"]) == 2
     assert "needs --tokenizer" in capsys.readouterr().err
     assert main(["data", "stats", "--dataset", "ultrachat", "--data-path", str(corpus / "wikitext"),
