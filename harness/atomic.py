@@ -74,24 +74,52 @@ def _sync_dir(d: Path) -> None:
         pass
 
 
-@contextmanager
-def atomic_dir(final: Path, prefix: str = ".tmp-"):
-    """Yields a temporary folder beside ``final`` to fill; on success it becomes ``final`` in one rename, on any error
-    or interrupt it is removed. If ``final`` appeared meanwhile (another process won the race with the same content),
-    that one is kept and this one dropped."""
-    import shutil
+class atomic_dir:
+    """``with atomic_dir(final) as tmp:`` yields a temporary folder beside ``final`` to fill; on success it becomes
+    ``final`` in one rename, on any error or interrupt it is removed. When ``final`` exists by then, ``on_exists``
+    decides: ``keep`` it (another process won the race with the same content: a cache), ``replace`` it (the old
+    folder is moved aside first and removed only once the new one is in place: a rebuilt model), or publish as
+    ``final-2``, ``final-3``, ... (``unique``: reports of the same second). ``.final`` is where it went."""
 
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{final.name}-", dir=final.parent))
-    readable(tmp, folder=True)
-    try:
-        yield tmp
+    def __init__(self, final: Path, prefix: str = ".tmp-", on_exists: str = "keep"):
+        if on_exists not in ("keep", "replace", "unique"):
+            raise ValueError(f"on_exists={on_exists!r}: keep, replace or unique")
+        self.final, self.prefix, self.on_exists = Path(final), prefix, on_exists
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}{self.final.name}-", dir=self.final.parent))
+        readable(self.tmp, folder=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
         try:
-            os.rename(tmp, final)
+            if exc_type is None:
+                self._publish()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc_type is None:
+            _sync_dir(self.final.parent)
+
+    def _publish(self) -> None:
+        import shutil
+
+        if self.on_exists == "unique":
+            self.final = rename_unique(self.tmp, self.final)
+            return
+        old = None
+        if self.on_exists == "replace" and self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.rename(self.final, old)
+        try:
+            os.rename(self.tmp, self.final)
         except OSError:
-            if not final.is_dir():
+            if self.on_exists == "replace" or not self.final.is_dir():
+                if old is not None:
+                    os.rename(old, self.final)  # put the old one back: never neither
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _sync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

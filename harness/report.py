@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -511,14 +510,12 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
     """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
     reports_dir/<timestamp>-<model>/, atomically (temp dir, rename). ``time_breakdown()``, when given, restates the
     report's "time" once the chart is drawn, so the report stage counts its own work."""
-    from harness.atomic import readable, rename_unique
+    from harness.atomic import atomic_dir
 
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=reports_dir))
-    readable(tmp, folder=True)  # mkdtemp makes 0700: the rest of a team could not read the report
-    try:
+    folder = atomic_dir(Path(reports_dir) / f"{stamp}-{rep['model']}-{rep['recipe']}", prefix=".report-",
+                        on_exists="unique")  # two gates finishing in the same second: -2, -3, ...
+    with folder as tmp:
         engine_log = (rep.get("engine") or {}).get("engine_log")
         if engine_log and Path(engine_log).is_file():  # the vLLM engine's own log travels with the report
             shutil.copy2(engine_log, tmp / "engine.log")
@@ -536,10 +533,7 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
             from harness.token_detail import save_tokens
 
             save_tokens(tmp / f"tokens-{name}.npz", per_doc)
-        final = rename_unique(tmp, reports_dir / f"{stamp}-{rep['model']}-{rep['recipe']}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return folder.final
 
 
 def session_token_logprobs(session) -> dict[str, list[list[float]]]:

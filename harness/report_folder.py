@@ -20,12 +20,13 @@ def write_report_folder(reports_dir: Path, model: str, kind: str, rep: dict, ste
     """``render(rep) -> str`` (the Markdown) and ``chart(rep, path)`` (the SVG) fill ``stem``.md and chart.svg."""
     from harness.atomic import atomic_dir
 
-    final = Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{kind}"
-    with atomic_dir(final, prefix=".report-") as tmp:
+    folder = atomic_dir(Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{kind}", prefix=".report-",
+                        on_exists="unique")  # two runs of the same second both keep their report
+    with folder as tmp:
         try:
             chart(rep, tmp / "chart.svg")
         except Exception as e:  # noqa: BLE001 - a chart is not worth the report
             rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
         (tmp / f"{stem}.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
         (tmp / f"{stem}.md").write_text(render(rep))
-    return final
+    return folder.final

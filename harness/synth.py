@@ -27,12 +27,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
+from harness.atomic import atomic_dir
 from harness.checkpoint import VIEW_FILE
 from harness.errors import HarnessError
 from harness.nvfp4_pack import FP4_MAX, FP8_MAX, GROUP, quantize_nvfp4
@@ -232,12 +232,12 @@ def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None
     plan = tensor_plan(spec.config, spec.ignore)
     total = nbytes(plan, spec.precision)
     out = Path(out)
-    tmp = _start_output(out, total, force)
+    _check_output(out, total, force)
     t0 = time.time()
     shards: list[list[str]] = []
     current: dict = {}
     size = 0
-    try:
+    with atomic_dir(out, prefix=".", on_exists="replace") as tmp:  # a replaced one goes once the new one is there
         def flush() -> None:
             nonlocal current, size
             if current:
@@ -270,9 +270,6 @@ def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None
                 "params": sum(_numel(p.shape) for p in plan), "tokenizer": tok, "device": str(dev),
                 "seconds": round(time.time() - t0, 1)}
         (tmp / SYNTH_FILE).write_text(json.dumps(info, indent=1) + "\n")
-        _finish_output(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(out), **info}
 
 
@@ -283,7 +280,7 @@ def _numel(shape) -> int:
     return n
 
 
-def _start_output(out: Path, need_bytes: int, force: bool) -> Path:
+def _check_output(out: Path, need_bytes: int, force: bool) -> None:
     if out.exists() and not force:
         raise HarnessError(f"{out} exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,18 +288,6 @@ def _start_output(out: Path, need_bytes: int, force: bool) -> Path:
     if free < need_bytes + (256 << 20):
         raise HarnessError(f"{out}: needs {need_bytes / 2**30:.1f} GiB, {out.parent} has {free / 2**30:.1f} GiB free; "
                            "write it elsewhere (a bigger disk, or /dev/shm when RAM allows)")
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _finish_output(tmp: Path, out: Path) -> None:
-    """Move the finished temp dir into place; a replaced ``out`` is removed only after the new one is there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _name_shards(tmp: Path, shards: list[list[str]]) -> None:
@@ -348,8 +333,8 @@ def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
         raise HarnessError(f"{nvfp4_dir}: not an NVFP4 checkpoint in the compressed-tensors or ModelOpt layout "
                            f"(quant_method={q.get('quant_method')!r}, format={q.get('format')!r})")
     out = Path(out)
-    tmp = _start_output(out, 1 << 20, force)
-    try:
+    _check_output(out, 1 << 20, force)
+    with atomic_dir(out, prefix=".", on_exists="replace") as tmp:
         (tmp / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16", "torch_dtype": "bfloat16"},
                                                     indent=1) + "\n")
         for f in nvfp4_dir.iterdir():
@@ -360,7 +345,4 @@ def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
                 "note": "BF16 weights = dequantization of source; vLLM: load_format harness_dequant (set by the "
                         "harness's vllm backend); hf: dequantized in memory"}
         (tmp / VIEW_FILE).write_text(json.dumps(view, indent=1) + "\n")
-        _finish_output(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(out), **view}

@@ -7,8 +7,6 @@ use into the cache (``$HARNESS_CACHE`` or ``~/.cache/harness``); generation is d
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -27,16 +25,10 @@ def corpus_dir() -> Path:
     final = cache_root() / f"tiny-corpus-v{CORPUS_VERSION}"
     if (final / "VERSION").exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".corpus-", dir=final.parent))
-    try:
+    from harness.atomic import atomic_dir
+
+    with atomic_dir(final, prefix=".corpus-") as tmp:  # another process winning the race wrote the same copy
         write_corpus(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process won the race: its copy is identical
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,21 +98,15 @@ def train(out: Path, steps: int = 600, seed: int = 0, vocab_size: int = 512, seq
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d} loss {loss.item():.4f} ({time.time() - t0:.1f}s)")
     model = model.to(torch.bfloat16)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
-    try:
+    from harness.atomic import atomic_dir
+
+    with atomic_dir(Path(out), prefix=".build-", on_exists="replace") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         info = {"steps": steps, "seed": seed, "vocab_size": len(tok), "seq_len": seq_len, "batch": batch, "lr": lr,
                 "final_loss_mean_last50": sum(losses[-50:]) / len(losses[-50:]), "train_s": round(time.time() - t0, 1),
                 "torch": torch.__version__, "shape": MODEL_SHAPE}
         (tmp / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 
