@@ -241,6 +241,8 @@ def cmd_sensitivity(a) -> int:
     for name in ("texts", "max_tokens"):
         if getattr(a, name) < 1:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1")
+    if a.write_recipe and a.no_suggest:
+        raise HarnessError("--write-recipe writes the suggestion: drop --no-suggest")
     a.backend = "hf"  # in process: the variants swap weights inside the loaded model
     s = _session(a)
     try:

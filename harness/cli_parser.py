@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score the suggested ignore list must reach (default: the gate's overall threshold)")
     se.add_argument("--max-units", type=int, default=None, help="stop the suggestion after this many units")
     se.add_argument("--no-suggest", action="store_true", help="rank only")
+    se.add_argument("--write-recipe", default=None, metavar="NAME",
+                    help="write the suggestion as recipes/NAME.yaml (the scheme's recipe plus the ignore list; not "
+                         "default), to gate it with --recipe NAME")
     se.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                     help="compute dtype (auto: float32 on a CPU, ~5x faster there; the model's on a GPU)")
     add_options(se, ["report_dir"], "cli")

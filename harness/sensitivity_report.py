@@ -81,6 +81,42 @@ def write(rep: dict, reports_dir: Path) -> Path:
                                render_markdown, write_chart)
 
 
+def write_suggested_recipe(cfg, scheme: str, name: str, rep: dict) -> Path:
+    """The suggestion as a recipe of the project (``<recipes_dir>/<name>.yaml``, not default): the shipped recipe of
+    the same scheme with the suggested units added to its ignore list, so `harness gate --recipe NAME` checks it
+    through llm-compressor and the engine. A recipe of that name already in the project is not overwritten."""
+    import yaml
+
+    from harness.atomic import atomic_write_text
+    from harness.errors import HarnessError
+    from harness.recipes import load_recipe
+
+    s = rep["suggestion"]
+    path = cfg.path_of("recipes_dir") / f"{name}.yaml"
+    if path.exists():
+        raise HarnessError(f"{path} exists: choose another --write-recipe name (or remove it first)")
+    base = load_recipe(cfg.path_of("recipes_dir"), scheme)
+    text = yaml.safe_load(base.recipe_text)
+    try:
+        mod = text["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
+    except (KeyError, TypeError):
+        raise HarnessError(f"recipe {scheme}: no quant_stage.quant_modifiers.QuantizationModifier to add the "
+                           "ignore list to; write the recipe by hand from the report's ignore line") from None
+    mod["ignore"] = list(dict.fromkeys([*(mod.get("ignore") or []), *s["ignore"]]))
+    last = s["steps"][-1]
+    out = {"name": name, "default": False, "scheme": base.scheme,
+           "description": (f"{scheme} with {', '.join(s['units']) or 'nothing'} left in BF16: the suggestion of "
+                           f"`harness sensitivity --by {rep['by']} --mode {rep['mode']}` on {rep['model']} "
+                           f"({rep['created']}), measured there at score {last['score']:.2f} (target "
+                           f"{s['target']:.2f}{'' if s['reached'] else ', not reached'}) on {rep['texts']} texts; "
+                           f"{s['extra_bytes'] / 2**20:.1f} MiB more than {scheme}"),
+           "recipe": yaml.safe_dump(text, sort_keys=False),
+           "calibration": base.calibration.model_dump(), "models": [rep["model"]]}
+    atomic_write_text(path, yaml.safe_dump(out, sort_keys=False))
+    load_recipe(cfg.path_of("recipes_dir"), name)  # it reads back as a recipe
+    return path
+
+
 def compute_dtype(cfg, asked: str) -> str:
     """The dtype the probe computes in, set on the config's BF16 hf engine: ``auto`` is float32 on a CPU, whatever the
     gate's engine uses (bf16 matrix products on CPUs without bf16 units are ~5x slower: 17.6 s vs 3.8 s a variant on
@@ -102,6 +138,11 @@ def cmd_sensitivity(a, session) -> int:
 
     t0 = time.time()
     cfg = session.cfg
+    if a.write_recipe and (cfg.path_of("recipes_dir") / f"{a.write_recipe}.yaml").exists():  # before the work
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"{cfg.path_of('recipes_dir') / a.write_recipe}.yaml exists: choose another "
+                           "--write-recipe name (or remove it first)")
     dtype = compute_dtype(cfg, a.dtype)
     docs = docs_of(session, a.texts, a.max_tokens)
     session.start_engine("bf16")
@@ -122,4 +163,8 @@ def cmd_sensitivity(a, session) -> int:
     out = write(rep, Path(a.report_dir) if a.report_dir else cfg.path_of("reports_dir"))
     print(render_markdown(rep).split("## Suggested ignore list")[-1].strip() if suggestion else "")
     print(f"\nreport: {out}/sensitivity.md")
+    if a.write_recipe:
+        path = write_suggested_recipe(cfg, a.scheme, a.write_recipe, rep)
+        print(f"recipe written: {path}\ncheck it through llm-compressor and the engine: harness gate"
+              f"{' --config ' + cfg.source_path if cfg.source_path else ''} --recipe {a.write_recipe}")
     return 0

@@ -85,8 +85,12 @@ def test_the_command_writes_the_ranking_the_chart_and_the_suggestion(root, tmp_p
     from harness.cli import main
 
     model = _planted_model(root, tmp_path)
-    rc = main(["sensitivity", "--set", f"model.path={model}", "--by", "type", "--texts", "2", "--max-tokens", "64",
-               "--report-dir", str(tmp_path / "r")])
+    proj = tmp_path / "proj"
+    (proj / "recipes").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    rc = main(["sensitivity", "--set", f"model.path={model}", "--set", f"recipes_dir={proj / 'recipes'}",
+               "--by", "type", "--texts", "2", "--max-tokens", "64", "--report-dir", str(tmp_path / "r"),
+               "--write-recipe", "keep-up"])
     out = capsys.readouterr().out
     assert rc == 0, out
     folder = next((tmp_path / "r").iterdir())
@@ -96,6 +100,18 @@ def test_the_command_writes_the_ranking_the_chart_and_the_suggestion(root, tmp_p
     assert rep["depth_order"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert 'ignore: ["lm_head", "re:.*\\\\.up_proj$"]' in (folder / "sensitivity.md").read_text()
     assert re.search(r"^\|\s+1 \| up_proj\s+\|", out, re.M), out  # rank 1 printed first
+    # the suggestion as a recipe: the shipped nvfp4 recipe with the planted projection added to its ignore list
+    import yaml
+
+    from harness.recipes import load_recipe
+
+    r = load_recipe(proj / "recipes", "keep-up")
+    mod = yaml.safe_load(r.recipe_text)["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
+    assert mod["ignore"] == ["lm_head", "re:.*\\.up_proj$"] and mod["scheme"] == "NVFP4" and r.scheme == "NVFP4"
+    assert r.default is False and "--recipe keep-up" in out
+    assert main(["sensitivity", "--set", f"model.path={model}", "--set", f"recipes_dir={proj / 'recipes'}",
+                 "--write-recipe", "keep-up"]) == 2
+    assert "keep-up.yaml exists" in capsys.readouterr().err
 
 
 def test_bad_counts_are_refused(capsys):
