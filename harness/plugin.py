@@ -209,7 +209,8 @@ def pytest_collection_modifyitems(config, items):
 
             if backend_spec(config.getoption("backend") or case.cfg.backend).needs_gpu:
                 item.add_marker(pytest.mark.gpu)
-    gpu_items = [i for i in items if any(i.get_closest_marker(m) for m in ("gpu", "multi_gpu", "scale"))]
+    gpu_items = [i for i in items if any(i.get_closest_marker(m) for m in ("gpu", "multi_gpu", "scale",
+                                                                                         "recipes"))]
     if gpu_items and not _gpu_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU: none visible (torch.cuda.is_available() is False)")
         for item in gpu_items:

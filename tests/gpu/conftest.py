@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import load_config
 from harness.gate import GateSession
 
 
@@ -231,3 +232,41 @@ class PeakMemory:
 def peak_memory():
     """``with peak_memory() as pm: ...; pm.growth()``: see PeakMemory."""
     return PeakMemory
+
+
+# ---- real weights: SmolLM2-135M (configs/smollm2-135m.yaml) on vLLM, shared by test_real_weights / test_real_recipes
+REAL_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def real_cfg(tmp_path_factory):
+    cfg = load_config(REAL_ROOT / "configs" / "smollm2-135m.yaml")
+    out = Path(os.environ.get("HARNESS_GPU_REPORTS") or tmp_path_factory.mktemp("real"))
+    cfg.baselines_dir = str(out / "real-baselines")
+    cfg.reports_dir = str(out / "real-reports")
+    cfg.backend = "vllm"
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def real_docs(real_cfg):
+    s = GateSession(real_cfg, backend="vllm")
+    try:
+        return s.prepared("wikitext2").token_ids
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def real_baseline(real_cfg, gpu_results):
+    """BF16 baseline by vLLM as the config says (eager), written like `harness baseline update`."""
+    s = GateSession(real_cfg, backend="vllm", update_baselines=True, force=True)
+    try:
+        pairs = s.update_baselines()
+        info = s.engine_info("bf16")
+    finally:
+        s.close()
+    b = pairs[0][1]
+    gpu_results("real_bf16_vllm", {"ppl": b.ppl, "tokens": b.tokens, "kept_texts": b.kept_texts,
+                                   "compilation": info.get("compilation"), "engine_start_s": info.get("engine_start_s")})
+    return b

@@ -13,13 +13,11 @@ Numbers go to ``$HARNESS_GPU_RESULTS`` (docs/results); the BF16 baselines to ``$
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 
 from harness.backends import EngineSpec, make_backend
-from harness.config import load_config
 from harness.gate import GateSession
 from harness.report import build_report, write_report
 
@@ -33,40 +31,6 @@ RESULTS: dict = {}  # shared by the tests of this module, in file order
 
 def _ppl(res) -> float:
     return math.exp(sum(r.nll_sum for r in res) / sum(r.n_tokens for r in res))
-
-
-@pytest.fixture(scope="session")
-def real_cfg(tmp_path_factory):
-    cfg = load_config(ROOT / "configs" / "smollm2-135m.yaml")
-    out = Path(os.environ.get("HARNESS_GPU_REPORTS") or tmp_path_factory.mktemp("real"))
-    cfg.baselines_dir = str(out / "real-baselines")
-    cfg.reports_dir = str(out / "real-reports")
-    cfg.backend = "vllm"
-    return cfg
-
-
-@pytest.fixture(scope="session")
-def real_docs(real_cfg):
-    s = GateSession(real_cfg, backend="vllm")
-    try:
-        return s.prepared("wikitext2").token_ids
-    finally:
-        s.close()
-
-
-@pytest.fixture(scope="session")
-def real_baseline(real_cfg, gpu_results):
-    """BF16 baseline by vLLM as the config says (eager), written like `harness baseline update`."""
-    s = GateSession(real_cfg, backend="vllm", update_baselines=True, force=True)
-    try:
-        pairs = s.update_baselines()
-        info = s.engine_info("bf16")
-    finally:
-        s.close()
-    b = pairs[0][1]
-    gpu_results("real_bf16_vllm", {"ppl": b.ppl, "tokens": b.tokens, "kept_texts": b.kept_texts,
-                                   "compilation": info.get("compilation"), "engine_start_s": info.get("engine_start_s")})
-    return b
 
 
 def test_real_model_converts_to_the_same_tensors_here_as_on_cpu(real_cfg, gpu_results):
