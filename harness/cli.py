@@ -29,46 +29,29 @@ def _session(a, **kw):
 
 
 def cmd_gate(a) -> int:
-    from harness.report import build_report, dataset_table, overall_table, session_token_logprobs, write_report
+    from harness.run import run_gate
 
     s = _session(a, min_score=a.min_score, update_baselines=a.update_baselines, force=a.force,
                  token_detail=a.token_detail, record_recipe=a.record_recipe)
-    report_dir = Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir")
     try:
-        s.preflight(report_dir)     # refuse bad input before any quantization or GPU time
-        for n in s.dataset_names:   # (in update mode: score BF16 and write the baselines first)
-            s.baseline(n)
-        s.checkpoint()
-        for n in s.dataset_names:
-            s.score(n)
-        s.engines.close()
-        verdict = s.verdict()
-        with s.clock("report"):
-            rep = build_report(s, verdict)
-        if rep["baseline_updates"]:
-            from harness.report import baseline_diff_table
-
-            print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
-        print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
-        if rep.get("top_k"):
-            from harness.report import distribution_table
-
-            print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
-        print(verdict.summary(), flush=True)  # the verdict stands even if the report cannot be written
-        try:
-            with s.clock("report"):
-                out = write_report(rep, report_dir, s.log_lines, session_token_logprobs(s), s.time_breakdown)
-        except OSError as e:
-            raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
-                               f"{e.strerror or e}") from None
+        done = run_gate(s, Path(a.report_dir) if a.report_dir else s.cfg.path_of("reports_dir"), show=_show_verdict)
     finally:
         s.close()
-    from harness.timings import line
+    print(f"\n{done.time_line}\nreport: {done.folder}/report.md")
+    if done.recipe_record:
+        print(f"recipe result stored: {done.recipe_record}")
+    return 0 if done.verdict.passed else 1
 
-    print(f"\n{line(s.time_breakdown())}\nreport: {out}/report.md")
-    if s.recipe_record():
-        print(f"recipe result stored: {s.recipe_record()}")
-    return 0 if verdict.passed else 1
+
+def _show_verdict(rep: dict, verdict) -> None:
+    from harness.report import baseline_diff_table, dataset_table, distribution_table, overall_table
+
+    if rep["baseline_updates"]:
+        print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
+    print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
+    if rep.get("top_k"):
+        print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
+    print(verdict.summary(), flush=True)  # the verdict stands even if the report cannot be written
 
 
 def cmd_quantize(a) -> int:

@@ -156,7 +156,7 @@ class HarnessState:
 
     def finish(self, session) -> None:
         """Write the report if the session got as far as scoring every dataset; always close its engine."""
-        from harness.report import build_report, session_token_logprobs, write_report
+        from harness.run import finish
 
         try:
             if session.baseline_updates:
@@ -166,20 +166,11 @@ class HarnessState:
                 self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
             if not all(session.scored(n) for n in session.dataset_names):
                 return
-            if session.recipe_record():
-                self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] recipe result stored: "
-                                     f"{session.recipe_record()}")
-            verdict = session.verdict()
-            out = self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")
-            with session.clock("report"):
-                rep = build_report(session, verdict)
-                path = write_report(rep, out, session.log_lines, session_token_logprobs(session),
-                                    session.time_breakdown)
-            self.reports.append(str(path))
-            from harness.timings import line
-
-            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {verdict.summary()}\n"
-                                 f"{line(session.time_breakdown())}")
+            done = finish(session, Path(self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")))
+            self.reports.append(str(done.folder))
+            said = f"\nrecipe result stored: {done.recipe_record}" if done.recipe_record else ""
+            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {done.verdict.summary()}\n"
+                                 f"{done.time_line}{said}")
         except HarnessError as e:
             self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
         finally:
