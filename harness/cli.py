@@ -15,7 +15,8 @@ from harness.errors import HarnessError
 
 
 def _session(a, **kw):
-    from harness.config import load_config, parse_set
+    from harness.config import load_config
+    from harness.overrides import parse_set
     from harness.gate import GateSession
 
     overrides = parse_set(getattr(a, "overrides", None))
@@ -44,7 +45,7 @@ def cmd_gate(a) -> int:
 
 
 def _show_verdict(rep: dict, verdict) -> None:
-    from harness.report import baseline_diff_table, dataset_table, distribution_table, overall_table
+    from harness.report_markdown import baseline_diff_table, dataset_table, distribution_table, overall_table
 
     if rep["baseline_updates"]:
         print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
@@ -87,7 +88,8 @@ def cmd_score(a) -> int:
 
 
 def cmd_baseline(a) -> int:
-    from harness.report import baseline_diff_table, update_rows
+    from harness.report import update_rows
+    from harness.report_markdown import baseline_diff_table
 
     s = _session(a, update_baselines=True, force=a.force, token_detail=a.token_detail)
     try:
@@ -105,7 +107,8 @@ def cmd_baseline(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from harness.report import dataset_table, overall_table, reference_report, render_markdown
+    from harness.report import reference_report
+    from harness.report_markdown import dataset_table, overall_table, render_markdown
 
     if a.reference:
         rep = reference_report(a.reference)

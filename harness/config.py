@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
 from harness.errors import ConfigError, unknown_name
 from harness.judge import LIMITS  # the distribution limits: threshold keys that need `distributions`
+from harness.validation_messages import format_validation_error
 
 PRECISIONS = ("bf16", "nvfp4")
 BACKEND_NAMES = tuple(BACKENDS)
@@ -356,59 +357,6 @@ def default_config_path() -> Path:
                       "(a broken install? reinstall nvfp4-gate); pass --config PATH")
 
 
-def format_validation_error(e: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"invalid config {source}:"]
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, err["loc"][:-1])
-            lines.append(f"  {loc}: unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else ""))
-        elif err["type"] == "missing":
-            lines.append(f"  {loc}: required key missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            inp = err.get("input")
-            got = "" if isinstance(inp, (dict, list)) else f" (got {inp!r})"
-            lines.append(f"  {loc}: {msg}{got}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
-    cur: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if isinstance(cur, _DictOf):  # keyed into a dict: the next level is its value model
-            cur = cur.value_model
-        elif isinstance(cur, type) and issubclass(cur, BaseModel) and part in cur.model_fields:
-            cur = _inner_model(cur.model_fields[part].annotation)
-        else:
-            return []
-    if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return [k for k in cur.model_fields if k not in ("source_path", "fallback_baselines_dir")]
-    return []
-
-
-def _inner_model(annotation):
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is dict and len(args) == 2:
-        return _DictOf(_inner_model(args[1]))
-    for a in args:
-        m = _inner_model(a)
-        if m is not None:
-            return m
-    return None
-
-
-class _DictOf:
-    def __init__(self, value_model):
-        self.value_model = value_model
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> HarnessConfig:
     implicit = not path
     path = Path(path) if path else default_config_path()
@@ -420,6 +368,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"config {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
+    from harness.overrides import set_dotted
+
     for k, v in (overrides or {}).items():
         set_dotted(data, k, v)
     try:
@@ -438,32 +388,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if "baselines_dir" not in data:
             cfg.fallback_baselines_dir = str(bundled_dir("baselines"))
     return cfg
-
-
-def set_dotted(data: dict, key: str, value) -> None:
-    """``model.engine.nvfp4.vllm.linear_backend`` -> data["model"]["engine"]["nvfp4"]["vllm"]["linear_backend"]."""
-    *parents, leaf = key.split(".")
-    cur = data
-    for i, part in enumerate(parents):
-        nxt = cur.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parents[: i + 1])} is a {type(nxt).__name__}, not a mapping")
-        cur = nxt
-    cur[leaf] = value
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``--set KEY=VALUE`` pairs (VALUE read as YAML: 0.9, true, [a, b], null) as load_config overrides."""
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.engine.nvfp4.vllm.linear_backend=emulation")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
-    return out
 
 
 def check_dataset_names(cfg: HarnessConfig, names) -> None:

@@ -10,22 +10,23 @@ import sys
 import time
 from pathlib import Path
 
-from harness.baselines import Baseline, BaselineStore, baseline_from_score, check_data_matches
+from harness.baselines import Baseline, BaselineStore
 from harness.config import HarnessConfig
 from harness.data import PreparedDataset
 from harness.engines import EngineManager
-from harness.errors import BaselineError, ConfigError, HarnessError
-from harness.judge import Outcome, Verdict, dataset_comparison, judge, overall_comparison, threshold_source
+from harness.errors import ConfigError, HarnessError
 from harness.metrics import Comparison, DatasetScore
 from harness.prepare import load_tokenizer, prepare_dataset
 from harness.provide import CheckpointProvider
+from harness.session_baselines import BaselineSteps
+from harness.session_judging import JudgingSteps
 from harness.timings import StageClock
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
 
 
-class GateSession:
+class GateSession(BaselineSteps, JudgingSteps):
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
@@ -246,296 +247,9 @@ class GateSession:
             raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper W4A4 "
                                "needs fidelity: scheme (the default: vLLM's emulation), or drop require_kernel")
 
-    # ---- model identity ------------------------------------------------------
-    def model_identity(self) -> dict:
-        """Which BF16 model this config names: local content, or hub id + resolved commit (computed once)."""
-        if self._identity is None:
-            from harness import identity
-
-            m = self.cfg.model
-            self._identity = identity.model_identity(self.cfg.locate(m.path), m.revision, named=m.path)
-            if self._identity["kind"] == "hub" and not self._identity["pinned"]:
-                got = self._identity["resolved"]
-                self.log(f"warning: model.revision is not pinned: {m.path}@{m.revision or 'main'} "
-                         + (f"resolved to {got}" if got else f"is {self._identity['resolved_by']}")
-                         + "; pin model.revision to a commit sha for a reproducible gate")
-        return self._identity
-
-    def check_identity(self, b: Baseline) -> None:
-        """Refuse a baseline scored on another model (content, commit, architecture) or in another dtype."""
-        from harness import identity
-
-        where = self.store.path(self.cfg.name, b.dataset)
-        theirs = b.provenance.get("model_identity")
-        if not theirs:
-            self._note_once(f"{b.dataset}: baseline records no model identity (made before it was recorded); "
-                            f"rebuild it to pin the model: {self.update_hint}")
-            return
-        dtype_c = self.cfg.engine_kwargs("bf16", b.provenance.get("backend") or self.backend).get("dtype")
-        why = identity.baseline_mismatches(theirs, self.model_identity(), b.provenance.get("dtype"), dtype_c)
-        if why:
-            raise BaselineError(f"{where}: scored on another model than this config's ({'; '.join(why)}).\n"
-                                f"  baseline: {identity.describe(theirs)}\n  config:   "
-                                f"{identity.describe(self.model_identity())}\n  rebuild it with: {self.update_hint}")
-
-    def _check_checkpoint_architecture(self, path: str) -> None:
-        """An existing checkpoint must be a quantization of this config's model (and of the baselines' model)."""
-        from harness import identity
-
-        if not Path(path).is_dir():
-            return  # a hub id: its config.json is read by the engine
-        sources = [("model.path " + self.cfg.model.path, self.model_identity())]
-        for n in self.dataset_names:
-            if self.store.exists(self.cfg.name, n):
-                try:
-                    ident = self.store.load(self.cfg.name, n).provenance.get("model_identity")
-                except BaselineError:
-                    continue
-                if ident:
-                    sources.append((f"the baseline's model ({n})", ident))
-        bad = identity.checkpoint_mismatch(Path(path), sources)
-        if bad:
-            what, why = bad
-            raise HarnessError(f"model.checkpoint {self.existing} is not a quantization of {what}: "
-                               f"{'; '.join(why)} (theirs vs the checkpoint's config.json). Point model.checkpoint "
-                               "at a checkpoint of this model, or model.path at its BF16 model.")
-
-    def _note_once(self, note: str) -> None:
-        if note not in self.notes:
-            self.notes.append(note)
-            self.log(f"note: {note}")
-
-    # ---- baselines ----------------------------------------------------------
-    def baseline(self, name: str) -> Baseline:
-        if self.update_mode and not self._updated:
-            self.update_baselines()
-        b = self.store.load(self.cfg.name, name)
-        check_data_matches(b, self.prepared(name), where=f"{self.store.path(self.cfg.name, name)}")
-        self.check_identity(b)
-        self._check_distributions(b)
-        return b
-
-    def _check_distributions(self, b: Baseline) -> None:
-        """With distributions on, the baseline must carry BF16's top-k at this config's k (checked before any
-        quantization or engine start, like the data)."""
-        if not self.top_k:
-            return
-        where = self.store.path(self.cfg.name, b.dataset)
-        if not b.distributions:
-            raise BaselineError(f"{where}: the config compares next-token distributions (distributions.top_k "
-                                f"{self.top_k}) but this baseline stores none (made without them); add them with: "
-                                f"{self.update_hint}")
-        if b.distributions.get("top_k") != self.top_k:
-            raise BaselineError(f"{where}: stores BF16's top-{b.distributions.get('top_k')}, the config asks for top-"
-                                f"{self.top_k}: compare at the same k (set distributions.top_k: "
-                                f"{b.distributions.get('top_k')}) or re-create it with: {self.update_hint}")
-        from harness.distributions import verify
-
-        verify(self.store.distributions_path(b), b.distributions, self.update_hint)
-
-    def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
-        """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
-        names = names or self.dataset_names
-        olds = {n: self._old_baseline(n) for n in names}  # a changed fingerprint is refused before any scoring
-        new: list[Baseline] = []
-        for n in names:
-            prep = self.prepared(n)
-            s = self.score(n, "bf16")
-            new.append(self.make_baseline(n, prep, s))
-        self.engines.close()
-        pairs = [(olds[b.dataset], b) for b in new]
-        for _, b in pairs:
-            topk = self._scores[(b.dataset, "bf16")].topk
-            if topk is not None:  # the distributions file first: the baseline written next records its sha256
-                from harness.distributions import SUFFIX, save
-
-                b.distributions = save(self.store.own_path(b.model, b.dataset, SUFFIX), topk)
-                self.log(f"wrote BF16 top-{topk.k} distributions {b.distributions['file']} "
-                         f"({b.distributions['bytes'] / 2**20:.1f} MiB, {topk.tokens} tokens)")
-            p = self.store.write(b)
-            self.log(f"wrote baseline {p}")
-            tok = self._scores[(b.dataset, "bf16")].token_logprobs
-            if tok is not None:
-                from harness.token_detail import save_tokens
-
-                save_tokens(self.store.own_path(b.model, b.dataset, ".tokens.npz"), tok)
-        self.baseline_updates = pairs
-        self._updated = True
-        return pairs
-
-    def _old_baseline(self, name: str) -> Baseline | None:
-        """The stored baseline an update replaces; a different data fingerprint needs --force."""
-        if not self.store.exists(self.cfg.name, name):
-            return None
-        try:
-            old = self.store.load(self.cfg.name, name)
-        except BaselineError as e:
-            self.log(f"replacing unreadable baseline: {e}")
-            return None
-        fp = self.prepared(name).fingerprint
-        if old.fingerprint != fp and not self.force:
-            raise BaselineError(
-                f"{self.store.path(self.cfg.name, name)}: data fingerprint changed {old.fingerprint} -> {fp} "
-                "(tokenizer, dataset revision or rules differ); nothing was scored or written. Re-run with --force "
-                "to accept the new data.")
-        return old
-
-    def make_baseline(self, name: str, prep: PreparedDataset, s: DatasetScore) -> Baseline:
-        info = self.engine_info("bf16")
-        m = self.cfg.model
-        prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
-                "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
-                "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
-                "compilation": info.get("compilation"),
-                "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
-                "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
-                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
-        return baseline_from_score(self.cfg.name, name, prep, s, prov)
-
-    # ---- comparison ---------------------------------------------------------
-    def comparison(self, name: str) -> Comparison:
-        if name not in self._comparisons:  # scores and baselines are fixed once computed: bootstrap once
-            with self.clock("judging"):
-                self._comparisons[name] = self._compare(name)
-        return self._comparisons[name]
-
-    def _compare(self, name: str) -> Comparison:
-        return dataset_comparison(name, self.baseline(name), self.score(name), self.cfg.thresholds)
-
-    def overall(self) -> Comparison:
-        if None not in self._comparisons:
-            with self.clock("judging"):
-                self._comparisons[None] = self._compare_overall()
-        return self._comparisons[None]
-
-    def _compare_overall(self) -> Comparison:
-        names = self.dataset_names
-        return overall_comparison({n: self.baseline(n) for n in names}, {n: self.score(n) for n in names},
-                                  self.cfg.thresholds)
-
-    def token_summary(self, name: str) -> dict | None:
-        """BF16-vs-quantized per-token summary, when both sides have per-token logprobs."""
-        s = self.score(name)
-        if s.token_logprobs is None:
-            return None
-        bf16 = self.store.tokens_path(self.cfg.name, name)
-        if not bf16.exists():
-            return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
-        from harness.token_detail import load_tokens, summarize, to_arrays
-
-        return summarize(load_tokens(bf16), to_arrays(s.token_logprobs))
-
-    # ---- next-token distributions ------------------------------------------
-    def token_metrics(self, name: str):
-        """Per-token KL, top-1 agreement and Δp of the quantized run against the stored BF16 distributions."""
-        if name not in self._token_metrics:
-            from harness.distributions import load
-            from harness.divergence import token_metrics
-
-            b = self.baseline(name)
-            ref = load(self.store.distributions_path(b), b.distributions, self.update_hint)
-            self._token_metrics[name] = token_metrics(ref, self.score(name).topk)
-        return self._token_metrics[name]
-
-    def distribution_stats(self, name: str | None) -> dict | None:
-        """divergence.describe of one dataset (``None``: all datasets pooled); None with distributions off."""
-        if not self.top_k:
-            return None
-        if name not in self._distribution_stats:
-            from harness.divergence import describe
-
-            t = self.cfg.thresholds
-            names = self.dataset_names if name is None else [name]
-            with self.clock("judging"):
-                self._distribution_stats[name] = describe({n: self.token_metrics(n) for n in names},
-                                                          samples=t.bootstrap_samples, confidence=t.confidence,
-                                                          seed=t.seed)
-        return self._distribution_stats[name]
-
-    def limit_outcomes(self, name: str | None) -> list:
-        """The distribution limits (kld_mean_max, top1_min) that apply, judged for a dataset or (``None``) overall."""
-        from harness.judge import LIMITS, judge_limit, limit_source
-
-        stats = self.distribution_stats(name)
-        if stats is None:
-            return []
-        rt = {} if self.existing else self.recipe().thresholds
-        out = []
-        for key in LIMITS:
-            limit, source = limit_source(key, self.cfg.thresholds, rt, self.recipe_name)
-            if limit is not None:
-                out.append(judge_limit(name or "overall", stats, key, limit, source, self.cfg.thresholds.use))
-        return out
-
-    def threshold(self, name: str | None) -> float:
-        return self.threshold_source(name)[0]
-
-    def threshold_source(self, name: str | None) -> tuple[float, str]:
-        """The minimum score for a dataset (``None``: overall) and where it came from (judge.threshold_source)."""
-        rt = {} if self.existing else self.recipe().thresholds
-        return threshold_source(name, self.cfg.thresholds, rt, self.min_score, self.recipe_name)
-
-    def outcome(self, name: str | None) -> Outcome:
-        c = self.overall() if name is None else self.comparison(name)
-        return judge(c, *self.threshold_source(name), self.cfg.thresholds.use)
-
-    def recipe_record(self) -> Path | None:
-        """With record_recipe, once every dataset is scored: this run's recipe result, written (once) where
-        recipe_regression reads it."""
-        if self.record_recipe and self._recipe_record is None and all(self.scored(n) for n in self.dataset_names):
-            from harness import recipe_records
-
-            self._recipe_record = recipe_records.write_record(self.cfg.path_of("baselines_dir"),
-                                                              recipe_records.make_record(self))
-            self.log(f"recipe result stored: {self._recipe_record}")
-        return self._recipe_record
-
-    def recipe_regression(self) -> dict | None:
-        """This recipe against the stored result of the config's best recipe (None when not configured)."""
-        if self.cfg.recipe_regression is not None and self._regression is None:
-            from harness import recipe_records
-
-            self.recipe_record()  # recording the best recipe itself: it is checked against what this run measured
-            with self.clock("judging"):
-                self._regression = recipe_records.regression(self)
-        return self._regression
-
-    def verdict(self) -> Verdict:
-        with self.clock("judging"):
-            return self._verdict()
-
     def time_breakdown(self) -> dict:
         """Seconds per stage so far and the wall time since the session began (harness/timings.py)."""
         return self.clock.breakdown(time.time() - self.started)
-
-    def _verdict(self) -> Verdict:
-        outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
-        outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
-        if self.cfg.recipe_regression is not None:
-            from harness.recipe_records import RegressionOutcome
-
-            outs.append(RegressionOutcome(self.recipe_name, self.recipe_regression()))
-        notes = list(self.notes)
-        mine = self.engine_info("nvfp4")
-        from harness import fidelity
-
-        said = fidelity.note(mine.get("fidelity"), mine.get("kernel") or "?")
-        if said:
-            notes.append(said)
-        for n in self.dataset_names:
-            b = self.store.load(self.cfg.name, n)
-            if not b.has_documents:
-                notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
-            said = fidelity.mode_note(n, b.provenance.get("compilation"), mine.get("compilation"))
-            if said:
-                notes.append(said)
-            theirs = (b.provenance.get("backend"), b.provenance.get("device"))
-            if mine and theirs != (self.backend, mine.get("device")):
-                notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {self.backend} on "
-                             f"{mine.get('device')}: backends agree to ~0.1% PPL; update the baseline on this setup "
-                             "for the tightest gate")
-        return Verdict(outs, notes)
 
     def close(self) -> None:
         self.engines.close()
@@ -580,22 +294,3 @@ def check_model_path(cfg: HarnessConfig) -> None:
         if loc and loc.is_local and not Path(loc.path).exists():
             raise ConfigError(f"model.{key} {raw!r} does not exist ({loc.path}); give a local checkpoint dir or a hub "
                               "id such as Qwen/Qwen2.5-7B-Instruct")
-
-
-def _offload_summary(offload: dict | None) -> dict | None:
-    """The offload facts worth keeping in a baseline's provenance (it changes speed, not numbers)."""
-    if not offload:
-        return None
-    return {"requested": offload.get("requested"), "offloader": offload.get("offloader"),
-            "offloaded_gib": offload.get("offloaded_gib")}
-
-
-def git_commit(root: str | None) -> str | None:
-    import subprocess
-
-    try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root or ".", capture_output=True, text=True,
-                           timeout=10)
-        return r.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None

@@ -160,7 +160,8 @@ class HarnessState:
 
         try:
             if session.baseline_updates:
-                from harness.report import baseline_diff_table, update_rows
+                from harness.report import update_rows
+                from harness.report_markdown import baseline_diff_table
 
                 table = baseline_diff_table(update_rows(session.baseline_updates))
                 self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")

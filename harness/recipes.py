@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from harness.config import CalibrationSpec, Strict, format_validation_error
+from harness.config import CalibrationSpec, Strict
+from harness.validation_messages import format_validation_error
 from harness.errors import ConfigError, unknown_name
 
 

@@ -144,7 +144,7 @@ def test_every_shipped_config_loads(root):
 
 
 def test_set_overrides_dotted_keys_with_yaml_values(root):
-    from harness.config import parse_set
+    from harness.overrides import parse_set
 
     cfg = load_config(root / "configs/tiny.yaml", parse_set(["model.engine.nvfp4.vllm.linear_backend=emulation",
                                                             "thresholds.overall=99.5", "model.checkpoint=/x/y"]))

@@ -8,7 +8,8 @@ import sys
 
 CORE = ["config", "data", "prepare", "provide", "engines", "judge", "metrics", "baselines", "report", "gate",
         "recipes", "bundled", "atomic", "identity", "plugin", "cli", "backends", "options", "fidelity", "preflight",
-        "pypi_models", "locate"]
+        "pypi_models", "locate", "run", "cli_parser", "session_baselines", "session_judging", "report_markdown",
+        "report_chart", "recipe_records", "compare", "validation_messages", "overrides"]
 HEAVY = ["torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy"]
 
 

@@ -320,7 +320,7 @@ def test_a_waiter_names_a_holder_that_writes_its_holder_file_late(tmp_path):
 
 
 def test_the_chart_shows_a_failing_score_and_keeps_labels_off_the_error_bars(tmp_path):
-    from harness.report import chart_layout, write_chart
+    from harness.report_chart import chart_layout, write_chart
 
     scores, thresholds = [0.5, 99.3], [99.0, 99.0]
     cis = [{"low": 0.3, "high": 0.8}, {"low": 98.9, "high": 99.7}]

@@ -207,7 +207,8 @@ def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
 
 
 def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
-    from harness.report import build_report, overall_table
+    from harness.report import build_report
+    from harness.report_markdown import overall_table
 
     s = session()
     v = s.verdict()
