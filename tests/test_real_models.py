@@ -231,7 +231,7 @@ def test_a_vllm_gate_of_an_unrunnable_recipe_stops_before_quantizing_and_names_t
 
 def test_an_engine_that_cannot_run_the_scheme_is_told_apart_from_memory():
     from harness.backends import EngineSpec
-    from harness.backends.vllm import start_error
+    from harness.backends.vllm_errors import start_error
 
     spec = EngineSpec(model="/ck/w2", precision="nvfp4", max_model_len=512)
     core = RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")

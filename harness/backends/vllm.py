@@ -25,12 +25,9 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import engine_environment, offload_requested, parse_engine_log, scoped_env
+from harness.backends.vllm_errors import is_oom, oom_error, start_error
 from harness.errors import BackendError, ConfigError, HarnessError
 
-OOM_KNOBS = ("gpu_memory_utilization (raise it, up to ~0.95)", "max_num_batched_tokens (lower it)",
-             "max_num_seqs (lower it)", "tensor_parallel_size (spread the model over more GPUs)",
-             "offload_backend: prefetch with offload_group_size / offload_num_in_group (or cpu_offload_gb) "
-             "(keep some layers' weights in CPU memory)")
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's max_logprobs unless set: a larger EngineSpec.top_k raises it for that engine
 RELEASE_TIMEOUT_S = 120.0  # close() waits this long at most for the engine's GPU memory to come back
@@ -90,52 +87,6 @@ def check_parallel(kwargs: dict) -> None:
                 f"{len(visible)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Lower "
                 "them, or spread the engine over several hosts with distributed_executor_backend: ray (README, "
                 "'Several GPUs').")
-
-
-def is_oom(e: BaseException) -> bool:
-    s = f"{type(e).__name__}: {e}".lower()
-    return any(t in s for t in ("out of memory", "outofmemory", "no available memory for the cache blocks",
-                                "insufficient memory", "not enough memory"))
-
-
-# what vLLM 0.26 raises (in the engine-core process, so read from its log) for a checkpoint it has no kernel for
-UNSUPPORTED = ("no compressed-tensors compatible scheme", "notimplementederror")
-
-
-def start_error(e: BaseException, spec: EngineSpec, kwargs: dict, log_text: str, log_path) -> BackendError:
-    """Why an engine did not start, in words that say what to change: a scheme this vLLM cannot run, GPU memory, or
-    (anything else) where the root cause is. vLLM reports the engine-core process's failure as "Engine core
-    initialization failed"; the cause is in that process's log."""
-    text = f"{type(e).__name__}: {e}\n{log_text}"
-    low = text.lower()
-    if any(u in low for u in UNSUPPORTED) and not is_oom(e):
-        import sys
-
-        version = getattr(sys.modules.get("vllm"), "__version__", "")
-        line = next((ln.strip() for ln in text.splitlines() if any(u in ln.lower() for u in UNSUPPORTED)), str(e))
-        scheme = "quantization scheme" if "compressed-tensors" in low else "quantization scheme or architecture"
-        return BackendError(
-            f"vLLM {version} cannot run {spec.model}: {line[:300]}. vLLM has no kernel for this checkpoint's {scheme}; "
-            "this is not memory. vLLM runs NVFP4, NVFP4A16, FP8 and int4/int8 weights per channel or group, but not "
-            "e.g. 2-bit or per-tensor int weights. Score it with --backend hf (transformers runs any compressed-tensors "
-            f"scheme as fake quantization), or quantize to a scheme vLLM runs. Engine log: {log_path}")
-    if is_oom(e) or any(t in log_text.lower() for t in ("out of memory", "outofmemory", "no available memory")):
-        return oom_error(e, f"starting the {spec.precision} engine", kwargs)
-    if "engine core initialization failed" in low:
-        knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
-        return BackendError(
-            f"vLLM could not start the {spec.precision} engine for {spec.model} ({e}). The engine-core log "
-            f"({log_path}) has the root cause; it was neither an unsupported scheme nor out-of-memory that the harness "
-            f"recognises. If it is memory, turn these knobs in model.engine.{spec.precision}.vllm:\n{knobs}\n"
-            f"Current engine kwargs: {kwargs}")
-    return BackendError(f"vLLM could not start the {spec.precision} engine for {spec.model}: {type(e).__name__}: "
-                        f"{str(e)[:500]} (engine log: {log_path})")
-
-
-def oom_error(e: BaseException, what: str, kwargs: dict) -> BackendError:
-    knobs = "\n".join(f"  - {k}" for k in OOM_KNOBS)
-    return BackendError(f"GPU out of memory while {what} ({str(e)[:300]}).\nCurrent engine kwargs: {kwargs}\n"
-                        f"Knobs to turn in model.engine.<precision>.vllm:\n{knobs}")
 
 
 class VLLMBackend(Backend):
