@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 
 
+def md_table(headers: list[str], rows: list[list], align: str) -> str:
+    """A Markdown table with padded columns (readable in a terminal too); ``align``: one of l / r per column."""
+    from tabulate import tabulate
+
+    return tabulate([[("" if c is None else str(c)) for c in r] for r in rows], headers=headers, tablefmt="github",
+                    disable_numparse=True, colalign=tuple({"l": "left", "r": "right"}[a] for a in align))
+
+
 def lm_eval_table(rep: dict) -> str:
-    lines = ["| dataset | precision | word_perplexity | byte_perplexity | bits_per_byte |", "|---|---|---:|---:|---:|"]
-    for d in rep["datasets"]:
-        for prec in ("bf16", "nvfp4"):
-            r = d[prec]
-            lines.append(f"| {d['dataset']} | {prec.upper()} | {_fmt(r.get('word_perplexity'))} | "
-                         f"{_fmt(r.get('byte_perplexity'))} | {_fmt(r.get('bits_per_byte'))} |")
-    return "\n".join(lines)
+    rows = [[d["dataset"], prec.upper(), _fmt(d[prec].get("word_perplexity")), _fmt(d[prec].get("byte_perplexity")),
+             _fmt(d[prec].get("bits_per_byte"))] for d in rep["datasets"] for prec in ("bf16", "nvfp4")]
+    return md_table(["dataset", "precision", "word_perplexity", "byte_perplexity", "bits_per_byte"], rows, "llrrr")
 
 
 def qlabel(rep: dict) -> str:
@@ -39,30 +43,28 @@ def _size(n) -> str:
 
 
 def dataset_table(rep: dict) -> str:
-    lines = ["| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |", "|---|---|---:|---:|---:|---:|---:|"]
+    rows = []
     for d in rep["datasets"]:
         for prec in ("bf16", "nvfp4"):
             r = d[prec]
             label = "BF16" if prec == "bf16" else f"{qlabel(rep)} ({rep.get('kernel') or '?'})"
-            lines.append(f"| {d['dataset']} | {label} | {_fmt(r['ppl'], 6)} | {_fmt(r['nll'], 6)} | {r['tokens']} | "
-                         f"{r['kept_texts']} | {_fmt(r.get('eval_s'), 2)} |")
-    return "\n".join(lines)
+            rows.append([d["dataset"], label, _fmt(r["ppl"], 6), _fmt(r["nll"], 6), r["tokens"], r["kept_texts"],
+                         _fmt(r.get("eval_s"), 2)])
+    return md_table(["dataset", "precision", "PPL", "NLL", "tokens", "kept_texts", "eval_s"], rows, "llrrrrr")
 
 
 def overall_table(rep: dict) -> str:
     o = rep["overall"]
     ci = o.get("interval")
     ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "- (no per-document NLLs)"
-    lines = [f"| precision | PPL | NLL | tokens | relative score | {ci_label(rep)} | min |", "|---|---:|---:|---:|---:|---|---:|",
-             f"| BF16 | {_fmt(o['bf16']['ppl'], 6)} | {_fmt(o['bf16']['nll'], 6)} | {o['bf16']['tokens']} | 100.00 | | |",
-             f"| {qlabel(rep)} | {_fmt(o['nvfp4']['ppl'], 6)} | {_fmt(o['nvfp4']['nll'], 6)} | {o['nvfp4']['tokens']} | "
-             f"{o['score']:.2f} | {ci_s} | {_min(o)} |"]
-    per = ["", f"| dataset | relative score | {ci_label(rep)} | min |", "|---|---:|---|---:|"]
-    for d in rep["datasets"]:
-        ci = d.get("interval")
-        ci_s = f"{ci['low']:.2f} .. {ci['high']:.2f}" if ci else "-"
-        per.append(f"| {d['dataset']} | {d['score']:.2f} | {ci_s} | {_min(d)} |")
-    return "\n".join(lines + per)
+    whole = md_table(["precision", "PPL", "NLL", "tokens", "relative score", ci_label(rep), "min"], [
+        ["BF16", _fmt(o["bf16"]["ppl"], 6), _fmt(o["bf16"]["nll"], 6), o["bf16"]["tokens"], "100.00", "", ""],
+        [qlabel(rep), _fmt(o["nvfp4"]["ppl"], 6), _fmt(o["nvfp4"]["nll"], 6), o["nvfp4"]["tokens"], f"{o['score']:.2f}",
+         ci_s, _min(o)]], "lrrrrlr")
+    per = [[d["dataset"], f"{d['score']:.2f}",
+            f"{d['interval']['low']:.2f} .. {d['interval']['high']:.2f}" if d.get("interval") else "-", _min(d)]
+           for d in rep["datasets"]]
+    return whole + "\n\n" + md_table(["dataset", "relative score", ci_label(rep), "min"], per, "lrlr")
 
 
 def _min(row: dict) -> str:
@@ -256,14 +258,13 @@ def _tok(w: dict, key: str) -> str:
 
 
 def baseline_diff_table(updates: list[dict]) -> str:
-    lines = ["| dataset | field | old | new |", "|---|---|---|---|"]
+    rows = []
     for u in updates:
         old, new = u["old"] or {}, u["new"]
         for k in ("ppl", "nll", "tokens", "kept_texts", "fingerprint", "backend", "device", "date"):
             o, n = old.get(k), new.get(k)
-            mark = "" if o == n else " *"
-            lines.append(f"| {u['dataset']} | {k}{mark} | {_fmt(o, 6)} | {_fmt(n, 6)} |")
-    return "\n".join(lines)
+            rows.append([u["dataset"], k + ("" if o == n else " *"), _fmt(o, 6), _fmt(n, 6)])
+    return md_table(["dataset", "field", "old", "new"], rows, "llll")
 
 
 def baseline_lines(rep: dict) -> list[str]:
