@@ -80,10 +80,11 @@ def cmd_score(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
-        print("| dataset | precision | PPL | NLL | tokens | kept_texts | eval_s |\n|---|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['dataset']} | {r['precision']} | {r['ppl']:.6f} | {r['nll']:.6f} | {r['tokens']} | "
-                  f"{r['kept_texts']} | {r['eval_s']:.2f} |")
+        from harness.report_markdown import md_table
+
+        print(md_table(["dataset", "precision", "PPL", "NLL", "tokens", "kept_texts", "eval_s"],
+                       [[r["dataset"], r["precision"], f"{r['ppl']:.6f}", f"{r['nll']:.6f}", r["tokens"],
+                         r["kept_texts"], f"{r['eval_s']:.2f}"] for r in rows], "llrrrrr"))
     return 0
 
 

@@ -179,19 +179,19 @@ def kernel_notes(kernel: str) -> list[str]:
 
 
 def token_detail_table(rep: dict) -> str:
-    lines = ["| dataset | tokens | logprob fell > 1 nat | rose > 1 nat | mean change (nats) | worst documents "
-             "(doc: NLL increase per token) |", "|---|---:|---:|---:|---:|---|"]
+    rows = []
     for d in rep["datasets"]:
         t = d.get("token_detail")
         if not t:
             continue
         if "note" in t:
-            lines.append(f"| {d['dataset']} | {t['note']} | | | | |")
+            rows.append([d["dataset"], t["note"], "", "", "", ""])
             continue
         worst = ", ".join(f"{w['doc']}: {w['nll_increase_per_token']:.3f}" for w in t["worst_documents"])
-        lines.append(f"| {d['dataset']} | {t['tokens']} | {t['share_tokens_dropped']:.2%} | "
-                     f"{t['share_tokens_gained']:.2%} | {t['mean_delta_nats']:+.4f} | {worst} |")
-    return "\n".join(lines)
+        rows.append([d["dataset"], t["tokens"], f"{t['share_tokens_dropped']:.2%}", f"{t['share_tokens_gained']:.2%}",
+                     f"{t['mean_delta_nats']:+.4f}", worst])
+    return md_table(["dataset", "tokens", "logprob fell > 1 nat", "rose > 1 nat", "mean change (nats)",
+                     "worst documents (doc: NLL increase per token)"], rows, "lrrrrl")
 
 
 DISTRIBUTION_NOTE = (
@@ -203,19 +203,19 @@ DISTRIBUTION_NOTE = (
 
 def distribution_table(rep: dict) -> str:
     ci = ci_label(rep)
-    lines = [f"| dataset | tokens | KL mean | {ci} | median | p99 | p99.9 | max | top-1 % | {ci} | Δp mean ({ci}) | "
-             "RMS Δp | Δp p01 .. p99 | limits |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|---|"]
+    rows = []
     for row in [*rep["datasets"], {"dataset": "overall", **rep["overall"]}]:
         st = row.get("distributions")
         if not st:
             continue
         k, t, dp = st["kld"], st["top1_interval"], st["dp_pct"]
-        lines.append(f"| {row['dataset']} | {st['tokens']} | {k['mean']:.5f} | {k['interval']['low']:.5f} .. "
-                     f"{k['interval']['high']:.5f} | {k['median']:.5f} | {k['p99']:.4f} | {k['p99_9']:.4f} | "
-                     f"{k['max']:.3f} | {st['top1_pct']:.2f} | {t['low']:.2f} .. {t['high']:.2f} | "
-                     f"{dp['mean']:+.3f}{_dp_ci(dp)} | {dp['rms']:.3f} | {dp['p01']:+.2f} .. {dp['p99']:+.2f} | "
-                     f"{_limits(row.get('limits') or [])} |")
-    return "\n".join(lines)
+        rows.append([row["dataset"], st["tokens"], f"{k['mean']:.5f}",
+                     f"{k['interval']['low']:.5f} .. {k['interval']['high']:.5f}", f"{k['median']:.5f}",
+                     f"{k['p99']:.4f}", f"{k['p99_9']:.4f}", f"{k['max']:.3f}", f"{st['top1_pct']:.2f}",
+                     f"{t['low']:.2f} .. {t['high']:.2f}", f"{dp['mean']:+.3f}{_dp_ci(dp)}", f"{dp['rms']:.3f}",
+                     f"{dp['p01']:+.2f} .. {dp['p99']:+.2f}", _limits(row.get("limits") or [])])
+    return md_table(["dataset", "tokens", "KL mean", ci, "median", "p99", "p99.9", "max", "top-1 %", ci,
+                     f"Δp mean ({ci})", "RMS Δp", "Δp p01 .. p99", "limits"], rows, "lrrlrrrrrllrll")
 
 
 def _dp_ci(dp: dict) -> str:
