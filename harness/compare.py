@@ -37,6 +37,19 @@ def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence
     return {"difference": d, "low": lo, "high": hi, "confidence": confidence, "word": word}
 
 
+def bf16_documents(session) -> dict:
+    """dataset -> (per-document NLL sums, token counts) of the stored BF16 baselines: what recipes are paired on
+    (here, and in the recipe regression); a BaselineError when a baseline holds no per-document NLLs."""
+    from harness.errors import BaselineError
+
+    bs = {n: session.baseline(n) for n in session.dataset_names}
+    missing = [n for n, b in bs.items() if not b.has_documents]
+    if missing:
+        raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
+                            f"re-create them: {session.update_hint}")
+    return {n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()}
+
+
 def recipe_row(session, verdict) -> dict:
     from harness.checkpoint import disk_size
 
@@ -74,12 +87,7 @@ def run(make_session, recipes: list[str], log=print) -> dict:
             if s.recipe_record():
                 row["record"] = str(s.recipe_record())
             if ref is None:
-                bs = {n: s.baseline(n) for n in s.dataset_names}
-                missing = [n for n, b in bs.items() if not b.has_documents]
-                if missing:
-                    raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
-                                        f"re-create them: {s.update_hint}")
-                ref = {n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()}
+                ref = bf16_documents(s)
                 t = s.cfg.thresholds
             rows.append(row)
             docs[r] = {n: (s.score(n).nll_sums, s.score(n).n_tokens) for n in s.dataset_names}

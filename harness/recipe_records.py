@@ -109,18 +109,13 @@ def record_hint(cfg, recipe: str) -> str:
 
 def regression(session) -> dict:
     """The config's recipe_regression for a session that scored every dataset."""
+    from harness.compare import bf16_documents
+
     spec, cfg = session.cfg.recipe_regression, session.cfg
     best = load_record(cfg.path_of("baselines_dir"), cfg.name, spec.best, record_hint(cfg, spec.best))
-    ref, current, fps = {}, {}, {}
-    for n in session.dataset_names:
-        b = session.baseline(n)
-        if not b.has_documents:
-            raise BaselineError(f"{n}: the BF16 baseline holds no per-document NLLs, so recipes cannot be paired; "
-                                f"re-create it: {session.update_hint}")
-        ref[n] = (b.doc_nll_sums, b.doc_tokens)
-        s = session.score(n)
-        current[n] = (s.nll_sums, s.n_tokens)
-        fps[n] = session.prepared(n).fingerprint
+    ref = bf16_documents(session)
+    current = {n: (session.score(n).nll_sums, session.score(n).n_tokens) for n in session.dataset_names}
+    fps = {n: session.prepared(n).fingerprint for n in session.dataset_names}
     t = cfg.thresholds
     return check(best, current, ref, fps, spec.margin, t.bootstrap_samples, t.confidence, t.seed)
 

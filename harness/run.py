@@ -40,6 +40,7 @@ def finish(session, report_dir: Path, show=None) -> Finished:
     from harness.report import build_report, session_token_logprobs, write_report
     from harness.timings import line
 
+    record = session.recipe_record()  # with --record-recipe: stored before the verdict pairs recipes with it
     verdict = session.verdict()
     with session.clock("report"):
         rep = build_report(session, verdict)
@@ -52,4 +53,4 @@ def finish(session, report_dir: Path, show=None) -> Finished:
     except OSError as e:
         raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
                            f"{e.strerror or e}") from None
-    return Finished(verdict, rep, folder, line(session.time_breakdown()), session.recipe_record())
+    return Finished(verdict, rep, folder, line(session.time_breakdown()), record)

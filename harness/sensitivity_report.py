@@ -81,6 +81,16 @@ def write(rep: dict, reports_dir: Path) -> Path:
                                render_markdown, write_chart)
 
 
+def new_recipe_path(cfg, name: str) -> Path:
+    """Where --write-recipe NAME goes; a HarnessError if a recipe of that name is already in the project."""
+    from harness.errors import HarnessError
+
+    path = cfg.path_of("recipes_dir") / f"{name}.yaml"
+    if path.exists():
+        raise HarnessError(f"{path} exists: choose another --write-recipe name (or remove it first)")
+    return path
+
+
 def write_suggested_recipe(cfg, scheme: str, name: str, rep: dict) -> Path:
     """The suggestion as a recipe of the project (``<recipes_dir>/<name>.yaml``, not default): the shipped recipe of
     the same scheme with the suggested units added to its ignore list, so `harness gate --recipe NAME` checks it
@@ -92,9 +102,7 @@ def write_suggested_recipe(cfg, scheme: str, name: str, rep: dict) -> Path:
     from harness.recipes import load_recipe
 
     s = rep["suggestion"]
-    path = cfg.path_of("recipes_dir") / f"{name}.yaml"
-    if path.exists():
-        raise HarnessError(f"{path} exists: choose another --write-recipe name (or remove it first)")
+    path = new_recipe_path(cfg, name)  # checked again: the ranking took minutes
     base = load_recipe(cfg.path_of("recipes_dir"), scheme)
     text = yaml.safe_load(base.recipe_text)
     try:
@@ -138,11 +146,8 @@ def cmd_sensitivity(a, session) -> int:
 
     t0 = time.time()
     cfg = session.cfg
-    if a.write_recipe and (cfg.path_of("recipes_dir") / f"{a.write_recipe}.yaml").exists():  # before the work
-        from harness.errors import HarnessError
-
-        raise HarnessError(f"{cfg.path_of('recipes_dir') / a.write_recipe}.yaml exists: choose another "
-                           "--write-recipe name (or remove it first)")
+    if a.write_recipe:
+        new_recipe_path(cfg, a.write_recipe)  # refused before the work, not after it
     dtype = compute_dtype(cfg, a.dtype)
     docs = docs_of(session, a.texts, a.max_tokens)
     session.start_engine("bf16")
