@@ -28,6 +28,25 @@ def gpu_results():
     return record
 
 
+def pytest_runtest_logreport(report):
+    """Each GPU test's seconds (setup, with the session fixtures it was first to need, call and teardown) into the
+    results file as ``durations_s``, so a run cut by device time still says what each test cost; only on a GPU run
+    (``$HARNESS_GPU_RESULTS`` set, as tests/gpu/h200.sh does)."""
+    path = os.environ.get("HARNESS_GPU_RESULTS")
+    if not path:
+        return
+    _DURATIONS[report.nodeid] = round(_DURATIONS.get(report.nodeid, 0.0) + report.duration, 1)
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.exists() else {}
+    data["durations_s"] = dict(_DURATIONS)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.replace(p)
+
+
+_DURATIONS: dict = {}
+
+
 @pytest.fixture(scope="session")
 def gpu_cfg(harness_config, tmp_path_factory):
     """The tiny config, with vLLM BF16 baselines written to a temp dir (so vLLM is compared with vLLM)."""

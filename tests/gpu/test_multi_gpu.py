@@ -1,9 +1,10 @@
 """Several GPUs of one host (`pytest -m multi_gpu`, device kind nvidia-h200-x2); every test skips cleanly on one GPU.
 
 - tensor_parallel_size=2 and pipeline_parallel_size=2 against one GPU on the same checkpoint: PPL within LAYOUT_TOL (0.306%), for
-  BF16, NVFP4 Marlin and NVFP4 emulation, on the tiny default and the Qwen2.5-1.5B shape;
-- data_parallel_size=2 (one engine per GPU, the harness's own sharding): the same documents, in the same order, with
-  the same token counts and PPL as one engine; the speedup on two GPUs at the 1.5B shape and for the 72B-shape gate;
+  BF16, NVFP4 Marlin and NVFP4 emulation, at the Qwen2.5-1.5B shape;
+- data_parallel_size=2 (one engine per GPU, the harness's own sharding), through the gate's own engine path on the
+  tiny default: the same documents, in the same order, with the same token counts and PPL as one engine, for the three
+  kernels; the speedup on two GPUs at the 1.5B shape and for the 72B-shape gate;
 - the 72B-shape BF16 baseline with TP=2 and no offload, side by side with one GPU and CPU offload: wall, tokens/s,
   PPL (must agree);
 - a BF16 baseline update of a model that does not fit one GPU's configured share (7B shape) with TP=2 against CPU
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
 
 import pytest
@@ -35,6 +37,10 @@ VARIANTS = {"bf16": ("bf16", {}), "nvfp4-marlin": ("nvfp4", {}),
 # 2026-11-29 two-H200 run measured up to 1.18e-3 (1.5B-shape emulation, TP=2) and 1.06e-3 (72B-shape BF16, TP=2 vs
 # offload) on random weights, whose PPL of ~1e5-1e6 magnifies every rounding; PP=2 was exact.
 LAYOUT_TOL = 2 * 1.53e-3
+
+ROUNDS = 3  # timed scoring rounds for the data-parallel speedup (one took 2.6 s and its ratio moved 1.5x-1.9x)
+LAYOUT_DOCS = 50  # documents of the 1.5B-shape layout comparisons
+_PPL_1P5B: dict = {}  # (variant, layout) -> PPL of the first LAYOUT_DOCS documents
 
 pytestmark = pytest.mark.multi_gpu  # `pytest -m multi_gpu`; not part of `pytest -m gpu`
 
@@ -82,10 +88,13 @@ def tiny_scores(gpu_cfg):
     return run
 
 
+# The tiny default runs DP=2 only. Its TP=2 and PP=2 passed on 2026-11-27 and 2026-11-29 and are the 1.5B-shape tests'
+# comparisons on the same three kernels at a real layer shape; each cost ~47 s of engine start for a 2-layer model, and
+# the whole two-GPU suite has to fit one session's 30 minutes of device time with its staging (2026-11-30: it did not).
 @needs_two
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_tiny_parallel_layout_matches_one_gpu(tiny_scores, variant, layout, gpu_results):
+def test_tiny_data_parallel_matches_one_gpu(tiny_scores, variant, gpu_results):
+    layout = "dp2"
     one, info1 = tiny_scores(variant, "one")
     many, info = tiny_scores(variant, layout)
     ppl1, ppl = _ppl(one), _ppl(many)
@@ -97,16 +106,15 @@ def test_tiny_parallel_layout_matches_one_gpu(tiny_scores, variant, layout, gpu_
     if variant != "bf16":  # the kernel the variant names is the one that ran
         assert {"nvfp4-marlin": "Marlin", "nvfp4-emulation": "emulation"}[variant] in info["kernel"], info["kernel"]
     assert [r.n_tokens for r in many] == [r.n_tokens for r in one]  # same documents, same order
-    assert abs(ppl - ppl1) / ppl1 < LAYOUT_TOL, (ppl1, ppl)
-    if layout == "dp2":
-        assert info["data_parallel"]["size"] == 2 and len(set(info["data_parallel"]["devices"])) == 2
-        assert abs(ppl - ppl1) / ppl1 < 1e-5, (ppl1, ppl)  # the same per-document sums, merged in order
+    assert info["data_parallel"]["size"] == 2 and len(set(info["data_parallel"]["devices"])) == 2
+    assert abs(ppl - ppl1) / ppl1 < 1e-5, (ppl1, ppl)  # the same per-document sums, merged in order
 
 
 @needs_two
 def test_1p5b_data_parallel_speedup(bench_models, bench_workload, gpu_results, benchmark):
-    """The throughput workload (200 x 2040 tokens) on one engine and on two (one per GPU): scoring time, wall with
-    the engines' start, PPL equal."""
+    """The throughput workload (200 x 2040 tokens) on one engine and on two (one per GPU): scoring time (the median of
+    ROUNDS after a warm-up), wall with the engines' start, PPL equal. One GPU's first 50 documents are the BF16
+    reference of the layout tests below (the same engine settings), so they need no engine of their own."""
     docs = bench_workload["prompts"]
     tokens = sum(len(d) - 1 for d in docs)
     out: dict = {}
@@ -116,17 +124,27 @@ def test_1p5b_data_parallel_speedup(bench_models, bench_workload, gpu_results, b
         eng = make_backend("vllm", EngineSpec(model=str(bench_models["bf16"]), precision="bf16",
                                               max_model_len=bench_workload["max_model_len"], engine_kwargs=kw))
         start = time.perf_counter() - t0
+        rounds: list[float] = []
+
+        def timed():
+            t = time.perf_counter()
+            r = eng.loglikelihood_rolling(docs)
+            rounds.append(time.perf_counter() - t)
+            return r
+
         try:
             eng.loglikelihood_rolling(docs[:4])  # warm-up
-            t1 = time.perf_counter()
-            res = (benchmark.pedantic(eng.loglikelihood_rolling, args=(docs,), rounds=1, iterations=1) if dp == 2
-                   else eng.loglikelihood_rolling(docs))
-            score_s = time.perf_counter() - t1
+            res = (benchmark.pedantic(timed, rounds=ROUNDS, iterations=1) if dp == 2
+                   else [timed() for _ in range(ROUNDS)][-1])
         finally:
             eng.close()
+        score_s = statistics.median(rounds)
         out[f"dp{dp}"] = {"engine_start_s": round(start, 1), "score_s": round(score_s, 2),
-                          "tok_s": round(tokens / score_s), "wall_s": round(time.perf_counter() - t0, 1),
-                          "ppl": _ppl(res)}
+                          "rounds_s": [round(x, 2) for x in rounds], "tok_s": round(tokens / score_s),
+                          # start to close with one round, as the earlier runs measured it
+                          "wall_s": round(time.perf_counter() - t0 - sum(rounds) + score_s, 1), "ppl": _ppl(res)}
+        if dp == 1:
+            _PPL_1P5B[("bf16", "one")] = _ppl(res[:LAYOUT_DOCS])
     out["speedup_scoring"] = round(out["dp1"]["score_s"] / out["dp2"]["score_s"], 2)
     out["speedup_wall"] = round(out["dp1"]["wall_s"] / out["dp2"]["wall_s"], 2)
     gpu_results("throughput_1p5b_dp2_vs_dp1", out)
@@ -134,15 +152,13 @@ def test_1p5b_data_parallel_speedup(bench_models, bench_workload, gpu_results, b
     assert abs(out["dp2"]["ppl"] - out["dp1"]["ppl"]) / out["dp1"]["ppl"] < 1e-5, out
 
 
-_PPL_1P5B: dict = {}
-
 
 @needs_two
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 def test_1p5b_parallel_layout_matches_one_gpu(bench_models, bench_workload, variant, layout, gpu_results):
     precision, extra = VARIANTS[variant]
-    docs = bench_workload["prompts"][:50]
+    docs = bench_workload["prompts"][:LAYOUT_DOCS]
     ppl = {}
     for name in ("one", layout):
         if (variant, name) not in _PPL_1P5B:  # one GPU's number is shared by the layouts
