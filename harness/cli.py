@@ -57,7 +57,8 @@ def _show_verdict(rep: dict, verdict) -> None:
 
 def cmd_quantize(a) -> int:
     s = _session(a)
-    path, info = s.checkpoint()
+    ck = s.checkpoint()
+    path, info = ck.path, ck.info
     print(json.dumps({"path": str(path), **info}, indent=1))
     return 0
 

@@ -54,7 +54,8 @@ def recipe_row(session, verdict) -> dict:
     from harness.checkpoint import disk_size
 
     o = session.overall()
-    path, info = session.checkpoint()
+    ck = session.checkpoint()
+    path, info = ck.path, ck.info
     dist = session.distribution_stats(None) or {}
     kld = dist.get("kld") or {}
     return {"recipe": session.recipe_name, "score": o.score,

@@ -101,7 +101,7 @@ class TokenStats:
     total_tokens: int      # all tokens fed to the model
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedDataset:
     name: str
     rule: str

@@ -20,6 +20,7 @@ from harness.prepare import load_tokenizer, prepare_dataset
 from harness.provide import CheckpointProvider
 from harness.session_baselines import BaselineSteps
 from harness.session_judging import JudgingSteps
+from harness.stages import Checkpoint, Prepared, Scores, score_dataset
 from harness.timings import StageClock
 
 
@@ -116,6 +117,10 @@ class GateSession(BaselineSteps, JudgingSteps):
                 self._prepared[name] = prepare_dataset(self.cfg, name, self.tokenizer(), self.log)
         return self._prepared[name]
 
+    def prepare_all(self) -> Prepared:
+        """The prepare stage's result: every dataset of the config (each prepared once per session)."""
+        return Prepared({n: self.prepared(n) for n in self.dataset_names})
+
     # ---- quantization -------------------------------------------------------
     def recipe(self):
         return self.provider.recipe()
@@ -123,8 +128,8 @@ class GateSession(BaselineSteps, JudgingSteps):
     def calibration(self):
         return self.provider.calibration()
 
-    def checkpoint(self) -> tuple[Path, dict]:
-        """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
+    def checkpoint(self) -> Checkpoint:
+        """The provide stage's result: the quantized checkpoint (from the cache, built now, or an existing one)."""
         with self.clock("quantize"):
             return self.provider.checkpoint()
 
@@ -140,7 +145,7 @@ class GateSession(BaselineSteps, JudgingSteps):
 
                 check_shards(Path(model))
         else:
-            model = str(self.checkpoint()[0])
+            model = str(self.checkpoint().path)
 
         def make():
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
@@ -174,23 +179,18 @@ class GateSession(BaselineSteps, JudgingSteps):
             eng = self._engine(precision)
             self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
                      f"with {self.backend}/{precision}")
-            t0 = time.time()
             show = self._shows_progress() and getattr(eng, "reports_progress", False)
             with self.clock("scoring"), ScoringProgress(f"{name} {precision}", len(prep.token_ids),
                                                         enabled=show) as progress:
-                res = eng.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=self.token_detail,
-                                                top_k=self.top_k)
-                topk = None
-                if self.top_k:
-                    from harness.distributions import from_results
-
-                    topk = from_results(res, prep.token_ids, self.top_k, self.backend)
-            s = DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
-                             eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
-                             token_logprobs=[r.token_logprobs for r in res] if self.token_detail else None, topk=topk)
+                s = score_dataset(eng, prep, top_k=self.top_k, token_detail=self.token_detail, progress=progress)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
             self._scores[key] = s
         return self._scores[key]
+
+    def scores(self, precision: str = "nvfp4") -> Scores:
+        """The score stage's result: every dataset scored at this precision (each once per session)."""
+        datasets = {n: self.score(n, precision) for n in self.dataset_names}
+        return Scores(precision, datasets, self.engine_info(precision))
 
     def scored(self, name: str, precision: str = "nvfp4") -> bool:
         """Whether this dataset has been scored at this precision in this session."""

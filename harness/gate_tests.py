@@ -17,10 +17,10 @@ pytestmark = pytest.mark.harness_gate
 
 
 def test_quantize(harness_session, benchmark):
-    path, info = benchmark.pedantic(harness_session.checkpoint, rounds=1, iterations=1)
-    benchmark.extra_info.update(cache_hit=info["cache_hit"], quantize_s=info["quantize_s"], recipe=info["recipe"])
-    assert (path / "config.json").exists()
-    assert info["scheme"] == harness_session.recipe().scheme
+    ck = benchmark.pedantic(harness_session.checkpoint, rounds=1, iterations=1)
+    benchmark.extra_info.update(cache_hit=ck.cache_hit, quantize_s=ck.info["quantize_s"], recipe=ck.info["recipe"])
+    assert (ck.path / "config.json").exists()
+    assert ck.scheme == harness_session.recipe().scheme
 
 
 def test_dataset_score(harness_session, scoring_engine, harness_dataset, benchmark):

@@ -5,7 +5,7 @@ Pure functions of scores, baselines and thresholds (no engines, no files): the g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.metrics import Comparison, compare, overall_nll, paired_bootstrap
@@ -30,10 +30,17 @@ class Outcome:
                 f"({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
-    outcomes: list[Outcome]
-    notes: list[str] = field(default_factory=list)
+    """The judge stage's result: every outcome (datasets, overall, distribution limits, recipe regression) and the
+    notes said under it."""
+
+    outcomes: tuple = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     @property
     def passed(self) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetScore:
     """Per-document NLL sums and token counts of one dataset, and what follows from them."""
 

@@ -1,5 +1,5 @@
-"""pytest plugin: options (one group), markers, session state on ``config``, fixtures. Hooks and fixtures only;
-the workflow lives in ``harness.gate``.
+"""pytest plugin: options (one group), markers, session state on ``config``, fixtures (harness/fixtures.py). Hooks
+and fixtures only; the workflow lives in ``harness.run`` and its stages.
 """
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
+from harness.fixtures import (harness_checkpoint, harness_config, harness_prepared, harness_scores, harness_session,
+                              quantized_checkpoint, scoring_engine)
+
+__all__ = ["harness_checkpoint", "harness_config", "harness_prepared", "harness_scores", "harness_session",
+           "quantized_checkpoint", "scoring_engine"]  # the fixtures pytest registers from this plugin module
 
 
 def pytest_addoption(parser):
@@ -318,42 +323,6 @@ def pytest_generate_tests(metafunc):
     if "harness_dataset" in metafunc.fixturenames:
         names = list(dict.fromkeys(d for c in cases for d in c.cfg.datasets))
         metafunc.parametrize("harness_dataset", names)
-
-
-@pytest.fixture(scope="session")
-def harness_config(pytestconfig):
-    """The validated gate config (--harness-config)."""
-    try:
-        return pytestconfig._harness.cfg
-    except HarnessError as e:
-        raise pytest.UsageError(str(e)) from None
-
-
-@pytest.fixture(scope="session")
-def harness_session(pytestconfig, harness_case):
-    """The gate session of one (model, recipe) case; writes its report and closes its engine when done."""
-    state = pytestconfig._harness
-    s = state.session(harness_case)
-    yield s
-    state.finish(s)
-
-
-@pytest.fixture(scope="session")
-def quantized_checkpoint(harness_session):
-    """Path of the quantized checkpoint (built once, then served from the content-addressed cache)."""
-    return harness_session.checkpoint()[0]
-
-
-@pytest.fixture(scope="session")
-def scoring_engine(harness_session):
-    """``scoring_engine(precision="nvfp4")`` -> the started backend for that precision. One engine is alive at a
-    time: asking for another precision closes (and frees) the current one first."""
-
-    def get(precision: str = "nvfp4"):
-        harness_session.start_engine(precision)
-        return harness_session.engines.current
-
-    return get
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

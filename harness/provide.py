@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError, unknown_name
+from harness.stages import Checkpoint
 
 
 class CheckpointProvider:
@@ -17,7 +18,7 @@ class CheckpointProvider:
         self.cfg, self.recipe_name, self.existing, self.interp, self.log = cfg, recipe_name, existing, interp, log
         self._model_identity, self._check_architecture = model_identity, check_architecture
         self._recipe = None
-        self._checkpoint: tuple[Path, dict] | None = None
+        self._checkpoint: Checkpoint | None = None
 
     def recipe(self):
         if self._recipe is None:
@@ -44,8 +45,8 @@ class CheckpointProvider:
         cal.data_files = self.cfg.resolve_files(cal.data_files)
         return cal
 
-    def checkpoint(self) -> tuple[Path, dict]:
-        """The quantized checkpoint (from the cache, or built now); returns (path, info with cache_hit)."""
+    def checkpoint(self) -> Checkpoint:
+        """The quantized checkpoint (from the cache, or built now), its info with cache_hit."""
         if self._checkpoint is None and self.existing:
             from harness.checkpoint import existing_checkpoint
 
@@ -53,7 +54,7 @@ class CheckpointProvider:
             info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
             self._check_architecture(path)
             self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
-            self._checkpoint = (Path(path), info)
+            self._checkpoint = Checkpoint(Path(path), info)
         if self._checkpoint is None:
             from harness import quantize as q
             from harness.checkpoint import check_shards, require_scheme
@@ -78,10 +79,10 @@ class CheckpointProvider:
                 path, meta = entry
                 self.log(f"no quantization interpreter here ({str(e).splitlines()[0][:160]}); using the cached "
                          f"checkpoint built with {meta['material']['versions']}: {path}")
-                self._checkpoint = (path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0,
-                                           "recipe": recipe.name, "scheme": recipe.scheme,
-                                           "quantize_s": meta.get("build", {}).get("quantize_s"),
-                                           "versions": meta.get("build", {}).get("versions")})
+                self._checkpoint = Checkpoint(path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0,
+                                                     "recipe": recipe.name, "scheme": recipe.scheme,
+                                                     "quantize_s": meta.get("build", {}).get("quantize_s"),
+                                                     "versions": meta.get("build", {}).get("versions")})
                 return self._checkpoint
             key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions)
 
@@ -108,5 +109,5 @@ class CheckpointProvider:
             info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
                     "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
             self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
-            self._checkpoint = (path, info)
+            self._checkpoint = Checkpoint(path, info)
         return self._checkpoint

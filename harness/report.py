@@ -22,7 +22,8 @@ def build_report(session, verdict) -> dict:
     from harness.checkpoint import disk_size
 
     cfg = session.cfg
-    ckpt, ckpt_info = session.checkpoint()
+    ck = session.checkpoint()
+    ckpt, ckpt_info = ck.path, ck.info
     q_info = session.engine_info("nvfp4")
     datasets = []
     for name in session.dataset_names:

@@ -12,32 +12,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.judge import Verdict
+from harness.stages import Checkpoint, Prepared, ReportFiles, Scores
 
 
 @dataclass(frozen=True)
 class Finished:
-    verdict: object       # harness.judge.Verdict
+    """What a gate run produced, stage by stage (harness/stages.py)."""
+
+    verdict: Verdict
     report: dict          # report.json's content
-    folder: Path          # where the report was written
+    files: ReportFiles    # the report folder and what is in it
     time_line: str        # "time: ..." (harness/timings.py)
+    prepared: Prepared
+    checkpoint: Checkpoint
+    scores: Scores
     recipe_record: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.files.folder
 
 
 def run_gate(session, report_dir: Path, show=None) -> Finished:
-    """Preflight, baselines (updated first in update mode), the checkpoint, every dataset scored, engines closed;
-    then :func:`finish`."""
+    """prepare -> (update mode: BF16 scored, baselines written) -> provide -> score -> judge -> render; the session
+    keeps each stage's result and the one engine alive between stages."""
     session.preflight(report_dir)      # bad input refused before any quantization or GPU time
+    session.prepare_all()
     for n in session.dataset_names:    # (in update mode: score BF16 and write the baselines first)
         session.baseline(n)
     session.checkpoint()
-    for n in session.dataset_names:
-        session.score(n)
+    session.scores("nvfp4")
     session.engines.close()
     return finish(session, report_dir, show)
 
 
 def finish(session, report_dir: Path, show=None) -> Finished:
-    from harness.report import build_report, session_token_logprobs, write_report
+    """judge and render, once every dataset is scored (pytest: by the gate tests; the CLI: by :func:`run_gate`)."""
+    from harness.report import build_report, session_token_logprobs
+    from harness.stages import render
     from harness.timings import line
 
     record = session.recipe_record()  # with --record-recipe: stored before the verdict pairs recipes with it
@@ -48,9 +61,10 @@ def finish(session, report_dir: Path, show=None) -> Finished:
         show(rep, verdict)
     try:
         with session.clock("report"):
-            folder = write_report(rep, report_dir, session.log_lines, session_token_logprobs(session),
-                                  session.time_breakdown)
+            files = render(rep, report_dir, session.log_lines, session_token_logprobs(session),
+                           session.time_breakdown)
     except OSError as e:
         raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
                            f"{e.strerror or e}") from None
-    return Finished(verdict, rep, folder, line(session.time_breakdown()), record)
+    return Finished(verdict, rep, files, line(session.time_breakdown()), session.prepare_all(),
+                    session.checkpoint(), session.scores("nvfp4"), record)

@@ -79,7 +79,7 @@ def tiny_checkpoint():
 
     s = GateSession(load_config(), quiet=True)
     try:
-        return s.checkpoint()[0]
+        return s.checkpoint().path
     finally:
         s.close()
 

@@ -142,7 +142,7 @@ def tiny_full_logprobs(quick_project):
     cfg = load_config(quick_project / "configs/tiny.yaml")
     s = GateSession(cfg, quiet=True)
     try:
-        ckpt = s.checkpoint()[0]
+        ckpt = s.checkpoint().path
         docs = [d for n in s.dataset_names for d in s.prepared(n).token_ids]
     finally:
         s.close()

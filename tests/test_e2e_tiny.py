@@ -129,7 +129,7 @@ def test_run_to_run_noise_is_far_below_the_nvfp4_cost(gate_run, tmp_path):
     s = GateSession(cfg, quiet=True)
     try:
         other = s.outcome(None).comparison.score
-        assert s.checkpoint()[1]["cache_hit"] is False  # a different seed is a different cache entry
+        assert s.checkpoint().info["cache_hit"] is False  # a different seed is a different cache entry
     finally:
         s.close()
     cost = 100.0 - rep["overall"]["score"]
@@ -138,9 +138,10 @@ def test_run_to_run_noise_is_far_below_the_nvfp4_cost(gate_run, tmp_path):
 
 def test_second_session_hits_the_checkpoint_cache():
     first = GateSession(load_config(), quiet=True)
-    path, _ = first.checkpoint()
+    path = first.checkpoint().path
     second = GateSession(load_config(), quiet=True)
-    path2, info = second.checkpoint()
+    ck = second.checkpoint()
+    path2, info = ck.path, ck.info
     assert path2 == path and info["cache_hit"] is True
 
 
@@ -188,7 +189,7 @@ def test_every_subcommand_has_help(cmd):
 def test_cache_ls_and_clear(tmp_path, capsys):
     import shutil
 
-    built, _ = GateSession(load_config(), quiet=True).checkpoint()  # the session's cache: built once per run
+    built = GateSession(load_config(), quiet=True).checkpoint().path  # the session's cache: built once per run
     cfg = load_config()
     cfg.cache_dir = str(tmp_path / "cache")
     path = tmp_path / "cache" / "checkpoints" / built.name  # the same entry, in a cache of its own

@@ -250,7 +250,7 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     assert any("loaded with device_map=auto_offload" in f.read_text() for f in logs)
 
     monkeypatch.setenv("HARNESS_CACHE", suite_cache)  # the suite's cache: the same checkpoint, loaded whole into RAM
-    plain, _ = GateSession(load_config(config), quiet=True).checkpoint()
+    plain = GateSession(load_config(config), quiet=True).checkpoint().path
     a, b = load_file(plain / "model.safetensors"), load_file(entries[0] / "model.safetensors")
     assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
     assert all((a[k] == b[k]).all() for k in a), "offloaded loading changed the quantized weights"

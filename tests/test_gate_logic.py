@@ -12,6 +12,7 @@ from harness.backends.base import Backend, DocResult
 from harness.config import load_config
 from harness.errors import BackendError, ConfigError, HarnessError
 from harness.gate import GateSession
+from harness.stages import Checkpoint
 
 ALIVE: list = []
 
@@ -64,7 +65,7 @@ def session(project, monkeypatch, tmp_path):
         writer = GateSession(cfg, quiet=True, update_baselines=True)  # fake BF16 baselines in the project copy
         writer.update_baselines()
         s = GateSession(cfg, quiet=True)
-        s.provider._checkpoint = (ckpt, {"cache_hit": True, "scheme": "NVFP4", "recipe": "nvfp4"})
+        s.provider._checkpoint = Checkpoint(ckpt, {"cache_hit": True, "scheme": "NVFP4", "recipe": "nvfp4"})
         return s
 
     yield make

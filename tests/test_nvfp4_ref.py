@@ -150,7 +150,7 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True)
     try:
-        ckpt = s.checkpoint()[0]
+        ckpt = s.checkpoint().path
         docs = s.prepared("wikitext2").token_ids[:12]
     finally:
         s.close()
@@ -187,7 +187,7 @@ def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, t
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True, recipe="nvfp4a16")
     try:
-        ckpt = s.checkpoint()[0]
+        ckpt = s.checkpoint().path
     finally:
         s.close()
     with pytest.raises(ValueError, match="input_global_scale for 0 of"):
@@ -218,7 +218,7 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     (proj / "configs/real.yaml").write_text(yaml.safe_dump(cfg))
     s = GateSession(load_config(proj / "configs/real.yaml"), quiet=True, recipe="nvfp4")
     try:
-        ck = s.checkpoint()[0]
+        ck = s.checkpoint().path
         docs = s.prepared("wikitext2").token_ids
     finally:
         s.close()

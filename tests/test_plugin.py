@@ -76,6 +76,26 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
     assert r.stdout.str().count("baselines updated") == 1  # one BF16 update serves both recipes
 
 
+def test_the_fixtures_hand_user_tests_the_stage_results(gate_project):
+    pytester = gate_project
+    pytester.makepyfile(test_mine="""
+from harness.stages import Checkpoint, Prepared, Scores
+
+def test_stages(harness_prepared, harness_checkpoint, harness_scores):
+    assert isinstance(harness_prepared, Prepared) and isinstance(harness_checkpoint, Checkpoint)
+    assert isinstance(harness_scores, Scores)
+    assert sorted(harness_prepared.names) == ["ultrachat", "wikitext2"]
+    assert harness_prepared.names == list(harness_scores.datasets)      # the config's order
+    assert harness_scores.tokens == harness_prepared.tokens > 0     # every prepared token scored, once
+    assert harness_checkpoint.scheme == "NVFP4" and (harness_checkpoint.path / "config.json").exists()
+    assert harness_scores.engine["kernel"] == "hf-fake-quant W4A4"
+""")
+    r = pytester.runpytest_inprocess("test_mine.py", "--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4",
+                                      "-p", "no:cacheprovider", "--benchmark-disable")
+    r.assert_outcomes(passed=1)
+    r.stdout.fnmatch_lines(["*tiny-qwen2/nvfp4] GATE PASSED*"])  # the session's report, from the fixtures' scores
+
+
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
     p = gate_project
     # the override replaces every score threshold (the config's 98.5 / 99.0 pass): every score test fails; quantize

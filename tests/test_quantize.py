@@ -67,12 +67,13 @@ def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
     from harness.config import load_config
     from harness.gate import GateSession
 
-    built, _ = GateSession(load_config(), quiet=True).checkpoint()  # the session's cache, built once per run
+    built = GateSession(load_config(), quiet=True).checkpoint().path  # the session's cache, built once per run
     no_llmc = tmp_path / "python"
     no_llmc.write_text("#!/bin/sh\necho '{\"llmcompressor\": null, \"compressed-tensors\": null}'\n")
     no_llmc.chmod(no_llmc.stat().st_mode | stat.S_IEXEC)
     lines = []
-    path, info = GateSession(load_config(), log=lines.append, quant_python=str(no_llmc)).checkpoint()
+    ck = GateSession(load_config(), log=lines.append, quant_python=str(no_llmc)).checkpoint()
+    path, info = ck.path, ck.info
     assert path == built and info["cache_hit"] is True
     assert any("no quantization interpreter here (llmcompressor is not installed" in ln for ln in lines)
     cfg = load_config()

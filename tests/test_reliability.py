@@ -96,8 +96,8 @@ def test_checkpoint_that_is_not_the_promised_scheme_is_refused(project, tmp_path
         s.checkpoint()
     assert list((tmp_path / "cache/checkpoints").iterdir()) == []  # no entry, no temp dir, no spec file
     _recipe_variant(project, "honest", lambda d: d.update(scheme="NVFP4"))  # the same recipe text, built and cached
-    path, info = GateSession(cfg, recipe="honest", quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
-    assert info["cache_hit"] is False
+    ck = GateSession(cfg, recipe="honest", quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
+    assert ck.cache_hit is False
     with pytest.raises(HarnessError, match="expected a compressed-tensors NVFP4A16 checkpoint, found NVFP4"):
         GateSession(cfg, recipe="claims-a16", quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
 

@@ -62,7 +62,8 @@ def test_gate_an_existing_modelopt_checkpoint(layouts, gpu_cfg, gpu_results):
         w.close()
     s = GateSession(cfg, backend="vllm")
     try:
-        path, info = s.checkpoint()
+        ck = s.checkpoint()
+        path, info = ck.path, ck.info
         verdict = s.verdict()
         engine = s.engine_info("nvfp4")
     finally:

@@ -98,7 +98,8 @@ def test_real_gate(real_cfg, real_baseline, recipe, fidelity, kernel, gpu_result
     cfg.fidelity = fidelity
     s = GateSession(cfg, backend="vllm", recipe=recipe)
     try:
-        path, qinfo = s.checkpoint()
+        ck = s.checkpoint()
+        path, qinfo = ck.path, ck.info
         benchmark.pedantic(lambda: [s.score(n) for n in s.dataset_names], rounds=1, iterations=1)
         verdict = s.verdict()
         info = s.engine_info("nvfp4")

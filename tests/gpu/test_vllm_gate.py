@@ -26,7 +26,7 @@ def _nvfp4_session(gpu_cfg, fidelity):
 def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, fidelity, gpu_results, benchmark):
     s = _nvfp4_session(gpu_cfg, fidelity)
     try:
-        path, qinfo = s.checkpoint()   # built by llm-compressor in the quantization interpreter
+        qinfo = s.checkpoint().info   # built by llm-compressor in the quantization interpreter
         t0 = time.time()
         benchmark.pedantic(lambda: [s.score(n) for n in s.dataset_names], rounds=1, iterations=1)
         verdict = s.verdict()
