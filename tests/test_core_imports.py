@@ -3,13 +3,15 @@ llm-compressor, matplotlib, datasets or numpy; those load only where a step need
 reference is numpy by design and is left out of that list."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 CORE = ["config", "data", "prepare", "provide", "engines", "judge", "metrics", "baselines", "report", "gate",
         "recipes", "bundled", "atomic", "identity", "plugin", "cli", "backends", "options", "fidelity", "preflight",
         "pypi_models", "locate", "run", "cli_parser", "session_baselines", "session_judging", "report_markdown",
-        "report_chart", "recipe_records", "compare", "validation_messages", "overrides"]
+        "report_chart", "recipe_records", "compare", "validation_messages", "overrides", "stages"]
 HEAVY = ["torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy"]
 
 
@@ -27,3 +29,41 @@ def test_the_cli_imports_without_pytest(root):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False False", r.stdout
+
+
+def _harness_imports(root: Path) -> dict[str, set[str]]:
+    """Each harness module and the harness modules it imports, anywhere in it (at the top or inside a function)."""
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "harness").rglob("*.py")}
+    graph = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            deps |= {n for n in names if n in files and n != mod}
+        graph[mod] = deps
+    return graph
+
+
+def test_no_import_cycle_among_harness_modules(root):
+    """Not even through an import inside a function: each module's dependencies form a tree of layers."""
+    graph = _harness_imports(root)
+    assert "harness.stages" in graph["harness.run"] and "harness.gate" not in graph["harness.judge"]  # it reads them
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = "open"
+        path.append(m)
+        for d in sorted(graph[m]):
+            assert state.get(d) != "open", "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.backends.base import Backend, DocResult, EngineSpec, check_results
+from harness.backends.base import Backend, DocResult, EngineSpec, check_results, load_class
 from harness.errors import ConfigError, unknown_name
 
 
@@ -37,14 +37,6 @@ def backend_spec(name: str) -> BackendSpec:
 
 def backend_class(name: str) -> type[Backend]:
     return load_class(backend_spec(name).cls)
-
-
-def load_class(path: str) -> type[Backend]:
-    """A backend class from ``module:Class``."""
-    import importlib
-
-    mod, cls = path.split(":")
-    return getattr(importlib.import_module(mod), cls)
 
 
 def make_backend(name: str, spec: EngineSpec) -> Backend:

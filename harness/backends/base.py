@@ -83,3 +83,11 @@ def check_results(results: list[DocResult], docs: Sequence[Sequence[int]], backe
             raise BackendError(f"{backend}: document {i} has a non-finite log-probability sum ({r.logprob_sum}); "
                                "the model produced NaN/inf logits: the checkpoint or kernel is broken")
     return results
+
+
+def load_class(path: str):
+    """What ``module:name`` names, imported now: a backend class, or a function of a BackendSpec."""
+    import importlib
+
+    mod, cls = path.split(":")
+    return getattr(importlib.import_module(mod), cls)

@@ -22,8 +22,7 @@ import time
 import traceback
 from typing import Sequence
 
-from harness.backends import load_class
-from harness.backends.base import Backend, DocResult, EngineSpec, check_results
+from harness.backends.base import Backend, DocResult, EngineSpec, check_results, load_class
 from harness.errors import BackendError, ConfigError
 
 OWNED_KEY = "data_parallel_size"
