@@ -2,9 +2,9 @@
 
 - tensor_parallel_size=2 and pipeline_parallel_size=2 against one GPU on the same checkpoint: PPL within LAYOUT_TOL (0.306%), for
   BF16, NVFP4 Marlin and NVFP4 emulation, at the Qwen2.5-1.5B shape;
-- data_parallel_size=2 (one engine per GPU, the harness's own sharding), through the gate's own engine path on the
-  tiny default: the same documents, in the same order, with the same token counts and PPL as one engine, for the three
-  kernels; the speedup on two GPUs at the 1.5B shape and for the 72B-shape gate;
+- data_parallel_size=2 (one engine per GPU, the harness's own sharding): the same documents, in the same order, with
+  the same token counts and PPL as one engine (Marlin on the tiny default through the gate's engine path; BF16 at the
+  1.5B shape); the speedup on two GPUs at the 1.5B shape and for the 72B-shape gate (emulation W4A4, same score);
 - the 72B-shape BF16 baseline with TP=2 and no offload, side by side with one GPU and CPU offload: wall, tokens/s,
   PPL (must agree);
 - a BF16 baseline update of a model that does not fit one GPU's configured share (7B shape) with TP=2 against CPU
@@ -88,11 +88,16 @@ def tiny_scores(gpu_cfg):
     return run
 
 
-# The tiny default runs DP=2 only. Its TP=2 and PP=2 passed on 2026-11-27 and 2026-11-29 and are the 1.5B-shape tests'
-# comparisons on the same three kernels at a real layer shape; each cost ~47 s of engine start for a 2-layer model, and
-# the whole two-GPU suite has to fit one session's 30 minutes of device time with its staging (2026-11-30: it did not).
+# The whole two-GPU suite has to fit one session's 30 minutes of device time with its staging (2026-11-30: it did not),
+# and every engine start costs ~35-47 s even for the 2-layer tiny model. So each layout x kernel is measured once:
+# TP=2 and PP=2 on the three kernels at the 1.5B shape; DP=2 with BF16 at the 1.5B shape (the speedup test, PPL equal)
+# and with emulation W4A4 at the 72B shape (the gate's own DP path, the same score); DP=2 with Marlin here. The tiny
+# TP/PP and BF16/emulation DP tests this replaces passed on 2026-11-27 and 2026-11-29 (exact or within 4.2e-4).
+TINY_DP_VARIANTS = ["nvfp4-marlin"]
+
+
 @needs_two
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", TINY_DP_VARIANTS)
 def test_tiny_data_parallel_matches_one_gpu(tiny_scores, variant, gpu_results):
     layout = "dp2"
     one, info1 = tiny_scores(variant, "one")
