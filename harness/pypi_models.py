@@ -21,6 +21,7 @@ weights, not to the original BF16 release. No torch import at module import time
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,8 +261,9 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
     from harness.backends.hf import without_progress_bars
 
     hf_logging.disable_progress_bar()
-    with without_progress_bars():  # the GGUF loader's own bar per tensor; the harness says what it does instead
+    with without_progress_bars(), gguf_parsed_once():  # the loader's own bar per tensor: the harness says instead
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+        tok = load_gguf_tokenizer(m, gguf)
     config = loaded.config
     for attr in ("quantization_config",):
         if hasattr(config, attr):
@@ -271,7 +274,6 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
     clean.load_state_dict(loaded.state_dict(), strict=True)
     del loaded
     clean.save_pretrained(str(out))
-    tok = load_gguf_tokenizer(m, gguf)
     tok.save_pretrained(str(out))
     cfg_file = out / "config.json"  # the GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2") is no model path
     cfg_file.write_text(json.dumps({k: v for k, v in json.loads(cfg_file.read_text()).items()
@@ -286,6 +288,34 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
             "weights_sha256": tensors_sha256(clean.state_dict()), "dtype": "bfloat16",
             "converter": _versions(("transformers", "torch", "gguf")),
             "converted": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+@contextmanager
+def gguf_parsed_once():
+    """transformers' GGUF loader parses the whole file at each of its four calls in a conversion (config, weights,
+    and twice for the tokenizer): every vocabulary string through numpy memmaps, ~7 s each for SmolLM2's 49k tokens;
+    and it builds gguf's tensor-name map once per module (397 times, ~12 s). Both are pure functions of their
+    arguments (a read-only memmapped file; an architecture and a layer count), so inside this block each is computed
+    once. On the 2-core machine the SmolLM2 conversion took 38 s without this and 27 s with it, the written files
+    byte for byte the same (2026-11-30)."""
+    import gguf
+
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict = {}
+
+    def reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if mode != "r":  # a writable map is not shared
+            return real_reader(path, mode)
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_map
 
 
 def _tidy_config(config) -> None:

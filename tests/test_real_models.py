@@ -329,3 +329,29 @@ def test_fetch_model_lists_the_models_with_their_origin(capsys, tmp_path, monkey
     assert "gemma3-270m" in out and "(+ chunks)" in out and "Gemma Terms of Use" in out
     assert main(["fetch-model", "gemma"]) == 2  # unknown: exit 2 with the known names
     assert "did you mean 'gemma3-270m'" in capsys.readouterr().err
+
+
+def test_a_conversion_parses_the_gguf_once_and_leaves_the_library_as_it_was(tmp_path):
+    """Inside gguf_parsed_once every GGUFReader of one file is the same parse and the tensor-name map is built once per
+    (architecture, layers); outside, and after an error inside, gguf's own functions are back."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(2)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with pm.gguf_parsed_once():
+        a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert a is b and [t.name for t in a.tensors] == ["token_embd.weight"]
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
+    with pytest.raises(RuntimeError), pm.gguf_parsed_once():
+        raise RuntimeError("the loader failed")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
