@@ -79,17 +79,26 @@ class atomic_dir:
     ``final`` in one rename, on any error or interrupt it is removed. When ``final`` exists by then, ``on_exists``
     decides: ``keep`` it (another process won the race with the same content: a cache), ``replace`` it (the old
     folder is moved aside first and removed only once the new one is in place: a rebuilt model), or publish as
-    ``final-2``, ``final-3``, ... (``unique``: reports of the same second). ``.final`` is where it went."""
+    ``final-2``, ``final-3``, ... (``unique``: reports of the same second). ``.final`` is where it went.
+    ``tmp_name``: the temporary folder's exact name, for a caller that holds a lock on ``final`` and recognises its
+    own leftovers by name after a kill (the checkpoint cache: ``.tmp-<key>-<pid>``)."""
 
-    def __init__(self, final: Path, prefix: str = ".tmp-", on_exists: str = "keep"):
+    def __init__(self, final: Path, prefix: str = ".tmp-", on_exists: str = "keep", tmp_name: str | None = None):
         if on_exists not in ("keep", "replace", "unique"):
             raise ValueError(f"on_exists={on_exists!r}: keep, replace or unique")
-        self.final, self.prefix, self.on_exists = Path(final), prefix, on_exists
+        self.final, self.prefix, self.on_exists, self.tmp_name = Path(final), prefix, on_exists, tmp_name
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
+        import shutil
+
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}{self.final.name}-", dir=self.final.parent))
+        if self.tmp_name:
+            self.tmp = self.final.parent / self.tmp_name
+            shutil.rmtree(self.tmp, ignore_errors=True)  # a dead process's of the same name (a reused pid)
+            self.tmp.mkdir()
+        else:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}{self.final.name}-", dir=self.final.parent))
         readable(self.tmp, folder=True)
         return self.tmp
 

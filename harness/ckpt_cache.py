@@ -56,7 +56,9 @@ def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict) 
     return digest, material
 
 
-_TMP = re.compile(r"^\.tmp-(?P<key>[^-]+)-(?P<pid>\d+)(?:\.spec\.json|\.offload)?$")
+# a builder's leftovers after a kill: its temp folder, spec file and offload folder, and a damaged entry it had moved
+# aside to replace (harness.atomic.atomic_dir, on_exists="replace")
+_TMP = re.compile(r"^\.(?:tmp-(?P<key>[^-.]+)-(?P<pid>\d+)(?:\.spec\.json|\.offload)?|(?P<old>[^-.]+)\.old-(?P<opid>\d+))$")
 
 
 class CheckpointCache:
@@ -86,7 +88,10 @@ class CheckpointCache:
             return removed
         for p in self.root.iterdir():
             m = _TMP.match(p.name)
-            if not m or (m["key"] != held_key and pid_alive(int(m["pid"]))):
+            if not m:
+                continue
+            key, pid = (m["key"], m["pid"]) if m["key"] else (m["old"], m["opid"])
+            if key != held_key and pid_alive(int(pid)):
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p.name)
@@ -105,7 +110,7 @@ class CheckpointCache:
         return not bad
 
     def get_or_build(self, key: str, material: dict, build, log=print) -> tuple[Path, bool]:
-        """Return (path, hit). ``build(tmp_dir)`` must fill tmp_dir; it is moved into place only if it returns."""
+        """Return (path, hit). ``build(tmp_dir)`` fills an empty temp folder; it is moved into place only if it returns."""
         final = self.entry(key)
         if self.sound(key):
             return final, True
@@ -113,17 +118,15 @@ class CheckpointCache:
             self.clean_orphans(held_key=key, log=log)
             if self.sound(key, log=log):  # built by the process we waited for
                 return final, True
-            tmp = self.root / f".tmp-{key}-{os.getpid()}"
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                info = build(tmp)
-                (tmp / "harness_cache.json").write_text(
-                    json.dumps({"key": key, "material": material, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "build": info}, indent=1, default=str) + "\n")
-                cache_manifest.write(tmp)
-                if final.exists():  # a damaged or incomplete entry: out of the way first
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
+            from harness.atomic import atomic_dir
+
+            try:  # a damaged or incomplete entry is replaced: moved aside, removed once the new one is in place
+                with atomic_dir(final, on_exists="replace", tmp_name=f".tmp-{key}-{os.getpid()}") as tmp:
+                    info = build(tmp)
+                    (tmp / "harness_cache.json").write_text(
+                        json.dumps({"key": key, "material": material, "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "build": info}, indent=1, default=str) + "\n")
+                    cache_manifest.write(tmp)
             finally:
                 self.clean_orphans(held_key=key)
         return final, False
@@ -147,6 +150,8 @@ class CheckpointCache:
         if not self.root.exists():
             return out
         for d in sorted(self.root.iterdir()):
+            if d.name.startswith("."):  # a build in progress, or what a killed one left
+                continue
             meta = d / "harness_cache.json"
             if d.is_dir() and meta.exists():
                 m = json.loads(meta.read_text())

@@ -113,7 +113,7 @@ def _safetensors(path: Path, n: int = 16) -> None:
 def _builder(calls):
     def build(tmp: Path) -> dict:
         calls.append(tmp.name)
-        tmp.mkdir(parents=True)
+        assert tmp.is_dir() and not any(tmp.iterdir())  # an empty folder to fill
         _safetensors(tmp / "model.safetensors")
         (tmp / "config.json").write_text('{"hidden_size": 8}')
         return {"n": len(calls)}
@@ -155,8 +155,13 @@ def test_leftovers_of_dead_builders_go_and_live_builders_are_left_alone(tmp_path
         (cache.root / name).mkdir()
         (cache.root / f"{name}.spec.json").write_text("{}")
     (cache.root / "cc").mkdir()  # an entry: never touched by the clean-up
+    aside = cache.root / f".dd.old-{dead}"  # a damaged entry a killed builder had moved aside to replace it
+    aside.mkdir()
+    (aside / "harness_cache.json").write_text("{}")
+    assert cache.entries() == []  # neither is listed as an entry
     said = []
-    assert sorted(cache.clean_orphans(log=said.append)) == [f".tmp-aa-{dead}", f".tmp-aa-{dead}.spec.json"]
+    assert sorted(cache.clean_orphans(log=said.append)) == [f".dd.old-{dead}", f".tmp-aa-{dead}",
+                                                            f".tmp-aa-{dead}.spec.json"]
     assert sorted(p.name for p in cache.root.iterdir()) == [f".tmp-bb-{live}", f".tmp-bb-{live}.spec.json", "cc"]
     assert "interrupted build" in said[0]
     # whoever holds bb's lock knows nobody else builds bb: its leftovers go whatever their pid

@@ -43,7 +43,7 @@ def test_crashing_quantization_leaves_no_cache_entry(tmp_path):
     cache = CheckpointCache(tmp_path / "cache")
 
     def build(tmp):
-        tmp.mkdir(parents=True)
+        assert tmp.is_dir() and not any(tmp.iterdir())  # an empty folder to fill
         return run_quantization(_spec(tmp), QuantInterpreter(python=str(crash)), cache.log_path("k1"))
 
     with pytest.raises(HarnessError, match=r"(?s)quantization failed \(exit 3\).*log: .*k1-.*\.log.*boom"):
