@@ -22,6 +22,7 @@ from pathlib import Path
 from harness import cache_manifest
 from harness.cache_lock import cache_lock, pid_alive
 from harness.errors import HarnessError
+from harness.recipes import recipe_id
 
 KEY_VERSION = 3  # 2: hub models keyed by the commit their revision resolves to; 3: + transformers, torch, manifest
 _VERSIONS_SNIPPET = (
@@ -159,7 +160,7 @@ class CheckpointCache:
                 model = m["material"]["model"]
                 out.append({"key": d.name, "path": str(d), "built": m.get("built"), "bytes": size,
                             "model": model.get("hub_id") or model.get("local_dir_sha256", "")[:12],
-                            "recipe_sha": hashlib.sha256(m["material"]["recipe"].encode()).hexdigest()[:12]})
+                            "recipe_sha": recipe_id(m["material"]["recipe"])})
         return out
 
     def clear(self, log=None) -> int:

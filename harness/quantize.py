@@ -207,9 +207,9 @@ def note_in_ledger(spec: QuantSpec, interp: "QuantInterpreter", rc: int | None, 
     path = os.environ.get(LEDGER_ENV)
     if not path:
         return
-    import hashlib
+    from harness.recipes import recipe_id
 
-    line = {"model": spec.model, "recipe_sha256": hashlib.sha256(spec.recipe.encode()).hexdigest()[:12],
+    line = {"model": spec.model, "recipe_sha256": recipe_id(spec.recipe),
             "python": interp.python, "device_map": spec.device_map,
             "calibration": spec.calibration.model_dump(), "rc": rc, "seconds": round(seconds, 1),
             "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or None, "pid": os.getpid()}

@@ -29,7 +29,7 @@ def record_path(baselines_dir: Path, model: str, recipe: str) -> Path:
 
 def make_record(session) -> dict:
     """The record of a session that scored every dataset (its gate ran)."""
-    import hashlib
+    from harness.recipes import recipe_id
 
     o = session.overall()
     datasets = {}
@@ -39,7 +39,7 @@ def make_record(session) -> dict:
                        "doc_nll_sums": [float(x) for x in s.nll_sums], "doc_tokens": [int(t) for t in s.n_tokens]}
     recipe = None if session.existing else session.recipe()  # an existing checkpoint is recorded as it is
     return {"format": FORMAT, "model": session.cfg.name, "recipe": session.recipe_name,
-            "recipe_sha256": recipe and hashlib.sha256(recipe.recipe_text.encode()).hexdigest()[:12],
+            "recipe_sha256": recipe and recipe_id(recipe.recipe_text),
             "scheme": recipe and recipe.scheme, "checkpoint": session.existing or None,
             "score": o.score, "low": o.interval.low if o.interval else None,
             "high": o.interval.high if o.interval else None, "backend": session.backend,

@@ -16,6 +16,14 @@ from harness.validation_messages import format_validation_error
 from harness.errors import ConfigError, unknown_name
 
 
+def recipe_id(recipe_text: str) -> str:
+    """A recipe's short name by content: the first 12 hex digits of the sha256 of its text (cache listings, the
+    quantization ledger, stored recipe results)."""
+    import hashlib
+
+    return hashlib.sha256(recipe_text.encode()).hexdigest()[:12]
+
+
 class RecipeFile(Strict):
     name: str
     description: str = ""

@@ -121,3 +121,10 @@ def test_pytest_collects_the_regression_test_per_recipe_and_fails_the_worse_one(
     assert re.search(r"FAILED .*test_recipe_not_worse_than_the_best\[tiny-qwen2/nvfp4\]", out), out
     assert "recipe nvfp4 is WORSE than the stored best recipe nvfp4a16" in out
     r.assert_outcomes(passed=1, failed=1, deselected=r.parseoutcomes().get("deselected", 0))
+
+
+def test_a_recipe_is_named_by_the_sha256_of_its_text():
+    from harness.recipes import recipe_id
+
+    assert recipe_id("") == "e3b0c44298fc"  # sha256 of nothing: e3b0c44298fc1c149afbf4c8996fb924...
+    assert recipe_id("quant_stage: {}\n") != recipe_id("quant_stage: {}")
