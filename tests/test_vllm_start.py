@@ -71,6 +71,8 @@ def fake_vllm(monkeypatch):
         max_num_batched_tokens: int | None = None
         max_num_seqs: int | None = None
         enforce_eager: bool = False
+        compilation_config: dict | None = None
+        optimization_level: int = 2
         seed: int = 0
         max_logprobs: int = 20
 
@@ -111,6 +113,17 @@ def test_offload_runs_on_the_v1_runner_for_that_engine_only_and_is_verified(fake
     assert info["offload"]["requested"] == {"cpu_offload_gb": 12}
     _backend({"gpu_memory_utilization": 0.5})  # no offload asked: the default runner, untouched
     assert fake_vllm.seen[-1]["env"]["VLLM_USE_V2_MODEL_RUNNER"] is None
+
+
+def test_scoring_engines_start_eager_unless_the_config_says_how_to_compile(fake_vllm):
+    def start(**kw):
+        eng = _backend(kw)
+        return fake_vllm.seen[-1]["kwargs"].get("enforce_eager"), eng.info()["harness_defaults"]
+
+    assert start() == (True, {"enforce_eager": True})               # prompt scoring never decodes
+    assert start(enforce_eager=False) == (False, {})                 # the config's own setting stands
+    assert start(compilation_config={"mode": 1}) == (None, {})       # it says how to compile: nothing added
+    assert start(optimization_level=0) == (None, {})
 
 
 def test_an_engine_asked_for_more_than_20_next_tokens_is_started_with_that_max_logprobs(fake_vllm):
