@@ -6,7 +6,9 @@
 #                                                  so a part plus this repository fits one call's 64 MiB
 #   bash tests/gpu/h200.sh stage K                 copy .stage/pK (bash ../shared/gpu/prepare.sh) to /tmp/stage
 #   bash tests/gpu/h200.sh install                 unpack the wheels (after the last part)
-#   bash tests/gpu/h200.sh start NAME PYTEST_ARGS  run pytest with the GPU environment as background job NAME
+#   bash tests/gpu/h200.sh start NAME PYTEST_ARGS [--- NAME2 PYTEST_ARGS2 ...]
+#                                                  run pytest with the GPU environment as background job NAME (then
+#                                                  NAME2, ... one after another, each with its own log and rc)
 #   bash tests/gpu/h200.sh wait NAME SECONDS       wait for it (at most SECONDS), collect, print the tail
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,12 +44,21 @@ case "${1:-}" in
   install) bash /tmp/stage/install.sh && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
              && df -h /dev/shm /tmp | tail -2 && free -g | head -2 ;;
   start)
-    name=$2; shift 2
+    # one pytest run, or several one after another in the same background job, separated by ---: each has its own
+    # log, exit code and summary line, so a later run cut by device time leaves the earlier ones whole
+    shift
     gpu_env
-    args=$(printf '%q ' "$@")
-    setsid nohup bash -c "python3 -m pytest -p no:cacheprovider -v -rA --benchmark-storage=file://$jobs/benchmarks \
-      --benchmark-autosave $args > $jobs/$name.log 2>&1; echo \$? > $jobs/$name.rc" < /dev/null > /dev/null 2>&1 &
-    echo "started $name: pytest $args" ;;
+    script=""
+    while [ $# -gt 0 ]; do
+      name=$1; shift; args=""
+      while [ $# -gt 0 ] && [ "$1" != "---" ]; do args+="$(printf '%q ' "$1")"; shift; done
+      [ $# -gt 0 ] && shift  # the ---
+      script+="python3 -m pytest -p no:cacheprovider -v -rA --benchmark-storage=file://$jobs/benchmarks \
+        --benchmark-autosave $args > $jobs/$name.log 2>&1; echo \$? > $jobs/$name.rc; "
+      echo "queued $name: pytest $args"
+    done
+    setsid nohup bash -c "$script" < /dev/null > /dev/null 2>&1 &
+    echo "started" ;;
   wait)
     name=$2; deadline=$((SECONDS + $3))
     while [ ! -f "$jobs/$name.rc" ] && [ $SECONDS -lt $deadline ]; do sleep 5; done
@@ -56,5 +67,5 @@ case "${1:-}" in
     tail -c 3000 "$jobs/$name.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     if [ -f "$jobs/$name.rc" ]; then echo "DONE $name rc=$(cat "$jobs/$name.rc")"; else echo "RUNNING $name"; fi ;;
-  *) sed -n 2,11p "$0"; exit 2 ;;
+  *) sed -n 2,12p "$0"; exit 2 ;;
 esac
