@@ -148,7 +148,14 @@ def engine_lines(rep: dict) -> list[str]:
         if not e.get("engine_start_s"):
             continue
         b = e.get("engine_start") or {}
-        parts = [f"{k} {b[k]:.1f} s" for k in ("model_load_s", "weights_s", "init_engine_s", "other_s") if k in b]
+        parts = [f"{k} {b[k]:.1f} s" for k in ("model_load_s", "weights_s", "init_engine_s") if k in b]
+        within = [f"{w} {b[k]:.1f} s" for k, w in (("compile_s", "torch.compile"), ("graph_capture_s", "CUDA graphs"))
+                  if k in b]  # both happen inside vLLM's init engine step
+        if within and parts and "init_engine_s" in b:
+            parts[-1] += f" (of which {', '.join(within)})"
+        parts += [f"other_s {b['other_s']:.1f} s"] if "other_s" in b else []
+        if "flashinfer_autotune" in b:
+            parts.append(f"FlashInfer autotune {'on' if b['flashinfer_autotune'] else 'off'}")
         line = f"- {label} engine start: {e['engine_start_s']:.1f} s" + (f" ({', '.join(parts)})" if parts else "")
         kw = e.get("engine_kwargs") or {}
         tp, pp = kw.get("tensor_parallel_size", 1), kw.get("pipeline_parallel_size", 1)

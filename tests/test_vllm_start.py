@@ -175,6 +175,12 @@ def test_parse_engine_log_derives_the_rest_of_the_start():
     v2 = parse_engine_log("Model loading took 41.86 GiB and 13.146940 seconds")
     assert (v2["model_load_gib"], v2["model_load_s"]) == (41.86, 13.14694)
     assert parse_engine_log("nothing here", total_s=5.0) == {"total_s": 5.0}
+    # compiled engines: torch.compile's and graph capture's seconds, in vLLM 0.26's words (compilation/monitor.py,
+    # gpu_model_runner.py); whether FlashInfer autotuned at start (model_executor/warmup/kernel_warmup.py)
+    c = parse_engine_log("torch.compile took 28.61 s in total\nGraph capturing finished in 7 secs, took 0.41 GiB\n"
+                         "Using FlashInfer autotune cache file: /root/.cache/vllm/flashinfer_autotune_cache/x.json")
+    assert (c["compile_s"], c["graph_capture_s"], c["flashinfer_autotune"]) == (28.61, 7.0, True)
+    assert parse_engine_log("Skipping FlashInfer autotune because it is disabled.")["flashinfer_autotune"] is False
 
 
 def test_a_bf16_view_loads_through_the_harness_load_format(fake_vllm, tmp_path):
@@ -236,3 +242,16 @@ def test_close_returns_only_once_the_engines_gpu_memory_is_back(fake_vllm, monke
     assert len(seen) == 1  # measured before the engine started
     eng.close()
     assert len(seen) == 4  # not back before the fourth reading: close() waited for it
+
+
+def test_the_report_says_where_an_engine_start_went():
+    """The start's parts as the engine log gave them: model load, weights, init engine with the torch.compile and
+    CUDA-graph seconds inside it, the rest, and whether FlashInfer autotuned."""
+    from harness.report_markdown import engine_lines
+
+    log = "\n".join(LOG_LINES + ["torch.compile took 5.61 s in total", "Graph capturing finished in 2 secs, took 0.4 GiB",
+                                 "Using FlashInfer autotune cache file: /c/autotune_configs.json"])
+    rep = {"engine": {"engine_start_s": 60.0, "engine_start": parse_engine_log(log, total_s=60.0)}}
+    (line,) = engine_lines(rep)
+    assert line == ("- NVFP4 engine start: 60.0 s (model_load_s 12.5 s, weights_s 3.5 s, init_engine_s 8.2 s (of which "
+                    "torch.compile 5.6 s, CUDA graphs 2.0 s), other_s 39.2 s, FlashInfer autotune on)")

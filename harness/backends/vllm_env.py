@@ -87,7 +87,7 @@ _START_LINES = {  # vLLM 0.26 log lines -> the seconds / sizes they report
     "model_load_gib": r"Model loading took ([\d.]+) ?GiB",
     "model_load_s": r"Model loading took [\d.]+ ?GiB (?:memory )?and ([\d.]+) seconds",  # V1 runner / V2 runner
     "init_engine_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
-    "compile_s": r"torch\.compile takes ([\d.]+) s in total",
+    "compile_s": r"torch\.compile (?:took|takes) ([\d.]+) s in total",  # 0.26: "took" (compilation/monitor.py)
     "graph_capture_s": r"Graph capturing finished in ([\d.]+) secs",
     "kv_cache_gib": r"Available KV cache memory: ([\d.]+) ?GiB",
     "kv_cache_tokens": r"GPU KV cache size: ([\d,]+) tokens",
@@ -107,6 +107,12 @@ def parse_engine_log(text: str, total_s: float | None = None) -> dict:
         if found:
             vals = [float(v.replace(",", "")) for v in found]
             out[key] = max(vals) if key.endswith("_s") else vals[-1]
+    # FlashInfer's kernel autotune at start (model_executor/warmup/kernel_warmup.py): its seconds are not logged,
+    # whether it ran is
+    if "Using FlashInfer autotune cache file" in text:
+        out["flashinfer_autotune"] = True
+    elif "Skipping FlashInfer autotune because it is disabled" in text:
+        out["flashinfer_autotune"] = False
     if total_s is not None:
         out["total_s"] = round(total_s, 2)
         known = out.get("model_load_s", 0.0) + out.get("init_engine_s", 0.0)
