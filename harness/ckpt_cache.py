@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from harness import cache_manifest
+from harness.atomic import atomic_dir
 from harness.cache_lock import cache_lock, pid_alive
 from harness.errors import HarnessError
 from harness.recipes import recipe_id
@@ -119,8 +120,6 @@ class CheckpointCache:
             self.clean_orphans(held_key=key, log=log)
             if self.sound(key, log=log):  # built by the process we waited for
                 return final, True
-            from harness.atomic import atomic_dir
-
             try:  # a damaged or incomplete entry is replaced: moved aside, removed once the new one is in place
                 with atomic_dir(final, on_exists="replace", tmp_name=f".tmp-{key}-{os.getpid()}") as tmp:
                     info = build(tmp)

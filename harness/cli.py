@@ -169,13 +169,12 @@ def cmd_data(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from tabulate import tabulate
+    from harness.report_markdown import md_table
 
     keys = ["dataset", "requested", "selected", "kept_texts", "dropped_short", "truncated", "tokens", "fingerprint",
             "tokenizer"]
-    print(tabulate([[r[k] for k in keys] for r in rows], tablefmt="github", disable_numparse=True,
-                   headers=["dataset", "requested", "selected", "kept_texts", "dropped (< min tokens)", "truncated",
-                            "scored tokens", "fingerprint", "tokenizer"]))
+    print(md_table(["dataset", "requested", "selected", "kept_texts", "dropped (< min tokens)", "truncated",
+                    "scored tokens", "fingerprint", "tokenizer"], [[r[k] for k in keys] for r in rows], "l" * 9))
     return 0
 
 

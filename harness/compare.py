@@ -91,7 +91,7 @@ def run(make_session, recipes: list[str], log=print) -> dict:
                 ref = bf16_documents(s)
                 t = s.cfg.thresholds
             rows.append(row)
-            docs[r] = {n: (s.score(n).nll_sums, s.score(n).n_tokens) for n in s.dataset_names}
+            docs[r] = s.scores("nvfp4").documents
             log(f"{r}: score {row['score']:.2f} [{row['low']:.2f}, {row['high']:.2f}] "
                 f"{'PASSED' if verdict.passed else 'FAILED'}")
         except BaselineError:
@@ -113,7 +113,7 @@ def run(make_session, recipes: list[str], log=print) -> dict:
 
 
 def tables(rep: dict) -> tuple[str, str]:
-    from tabulate import tabulate
+    from harness.report_markdown import md_table
 
     def f(v, nd=2):
         return "n/a" if v is None else f"{v:.{nd}f}"
@@ -122,11 +122,11 @@ def tables(rep: dict) -> tuple[str, str]:
              f(r["kld_p99"], 3), f(r["top1_pct"], 1), f"{r['bytes'] / 2**20:.1f}", r["kernel"] or "?",
              f"{r['time']['wall_s']:.0f}", "PASS" if r["passed"] else "FAIL"] if "error" not in r else
             [r["recipe"], "", "", "", "", "", "", "", "", f"ERROR: {r['error'][:120]}"] for r in rep["recipes"]]
-    one = tabulate(rows, headers=["recipe", "score [CI]", "PPL", "KL mean", "KL p99", "top-1 %", "MiB", "kernel",
-                                  "s", "gate"], tablefmt="github", disable_numparse=True)
+    one = md_table(["recipe", "score [CI]", "PPL", "KL mean", "KL p99", "top-1 %", "MiB", "kernel", "s", "gate"],
+                   rows, "l" * 10)
     pairs = [[p["a"], p["b"], f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]", p["word"]]
              for p in rep["pairs"]]
-    two = tabulate(pairs, headers=["A", "B", "score A - B [CI]", "A is"], tablefmt="github", disable_numparse=True)
+    two = md_table(["A", "B", "score A - B [CI]", "A is"], pairs, "llll")
     return one, two
 
 

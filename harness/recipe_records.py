@@ -114,7 +114,7 @@ def regression(session) -> dict:
     spec, cfg = session.cfg.recipe_regression, session.cfg
     best = load_record(cfg.path_of("baselines_dir"), cfg.name, spec.best, record_hint(cfg, spec.best))
     ref = bf16_documents(session)
-    current = {n: (session.score(n).nll_sums, session.score(n).n_tokens) for n in session.dataset_names}
+    current = session.scores("nvfp4").documents
     fps = {n: session.prepared(n).fingerprint for n in session.dataset_names}
     t = cfg.thresholds
     return check(best, current, ref, fps, spec.margin, t.bootstrap_samples, t.confidence, t.seed)

@@ -27,14 +27,12 @@ def to_dict(sens, suggestion: dict | None, meta: dict) -> dict:
 
 
 def table(rep: dict) -> str:
-    from tabulate import tabulate
+    from harness.report_markdown import md_table
 
     what = "quantized alone" if rep["mode"] == "only" else "everything else quantized"
     rows = [[r["rank"], r["unit"], f"{r['kld_mean']:.4f}", f"{r['top1_pct']:.1f}", f"{r['score']:.2f}",
              f"{r['params'] / 1e6:.2f}", f"{r['seconds']:.1f}"] for r in rep["ranking"]]
-    return tabulate(rows, headers=["rank", f"unit ({what})", "KL mean", "top-1 %", "score", "params (M)", "s"],
-                    tablefmt="github", disable_numparse=True,
-                    colalign=("right", "left", "right", "right", "right", "right", "right"))
+    return md_table(["rank", f"unit ({what})", "KL mean", "top-1 %", "score", "params (M)", "s"], rows, "rlrrrrr")
 
 
 def render_markdown(rep: dict) -> str:

@@ -94,6 +94,11 @@ class Scores:
         return sum(s.tokens for s in self.datasets.values())
 
     @property
+    def documents(self) -> dict:
+        """dataset -> (per-document NLL sums, token counts): what recipes and records are paired on."""
+        return {n: (s.nll_sums, s.n_tokens) for n, s in self.datasets.items()}
+
+    @property
     def nll(self) -> float:
         """Token-weighted NLL over every dataset (the gate's overall NLL)."""
         from harness.metrics import overall_nll

@@ -14,34 +14,33 @@ from harness.config import load_config
 from harness.gate import GateSession
 
 
+def _results_path() -> Path:
+    return Path(os.environ.get("HARNESS_GPU_RESULTS") or "gpu-results.json")
+
+
+def _record_result(key: str, value) -> None:
+    """One key of the results file set, the rest kept; the file is rewritten whole (harness.atomic)."""
+    from harness.atomic import atomic_write_text
+
+    path = _results_path()
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
 @pytest.fixture(scope="session")
 def gpu_results():
-    path = Path(os.environ.get("HARNESS_GPU_RESULTS") or "gpu-results.json")
-    data: dict = json.loads(path.read_text()) if path.exists() else {}
-
-    def record(key: str, value) -> None:
-        data[key] = value
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        tmp.replace(path)
-
-    return record
+    return _record_result
 
 
 def pytest_runtest_logreport(report):
     """Each GPU test's seconds (setup, with the session fixtures it was first to need, call and teardown) into the
     results file as ``durations_s``, so a run cut by device time still says what each test cost; only on a GPU run
     (``$HARNESS_GPU_RESULTS`` set, as tests/gpu/h200.sh does)."""
-    path = os.environ.get("HARNESS_GPU_RESULTS")
-    if not path:
+    if not os.environ.get("HARNESS_GPU_RESULTS"):
         return
     _DURATIONS[report.nodeid] = round(_DURATIONS.get(report.nodeid, 0.0) + report.duration, 1)
-    p = Path(path)
-    data = json.loads(p.read_text()) if p.exists() else {}
-    data["durations_s"] = dict(_DURATIONS)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(p)
+    _record_result("durations_s", dict(_DURATIONS))
 
 
 _DURATIONS: dict = {}
