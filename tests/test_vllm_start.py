@@ -28,21 +28,40 @@ LOG_LINES = [
 ]
 
 
+ENV_KEYS = ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_LOGGING_CONFIG_PATH", "VLLM_ENABLE_V1_MULTIPROCESSING")
+
+
+def fake_envs() -> types.ModuleType:
+    """vllm.envs as 0.26 behaves: variables read lazily from os.environ until an engine core started in this
+    process calls enable_envs_cache(), then frozen until disable_envs_cache()."""
+    envs = types.ModuleType("vllm.envs")
+    envs.frozen = None
+    envs.get = lambda k: (envs.frozen if envs.frozen is not None else os.environ).get(k)
+    envs.enable_envs_cache = lambda: setattr(envs, "frozen", dict(os.environ))
+    envs.disable_envs_cache = lambda: setattr(envs, "frozen", None)
+    return envs
+
+
 class FakeLLM:
     seen: list[dict] = []
     offloaded = 12 * GIB
+    envs = fake_envs()
 
     def __init__(self, **kw):
-        FakeLLM.seen.append({"kwargs": kw, "env": {k: os.environ.get(k) for k in
-                                                   ("VLLM_USE_V2_MODEL_RUNNER", "VLLM_LOGGING_CONFIG_PATH")}})
-        path = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+        envs = FakeLLM.envs
+        FakeLLM.seen.append({"kwargs": kw, "env": {k: envs.get(k) for k in ENV_KEYS}})
+        path = envs.get("VLLM_LOGGING_CONFIG_PATH")
+        in_process = envs.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         if path and os.path.exists(path):  # what vLLM's engine process does with it: dictConfig, then log
             logging.config.dictConfig(json.loads(open(path).read()))
-            log = logging.getLogger("vllm.engine")
+        if in_process or (path and os.path.exists(path)):
+            log = logging.getLogger("vllm.engine")  # in process: this process's vllm logger, as vLLM's import set it
             for line in LOG_LINES:
                 log.info(line)
             for h in logging.getLogger("vllm").handlers:
                 h.flush()
+        if in_process:
+            envs.enable_envs_cache()  # EngineCore.__init__ does, in whichever process it runs
         self.llm_engine = types.SimpleNamespace(engine_core=types.SimpleNamespace(shutdown=self._shutdown))
         self.shut = False
 
@@ -78,6 +97,7 @@ def fake_vllm(monkeypatch):
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
+    FakeLLM.envs = vllm.envs = fake_envs()
     arg_utils = types.ModuleType("vllm.engine.arg_utils")
     arg_utils.EngineArgs = EngineArgs
     loader = types.ModuleType("harness.backends.vllm_loader")  # the in-worker helpers need real vllm
@@ -85,14 +105,17 @@ def fake_vllm(monkeypatch):
     loader.quant_kernels = lambda model: []
     loader.offload_info = lambda model: {"offloader": "UVAOffloader" if FakeLLM.offloaded else "NoopOffloader",
                                          "offloaded_bytes": FakeLLM.offloaded}
-    for name, mod in (("vllm", vllm), ("vllm.engine", types.ModuleType("vllm.engine")),
+    for name, mod in (("vllm", vllm), ("vllm.envs", vllm.envs), ("vllm.engine", types.ModuleType("vllm.engine")),
                       ("vllm.engine.arg_utils", arg_utils), ("harness.backends.vllm_loader", loader)):
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
+    vlog = logging.getLogger("vllm")
+    monkeypatch.setattr(vlog, "level", logging.INFO)  # what importing vllm does (VLLM_CONFIGURE_LOGGING=1)
     FakeLLM.seen, FakeLLM.offloaded = [], 12 * GIB
     yield FakeLLM
-    vlog = logging.getLogger("vllm")
     for h in list(vlog.handlers):
         h.close()
         vlog.removeHandler(h)
@@ -166,6 +189,41 @@ def test_engine_log_is_captured_and_the_start_broken_down(fake_vllm):
     finally:
         del os.environ["VLLM_LOGGING_CONFIG_PATH"]
     assert fake_vllm.seen[-1]["env"]["VLLM_LOGGING_CONFIG_PATH"] == "/their/logging.json"
+
+
+def test_a_one_gpu_engine_runs_its_core_in_this_process_and_its_log_is_still_read(fake_vllm, monkeypatch):
+    eng = _backend({})
+    assert fake_vllm.seen[-1]["env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # while it starts
+    assert fake_vllm.seen[-1]["env"]["VLLM_LOGGING_CONFIG_PATH"] is None      # vllm was imported: too late for it
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ                  # and not after
+    info = eng.info()
+    assert info["engine_core"] == "in this process"
+    assert info["engine_start"]["model_load_s"] == 12.5 and info["engine_start"]["init_engine_s"] == 8.25
+    eng.close()
+    logging.getLogger("vllm.engine").info("Loading weights took 99.00 seconds")  # a later engine's line
+    assert "99.00" not in open(info["engine_log"]).read()                        # is not this engine's
+    # several GPUs or offload: the core keeps its own process (and its log comes through the logging config)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    for kw in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}, {"cpu_offload_gb": 12}):
+        eng = _backend(kw)
+        env = fake_vllm.seen[-1]["env"]
+        assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] is None and env["VLLM_LOGGING_CONFIG_PATH"], kw
+        assert eng.info()["engine_core"] == "own process"
+        assert eng.info()["engine_start"]["model_load_s"] == 12.5
+    # the user's own setting wins either way
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert _backend({}).info()["engine_core"] == "own process"
+    assert fake_vllm.seen[-1]["env"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
+def test_an_engine_after_an_in_process_one_reads_its_own_environment(fake_vllm):
+    """vLLM freezes its environment variables when an engine core starts in this process; the offloading engine
+    started after it must still get the V1 runner and its own process."""
+    _backend({}).close()
+    assert fake_vllm.envs.frozen is not None  # the in-process core froze them
+    _backend({"cpu_offload_gb": 12})
+    env = fake_vllm.seen[-1]["env"]
+    assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] is None
 
 
 def test_parse_engine_log_derives_the_rest_of_the_start():

@@ -8,7 +8,9 @@
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
 - a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
-- ``close()`` shuts the engine-core process down, frees this process's cached GPU memory and returns once
+- the engine core runs in this interpreter for an engine of one GPU without offload (vllm_env.py), else in its own
+  process;
+- ``close()`` shuts the engine core down, frees this process's cached GPU memory and returns once
   NVML shows the GPUs back at their use before the engine (a warning after 2 minutes if not);
 - tensor / pipeline parallelism pass through to vLLM (checked against the visible GPUs first, NVLink multicast off);
   ``data_parallel_size`` is the harness's own (one engine per GPU group: data_parallel.py, via ``make_backend``).
@@ -25,7 +27,9 @@ from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
-from harness.backends.vllm_env import engine_environment, offload_requested, parse_engine_log, scoped_env
+from harness.backends.vllm_env import (capture_in_process_log, engine_core_in_process, engine_environment,
+                                      offload_requested, parse_engine_log, scoped_env, stop_capture,
+                                      unfreeze_vllm_envs)
 from harness.backends.vllm_errors import is_oom, oom_error, start_error
 from harness.errors import BackendError, ConfigError, HarnessError
 
@@ -135,6 +139,9 @@ class VLLMBackend(Backend):
         self.log_path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) / f"engine-{spec.precision}.log"
         env = engine_environment(kwargs, self.log_path)
         self.env = env
+        self.in_process = engine_core_in_process(kwargs)
+        unfreeze_vllm_envs()
+        self._log_handler = capture_in_process_log(self.log_path) if self.in_process else None
         from harness.backends import gpu_memory
 
         self._gpus = gpu_memory.visible_indices()
@@ -145,6 +152,7 @@ class VLLMBackend(Backend):
                 self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
                                     max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
         except Exception as e:  # noqa: BLE001 - vLLM raises many types: each becomes an error that says what to change
+            stop_capture(self._log_handler)
             if isinstance(e, HarnessError):
                 raise
             raise start_error(e, spec, kwargs, self._log_text(), self.log_path) from None
@@ -281,6 +289,7 @@ class VLLMBackend(Backend):
                 "fidelity": self.fidelity, "compilation": self.compilation(),
                 "dropped_kwargs": self.dropped, "batch_size": self.spec.batch_size,
                 "engine_start_s": round(self.engine_start_s, 2), "engine_start": self.start_breakdown,
+                "engine_core": "in this process" if self.in_process else "own process",
                 "offload": self.offload, "engine_log": str(self.log_path),
                 "env": {**{k: os.environ.get(k) for k in ("VLLM_USE_FLASHINFER_SAMPLER",)},
                         **{k: v for k, v in self.env.items() if k != "VLLM_LOGGING_CONFIG_PATH"}}}
@@ -294,6 +303,7 @@ class VLLMBackend(Backend):
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # noqa: BLE001 - best effort; the process exit below frees the rest
             pass
+        stop_capture(getattr(self, "_log_handler", None))
         del llm
         gc.collect()
         try:

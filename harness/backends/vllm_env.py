@@ -1,15 +1,23 @@
-"""The environment a vLLM engine starts in, and what its log says about the start. No vllm or torch import.
+"""The environment a vLLM engine starts in, and what its log says about the start. No vllm or torch import at
+module level.
 
 - CPU weight offload: vLLM 0.26's default (V2) model runner ignores ``cpu_offload_gb`` / ``offload_backend`` for
   dense models without a word; the V1 runner honours them. An engine that asks for offload is started with
   ``VLLM_USE_V2_MODEL_RUNNER=0`` (only that engine: the variable is restored once its processes are spawned), and
   the backend then checks that weights really left the GPU.
-- The engine's own log (engine-core and worker processes) is also written to a file, from which
-  :func:`parse_engine_log` reads where the engine-start seconds went (weights, model load, profile + KV cache).
+- The engine core runs in this interpreter (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) when the engine is one GPU
+  without offload and the environment does not say otherwise: no second interpreter to start and import vLLM and
+  torch into (a cached SmolLM2 gate on one H200: 41 s -> 25 s to verdict, the same score; docs/results 2026-11-30).
+  vLLM 0.26 supports tearing such an engine down in process (``EngineCore.shutdown``: gc.unfreeze, distributed
+  state and cached memory released). Several GPUs and offloading engines keep their own processes.
+- The engine's own log (engine-core and worker processes, or this process's ``vllm`` logger when the core runs
+  here) is also written to a file, from which :func:`parse_engine_log` reads where the engine-start seconds went
+  (weights, model load, profile + KV cache).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -31,9 +39,28 @@ def offload_requested(kwargs: dict) -> dict | None:
     return None
 
 
+IN_PROCESS_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def engine_core_in_process(kwargs: dict) -> bool:
+    """Whether this engine's core runs in this interpreter: as ``VLLM_ENABLE_V1_MULTIPROCESSING`` says when it is
+    set, else (the harness's default) for an engine of one GPU that offloads nothing."""
+    if os.environ.get(IN_PROCESS_VAR) is not None:
+        return os.environ[IN_PROCESS_VAR].strip().lower() in ("0", "false")
+    one_gpu = int(kwargs.get("tensor_parallel_size") or 1) * int(kwargs.get("pipeline_parallel_size") or 1) == 1
+    return one_gpu and kwargs.get("distributed_executor_backend") in (None, "uni") and not offload_requested(kwargs)
+
+
+def _log_wanted(log_path: Path | None) -> bool:
+    return log_path is not None and not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and \
+        os.environ.get("VLLM_CONFIGURE_LOGGING", "1") not in ("0", "false")
+
+
 def engine_environment(kwargs: dict, log_path: Path | None) -> dict[str, str]:
-    """Variables to set while this engine's processes are spawned."""
+    """Variables to set while this engine starts (its processes, if any, are spawned inside and inherit them)."""
     env: dict[str, str] = {}
+    if os.environ.get(IN_PROCESS_VAR) is None and engine_core_in_process(kwargs):
+        env[IN_PROCESS_VAR] = "0"
     if offload_requested(kwargs):
         forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
         if forced in ("1", "true"):
@@ -41,18 +68,20 @@ def engine_environment(kwargs: dict, log_path: Path | None) -> dict[str, str]:
                               "0.26's V2 model runner ignores offload for dense models. Unset the variable (the "
                               "harness then starts offloading engines with the V1 runner) or drop the offload keys.")
         env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    if log_path is not None and not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and \
-            os.environ.get("VLLM_CONFIGURE_LOGGING", "1") not in ("0", "false"):
+    if _log_wanted(log_path) and not engine_core_in_process(kwargs):
         cfg_path = Path(log_path).with_suffix(".logging.json")
         cfg_path.write_text(json.dumps(logging_config(Path(log_path))))
         env["VLLM_LOGGING_CONFIG_PATH"] = str(cfg_path)
     return env
 
 
+_FORMAT = {"fmt": "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s", "datefmt": "%m-%d %H:%M:%S"}
+
+
 def logging_config(log_path: Path) -> dict:
     """vLLM's console logging as usual, plus a copy of every ``vllm`` record in ``log_path``."""
     level = os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper()
-    fmt = {"format": "%(levelname)s %(asctime)s [%(filename)s:%(lineno)d] %(message)s", "datefmt": "%m-%d %H:%M:%S"}
+    fmt = {"format": _FORMAT["fmt"], "datefmt": _FORMAT["datefmt"]}
     return {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"harness": fmt},
@@ -65,6 +94,35 @@ def logging_config(log_path: Path) -> dict:
         "loggers": {"vllm": {"handlers": ["console", "file"], "level": "DEBUG" if level == "DEBUG" else "INFO",
                              "propagate": False}},
     }
+
+
+def capture_in_process_log(log_path: Path | None) -> logging.Handler | None:
+    """An engine core in this interpreter logs through this process's ``vllm`` logger (configured when vllm was
+    imported, so VLLM_LOGGING_CONFIG_PATH comes too late): copy its records to ``log_path`` until the handler is
+    removed (:func:`stop_capture`)."""
+    if not _log_wanted(log_path):
+        return None
+    handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(**_FORMAT))
+    logging.getLogger("vllm").addHandler(handler)
+    return handler
+
+
+def stop_capture(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("vllm").removeHandler(handler)
+        handler.close()
+
+
+def unfreeze_vllm_envs() -> None:
+    """An engine core that ran in this interpreter froze vLLM's environment variables here (``enable_envs_cache`` at
+    its start): unfreeze them, so the next engine reads what is set for it (offload's runner, in-process or not)."""
+    try:
+        from vllm import envs
+    except ImportError:
+        return
+    getattr(envs, "disable_envs_cache", lambda: None)()
 
 
 @contextmanager
