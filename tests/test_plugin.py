@@ -150,7 +150,8 @@ def _ids(result) -> list[str]:
 def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
     p = gate_project
     store = f"file://{tmp_path / 'bench'}"
-    args = ("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
+    # no:xdist: under `pytest -n`, pytest-benchmark turns itself off in any session that has xdist loaded
+    args = ("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider", "-p", "no:xdist",
             "--benchmark-storage", store)
     r = p.runpytest_inprocess(*args, "--benchmark-autosave")
     r.assert_outcomes(passed=7)
