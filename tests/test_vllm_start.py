@@ -202,9 +202,10 @@ def test_a_one_gpu_engine_runs_its_core_in_this_process_and_its_log_is_still_rea
     eng.close()
     logging.getLogger("vllm.engine").info("Loading weights took 99.00 seconds")  # a later engine's line
     assert "99.00" not in open(info["engine_log"]).read()                        # is not this engine's
-    # several GPUs or offload: the core keeps its own process (and its log comes through the logging config)
+    # several GPUs, offload or compiled: the core keeps its own process (its log comes through the logging config)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    for kw in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}, {"cpu_offload_gb": 12}):
+    for kw in ({"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}, {"cpu_offload_gb": 12},
+               {"enforce_eager": False}, {"compilation_config": {"mode": 3}}):  # compiled: Dynamo state stays put
         eng = _backend(kw)
         env = fake_vllm.seen[-1]["env"]
         assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] is None and env["VLLM_LOGGING_CONFIG_PATH"], kw

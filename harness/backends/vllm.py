@@ -8,7 +8,7 @@
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
 - a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
-- the engine core runs in this interpreter for an engine of one GPU without offload (vllm_env.py), else in its own
+- the engine core runs in this interpreter for an eager engine of one GPU without offload (vllm_env.py), else in its own
   process;
 - ``close()`` shuts the engine core down, frees this process's cached GPU memory and returns once
   NVML shows the GPUs back at their use before the engine (a warning after 2 minutes if not);

@@ -5,11 +5,11 @@ module level.
   dense models without a word; the V1 runner honours them. An engine that asks for offload is started with
   ``VLLM_USE_V2_MODEL_RUNNER=0`` (only that engine: the variable is restored once its processes are spawned), and
   the backend then checks that weights really left the GPU.
-- The engine core runs in this interpreter (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) when the engine is one GPU
-  without offload and the environment does not say otherwise: no second interpreter to start and import vLLM and
+- The engine core runs in this interpreter (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) when the engine is eager, on one
+  GPU and without offload, and the environment does not say otherwise: no second interpreter to start and import vLLM and
   torch into (a cached SmolLM2 gate on one H200: 41 s -> 25 s to verdict, the same score; docs/results 2026-11-30).
   vLLM 0.26 supports tearing such an engine down in process (``EngineCore.shutdown``: gc.unfreeze, distributed
-  state and cached memory released). Several GPUs and offloading engines keep their own processes.
+  state and cached memory released). Compiled, several-GPU and offloading engines keep their own processes.
 - The engine's own log (engine-core and worker processes, or this process's ``vllm`` logger when the core runs
   here) is also written to a file, from which :func:`parse_engine_log` reads where the engine-start seconds went
   (weights, model load, profile + KV cache).
@@ -44,11 +44,13 @@ IN_PROCESS_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 def engine_core_in_process(kwargs: dict) -> bool:
     """Whether this engine's core runs in this interpreter: as ``VLLM_ENABLE_V1_MULTIPROCESSING`` says when it is
-    set, else (the harness's default) for an engine of one GPU that offloads nothing."""
+    set, else (the harness's default) for an eager engine of one GPU that offloads nothing. A compiled engine keeps
+    its own process: torch.compile's and Dynamo's state would otherwise outlive it in this interpreter."""
     if os.environ.get(IN_PROCESS_VAR) is not None:
         return os.environ[IN_PROCESS_VAR].strip().lower() in ("0", "false")
     one_gpu = int(kwargs.get("tensor_parallel_size") or 1) * int(kwargs.get("pipeline_parallel_size") or 1) == 1
-    return one_gpu and kwargs.get("distributed_executor_backend") in (None, "uni") and not offload_requested(kwargs)
+    return one_gpu and kwargs.get("distributed_executor_backend") in (None, "uni") and \
+        kwargs.get("enforce_eager") is True and not offload_requested(kwargs)
 
 
 def _log_wanted(log_path: Path | None) -> bool:
