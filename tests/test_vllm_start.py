@@ -46,10 +46,14 @@ class FakeLLM:
     seen: list[dict] = []
     offloaded = 12 * GIB
     envs = fake_envs()
+    fail: Exception | None = None  # raised by the next start
+    cleanups: list[str] = []       # vllm.distributed.parallel_state.cleanup_dist_env_and_memory calls
 
     def __init__(self, **kw):
         envs = FakeLLM.envs
         FakeLLM.seen.append({"kwargs": kw, "env": {k: envs.get(k) for k in ENV_KEYS}})
+        if FakeLLM.fail is not None:
+            raise FakeLLM.fail
         path = envs.get("VLLM_LOGGING_CONFIG_PATH")
         in_process = envs.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         if path and os.path.exists(path):  # what vLLM's engine process does with it: dictConfig, then log
@@ -105,6 +109,11 @@ def fake_vllm(monkeypatch):
     loader.quant_kernels = lambda model: []
     loader.offload_info = lambda model: {"offloader": "UVAOffloader" if FakeLLM.offloaded else "NoopOffloader",
                                          "offloaded_bytes": FakeLLM.offloaded}
+    ps = types.ModuleType("vllm.distributed.parallel_state")
+    ps.cleanup_dist_env_and_memory = lambda: FakeLLM.cleanups.append("cleanup")
+    for name, mod in (("vllm.distributed", types.ModuleType("vllm.distributed")),
+                      ("vllm.distributed.parallel_state", ps)):
+        monkeypatch.setitem(sys.modules, name, mod)
     for name, mod in (("vllm", vllm), ("vllm.envs", vllm.envs), ("vllm.engine", types.ModuleType("vllm.engine")),
                       ("vllm.engine.arg_utils", arg_utils), ("harness.backends.vllm_loader", loader)):
         monkeypatch.setitem(sys.modules, name, mod)
@@ -114,7 +123,7 @@ def fake_vllm(monkeypatch):
     monkeypatch.delenv("VLLM_CONFIGURE_LOGGING", raising=False)
     vlog = logging.getLogger("vllm")
     monkeypatch.setattr(vlog, "level", logging.INFO)  # what importing vllm does (VLLM_CONFIGURE_LOGGING=1)
-    FakeLLM.seen, FakeLLM.offloaded = [], 12 * GIB
+    FakeLLM.seen, FakeLLM.offloaded, FakeLLM.fail, FakeLLM.cleanups = [], 12 * GIB, None, []
     yield FakeLLM
     for h in list(vlog.handlers):
         h.close()
@@ -225,6 +234,22 @@ def test_an_engine_after_an_in_process_one_reads_its_own_environment(fake_vllm):
     _backend({"cpu_offload_gb": 12})
     env = fake_vllm.seen[-1]["env"]
     assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] is None
+
+
+def test_an_in_process_engine_that_fails_to_start_leaves_nothing_for_the_next(fake_vllm):
+    """Its distributed state and cached memory are released as vLLM's shutdown would (an engine process of its own
+    takes them with it), and the error carries none of vLLM's frames (which hold what it had allocated)."""
+    fake_vllm.fail = RuntimeError("CUDA error: something went wrong")
+    with pytest.raises(BackendError) as own:
+        _backend({"enforce_eager": False})  # compiled: its own process
+    assert fake_vllm.cleanups == []
+    with pytest.raises(BackendError) as here:
+        _backend({})
+    assert fake_vllm.cleanups == ["cleanup"]
+    assert here.value.__context__ is None and here.value.__cause__ is None
+    assert "something went wrong" in str(here.value) and "something went wrong" in str(own.value)
+    fake_vllm.fail = None
+    assert _backend({}).info()["engine_core"] == "in this process"  # the next one starts
 
 
 def test_parse_engine_log_derives_the_rest_of_the_start():

@@ -28,8 +28,8 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import (capture_in_process_log, engine_core_in_process, engine_environment,
-                                      offload_requested, parse_engine_log, scoped_env, stop_capture,
-                                      unfreeze_vllm_envs)
+                                      offload_requested, parse_engine_log, release_failed_start, scoped_env,
+                                      stop_capture, unfreeze_vllm_envs)
 from harness.backends.vllm_errors import is_oom, oom_error, start_error
 from harness.errors import BackendError, ConfigError, HarnessError
 
@@ -147,15 +147,19 @@ class VLLMBackend(Backend):
         self._gpus = gpu_memory.visible_indices()
         self._mem_before = gpu_memory.used_mib(self._gpus)  # what close() waits to see again
         t0 = time.time()
+        failure = None
         try:
             with scoped_env(env):  # the engine-core (and worker) processes are spawned inside: they inherit it
                 self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
                                     max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
         except Exception as e:  # noqa: BLE001 - vLLM raises many types: each becomes an error that says what to change
             stop_capture(self._log_handler)
-            if isinstance(e, HarnessError):
-                raise
-            raise start_error(e, spec, kwargs, self._log_text(), self.log_path) from None
+            failure = e if isinstance(e, HarnessError) else start_error(e, spec, kwargs, self._log_text(),
+                                                                        self.log_path)
+        if failure is not None:  # raised here, outside the handler: vLLM's exception and its frames are let go
+            if self.in_process:
+                release_failed_start()
+            raise failure
         self.engine_start_s = time.time() - t0
         self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s)
         from harness.backends.vllm_loader import offload_info, quant_kernels

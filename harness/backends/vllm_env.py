@@ -127,6 +127,23 @@ def unfreeze_vllm_envs() -> None:
     getattr(envs, "disable_envs_cache", lambda: None)()
 
 
+def release_failed_start() -> None:
+    """What an engine core that failed to start in this interpreter left behind (its distributed state, cached GPU
+    memory), released as vLLM's own shutdown does, so the next engine starts clean; an engine process of its own
+    takes all of that with it when it exits."""
+    import gc
+
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    except ImportError:
+        gc.collect()
+        return
+    try:
+        cleanup_dist_env_and_memory()
+    except Exception:  # noqa: BLE001 - best effort: the start error that follows is what the user must see
+        gc.collect()
+
+
 @contextmanager
 def scoped_env(env: dict[str, str]):
     """Set ``env`` for the duration (child processes spawned inside inherit it), then restore the old values."""
