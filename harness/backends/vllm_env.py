@@ -6,8 +6,9 @@ module level.
   ``VLLM_USE_V2_MODEL_RUNNER=0`` (only that engine: the variable is restored once its processes are spawned), and
   the backend then checks that weights really left the GPU.
 - The engine core runs in this interpreter (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) when the engine is eager, on one
-  GPU and without offload, and the environment does not say otherwise: no second interpreter to start and import vLLM and
-  torch into (a cached SmolLM2 gate on one H200: 41 s -> 25 s to verdict, the same score; docs/results 2026-11-30).
+  GPU and without offload, and the environment does not say otherwise: no second interpreter to start and import
+  vLLM and torch into (a cached SmolLM2 gate on one H200: 41 s -> 25 s to verdict, the same score; docs/results
+  2026-11-30).
   vLLM 0.26 supports tearing such an engine down in process (``EngineCore.shutdown``: gc.unfreeze, distributed
   state and cached memory released). Compiled, several-GPU and offloading engines keep their own processes.
 - The engine's own log (engine-core and worker processes, or this process's ``vllm`` logger when the core runs
