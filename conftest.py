@@ -30,10 +30,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "real_weights(name): needs the package-index model NAME converted to BF16; "
                                        "when such a test is selected, the conversion starts in the background as the "
                                        "run begins (the test waits on its lock)")
-    config.addinivalue_line("markers", "shared_checkpoint(*args): needs the run's checkpoint that `harness quantize "
-                                       "ARGS` makes (the tiny default's for just --recipe R); when such a test is "
-                                       "selected, it is built in the background at low CPU priority as the run begins, "
-                                       "on the core the tests leave idle (the test waits on its cache lock)")
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: only what will run counts
@@ -49,26 +45,7 @@ def pytest_collection_modifyitems(config, items):
         log = open(os.environ["HARNESS_QUANT_LEDGER"] + ".prefetch.log", "a")
         for name in names:
             _prefetch.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "fetch-model", name],
-                                              stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                              start_new_session=True))
-    builds = list(dict.fromkeys(tuple(m.args) for i in items for m in i.iter_markers("shared_checkpoint")))
-    if builds and not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
-        _prebuild(builds)
-
-
-def _prebuild(builds: list[tuple]) -> None:
-    """The checkpoints many tests share, built one after another by `harness quantize` in a background process group
-    at nice 10: a run's tests keep one of the two CI cores busy about three quarters of the time, and a test that
-    needs a checkpoint still being built waits on its cache lock (then the build has the cores)."""
-    import shlex
-    import subprocess
-
-    log = open(os.environ["HARNESS_QUANT_LEDGER"] + ".prefetch.log", "a")
-    script = " ; ".join(shlex.join([sys.executable, "-m", "harness.cli", "quantize", *args]) + " > /dev/null"
-                        for args in builds)
-    _prefetch.append(subprocess.Popen(["sh", "-c", script], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                      cwd=os.path.dirname(os.path.abspath(__file__)), start_new_session=True,
-                                      preexec_fn=lambda: os.nice(10)))
+                                              stdout=log, stderr=log, stdin=subprocess.DEVNULL))
 
 
 def quantization_summary() -> tuple[list[str], list[str]]:
@@ -108,14 +85,9 @@ def quantization_summary() -> tuple[list[str], list[str]]:
 
 
 def pytest_sessionfinish(session):
-    for p in _prefetch:  # a run that ended before they finished (-x, Ctrl-C) does not leave them behind
+    for p in _prefetch:  # a run that ended before it finished (-x, Ctrl-C) does not leave it behind
         if p.poll() is None:
-            import signal
-
-            try:
-                os.killpg(p.pid, signal.SIGTERM)  # the whole group: the shell and the harness it runs (which stops
-            except ProcessLookupError:            # its quantization child and removes its temp folder)
-                pass
+            p.terminate()
         p.wait()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller sums up the run

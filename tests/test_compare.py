@@ -10,10 +10,6 @@ import pytest
 
 from harness.compare import pair_difference
 
-# the tiny default's checkpoints these tests use, built in the background as the run begins (conftest.py)
-pytestmark = [pytest.mark.shared_checkpoint("--recipe", "nvfp4"),
-              pytest.mark.shared_checkpoint("--recipe", "nvfp4a16")]
-
 
 def test_a_uniform_gap_is_a_point_and_says_better_or_worse():
     """Every document: BF16 1.0 nat a token, A 1.1, B 1.2 (10 tokens each). Scores by hand: A 100 e^-0.1 = 90.484,

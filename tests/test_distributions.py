@@ -16,9 +16,6 @@ from harness.distributions import SUFFIX, TopK, load, save
 from harness.errors import BaselineError, BackendError, ConfigError
 from harness.gate import GateSession
 
-# the tiny default's checkpoints these tests use, built in the background as the run begins (conftest.py)
-pytestmark = pytest.mark.shared_checkpoint("--recipe", "negative-control-w2")
-
 
 def small_topk(k=3, tokens=5, vocab=70000) -> TopK:
     rng = np.random.default_rng(0)

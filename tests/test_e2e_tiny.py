@@ -14,10 +14,6 @@ import yaml
 from harness.config import load_config
 from harness.gate import GateSession
 
-# the tiny default's checkpoints these tests use, built in the background as the run begins (conftest.py)
-pytestmark = [pytest.mark.shared_checkpoint("--recipe", "nvfp4"),
-              pytest.mark.shared_checkpoint("--recipe", "negative-control-w2")]
-
 
 def harness(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,

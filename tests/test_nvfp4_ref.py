@@ -194,12 +194,7 @@ def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, t
         R.write_reference_model(s.cfg.resolve(s.cfg.model.path), tmp_path / "x", activations_from=ckpt)
 
 
-# a short calibration (the equality of every Linear needs no more); conftest builds this checkpoint in the background
-ORACLE_CALIBRATION = ("--set", "calibration.samples=4", "--set", "calibration.max_seq_len=64")
-
-
 @pytest.mark.real_weights("smollm2-135m")
-@pytest.mark.shared_checkpoint("--config", "configs/smollm2-135m-cpu.yaml", "--recipe", "nvfp4", *ORACLE_CALIBRATION)
 def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_factory):
     """SmolLM2-135M from the package index, quantized by llm-compressor (NVFP4, a short calibration): all 210 Linears
     bit for bit under torch's bf16 arithmetic; the definition's exact arithmetic differs in a small share of scales
@@ -210,7 +205,6 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
 
     from harness.config import load_config
     from harness.gate import GateSession
-    from harness.overrides import parse_set, set_dotted
 
     proj = tmp_path_factory.mktemp("real")
     for d in ("configs", "recipes"):
@@ -219,8 +213,8 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     cfg = yaml.safe_load((root / "configs/smollm2-135m-cpu.yaml").read_text())
     cfg["datasets"]["wikitext2"]["n_texts"] = 4
     cfg["model"]["max_model_len"] = 64  # a short text set: equality per document needs no more
-    for key, value in parse_set(list(ORACLE_CALIBRATION[1::2])).items():
-        set_dotted(cfg, key, value)
+    cfg["calibration"].update(samples=4, max_seq_len=64)
+    cfg["calibration"]["data_files"] = str(root / "harness/texts/wikitext-2-raw-v1/test-00000-of-00001.parquet")
     (proj / "configs/real.yaml").write_text(yaml.safe_dump(cfg))
     s = GateSession(load_config(proj / "configs/real.yaml"), quiet=True, recipe="nvfp4")
     try:
