@@ -5,7 +5,7 @@ time) and owns what lives between stages (the one engine alive, the baselines st
 =========  ===========================================  =============================  =============================
 stage      takes                                        returns                        where
 =========  ===========================================  =============================  =============================
-prepare    the config, a tokenizer                      :class:`Prepared`              :func:`prepare` (harness.prepare)
+prepare    the config, a tokenizer                      :class:`Prepared`              harness.prepare, per dataset
 provide    the config, recipe, calibration, cache       :class:`Checkpoint`            harness.provide.CheckpointProvider
 score      one started engine, the prepared data        :class:`Scores` (DatasetScore  :func:`score`, :func:`score_dataset`
                                                         per dataset)
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from harness.data import PreparedDataset
 from harness.metrics import DatasetScore
@@ -117,14 +117,6 @@ class ReportFiles:
     def of(cls, folder: Path) -> "ReportFiles":
         folder = Path(folder)
         return cls(folder, tuple(sorted(p.name for p in folder.iterdir())))
-
-
-def prepare(cfg, tokenizer, log: Callable[[str], None] = print, names: list[str] | None = None) -> Prepared:
-    """Load, select and tokenize each dataset by its rules (harness.data); refuses data that fail the config's
-    minimums (harness.prepare.prepare_dataset)."""
-    from harness.prepare import prepare_dataset
-
-    return Prepared({n: prepare_dataset(cfg, n, tokenizer, log) for n in (names or list(cfg.datasets))})
 
 
 def score_dataset(engine, prep: PreparedDataset, *, top_k: int = 0, token_detail: bool = False,

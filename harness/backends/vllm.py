@@ -137,9 +137,9 @@ class VLLMBackend(Backend):
         self.kwargs = kwargs
         self.offload_requested = offload_requested(kwargs)
         self.log_path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) / f"engine-{spec.precision}.log"
-        env = engine_environment(kwargs, self.log_path)
-        self.env = env
         self.in_process = engine_core_in_process(kwargs)
+        env = engine_environment(kwargs, self.log_path, self.in_process)
+        self.env = env
         unfreeze_vllm_envs()
         self._log_handler = capture_in_process_log(self.log_path) if self.in_process else None
         from harness.backends import gpu_memory

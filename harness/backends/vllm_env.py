@@ -59,10 +59,11 @@ def _log_wanted(log_path: Path | None) -> bool:
         os.environ.get("VLLM_CONFIGURE_LOGGING", "1") not in ("0", "false")
 
 
-def engine_environment(kwargs: dict, log_path: Path | None) -> dict[str, str]:
-    """Variables to set while this engine starts (its processes, if any, are spawned inside and inherit them)."""
+def engine_environment(kwargs: dict, log_path: Path | None, in_process: bool) -> dict[str, str]:
+    """Variables to set while this engine starts (its processes, if any, are spawned inside and inherit them);
+    ``in_process``: :func:`engine_core_in_process` of these kwargs."""
     env: dict[str, str] = {}
-    if os.environ.get(IN_PROCESS_VAR) is None and engine_core_in_process(kwargs):
+    if in_process and os.environ.get(IN_PROCESS_VAR) is None:
         env[IN_PROCESS_VAR] = "0"
     if offload_requested(kwargs):
         forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
@@ -71,7 +72,7 @@ def engine_environment(kwargs: dict, log_path: Path | None) -> dict[str, str]:
                               "0.26's V2 model runner ignores offload for dense models. Unset the variable (the "
                               "harness then starts offloading engines with the V1 runner) or drop the offload keys.")
         env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    if _log_wanted(log_path) and not engine_core_in_process(kwargs):
+    if _log_wanted(log_path) and not in_process:
         cfg_path = Path(log_path).with_suffix(".logging.json")
         cfg_path.write_text(json.dumps(logging_config(Path(log_path))))
         env["VLLM_LOGGING_CONFIG_PATH"] = str(cfg_path)
