@@ -2,8 +2,9 @@
 
 Each token t (after the first) scores log p = -log(1 + t); a document holding token 999999 kills its worker; the
 kwarg ``fail_on`` names a CUDA_VISIBLE_DEVICES value whose engine fails to start; ``trace_dir`` records which
-worker scored which documents (one line per document: its first token). With ``top_k``: ids t .. t+k-1 at the
-token's own log-probability."""
+worker scored which documents (one line per document: its first token); ``linger`` leaves a thread behind at close
+that keeps the worker's interpreter from exiting (as a library's leftover thread would). With ``top_k``: ids
+t .. t+k-1 at the token's own log-probability."""
 from __future__ import annotations
 
 import math
@@ -45,6 +46,12 @@ class EchoBackend(Backend):
                                  top_logprobs=None if top is None else np.repeat(
                                      np.asarray(lps, dtype=np.float32)[:, None], top_k, axis=1)))
         return out
+
+    def close(self):
+        if self.spec.engine_kwargs.get("linger"):
+            import threading
+
+            threading.Thread(target=threading.Event().wait, name="linger").start()  # not a daemon: never ends
 
     def info(self):
         return {"backend": self.name, "device": f"fake:{self.devices}", "kernel": "dense bf16", "pid": os.getpid(),

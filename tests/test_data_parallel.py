@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing as mp
+import signal
+import time
 
 import pytest
 
@@ -93,6 +95,33 @@ def test_a_worker_that_dies_while_scoring_is_an_error_not_a_hang():
     assert not [p for p in mp.active_children() if p.name.startswith("harness-dp")]
     with pytest.raises(BackendError, match="closed"):
         be.loglikelihood_rolling([[1, 2]])
+
+
+def test_a_worker_that_closed_its_engine_but_does_not_exit_is_stopped_after_a_grace(monkeypatch):
+    """2026-11-30 on two H200s: each worker closed its engine, then its interpreter did not exit, and close() waited out
+    its whole 120 s deadline. Now the deadline is for closing the engines; exiting gets EXIT_GRACE_S, then a stop."""
+    from harness.backends import data_parallel
+
+    monkeypatch.setattr(data_parallel, "EXIT_GRACE_S", 1.0)
+    be = DataParallelBackend(_spec(data_parallel_size=2, linger=True), FAKE, 2, ["0", "1"])
+    procs = list(be._procs)
+    t0 = time.monotonic()
+    be.close()
+    took = time.monotonic() - t0
+    assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2  # stopped, not exited on their own
+    assert took < data_parallel.CLOSE_TIMEOUT_S / 2, took  # 2 x (grace + stop), far from the 120 s deadline
+    assert not [p for p in mp.active_children() if p.name.startswith("harness-dp")]
+
+
+def test_close_waits_for_the_workers_gpu_memory_after_they_exit(monkeypatch):
+    from harness.backends import gpu_memory
+
+    readings = iter([{0: 500.0, 1: 400.0}, {0: 40000.0, 1: 400.0}, {0: 600.0, 1: 450.0}])  # before, then after exits
+    seen = []
+    monkeypatch.setattr(gpu_memory, "used_mib", lambda idx=None: seen.append(idx) or next(readings))
+    be = DataParallelBackend(_spec(data_parallel_size=2), FAKE, 2, ["0", "1"])
+    be.close()
+    assert seen == [[0, 1]] * 3  # the workers' GPUs, read before they started and until they were back
 
 
 def test_make_backend_plans_gpus_before_starting_anything(monkeypatch):

@@ -311,21 +311,43 @@ def test_the_ray_cluster_config_reaches_vllm_as_written(fake_vllm, monkeypatch, 
     assert cfg.engine_kwargs("nvfp4", "vllm").get("distributed_executor_backend") is None  # the gate needs no cluster
 
 
-def test_close_returns_only_once_the_engines_gpu_memory_is_back(fake_vllm, monkeypatch):
+def _readings(monkeypatch, readings: list) -> list:
     from harness.backends import gpu_memory
 
-    readings = [{0: 1000.0}, {0: 52000.0}, {0: 30000.0}, {0: 1100.0}]  # before start, then while it shuts down
-    seen = []
+    seen: list = []
 
     def used(indices=None):
         seen.append(readings[len(seen)])
         return seen[-1]
 
     monkeypatch.setattr(gpu_memory, "used_mib", used)
-    eng = _backend({})
+    return seen
+
+
+@pytest.mark.parametrize("kwargs,env", [({"enforce_eager": False}, None),  # compiled: its core has its own process
+                                        ({"tensor_parallel_size": 2}, "0")])  # core here, workers in their own
+def test_close_returns_only_once_the_engines_processes_gave_its_gpu_memory_back(fake_vllm, monkeypatch, kwargs, env):
+    if env is not None:
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", env)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    seen = _readings(monkeypatch, [{0: 1000.0}, {0: 52000.0}, {0: 30000.0}, {0: 1100.0}])  # before, then shutting down
+    eng = _backend(kwargs)
     assert len(seen) == 1  # measured before the engine started
     eng.close()
     assert len(seen) == 4  # not back before the fourth reading: close() waited for it
+
+
+def test_an_in_process_engine_does_not_wait_for_what_this_process_keeps(fake_vllm, monkeypatch, caplog):
+    """2026-11-30 on the H200: an engine whose core and model ran in this process left this process's CUDA context and
+    vLLM's caches on the GPU (more than the 1 GiB tolerance at the 1.5B and 72B shapes); no other process could give
+    them back, and close() waited out its 120 s timeout. It reads once and says what this process keeps."""
+    seen = _readings(monkeypatch, [{0: 600.0}, {0: 2900.0}, {0: 600.0}])
+    eng = _backend({})
+    assert eng.info()["engine_core"] == "in this process"
+    with caplog.at_level(logging.INFO, logger="harness"):
+        eng.close()
+    assert len(seen) == 2  # one reading after close, no waiting for the third
+    assert "the bf16 engine ran in this process, which keeps {0: 2300} MiB per GPU" in caplog.text
 
 
 def test_the_report_says_where_an_engine_start_went():

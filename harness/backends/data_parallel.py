@@ -26,6 +26,8 @@ from harness.backends.base import Backend, DocResult, EngineSpec, check_results,
 from harness.errors import BackendError, ConfigError
 
 OWNED_KEY = "data_parallel_size"
+CLOSE_TIMEOUT_S = 120.0  # for the workers to close their engines
+EXIT_GRACE_S = 15.0  # then for each to exit before it is stopped (2026-11-30: exits had waited out the whole 120 s)
 
 
 def parallel_sizes(kwargs: dict) -> tuple[int, int]:
@@ -119,6 +121,13 @@ class DataParallelBackend(Backend):
         self.size, self.devices = size, list(devices)
         inner_spec = EngineSpec(**{**spec.__dict__, "engine_kwargs": {k: v for k, v in spec.engine_kwargs.items()
                                                                        if k != OWNED_KEY}})
+        from harness.backends import gpu_memory
+
+        try:  # NVML indices of every worker's GPUs (UUIDs: all GPUs), read before any engine starts
+            self._gpu_indices: list[int] | None = [int(g) for d in self.devices for g in d.split(",")]
+        except ValueError:
+            self._gpu_indices = None
+        self._mem_before = gpu_memory.used_mib(self._gpu_indices)
         ctx = mp.get_context("spawn")  # a fresh interpreter per engine: CUDA never initialised before the env is set
         self._procs, self._conns = [], []
         t0 = time.time()
@@ -202,9 +211,10 @@ class DataParallelBackend(Backend):
                     c.send(("close",))
                 except (OSError, BrokenPipeError):
                     pass
-        deadline = time.time() + 120  # each worker closes its engine (GPU memory back) before it exits
-        for p in procs:
-            p.join(timeout=max(deadline - time.time(), 0.1))
+        deadline = time.time() + CLOSE_TIMEOUT_S  # each worker closes its engine, says so, then exits
+        for c, p in zip(conns, procs):
+            _wait_closed(c, p, deadline)
+            p.join(timeout=EXIT_GRACE_S)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=10)
@@ -213,3 +223,21 @@ class DataParallelBackend(Backend):
                 p.join()
         for c in conns:
             c.close()
+        from harness.backends import gpu_memory
+
+        # the workers' engines ran in their processes: their GPU memory comes back as those exit
+        gpu_memory.wait_closed("the data-parallel engines", getattr(self, "_mem_before", None), self._gpu_indices,
+                               own_process=True, timeout_s=CLOSE_TIMEOUT_S)
+
+
+def _wait_closed(conn, proc, deadline: float) -> None:
+    """Until the worker said its engine is closed (answers still in the pipe are dropped), exited, or the deadline."""
+    while time.time() < deadline:
+        try:
+            if conn.poll(0.5):
+                if conn.recv()[0] == "closed":
+                    return
+            elif not proc.is_alive():
+                return
+        except (EOFError, OSError):
+            return

@@ -68,3 +68,21 @@ def wait_released(before: dict[int, float] | None, read: Callable[[], dict[int, 
         if not held or time.time() >= deadline:
             return held or None
         time.sleep(poll_s)
+
+
+def wait_closed(what: str, before: dict[int, float] | None, indices: Sequence[int] | None, own_process: bool,
+                timeout_s: float = 120.0) -> dict | None:
+    """After an engine closed: with processes of its own (engine core, workers), wait until they gave its GPU memory
+    back, so the next engine never starts beside their remains, and warn when they did not. Without (its core and
+    model ran in this process), what is still held is this process's own (its CUDA context, caches vLLM's modules
+    keep) and stays until it exits: waiting would only wait out the timeout, so it is read once and logged."""
+    import logging
+
+    held = wait_released(before, lambda: used_mib(indices), timeout_s=timeout_s if own_process else 0.0)
+    if held and own_process:
+        logging.getLogger("harness").warning("%s was closed but GPU memory is still held after %.0f s (MiB per GPU: "
+                                             "%s); the next engine may not fit", what, timeout_s, held)
+    elif held:
+        logging.getLogger("harness").info("%s ran in this process, which keeps %s MiB per GPU of it until it exits",
+                                          what, held)
+    return held

@@ -28,7 +28,7 @@ from typing import Sequence
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import (capture_in_process_log, engine_core_in_process, engine_environment,
-                                      offload_requested, parse_engine_log, release_failed_start, scoped_env,
+                                      offload_requested, one_worker, parse_engine_log, release_failed_start, scoped_env,
                                       stop_capture, unfreeze_vllm_envs)
 from harness.backends.vllm_errors import is_oom, oom_error, start_error
 from harness.errors import BackendError, ConfigError, HarnessError
@@ -319,15 +319,10 @@ class VLLMBackend(Backend):
             pass
         from harness.backends import gpu_memory
 
-        # return only once the engine's GPU memory is back, so the next engine never starts beside its remains
-        held = gpu_memory.wait_released(getattr(self, "_mem_before", None),
-                                        lambda: gpu_memory.used_mib(self._gpus), timeout_s=RELEASE_TIMEOUT_S)
-        if held:
-            import logging
-
-            logging.getLogger("harness").warning(
-                "the %s engine was closed but GPU memory is still held after %.0f s (MiB per GPU: %s); the next "
-                "engine may not fit", self.spec.precision, RELEASE_TIMEOUT_S, held)
+        # an in-process engine of one worker has no process of its own to wait for (2026-11-30: the 120 s timeout)
+        gpu_memory.wait_closed(f"the {self.spec.precision} engine", getattr(self, "_mem_before", None), self._gpus,
+                               own_process=not (self.in_process and one_worker(self.kwargs)),
+                               timeout_s=RELEASE_TIMEOUT_S)
 
 
 def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False, top_k: int = 0) -> DocResult:

@@ -49,9 +49,14 @@ def engine_core_in_process(kwargs: dict) -> bool:
     its own process: torch.compile's and Dynamo's state would otherwise outlive it in this interpreter."""
     if os.environ.get(IN_PROCESS_VAR) is not None:
         return os.environ[IN_PROCESS_VAR].strip().lower() in ("0", "false")
+    return one_worker(kwargs) and kwargs.get("enforce_eager") is True and not offload_requested(kwargs)
+
+
+def one_worker(kwargs: dict) -> bool:
+    """One GPU and vLLM's single-process executor: the model runs where the engine core runs, in no worker process
+    of its own (an in-process core of such an engine leaves no other process holding its GPU memory)."""
     one_gpu = int(kwargs.get("tensor_parallel_size") or 1) * int(kwargs.get("pipeline_parallel_size") or 1) == 1
-    return one_gpu and kwargs.get("distributed_executor_backend") in (None, "uni") and \
-        kwargs.get("enforce_eager") is True and not offload_requested(kwargs)
+    return one_gpu and kwargs.get("distributed_executor_backend") in (None, "uni")
 
 
 def _log_wanted(log_path: Path | None) -> bool:
