@@ -103,8 +103,6 @@ def test_words_and_bytes_follow_the_scored_text(root):
 
 
 def test_wikitext_rows_are_stripped_and_blank_rows_skipped():
-    from harness.data import first_nonempty_texts
-
     rows = [{"text": ""}, {"text": " = Robert Boulter = \n"}, {"text": " \n"}, {"text": " He was born . \n"},
             {"text": "no edges"}]
     assert first_nonempty_texts(rows, 2) == ["= Robert Boulter =", "He was born ."]

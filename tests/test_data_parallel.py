@@ -68,6 +68,7 @@ def test_two_workers_score_shards_on_their_own_gpus_and_merge_in_document_order(
     assert info["data_parallel"]["device_names"] == ["fake:0", "fake:1"]
     assert "data_parallel_size" in info["engine_kwargs"]
     assert not [p for p in mp.active_children() if p.name.startswith("harness-dp")]  # closed: no worker left
+    assert be.exitcodes == [0, 0]  # each closed its engine and exited on its own
 
 
 def test_top_k_distributions_cross_the_worker_pipes_in_document_order():
@@ -108,7 +109,7 @@ def test_a_worker_that_closed_its_engine_but_does_not_exit_is_stopped_after_a_gr
     t0 = time.monotonic()
     be.close()
     took = time.monotonic() - t0
-    assert [p.exitcode for p in procs] == [-signal.SIGTERM] * 2  # stopped, not exited on their own
+    assert [p.exitcode for p in procs] == be.exitcodes == [-signal.SIGTERM] * 2  # stopped, not exited on their own
     assert took < data_parallel.CLOSE_TIMEOUT_S / 2, took  # 2 x (grace + stop), far from the 120 s deadline
     assert not [p for p in mp.active_children() if p.name.startswith("harness-dp")]
 

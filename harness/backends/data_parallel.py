@@ -16,6 +16,7 @@ GPU (or one tensor/pipeline-parallel group) independent engines are all data par
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -121,13 +122,13 @@ class DataParallelBackend(Backend):
         self.size, self.devices = size, list(devices)
         inner_spec = EngineSpec(**{**spec.__dict__, "engine_kwargs": {k: v for k, v in spec.engine_kwargs.items()
                                                                        if k != OWNED_KEY}})
-        from harness.backends import gpu_memory
+        from harness.backends.gpu_memory import used_mib
 
         try:  # NVML indices of every worker's GPUs (UUIDs: all GPUs), read before any engine starts
             self._gpu_indices: list[int] | None = [int(g) for d in self.devices for g in d.split(",")]
         except ValueError:
             self._gpu_indices = None
-        self._mem_before = gpu_memory.used_mib(self._gpu_indices)
+        self._mem_before = used_mib(self._gpu_indices)
         ctx = mp.get_context("spawn")  # a fresh interpreter per engine: CUDA never initialised before the env is set
         self._procs, self._conns = [], []
         t0 = time.time()
@@ -216,6 +217,9 @@ class DataParallelBackend(Backend):
             _wait_closed(c, p, deadline)
             p.join(timeout=EXIT_GRACE_S)
             if p.is_alive():
+                logging.getLogger("harness").warning("data-parallel engine on GPUs %s did not exit within %.0f s of "
+                                                     "closing; stopped", p.name.removeprefix("harness-dp-"),
+                                                     EXIT_GRACE_S)
                 p.terminate()
                 p.join(timeout=10)
             if p.is_alive():
@@ -223,10 +227,11 @@ class DataParallelBackend(Backend):
                 p.join()
         for c in conns:
             c.close()
-        from harness.backends import gpu_memory
+        self.exitcodes = [p.exitcode for p in procs]  # 0: each worker closed its engine and exited on its own
+        from harness.backends.gpu_memory import wait_closed
 
         # the workers' engines ran in their processes: their GPU memory comes back as those exit
-        gpu_memory.wait_closed("the data-parallel engines", getattr(self, "_mem_before", None), self._gpu_indices,
+        wait_closed("the data-parallel engines", getattr(self, "_mem_before", None), self._gpu_indices,
                                own_process=True, timeout_s=CLOSE_TIMEOUT_S)
 
 

@@ -73,7 +73,7 @@ def tiny_scores(gpu_cfg):
             # eager, one GPU and every layout alike: these tests compare layouts, not compilation, and torch.compile
             # plus graph capture made each of the 12 engine starts of a 2-layer model ~24 s (2026-11-29)
             kw.setdefault("enforce_eager", True)
-            s = GateSession(cfg, backend="vllm")
+            s, eng = GateSession(cfg, backend="vllm"), None
             try:
                 s.start_engine(precision)
                 eng = s.engines.current
@@ -82,7 +82,10 @@ def tiny_scores(gpu_cfg):
                 res = eng.loglikelihood_rolling(docs)
                 cache[(variant, layout)] = (res, {**s.engine_info(precision), "score_s": time.perf_counter() - t0})
             finally:
+                t0 = time.perf_counter()
                 s.close()
+                cache.get((variant, layout), ({}, {}))[1].update(
+                    close_s=time.perf_counter() - t0, exitcodes=getattr(eng, "exitcodes", None))
         return cache[(variant, layout)]
 
     return run
@@ -106,13 +109,17 @@ def test_tiny_data_parallel_matches_one_gpu(tiny_scores, variant, gpu_results):
     worst = max(abs(a.nll_sum - b.nll_sum) / max(a.nll_sum, 1e-9) for a, b in zip(one, many))
     gpu_results(f"tiny_{layout}_vs_one_{variant}", {"ppl_one": ppl1, "ppl": ppl, "rel": abs(ppl - ppl1) / ppl1,
                                                     "worst_doc_rel": worst, "kernel": info["kernel"],
-                                                    "data_parallel": info.get("data_parallel")})
+                                                    "data_parallel": info.get("data_parallel"),
+                                                    "close_s": [round(info1["close_s"], 1), round(info["close_s"], 1)]})
     assert info["kernel"] == info1["kernel"]
     if variant != "bf16":  # the kernel the variant names is the one that ran
         assert {"nvfp4-marlin": "Marlin", "nvfp4-emulation": "emulation"}[variant] in info["kernel"], info["kernel"]
     assert [r.n_tokens for r in many] == [r.n_tokens for r in one]  # same documents, same order
     assert info["data_parallel"]["size"] == 2 and len(set(info["data_parallel"]["devices"])) == 2
     assert abs(ppl - ppl1) / ppl1 < 1e-5, (ppl1, ppl)  # the same per-document sums, merged in order
+    # each worker closed its engine and exited on its own (2026-11-30: the in-process engines' close waited out its
+    # 120 s timeout for memory its own process kept, and the workers were stopped at the deadline)
+    assert info["exitcodes"] == [0, 0], info
 
 
 @needs_two
