@@ -89,6 +89,30 @@ def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_u
     assert abs(math.exp(nll_b) - math.exp(nll_1)) / math.exp(nll_b) < 1e-3
 
 
+def test_in_process_engines_one_after_another_do_not_pile_up_gpu_memory(gpu_cfg, gpu_results, nvml_used_mib):
+    """The default scoring engine (eager, one GPU) runs its core in this process; what it leaves after close() (this
+    process's CUDA context, vLLM's caches) stays until the process exits, and close() does not wait for it. That is
+    fine once, not per engine: the second and third engines leave no more than the first did (a session of a pytest
+    run starts dozens)."""
+    spec = _bf16_spec(gpu_cfg, "vllm")
+    spec = dataclasses.replace(spec, engine_kwargs={**spec.engine_kwargs, "enforce_eager": True})
+    docs = GateSession(gpu_cfg, backend="vllm").prepared("wikitext2").token_ids[:4]
+    before, after = nvml_used_mib(), []
+    for _ in range(3):
+        eng = backend_class("vllm")(spec)
+        try:
+            assert eng.in_process, eng.info()["engine_core"]
+            eng.loglikelihood_rolling(docs)
+        finally:
+            t0 = time.perf_counter()
+            eng.close()
+            close_s = time.perf_counter() - t0
+        after.append(nvml_used_mib())
+    m = {"before_mib": before, "after_each_mib": after, "last_close_s": close_s}
+    gpu_results("in_process_engines_residual", m)
+    assert after[2] - after[0] < 256, f"each in-process engine left more GPU memory behind: {m}"
+
+
 def test_top_k_above_20_starts_the_engine_with_that_max_logprobs(gpu_cfg, gpu_results):
     """A config with distributions.top_k above vLLM's default max_logprobs (20): the backend raises max_logprobs for
     its engine, and the top-30 it returns starts with the top-20 of the same engine."""
