@@ -232,7 +232,7 @@ class DataParallelBackend(Backend):
 
         # the workers' engines ran in their processes: their GPU memory comes back as those exit
         wait_closed("the data-parallel engines", getattr(self, "_mem_before", None), self._gpu_indices,
-                               own_process=True, timeout_s=CLOSE_TIMEOUT_S)
+                    own_process=True, timeout_s=CLOSE_TIMEOUT_S)
 
 
 def _wait_closed(conn, proc, deadline: float) -> None:
