@@ -251,11 +251,11 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
         from harness.errors import missing_extra
 
         raise (missing_extra(e) or e) from None
-    try:
-        import gguf as _gguf  # noqa: F401 - transformers' GGUF loader needs it
-    except ModuleNotFoundError:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:  # transformers' GGUF loader needs it
         raise HarnessError("converting a GGUF needs the 'gguf' package: pip install 'nvfp4-gate[real]' (or pip "
-                           "install gguf)") from None
+                           "install gguf)")
     from transformers.utils import logging as hf_logging
 
     from harness.backends.hf import without_progress_bars

@@ -355,3 +355,10 @@ def test_a_conversion_parses_the_gguf_once_and_leaves_the_library_as_it_was(tmp_
     with pytest.raises(RuntimeError), pm.gguf_parsed_once():
         raise RuntimeError("the loader failed")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
+
+
+def test_converting_without_the_gguf_package_says_which_install_brings_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+    with pytest.raises(HarnessError, match=r"needs the 'gguf' package: pip install 'nvfp4-gate\[real\]'"):
+        pm.convert(pm.MODELS["smollm2-135m"], tmp_path / "m.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written
