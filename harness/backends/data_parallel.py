@@ -214,7 +214,7 @@ class DataParallelBackend(Backend):
                     pass
         deadline = time.time() + CLOSE_TIMEOUT_S  # each worker closes its engine, says so, then exits
         for c, p in zip(conns, procs):
-            _wait_closed(c, p, deadline)
+            _wait_worker_closed(c, p, deadline)
             p.join(timeout=EXIT_GRACE_S)
             if p.is_alive():
                 logging.getLogger("harness").warning("data-parallel engine on GPUs %s did not exit within %.0f s of "
@@ -235,7 +235,7 @@ class DataParallelBackend(Backend):
                     own_process=True, timeout_s=CLOSE_TIMEOUT_S)
 
 
-def _wait_closed(conn, proc, deadline: float) -> None:
+def _wait_worker_closed(conn, proc, deadline: float) -> None:
     """Until the worker said its engine is closed (answers still in the pipe are dropped), exited, or the deadline."""
     while time.time() < deadline:
         try:

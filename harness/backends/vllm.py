@@ -10,8 +10,9 @@
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
 - the engine core runs in this interpreter for an eager engine of one GPU without offload (vllm_env.py), else in its own
   process;
-- ``close()`` shuts the engine core down, frees this process's cached GPU memory and returns once
-  NVML shows the GPUs back at their use before the engine (a warning after 2 minutes if not);
+- ``close()`` shuts the engine core down, frees this process's cached GPU memory and, for an engine with processes
+  of its own, returns once NVML shows the GPUs back at their use before the engine (a warning after 2 minutes if
+  not); an engine that ran wholly in this process has nothing to wait for (gpu_memory.wait_closed);
 - tensor / pipeline parallelism pass through to vLLM (checked against the visible GPUs first, NVLink multicast off);
   ``data_parallel_size`` is the harness's own (one engine per GPU group: data_parallel.py, via ``make_backend``).
 """
