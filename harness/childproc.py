@@ -99,13 +99,18 @@ def condense_bar(line: str) -> str:
 
 
 def run_child(cmd: list[str], env: dict, log_path: Path, what: str, timeout_s: float | None = None,
-              heartbeat_s: float = 60.0, log: Callable[[str], None] = print, poll_s: float = 0.5) -> int:
+              heartbeat_s: float = 60.0, log: Callable[[str], None] = print, poll_s: float = 0.5,
+              start: Callable[[], object] | None = None) -> int:
     """Run ``cmd`` with stdout+stderr to ``log_path``; return its exit code. Every ``heartbeat_s`` say how long it
-    has run and its last log line; past ``timeout_s`` kill it and its group and raise."""
+    has run and its last log line; past ``timeout_s`` kill it and its group and raise. ``start``, where given, starts
+    the same work another way and returns a Popen-like handle that writes ``log_path`` itself (a build forked by
+    harness/quant_zygote.py), or None to run ``cmd`` after all."""
     t0 = time.time()
-    with open(log_path, "w") as logf:
-        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_preexec)
+    proc = start() if start is not None else None
+    with open(log_path, "a" if proc is not None else "w") as logf:
+        if proc is None:
+            proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_preexec)
         try:
             next_beat = t0 + heartbeat_s
             while proc.poll() is None:

@@ -166,6 +166,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     """Run ``python -m harness.quantize`` in the quantization interpreter; raise HarnessError on any failure. The
     child dies with this process (harness/childproc.py), says how far it got every ``heartbeat_s`` and is stopped
     past ``timeout_s``."""
+    from harness import zygote_client
     from harness.childproc import run_child
 
     spec_path = spec.beside(".spec.json")
@@ -173,9 +174,11 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     cmd = [interp.python, "-m", "harness.quantize", "--spec", str(spec_path)]
     log(f"quantizing {spec.model} in {interp.describe()}; log: {log_path}")
     t0, rc = time.time(), None
+    env = interp.env()
     try:
-        rc = run_child(cmd, interp.env(), log_path, f"quantizing {Path(spec.model).name}", timeout_s=timeout_s,
-                       heartbeat_s=heartbeat_s, log=log)
+        rc = run_child(cmd, env, log_path, f"quantizing {Path(spec.model).name}", timeout_s=timeout_s,
+                       heartbeat_s=heartbeat_s, log=log, start=zygote_client.spawner(interp.python, env, spec_path,
+                                                                                     Path(log_path)))
     except FileNotFoundError as e:
         raise HarnessError(
             f"quantization interpreter not found: {interp.python!r} ({e.strerror}). Set --quant-python / "

@@ -17,6 +17,7 @@ import yaml
 
 from harness.config import load_config
 from harness.errors import BaselineError, ConfigError
+from quant_procs import quantizing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,9 +248,11 @@ def test_an_unexpected_error_is_exit_3_with_the_traceback_in_a_file(capsys, monk
 
 
 @pytest.mark.own_quantization  # interrupting a build of its own is what it tests
-@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"),
-                                           (signal.SIGTERM, 143, "terminated (SIGTERM)")])
-def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orphan(tmp_path, sig, code, said):
+@pytest.mark.parametrize("sig,code,said,during", [(signal.SIGINT, 130, "interrupted", "build"),
+                                                  (signal.SIGTERM, 143, "terminated (SIGTERM)", "import")])
+def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orphan(tmp_path, sig, code, said, during):
+    """Interrupted while llm-compressor builds (the warm quantization interpreter's forked child runs) or while the
+    quantization interpreter still imports: either way no report, no cache entry, no process left."""
     cache, reports = tmp_path / "cache", tmp_path / "reports"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     # SIGINT as a terminal delivers it, even when this suite runs in the background (where a shell hands its children
@@ -257,11 +260,18 @@ def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orpha
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "gate", "--report-dir", str(reports)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    for line in p.stderr:  # wait until the quantization child is running
-        if "quantizing" in line or time.time() > deadline:
-            break
-    time.sleep(2)
+    deadline, procs, build = time.time() + 120, [], None
+    try:
+        while (build if during == "build" else procs) in (None, []) and time.time() < deadline and p.poll() is None:
+            procs, build = quantizing(cache)
+            time.sleep(0.1)
+        assert procs, "the gate never started quantizing"
+        assert during == "import" or build, "the build never started"
+    except BaseException:
+        p.kill()
+        p.communicate()
+        raise
+    time.sleep(1)
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode == code, err
@@ -271,6 +281,7 @@ def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orpha
     time.sleep(1)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(cache) not in ps, "the quantization child outlived the gate"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in procs), "the quantization child outlived the gate"
 
 
 # ---- where outputs go ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from harness.childproc import run_child
 from harness.ckpt_cache import CheckpointCache, interpreter_versions
 from harness.errors import HarnessError
 from harness.quantize import QuantInterpreter
+from quant_procs import quantizing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,10 +210,12 @@ def test_the_cache_key_covers_transformers_and_torch():
 
 @pytest.mark.own_quantization  # a build of its own is what it tests
 def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path, monkeypatch, capsys):
-    """SIGKILL `harness gate` while its quantization child runs: the child goes with it; the next gate removes what
-    was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else. The rebuild
-    loads the model through llm-compressor's offloading (quantize.device_map: auto_offload), and its weights are the
-    bits of the ordinary build (the suite's cached checkpoint of the same model, recipe and calibration)."""
+    """SIGKILL `harness gate` while its quantization child runs, once forked by the warm quantization interpreter
+    (harness/quant_zygote.py, the default without a GPU) and once as a plain child (HARNESS_QUANT_ZYGOTE=0, as with
+    a GPU): the child goes with it, and so does the zygote; the next gate removes what was left, builds the checkpoint
+    and passes; the cache then holds one sound entry and nothing else. The rebuild, a plain child, loads the model
+    through llm-compressor's offloading (quantize.device_map: auto_offload), and its weights are the bits of the
+    ordinary build forked by the zygote (the suite's cached checkpoint of the same model, recipe and calibration)."""
     from harness.cli import main
     from harness.config import load_config
     from harness.gate import GateSession
@@ -220,29 +223,30 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
 
     config = str(quick_project / "configs/tiny.yaml")
     suite_cache = os.environ["HARNESS_CACHE"]
-    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", config, "--report-dir", str(tmp_path / "reports")]
-    gate = subprocess.Popen(cmd, env=env, cwd=quick_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "cache" / "checkpoints"
-    child = None
-    deadline = time.time() + 120
-    while child is None and time.time() < deadline and gate.poll() is None:
-        for p in Path("/proc").iterdir():
-            try:
-                cmdline = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"harness.quantize" in cmdline and any(str(ckpts).encode() in a for a in cmdline):
-                child = int(p.name)
-        time.sleep(0.1)
-    assert child, "the gate never started quantizing"
-    time.sleep(1.0)  # well inside llm-compressor's work
-    gate.send_signal(signal.SIGKILL)
-    gate.wait()
-    assert _wait_gone([child]) == [], "the quantization child outlived the killed gate"
-    assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # what the kill left ...
+    for zygote in ("1", "0"):
+        env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+               "HARNESS_QUANT_ZYGOTE": zygote}
+        cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", config, "--report-dir",
+               str(tmp_path / "reports")]
+        gate = subprocess.Popen(cmd, env=env, cwd=quick_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs, build = [], None
+        try:
+            deadline = time.time() + 120
+            while build is None and time.time() < deadline and gate.poll() is None:
+                procs, build = quantizing(tmp_path / "cache")
+                time.sleep(0.1)
+            assert build, f"the gate never started quantizing (HARNESS_QUANT_ZYGOTE={zygote})"
+            assert len(procs) == (2 if zygote == "1" else 1), procs  # the zygote and its build, or the plain child
+            time.sleep(1.0)  # well inside llm-compressor's work
+        finally:
+            gate.send_signal(signal.SIGKILL)
+            gate.wait()
+        assert _wait_gone(procs) == [], f"the quantization child outlived the killed gate ({zygote=})"
+        assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # what the kill left ...
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")  # the rebuild a plain child: compared below with a forked build
     capsys.readouterr()
     rc = main(["gate", "--config", config, "--report-dir", str(tmp_path / "reports"),
                "--set", "quantize.device_map=auto_offload"])
@@ -255,10 +259,11 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     assert any("loaded with device_map=auto_offload" in f.read_text() for f in logs)
 
     monkeypatch.setenv("HARNESS_CACHE", suite_cache)  # the suite's cache: the same checkpoint, loaded whole into RAM
+    monkeypatch.delenv("HARNESS_QUANT_ZYGOTE")         # and forked by the warm quantization interpreter
     plain = GateSession(load_config(config), quiet=True).checkpoint().path
     a, b = load_file(plain / "model.safetensors"), load_file(entries[0] / "model.safetensors")
     assert a.keys() == b.keys() and any(k.endswith("weight_packed") for k in a)
-    assert all((a[k] == b[k]).all() for k in a), "offloaded loading changed the quantized weights"
+    assert all((a[k] == b[k]).all() for k in a), "offloaded loading or the forked build changed the quantized weights"
 
 
 def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
