@@ -72,11 +72,14 @@ class CheckpointCache:
     def entry(self, key: str) -> Path:
         return self.root / key
 
-    def log_path(self, key: str) -> Path:
+    def log_dir(self) -> Path:
         """Quantization logs live beside the cache (kept after failures, so error messages can point at them)."""
         d = self.root.parent / "logs"
         d.mkdir(parents=True, exist_ok=True)
-        return d / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        return d
+
+    def log_path(self, key: str) -> Path:
+        return self.log_dir() / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
     def lock(self, key: str, what: str, log=None, timeout_s: float | None = None):
         return cache_lock(self.locks / f"{key}.lock", what, timeout_s=timeout_s if timeout_s is not None

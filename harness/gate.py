@@ -128,6 +128,11 @@ class GateSession(BaselineSteps, JudgingSteps):
     def calibration(self):
         return self.provider.calibration()
 
+    def warm_up_quantization(self) -> bool:
+        """Where the provide stage will build: start the quantization interpreter now, so that its import overlaps
+        the input checks and data preparation (harness/zygote_client.py; without a GPU only)."""
+        return self.provider.warm_up()
+
     def checkpoint(self) -> Checkpoint:
         """The provide stage's result: the quantized checkpoint (from the cache, built now, or an existing one)."""
         with self.clock("quantize"):

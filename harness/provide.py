@@ -45,6 +45,35 @@ class CheckpointProvider:
         cal.data_files = self.cfg.resolve_files(cal.data_files)
         return cal
 
+    def warm_up(self) -> bool:
+        """Where this gate will build (a recipe, nothing cached for this model, recipe and calibration): start the
+        quantization interpreter now, so that its import overlaps data preparation (harness/zygote_client.py).
+        True if one was started or is running. Any problem here is left to checkpoint() to report."""
+        if self.existing or self._checkpoint is not None:
+            return False
+        from harness import zygote_client
+
+        if not zygote_client.enabled():
+            return False
+        try:
+            recipe, cal = self.recipe(), self.calibration()
+            cache = self._cache()
+            if cache.find(self._model_key(), recipe.recipe_text, cal.model_dump()) is not None:
+                return False  # most likely a cache hit: no import to pay
+        except (HarnessError, OSError):
+            return False
+        return zygote_client.prestart(self.interp.python, self.interp.env(), cache.log_dir())
+
+    def _cache(self):
+        from harness.ckpt_cache import CheckpointCache
+
+        return CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
+
+    def _model_key(self) -> dict:
+        from harness import identity
+
+        return {**identity.key(self._model_identity()), "trust_remote_code": bool(self.cfg.model.trust_remote_code)}
+
     def checkpoint(self) -> Checkpoint:
         """The quantized checkpoint (from the cache, or built now), its info with cache_hit."""
         if self._checkpoint is None and self.existing:
@@ -58,9 +87,7 @@ class CheckpointProvider:
         if self._checkpoint is None:
             from harness import quantize as q
             from harness.checkpoint import check_shards, require_scheme
-            from harness.ckpt_cache import CheckpointCache, cache_key, interpreter_versions
-
-            from harness import identity
+            from harness.ckpt_cache import cache_key, interpreter_versions
 
             recipe = self.recipe()
             cal = self.calibration()
@@ -68,8 +95,8 @@ class CheckpointProvider:
             model_path = self.cfg.resolve(m.path)
             if Path(model_path).is_dir():
                 check_shards(Path(model_path))
-            cache = CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
-            model_key = {**identity.key(self._model_identity()), "trust_remote_code": bool(m.trust_remote_code)}
+            cache = self._cache()
+            model_key = self._model_key()
             try:
                 versions = interpreter_versions(self.interp)
             except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves

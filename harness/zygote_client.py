@@ -17,7 +17,8 @@ from pathlib import Path
 
 # what may differ between two builds of one zygote: each build gets the requester's whole environment anyway, and
 # none of these is read when a module is imported
-PER_BUILD_ENV = ("PYTEST_CURRENT_TEST", "HARNESS_CACHE", "HARNESS_QUANT_LEDGER", "OLDPWD", "PWD")
+PER_BUILD_ENV = ("PYTEST_CURRENT_TEST", "HARNESS_CACHE", "HARNESS_QUANT_LEDGER", "OLDPWD", "PWD",
+                 "TORCHINDUCTOR_CACHE_DIR")  # the last: set by torch in the harness once it compiles anything
 ENV_SWITCH = "HARNESS_QUANT_ZYGOTE"  # "0": every build a fresh interpreter
 KEEP = 2  # warm interpreters kept at most (each holds ~0.6 GB): the quantization interpreter and one other
 
@@ -146,29 +147,52 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1") != "0" and not gpu_visible()
 
 
+def _key(python: str, env: dict) -> tuple:
+    return (python, tuple(sorted((k, v) for k, v in env.items() if k not in PER_BUILD_ENV)))
+
+
+def _warm(key: tuple, python: str, env: dict, log_dir: Path) -> Zygote | None:
+    """This interpreter's and environment's zygote, started now if it is not running; None where it cannot serve.
+    Called with _zlock held."""
+    if key in _refused:
+        return None
+    z = _zygotes.pop(key, None)  # re-inserted below: the dict's order is the order of last use
+    if z is None or not z.alive():
+        idle = [k for k, old in _zygotes.items() if not old.busy()]
+        for k in idle[:max(0, len(_zygotes) + 1 - KEEP)]:  # the least recently used go first
+            _zygotes.pop(k).close()
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            z = Zygote(python, env, log_dir / f"quant-zygote-{os.getpid()}-{next(_count)}.log")
+        except OSError:  # no such interpreter: the plain child says so
+            _refused.add(key)
+            return None
+    _zygotes[key] = z
+    return z
+
+
+def prestart(python: str, env: dict, log_dir: Path) -> bool:
+    """Start the zygote a build will fork from now, so that its import overlaps what the caller does next (the
+    gate prepares its data meanwhile). False where none will serve."""
+    if not enabled():
+        return False
+    with _zlock:
+        return _warm(_key(python, env), python, env, log_dir) is not None
+
+
 def spawner(python: str, env: dict, spec_path: Path, log_path: Path):
     """For run_child: a function that forks the build from this interpreter's zygote (started on first use), or
     returns None where the build should be a plain child (switched off, a GPU visible, the interpreter cannot
     serve)."""
     if not enabled():
         return None
-    key = (python, tuple(sorted((k, v) for k, v in env.items() if k not in PER_BUILD_ENV)))
+    key = _key(python, env)
 
     def start():
         with _zlock:
-            if key in _refused:
-                return None
-            z = _zygotes.pop(key, None)  # re-inserted below: the dict's order is the order of last use
-            if z is None or not z.alive():
-                idle = [k for k, old in _zygotes.items() if not old.busy()]
-                for k in idle[:max(0, len(_zygotes) + 1 - KEEP)]:  # the least recently used go first
-                    _zygotes.pop(k).close()
-                try:
-                    z = Zygote(python, env, log_path.with_name(f"quant-zygote-{os.getpid()}-{next(_count)}.log"))
-                except OSError:  # no such interpreter: the plain child says so
-                    _refused.add(key)
-                    return None
-            _zygotes[key] = z
+            z = _warm(key, python, env, log_path.parent)
+        if z is None:
+            return None
         try:
             return z.spawn(spec_path, log_path, env)
         except ZygoteGone:

@@ -118,3 +118,62 @@ def test_no_zygote_where_a_gpu_is_visible_or_when_switched_off(monkeypatch):
     assert qz.enabled()
     monkeypatch.setenv(qz.ENV_SWITCH, "0")
     assert not qz.enabled()
+
+
+def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_preparing_its_data(tmp_path, monkeypatch,
+                                                                                                  own_zygotes):
+    """harness gate (run_gate) warms the quantization interpreter up before it checks the input and prepares the
+    data, so that its import overlaps them; only where a build is ahead: nothing cached for the model, recipe and
+    calibration."""
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    interp, calls = _interp(tmp_path)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))
+    s = GateSession(load_config(), quiet=True, quant_python=interp.python)
+    try:
+        assert s.warm_up_quantization() is True
+        assert calls.read_text().split()[:2] == ["-m", "harness.quant_zygote"]  # started, before any data
+        assert s._prepared == {}
+        (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
+        assert zygote.ready.wait(30) and zygote.alive()
+        assert s.warm_up_quantization() is True and len(calls.read_text().splitlines()) == 1  # the same one
+    finally:
+        s.close()
+    monkeypatch.setenv(qz.ENV_SWITCH, "0")
+    s = GateSession(load_config(), quiet=True, quant_python=interp.python)
+    assert s.warm_up_quantization() is False
+
+
+def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, own_zygotes):
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    interp, calls = _interp(tmp_path)
+    s = GateSession(load_config(), quiet=True, quant_python=interp.python)  # the suite's cache holds its entry
+    assert s.warm_up_quantization() is False and not calls.exists()
+
+
+def test_run_gate_warms_up_before_it_checks_the_input_and_prepares_the_data(tmp_path, monkeypatch):
+    from harness.config import load_config
+    from harness.gate import GateSession
+    from harness.run import run_gate
+
+    order = []
+
+    class Stop(Exception):
+        pass
+
+    def preflight(self, report_dir):
+        order.append("preflight")
+        raise Stop
+
+    monkeypatch.setattr(GateSession, "warm_up_quantization", lambda self: order.append("warm up") or True)
+    monkeypatch.setattr(GateSession, "preflight", preflight)
+    s = GateSession(load_config(), quiet=True)
+    try:
+        with pytest.raises(Stop):
+            run_gate(s, tmp_path / "reports")
+    finally:
+        s.close()
+    assert order == ["warm up", "preflight"]
