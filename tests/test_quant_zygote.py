@@ -178,3 +178,20 @@ def test_run_gate_warms_up_before_it_checks_the_input_and_prepares_the_data(tmp_
     finally:
         s.close()
     assert order == ["warm up", "preflight"]
+
+
+def test_a_warm_up_that_cannot_tell_leaves_the_error_to_the_stage_that_reports_it(tmp_path, monkeypatch, own_zygotes):
+    """Warm-up runs before the input is checked: whatever goes wrong there (a hub lookup without network, a bad
+    recipe) is not its to report; the gate goes on to preflight, which says what to do."""
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    interp, calls = _interp(tmp_path)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))
+    s = GateSession(load_config(), quiet=True, quant_python=interp.python)
+
+    def offline():
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(s.provider, "_model_identity", offline)
+    assert s.warm_up_quantization() is False and not calls.exists()
