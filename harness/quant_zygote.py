@@ -6,8 +6,8 @@ per build. The zygote is the quantization interpreter started once, as ``python 
 same environment the child would get; it imports what a build needs, then, for each build, forks a process that
 runs exactly what ``python -m harness.quantize --spec`` runs. Each build is still a process of its own, in its own
 process group, with its own log, that dies with the harness (harness/childproc.py); the parent waits for it,
-heart-beats and stops it as before, through ``harness.zygote_client.Forked``, which looks like a ``subprocess.Popen`` to
-``run_child``.
+heart-beats and stops it as before, through ``harness.zygote_client.Forked``, which looks like a
+``subprocess.Popen`` to ``run_child``.
 
 It is used only where forking is safe: on machines without a visible NVIDIA GPU. The CUDA runtime cannot be used in
 a process forked after it was initialised, and importing llm-compressor asks torch for devices; with GPUs each build

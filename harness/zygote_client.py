@@ -59,8 +59,8 @@ class Zygote:
     def __init__(self, python: str, env: dict, log_path: Path):
         self.log_path = log_path
         with open(log_path, "w") as logf:
-            self.proc = subprocess.Popen([python, "-m", "harness.quant_zygote", "--cache", env.get("HARNESS_CACHE", "")],
-                                         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+            cmd = [python, "-m", "harness.quant_zygote", "--cache", env.get("HARNESS_CACHE", "")]
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                          start_new_session=True)
         self.ready = threading.Event()  # set when it is ready, or gone
         self.was_ready = False

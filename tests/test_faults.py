@@ -213,8 +213,8 @@ def test_the_cache_key_covers_transformers_and_torch():
 def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path, monkeypatch, capsys):
     """SIGKILL `harness gate` while its quantization child runs, forked by the warm quantization interpreter
     (harness/quant_zygote.py, the default without a GPU; a plain child's death with the harness is
-    test_the_child_and_its_helpers_die_when_the_harness_is_killed): the child goes with it, and so does the zygote; the next gate removes what was left, builds the checkpoint
-    and passes; the cache then holds one sound entry and nothing else. The rebuild, a plain child, loads the model
+    test_the_child_and_its_helpers_die_when_the_harness_is_killed): the child goes with it, and so does the zygote;
+    the next gate removes what was left, builds the checkpoint and passes; the cache then holds one sound entry and nothing else. The rebuild, a plain child, loads the model
     through llm-compressor's offloading (quantize.device_map: auto_offload), and its weights are the bits of the
     ordinary build forked by the zygote (the suite's cached checkpoint of the same model, recipe and calibration)."""
     from harness.cli import main

@@ -1,6 +1,6 @@
-"""The warm quantization interpreter (harness/quant_zygote.py, harness/zygote_client.py): builds forked from one import, as plain children
-would run them. The interpreters here are stand-ins whose "oneshot" writes a marker (or fails, or is killed), so the
-protocol is tested in a second; that a forked llm-compressor build is bit for bit a plain child's is asserted where
+"""The warm quantization interpreter (harness/quant_zygote.py, harness/zygote_client.py): builds forked from one
+import, as plain children would run them. The interpreters here are stand-ins whose "oneshot" writes a marker (or
+fails, or is killed), so the protocol is tested in a second; that a forked llm-compressor build is bit for bit a plain child's is asserted where
 the suite builds for real (tests/test_faults.py's rebuild, tests/test_nvfp4_ref.py's oracle)."""
 from __future__ import annotations
 
@@ -78,11 +78,12 @@ def test_builds_are_forked_by_one_zygote_with_the_callers_environment_and_fail_a
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "second"))  # a per-build variable: the same zygote serves
     run_quantization(_spec(tmp_path / "b"), interp, logs / "b.log", log=lambda m: None)
     (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
-    assert (tmp_path / "a" / "harness_quantization.json").exists() and (tmp_path / "b" / "harness_quantization.json").exists()
+    assert all((tmp_path / d / "harness_quantization.json").exists() for d in ("a", "b"))
     # each build a child of the zygote, leading a process group of its own, seeing the caller's environment now
     assert (logs / "a.log").read_text().split()[:6] == ["parent", str(zygote.proc.pid), "cache",
                                                         str(tmp_path / "first"), "pgid", "True"]
-    assert (logs / "b.log").read_text().split()[:4] == ["parent", str(zygote.proc.pid), "cache", str(tmp_path / "second")]
+    assert (logs / "b.log").read_text().split()[:4] == ["parent", str(zygote.proc.pid), "cache",
+                                                        str(tmp_path / "second")]
     assert [ln.split()[:2] for ln in calls.read_text().splitlines()] == [["-m", "harness.quant_zygote"]]  # one start
     assert list(logs.glob("quant-zygote-*.log"))  # the zygote's own log, beside the builds'
 
