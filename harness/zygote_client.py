@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -144,7 +145,9 @@ _zlock = threading.Lock()
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1") != "0" and not gpu_visible()
+    """Linux only (forking after importing torch is what PyTorch's DataLoader does there by default; macOS's system
+    frameworks are not fork-safe), no GPU visible, not switched off."""
+    return sys.platform.startswith("linux") and os.environ.get(ENV_SWITCH, "1") != "0" and not gpu_visible()
 
 
 def _key(python: str, env: dict) -> tuple:

@@ -107,7 +107,7 @@ def test_an_interpreter_that_cannot_serve_is_asked_once_then_runs_each_build_as_
         ["-m", "harness.quant_zygote"], ["-m", "harness.quantize"], ["-m", "harness.quantize"]]
 
 
-def test_no_zygote_where_a_gpu_is_visible_or_when_switched_off(monkeypatch):
+def test_no_zygote_where_a_gpu_is_visible_off_linux_or_when_switched_off(monkeypatch):
     monkeypatch.setattr(qz.glob, "glob", lambda pattern: ["/dev/nvidia0"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv(qz.ENV_SWITCH, raising=False)
@@ -119,6 +119,9 @@ def test_no_zygote_where_a_gpu_is_visible_or_when_switched_off(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert qz.enabled()
     monkeypatch.setenv(qz.ENV_SWITCH, "0")
+    assert not qz.enabled()
+    monkeypatch.delenv(qz.ENV_SWITCH)
+    monkeypatch.setattr(qz.sys, "platform", "darwin")
     assert not qz.enabled()
 
 
