@@ -107,25 +107,25 @@ def run_child(cmd: list[str], env: dict, log_path: Path, what: str, timeout_s: f
     harness/quant_zygote.py), or None to run ``cmd`` after all."""
     t0 = time.time()
     proc = start() if start is not None else None
-    with open(log_path, "a" if proc is not None else "w") as logf:
-        if proc is None:
+    if proc is None:
+        with open(log_path, "w") as logf:  # the child writes through its own copy of the file
             proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, preexec_fn=_preexec)
-        try:
-            next_beat = t0 + heartbeat_s
-            while proc.poll() is None:
-                time.sleep(poll_s)
-                now = time.time()
-                if timeout_s is not None and now - t0 > timeout_s:
-                    kill_group(proc)
-                    raise HarnessError(
-                        f"{what} ran past its timeout of {timeout_s:.0f} s and was stopped; log: {log_path}\n"
-                        f"last line: {last_line(log_path)}\nRaise the timeout (quantize.timeout_s in the config) "
-                        "if the model is that big, or look at the log for a hang.")
-                if now >= next_beat:
-                    log(f"{what}: {now - t0:.0f} s so far; last: {last_line(log_path) or '(nothing logged yet)'}")
-                    next_beat = now + heartbeat_s
-        except BaseException:
-            kill_group(proc)  # Ctrl-C, timeout, any error: the child never runs on alone
-            raise
+    try:
+        next_beat = t0 + heartbeat_s
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            now = time.time()
+            if timeout_s is not None and now - t0 > timeout_s:
+                kill_group(proc)
+                raise HarnessError(
+                    f"{what} ran past its timeout of {timeout_s:.0f} s and was stopped; log: {log_path}\n"
+                    f"last line: {last_line(log_path)}\nRaise the timeout (quantize.timeout_s in the config) "
+                    "if the model is that big, or look at the log for a hang.")
+            if now >= next_beat:
+                log(f"{what}: {now - t0:.0f} s so far; last: {last_line(log_path) or '(nothing logged yet)'}")
+                next_beat = now + heartbeat_s
+    except BaseException:
+        kill_group(proc)  # Ctrl-C, timeout, any error: the child never runs on alone
+        raise
     return proc.returncode

@@ -9,7 +9,7 @@ process group, with its own log, that dies with the harness (harness/childproc.p
 heart-beats and stops it as before, through ``harness.zygote_client.Forked``, which looks like a
 ``subprocess.Popen`` to ``run_child``.
 
-It is used only where forking is safe: on machines without a visible NVIDIA GPU. The CUDA runtime cannot be used in
+It is used only where forking is safe: on Linux without a visible NVIDIA GPU. The CUDA runtime cannot be used in
 a process forked after it was initialised, and importing llm-compressor asks torch for devices; with GPUs each build
 is a fresh interpreter, as before (and there the import is seconds against minutes of building). An interpreter
 that cannot serve (not a Python with llm-compressor, a test double) is simply run once per build: the zygote says
@@ -117,8 +117,8 @@ def _build(req: dict, zygote: int) -> int:
         from harness.quantize import main
 
         return int(main(sys.argv[1:]) or 0)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
+    except SystemExit as e:  # as Python exits on it: None is 0, a message is 1
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - as an uncaught exception ends a Python: the traceback, exit 1
         import traceback
 

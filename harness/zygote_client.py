@@ -1,7 +1,7 @@
 """The harness's side of the warm quantization interpreter (harness/quant_zygote.py): start it once per interpreter
 and environment, ask it to fork a build, and wait for that build as ``run_child`` waits for a ``subprocess.Popen``
-(:class:`Forked`). Used only where forking is safe: on machines without a visible NVIDIA GPU (the CUDA runtime cannot
-be used in a process forked after it was initialised). ``HARNESS_QUANT_ZYGOTE=0`` switches it off; an interpreter
+(:class:`Forked`). Used only where forking is safe: on Linux without a visible NVIDIA GPU (the CUDA runtime cannot be
+used in a process forked after it was initialised). ``HARNESS_QUANT_ZYGOTE=0`` switches it off; an interpreter
 that cannot serve is run once per build."""
 from __future__ import annotations
 
@@ -58,7 +58,6 @@ class Forked:
 
 class Zygote:
     def __init__(self, python: str, env: dict, log_path: Path):
-        self.log_path = log_path
         with open(log_path, "w") as logf:
             cmd = [python, "-m", "harness.quant_zygote", "--cache", env.get("HARNESS_CACHE", "")]
             self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
