@@ -130,7 +130,8 @@ class GateSession(BaselineSteps, JudgingSteps):
 
     def warm_up_quantization(self) -> bool:
         """Where the provide stage will build: start the quantization interpreter now, so that its import overlaps
-        the input checks and data preparation (harness/zygote_client.py; without a GPU only)."""
+        data preparation (preflight calls it once the recipe, the backend's libraries and the report folder passed;
+        harness/zygote_client.py; Linux without a GPU only)."""
         return self.provider.warm_up()
 
     def checkpoint(self) -> Checkpoint:
@@ -226,6 +227,7 @@ class GateSession(BaselineSteps, JudgingSteps):
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
                                                             "--harness-report-dir) or reports_dir in the config")
+        self.warm_up_quantization()  # the input and environment pass so far: llm-compressor imports while data loads
         if baselines and not self.update_mode:
             for n in self.dataset_names:
                 self.baseline(n)

@@ -127,9 +127,8 @@ def test_no_zygote_where_a_gpu_is_visible_off_linux_or_when_switched_off(monkeyp
 
 def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_preparing_its_data(tmp_path, monkeypatch,
                                                                                                   own_zygotes):
-    """harness gate (run_gate) warms the quantization interpreter up before it checks the input and prepares the
-    data, so that its import overlaps them; only where a build is ahead: nothing cached for the model, recipe and
-    calibration."""
+    """A gate warms the quantization interpreter up before it prepares the data (preflight), so that its import
+    overlaps it; only where a build is ahead: nothing cached for the model, recipe and calibration."""
     from harness.config import load_config
     from harness.gate import GateSession
 
@@ -160,34 +159,32 @@ def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, ow
     assert s.warm_up_quantization() is False and not [k for k in qz._zygotes if k[0] == interp.python]
 
 
-def test_run_gate_warms_up_before_it_checks_the_input_and_prepares_the_data(tmp_path, monkeypatch):
+def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, monkeypatch):
+    """preflight starts the quantization interpreter once the recipe, the backend's libraries and the report folder
+    passed (refused input starts nothing), and before it prepares the data (the import overlaps it)."""
     from harness.config import load_config
+    from harness.errors import HarnessError as Refused
     from harness.gate import GateSession
-    from harness.run import run_gate
 
     order = []
-
-    class Stop(Exception):
-        pass
-
-    def preflight(self, report_dir):
-        order.append("preflight")
-        raise Stop
-
+    prepared = GateSession.prepared
     monkeypatch.setattr(GateSession, "warm_up_quantization", lambda self: order.append("warm up") or True)
-    monkeypatch.setattr(GateSession, "preflight", preflight)
+    monkeypatch.setattr(GateSession, "prepared", lambda self, name: order.append("prepare") or prepared(self, name))
+    (tmp_path / "a-file").write_text("not a folder")
     s = GateSession(load_config(), quiet=True)
     try:
-        with pytest.raises(Stop):
-            run_gate(s, tmp_path / "reports")
+        with pytest.raises(Refused, match="report folder"):
+            s.preflight(tmp_path / "a-file" / "reports")
+        assert order == []
+        s.preflight(tmp_path / "reports")
     finally:
         s.close()
-    assert order == ["warm up", "preflight"]
+    assert order[0] == "warm up" and order[1:] and set(order[1:]) == {"prepare"}
 
 
 def test_a_warm_up_that_cannot_tell_leaves_the_error_to_the_stage_that_reports_it(tmp_path, monkeypatch, own_zygotes):
-    """Warm-up runs before the input is checked: whatever goes wrong there (a hub lookup without network, a bad
-    recipe) is not its to report; the gate goes on to preflight, which says what to do."""
+    """Warm-up is an optimisation inside preflight: whatever goes wrong there (a hub lookup without network) is not
+    its to report; the stage that needs it says what to do."""
     from harness.config import load_config
     from harness.gate import GateSession
 
