@@ -63,9 +63,10 @@ VLLM_DROPPED = frozenset({"swap_space"})
 HARNESS_OWNED = frozenset({"model", "tokenizer", "revision", "max_model_len", "enable_prefix_caching"})
 # the hf backend's settings and the type each must have (checked when the config loads, not when the engine starts)
 HF_TYPES = {"device": str, "dtype": str, "batch_tokens": int, "attn_implementation": str, "trust_remote_code": bool,
-            "threads": int}
+            "threads": int, "cpu_matmul": str}
 HF_KWARGS = frozenset(HF_TYPES)
 HF_DTYPES = ("bfloat16", "float16", "float32")
+HF_CPU_MATMUL = ("fp32", "native")  # harness/backends/cpu_matmul.py (kept torch-free here)
 
 
 def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", fields=None) -> None:
@@ -116,3 +117,6 @@ def check_hf_types(kwargs: dict, where: str) -> None:
             raise ConfigError(f"{where}.{k}: must be at least 1, got {v}")
     if "dtype" in kwargs and kwargs["dtype"] not in HF_DTYPES:
         raise ConfigError(f"{where}.dtype: {kwargs['dtype']!r} is not one of {', '.join(HF_DTYPES)}")
+    if "cpu_matmul" in kwargs and kwargs["cpu_matmul"] not in HF_CPU_MATMUL:
+        raise ConfigError(f"{where}.cpu_matmul: {kwargs['cpu_matmul']!r} is not one of {', '.join(HF_CPU_MATMUL)} "
+                          "(fp32: bf16 linear layers computed in float32 on the CPU, native: torch's bf16 kernel)")

@@ -61,6 +61,9 @@ class HFBackend(Backend):
         # costs its full share of bf16 matrix work, smaller batches of similar lengths waste less (WikiText's texts run
         # from 16 to 500 tokens: 16384 padded 4x more positions than it scored)
         self.batch_tokens = int(kw.get("batch_tokens", 16384 if self.device.startswith("cuda") else 2048))
+        from harness.backends.cpu_matmul import DEFAULT, widen_linears
+
+        self.cpu_matmul = kw.get("cpu_matmul", DEFAULT)
         t0 = time.time()
         from harness.checkpoint import checkpoint_quantization
         from harness.checkpoint import view_source
@@ -88,6 +91,7 @@ class HFBackend(Backend):
 
             ref = reference_activations(spec.model)  # a W4A4 reference model (harness/nvfp4_ref.py)
             self.reference_w4a4 = attach(self.model, *ref) if ref else 0
+            self.widened = widen_linears(self.model, self.cpu_matmul, self.device, self.dtype)  # bf16 in fp32 on CPUs
             with torch.inference_mode():  # a compressed checkpoint decompresses on its first forward: part of the load
                 self.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device))
         self.load_s = time.time() - t0
@@ -152,6 +156,7 @@ class HFBackend(Backend):
                 "kernel": ("reference NVFP4 W4A4 (harness/nvfp4_ref.py + fake_quant.py)" if self.reference_w4a4
                            else self.quant.get("kernel_hf", "dense")), "quantization": self.quant,
                 "engine_kwargs": dict(self.spec.engine_kwargs), "batch_size": self.spec.batch_size,
+                "cpu_matmul": "fp32" if self.widened else None,
                 "engine_start_s": round(self.load_s, 3)}
 
     def close(self) -> None:
