@@ -83,6 +83,7 @@ class GateSession(BaselineSteps, JudgingSteps):
         self._preflight_done = False
         self.started = time.time()
         self.clock = StageClock()  # seconds per stage, for the report's "Time" section (harness/timings.py)
+        self.busy = None  # a timings.Busy where the gate shares its process (the pytest plugin): its own wall time
         self.record_recipe = record_recipe
         self._recipe_record: Path | None = None
         self._regression: dict | None = None
@@ -255,8 +256,9 @@ class GateSession(BaselineSteps, JudgingSteps):
                                "needs fidelity: scheme (the default: vLLM's emulation), or drop require_kernel")
 
     def time_breakdown(self) -> dict:
-        """Seconds per stage so far and the wall time since the session began (harness/timings.py)."""
-        return self.clock.breakdown(time.time() - self.started)
+        """Seconds per stage so far and the wall time since the session began, or the time it was busy where it
+        shares its process (harness/timings.py)."""
+        return self.clock.breakdown(self.busy() if self.busy is not None else time.time() - self.started)
 
     def close(self) -> None:
         self.engines.close()

@@ -3,6 +3,7 @@ and fixtures only; the workflow lives in ``harness.run`` and its stages.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -157,30 +158,37 @@ class HarnessState:
                 force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
                 quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"),
                 token_detail=self.opt("token_detail"), record_recipe=self.opt("record_recipe"))
+            from harness.timings import Busy
+
+            self.sessions[key].busy = Busy()  # its wall time: its preflight, its tests and its report, not the run's
         return self.sessions[key]
 
     def finish(self, session) -> None:
         """Write the report if the session got as far as scoring every dataset; always close its engine."""
-        from harness.run import finish
-
         try:
-            if session.baseline_updates:
-                from harness.report import update_rows
-                from harness.report_markdown import baseline_diff_table
-
-                table = baseline_diff_table(update_rows(session.baseline_updates))
-                self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
-            if not all(session.scored(n) for n in session.dataset_names):
-                return
-            done = finish(session, Path(self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")))
-            self.reports.append(str(done.folder))
-            said = f"\nrecipe result stored: {done.recipe_record}" if done.recipe_record else ""
-            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {done.verdict.summary()}\n"
-                                 f"{done.time_line}{said}")
+            with session.busy or contextlib.nullcontext():
+                self._finish(session)
         except HarnessError as e:
             self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
         finally:
             session.close()
+
+    def _finish(self, session) -> None:
+        from harness.run import finish
+
+        if session.baseline_updates:
+            from harness.report import update_rows
+            from harness.report_markdown import baseline_diff_table
+
+            table = baseline_diff_table(update_rows(session.baseline_updates))
+            self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
+        if not all(session.scored(n) for n in session.dataset_names):
+            return
+        done = finish(session, Path(self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")))
+        self.reports.append(str(done.folder))
+        said = f"\nrecipe result stored: {done.recipe_record}" if done.recipe_record else ""
+        self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {done.verdict.summary()}\n"
+                             f"{done.time_line}{said}")
 
 
 def _gpu_available() -> bool:
@@ -239,11 +247,25 @@ def pytest_collection_finish(session):
                                 f"\n  create them with: {s.update_hint}")
                 continue
             out = state.opt("harness_report_dir") or s.cfg.path_of("reports_dir")
-            s.preflight(Path(out), baselines=not updating)
+            with s.busy or contextlib.nullcontext():
+                s.preflight(Path(out), baselines=not updating)
         except HarnessError as e:
             problems.append(f"{case.id}: {e}")
     if problems:
         raise pytest.UsageError("the gate cannot start (nothing was quantized or scored):\n" + "\n".join(problems))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test of a case (the gate's own, or a project test using its fixtures) counts toward that gate's wall time."""
+    case = _case_of(item)
+    state = getattr(item.config, "_harness", None)
+    try:
+        busy = state.session(case).busy if case is not None and state is not None else None
+    except HarnessError:  # the test itself reports it
+        busy = None
+    with busy or contextlib.nullcontext():
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)

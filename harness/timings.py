@@ -45,6 +45,31 @@ class StageClock:
                 "wall_s": round(wall_s, 2)}
 
 
+class Busy:
+    """Wall seconds of a gate's own work where it shares its process with other work (the pytest plugin: the gate's
+    tests run among the project's others, and its report is written as the run ends): the time inside ``with busy:``
+    blocks, nested or not, counted once. The gate's wall time then says how long the gate took, not the session."""
+
+    def __init__(self):
+        self.total = 0.0
+        self._depth = 0
+        self._since = 0.0
+
+    def __enter__(self):
+        if self._depth == 0:
+            self._since = time.perf_counter()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            self.total += time.perf_counter() - self._since
+
+    def __call__(self) -> float:
+        return self.total + (time.perf_counter() - self._since if self._depth else 0.0)
+
+
 def line(breakdown: dict) -> str:
     """One line for the terminal: ``time: prepare 1.2 s, quantize 0.0 s, ... ; 41.0 s in all``."""
     parts = [f"{k.replace('_', ' ')} {v:.1f} s" for k, v in breakdown["stages"].items()]

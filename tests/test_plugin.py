@@ -1,6 +1,7 @@
 """The pytest plugin as users meet it: a project with the plugin, the gate tests and a config."""
 from __future__ import annotations
 
+import re
 import os
 import shutil
 from pathlib import Path
@@ -77,9 +78,16 @@ def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(
 
 
 def test_the_fixtures_hand_user_tests_the_stage_results(gate_project):
+    """...and the gate's time line counts the gate's own work (its preflight, its tests, its report), not the 3 s of
+    the project's other test that runs in the same session."""
     pytester = gate_project
     pytester.makepyfile(test_mine="""
+import time
+
 from harness.stages import Checkpoint, Prepared, Scores
+
+def test_aside():
+    time.sleep(3.0)
 
 def test_stages(harness_prepared, harness_checkpoint, harness_scores):
     assert isinstance(harness_prepared, Prepared) and isinstance(harness_checkpoint, Checkpoint)
@@ -92,8 +100,10 @@ def test_stages(harness_prepared, harness_checkpoint, harness_scores):
 """)
     r = pytester.runpytest_inprocess("test_mine.py", "--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4",
                                       "-p", "no:cacheprovider", "--benchmark-disable")
-    r.assert_outcomes(passed=1)
+    r.assert_outcomes(passed=2)
     r.stdout.fnmatch_lines(["*tiny-qwen2/nvfp4] GATE PASSED*"])  # the session's report, from the fixtures' scores
+    line = next(ln for ln in r.outlines if ln.startswith("time: "))
+    assert float(re.search(r"other ([\d.]+) s;", line)[1]) < 1.5, line  # 3 s and more when the sleep counts
 
 
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
