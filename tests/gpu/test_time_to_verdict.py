@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,7 +62,11 @@ def test_real_cached_gate_time_to_verdict(real_cfg, cached_checkpoint, variant, 
 
     r, wall = benchmark.pedantic(run, rounds=1, iterations=1)
     assert r.returncode in (0, 1), r.stderr[-4000:]  # a verdict either way
-    rep = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    folder = next(tmp_path.glob("*/report.json")).parent
+    rep = json.loads((folder / "report.json").read_text())
+    keep = os.environ.get("HARNESS_GPU_REPORTS")  # the report and its engine log, for docs/results
+    if keep:
+        shutil.copytree(folder, Path(keep) / "time-to-verdict" / f"{variant}-{folder.name}")
     eng = rep["engine"]
     row = {"wall_s": round(wall, 1), "exit": r.returncode, "score": rep["overall"]["score"], "time": rep.get("time"),
            "engine_start_s": eng.get("engine_start_s"), "engine_start": eng.get("engine_start"),
