@@ -38,6 +38,8 @@ def pytest_collection_modifyitems(config, items):
     if own:
         with open(OWN, "a", encoding="utf-8") as f:
             f.write("".join(n + "\n" for n in own))
+    if not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _warm_quantization(items)
     names = sorted({m.args[0] for i in items for m in i.iter_markers("real_weights")})
     if names and not _prefetch and not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         import subprocess  # fetching and converting is ~1.5 min of single-threaded work: overlap it with other tests
@@ -46,6 +48,21 @@ def pytest_collection_modifyitems(config, items):
         for name in names:
             _prefetch.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "fetch-model", name],
                                               stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+
+
+def _warm_quantization(items) -> None:
+    """Where selected tests will build the tiny default's checkpoint (a CPU run with an empty cache): its quantization
+    interpreter starts importing llm-compressor now, beside the first tests, as `harness gate` starts it beside its
+    data preparation (harness/provide.py warm_up), not on the critical path of the first test that builds (~10 s)."""
+    if not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
+        return
+    try:
+        from harness.config import load_config
+        from harness.gate import GateSession
+
+        GateSession(load_config(), quiet=True).warm_up_quantization()
+    except Exception:  # noqa: BLE001 - an optimisation only: the test that builds reports any problem
+        pass
 
 
 def quantization_summary() -> tuple[list[str], list[str]]:
