@@ -201,10 +201,13 @@ def test_cpu_linears_widen_to_float32_and_round_to_bf16_as_a_gpu_gemm_does(root)
     lin = torch.nn.Linear(64, 24).to(torch.bfloat16)
     x = torch.randn(5, 64).to(torch.bfloat16)
     want = (x.double() @ lin.weight.double().T + lin.bias.double()).float().to(torch.bfloat16)  # by hand, wider
-    mlp = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(24, 3).to(torch.bfloat16))
+    class Own(torch.nn.Linear):  # a subclass computes as it likes: left alone
+        pass
+
+    mlp = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(24, 3).to(torch.bfloat16), Own(3, 3))
     assert widen_linears(mlp, "native", "cpu", torch.bfloat16) == 0 and type(lin) is torch.nn.Linear
     assert widen_linears(mlp, "fp32", "cuda", torch.bfloat16) == 0 and widen_linears(mlp, "fp32", "cpu", torch.float32) == 0
-    assert widen_linears(mlp, "fp32", "cpu", torch.bfloat16) == 2
+    assert widen_linears(mlp, "fp32", "cpu", torch.bfloat16) == 2 and type(mlp[3]) is Own
     assert isinstance(lin, torch.nn.Linear) and lin.weight.dtype == torch.bfloat16  # the same module, its weights kept
     got = lin(x)
     assert got.dtype == torch.bfloat16

@@ -29,19 +29,14 @@ class Float32Linear(torch.nn.Linear):
         return super().forward(input)
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def widen_linears(model: torch.nn.Module, setting: str, device: str, dtype) -> int:
-    """Under ``fp32``, for a bf16 model on the CPU: every ``nn.Linear`` computes in float32. Returns how many."""
+    """Under ``fp32``, for a bf16 model on the CPU: every plain ``nn.Linear`` computes in float32 (subclasses, which
+    may compute otherwise, are left alone). Returns how many."""
     if setting != "fp32" or device != "cpu" or dtype != torch.bfloat16:
         return 0
     n = 0
     for m in model.modules():
-        cls = type(m)
-        if isinstance(m, torch.nn.Linear) and not isinstance(m, Float32Linear):
-            if cls not in _CLASSES:
-                _CLASSES[cls] = type(f"Float32{cls.__name__}", (Float32Linear, cls), {})
-            m.__class__ = _CLASSES[cls]
+        if type(m) is torch.nn.Linear:
+            m.__class__ = Float32Linear
             n += 1
     return n
