@@ -14,10 +14,13 @@ import tempfile
 
 import pytest
 
+_made = []  # the temporary folders this process made for the run: removed when it ends (pytest_unconfigure)
 if not os.environ.get("HARNESS_CACHE"):
     os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-test-cache-")
+    _made.append(os.environ["HARNESS_CACHE"])
 if not os.environ.get("HARNESS_QUANT_LEDGER"):
     os.environ["HARNESS_QUANT_LEDGER"] = os.path.join(tempfile.mkdtemp(prefix="harness-test-ledger-"), "quant.jsonl")
+    _made.append(os.path.dirname(os.environ["HARNESS_QUANT_LEDGER"]))
 OWN = os.environ["HARNESS_QUANT_LEDGER"] + ".own"  # node ids of the tests marked own_quantization
 
 
@@ -54,7 +57,9 @@ def _warm_quantization(items) -> None:
     """Where selected tests will build the tiny default's checkpoint (a CPU run with an empty cache): its quantization
     interpreter starts importing llm-compressor now, beside the first tests, as `harness gate` starts it beside its
     data preparation (harness/provide.py warm_up), not on the critical path of the first test that builds (~10 s)."""
-    if not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
+    from harness import zygote_client
+
+    if not zygote_client.enabled() or not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
         return
     try:
         from harness.config import load_config
@@ -112,6 +117,20 @@ def pytest_sessionfinish(session):
     session.config._quantization_summary = (lines, faults)
     if faults and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+def pytest_unconfigure(config):
+    """The run's cache (~400 MB of checkpoints, the converted SmolLM2, logs) and ledger go with the run that made
+    them; a HARNESS_CACHE or HARNESS_QUANT_LEDGER set from outside (.ci/run's ledger) is left alone. Its quantization
+    interpreters are stopped first (they write their logs there)."""
+    if not _made or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if "harness.zygote_client" in sys.modules:
+        sys.modules["harness.zygote_client"].close_all()
+    import shutil
+
+    for d in _made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, config):
