@@ -166,7 +166,7 @@ class HarnessState:
     def finish(self, session) -> None:
         """Write the report if the session got as far as scoring every dataset; always close its engine."""
         try:
-            with session.busy or contextlib.nullcontext():
+            with session.busy:  # every session of the plugin has one (session() above)
                 self._finish(session)
         except HarnessError as e:
             self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
@@ -247,7 +247,7 @@ def pytest_collection_finish(session):
                                 f"\n  create them with: {s.update_hint}")
                 continue
             out = state.opt("harness_report_dir") or s.cfg.path_of("reports_dir")
-            with s.busy or contextlib.nullcontext():
+            with s.busy:
                 s.preflight(Path(out), baselines=not updating)
         except HarnessError as e:
             problems.append(f"{case.id}: {e}")
