@@ -50,10 +50,15 @@ def interpreter_versions(interp) -> dict:
     return v
 
 
-def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict) -> tuple[str, dict]:
-    """``model``: harness.identity.key() of the model (local content, or hub id + resolved commit)."""
+def cache_key(model: dict, recipe_text: str, calibration: dict, versions: dict,
+              options: dict | None = None) -> tuple[str, dict]:
+    """``model``: harness.identity.key() of the model (local content, or hub id + resolved commit). ``options``: build
+    settings other than their defaults (a default is left out, so that entries built before the setting existed keep
+    their keys)."""
     material = {"key_version": KEY_VERSION, "model": model, "recipe": recipe_text,
                 "calibration": calibration, "versions": versions}
+    if options:
+        material["options"] = options
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:20]
     return digest, material
 

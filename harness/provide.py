@@ -111,13 +111,15 @@ class CheckpointProvider:
                                                      "quantize_s": meta.get("build", {}).get("quantize_s"),
                                                      "versions": meta.get("build", {}).get("versions")})
                 return self._checkpoint
-            key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions)
+            qcfg = self.cfg.quantize
+            options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != "fp32" else None
+            key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
 
             def build(tmp: Path) -> dict:
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
                                    recipe=recipe.recipe_text, calibration=cal,
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
-                                   device_map=self.cfg.quantize.device_map)
+                                   device_map=qcfg.device_map, cpu_matmul=qcfg.cpu_matmul)
                 log_path = cache.log_path(key)
                 info = q.run_quantization(spec, self.interp, log_path, log=self.log,
                                           timeout_s=self.cfg.quantize.timeout_s,

@@ -38,6 +38,7 @@ class QuantSpec:
     trust_remote_code: bool = False
     offline: bool = False
     device_map: str | None = None  # None: the whole BF16 model in CPU RAM; "auto_offload": CPU RAM, the rest on disk
+    cpu_matmul: str = "fp32"       # bf16 linears and matmuls of calibration on a CPU: in float32 (backends/cpu_matmul.py)
     spec_version: int = SPEC_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -112,14 +113,18 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     log(f"calibration: {len(ds)} samples, max_seq_len {c.max_seq_len}, seed {c.seed}")
     torch.manual_seed(c.seed)
-    oneshot(model=model, dataset=ds, recipe=spec.recipe, max_seq_length=c.max_seq_len,
-            num_calibration_samples=len(ds), pipeline="basic" if spec.extra.get("basic_pipeline") else "independent")
+    from harness.backends.cpu_matmul import fp32_cpu_matmuls
+
+    with fp32_cpu_matmuls(spec.cpu_matmul) as widened:
+        oneshot(model=model, dataset=ds, recipe=spec.recipe, max_seq_length=c.max_seq_len,
+                num_calibration_samples=len(ds), pipeline="basic" if spec.extra.get("basic_pipeline") else "independent")
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, save_compressed=True)
     tok.save_pretrained(out)
     shutil.rmtree(offload_dir, ignore_errors=True)
-    info = {"quantize_s": round(time.time() - t0, 2), "calibration_samples": len(ds), "versions": quant_versions()}
+    info = {"quantize_s": round(time.time() - t0, 2), "calibration_samples": len(ds), "versions": quant_versions(),
+            "cpu_matmul": {"setting": spec.cpu_matmul, "widened_calls": widened["widened"]}}
     (out / MARKER).write_text(json.dumps({"spec": spec.to_dict(), **info}, indent=1) + "\n")
     return info
 

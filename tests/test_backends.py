@@ -226,3 +226,38 @@ def test_cpu_linears_widen_to_float32_and_round_to_bf16_as_a_gpu_gemm_does(root)
         b.close()
     assert res["fp32"] != res["native"]  # the setting reaches the model's forward
     assert res["fp32"] == pytest.approx(res["native"], rel=2 ** -8)
+
+
+def test_calibration_matmuls_widen_inside_the_block_only_and_only_bf16_on_the_cpu():
+    """``quantize.cpu_matmul: fp32``: while llm-compressor calibrates (harness/quantize.py), ``F.linear`` and
+    ``torch.matmul`` of bf16 CPU tensors compute in float32 and round once to bf16, as ``Float32Linear`` does; the
+    modules keep their classes (recipes target ``Linear`` by name). Before and after the block, and under
+    ``native``, torch's own functions are in place."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.backends.cpu_matmul import fp32_cpu_matmuls
+
+    torch.manual_seed(0)
+    x, w, b = (torch.randn(*s).to(torch.bfloat16) for s in ((3, 7, 64), (24, 64), (24,)))
+    q, k = torch.randn(2, 5, 32).to(torch.bfloat16), torch.randn(2, 32, 5).to(torch.bfloat16)
+    lin_want = (x.double() @ w.double().T + b.double()).float().to(torch.bfloat16)  # by hand, wider
+    mm_want = (q.double() @ k.double()).float().to(torch.bfloat16)
+    lin0, mm0 = F.linear, torch.matmul
+    with fp32_cpu_matmuls("native") as n:
+        assert F.linear is lin0 and torch.matmul is mm0
+    assert n["widened"] == 0
+    with fp32_cpu_matmuls("fp32") as n:
+        assert F.linear is not lin0 and torch.matmul is not mm0
+        got_lin = torch.nn.Linear(64, 24).to(torch.bfloat16)
+        got_lin.weight.data, got_lin.bias.data = w, b
+        y, z = got_lin(x), torch.matmul(q, k)
+        assert y.dtype == z.dtype == torch.bfloat16 and type(got_lin) is torch.nn.Linear
+        f32 = torch.matmul(q.float(), k.float())  # other dtypes: torch's own result, not counted
+        assert f32.dtype == torch.float32 and torch.equal(f32, mm0(q.float(), k.float()))
+    assert F.linear is lin0 and torch.matmul is mm0 and n["widened"] == 2
+    for got, want in ((y, lin_want), (z, mm_want)):  # float32 and float64 sums round alike but at rounding edges
+        assert (got != want).float().mean() < 0.02 and torch.allclose(got.float(), want.float(), rtol=2 ** -8, atol=0)
+    with pytest.raises(RuntimeError, match="boom"), fp32_cpu_matmuls("fp32"):
+        raise RuntimeError("boom")
+    assert F.linear is lin0 and torch.matmul is mm0  # restored after an error too

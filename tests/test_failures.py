@@ -157,6 +157,7 @@ def test_an_empty_dataset_file_says_it_holds_no_rows(capsys, tmp_path, kind):
 @pytest.mark.parametrize("override,said", [
     ({"model.engine.bf16.hf.threads": "two"}, "engine.bf16.hf.threads: expected int, got 'two'"),
     ({"model.engine.nvfp4.hf.cpu_matmul": "fast"}, "engine.nvfp4.hf.cpu_matmul: 'fast' is not one of fp32, native"),
+    ({"quantize.cpu_matmul": "fast"}, "cpu_matmul: Input should be 'fp32' or 'native'"),
     ({"thresholds.datasets.wikitext2": -5}, "thresholds.datasets.wikitext2: Input should be greater than 0 (got -5)"),
     ({"calibration.samples": "sixty-four"}, "samples: Input should be a valid integer"),
     ({"calibration.sample": 64}, "sample: unknown key; allowed keys: path, name, split"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,31 @@ def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
     with pytest.raises(HarnessError, match="llmcompressor is not installed in the quantization interpreter"):
         GateSession(cfg, quiet=True, quant_python=str(no_llmc)).checkpoint()
 
+
+
+def test_the_calibration_arithmetic_reaches_the_build_and_only_a_setting_off_its_default_changes_the_key(
+        tmp_path, tiny_checkpoint, copy_quantizer):
+    """``quantize.cpu_matmul`` (default fp32): the run's own llm-compressor build of the tiny default calibrated
+    through the widened functions (its record counts them); the setting reaches the child's spec; ``native`` is a
+    cache entry of its own, while the default keeps the keys that entries had before the setting existed."""
+    import hashlib
+    import json
+
+    from harness.ckpt_cache import KEY_VERSION, cache_key
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    rec = json.loads((Path(tiny_checkpoint) / "harness_quantization.json").read_text())
+    assert rec["cpu_matmul"]["setting"] == "fp32" and rec["cpu_matmul"]["widened_calls"] > 0
+    old = {"key_version": KEY_VERSION, "model": {"m": 1}, "recipe": "r", "calibration": {}, "versions": {}}
+    before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:20]  # the key as it was made
+    assert cache_key({"m": 1}, "r", {}, {})[0] == before != cache_key({"m": 1}, "r", {}, {}, {"cpu_matmul": "native"})[0]
+    got = {}
+    for setting in ("fp32", "native"):
+        cfg = load_config(overrides={"quantize.cpu_matmul": setting})
+        cfg.cache_dir = str(tmp_path / "cache")
+        ck = GateSession(cfg, quiet=True, quant_python=copy_quantizer(tiny_checkpoint)).checkpoint()
+        assert ck.cache_hit is False
+        spec = json.loads((Path(ck.path) / "harness_quantization.json").read_text())["spec"]
+        got[setting] = (Path(ck.path).name, spec["cpu_matmul"])
+    assert got["fp32"][1] == "fp32" and got["native"][1] == "native" and got["fp32"][0] != got["native"][0]

@@ -12,6 +12,8 @@ then calls the module class's own ``forward``) and the reference W4A4 model's pr
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +42,38 @@ def widen_linears(model: torch.nn.Module, setting: str, device: str, dtype) -> i
             m.__class__ = Float32Linear
             n += 1
     return n
+
+
+@contextmanager
+def fp32_cpu_matmuls(setting: str = DEFAULT):
+    """Under ``fp32``, while the block runs: ``torch.nn.functional.linear`` and ``torch.matmul`` of bf16 CPU tensors
+    compute in float32 and round the result to bf16 (as ``Float32Linear`` does). For code that is not ours to
+    change, where modules must keep their classes (llm-compressor's calibration forward passes: recipes target layers
+    by class name). Anything else (other dtypes, GPU tensors, ``native``) runs torch's own kernel. Yields a dict
+    counting the calls widened."""
+    count = {"widened": 0}
+    if setting != "fp32":
+        yield count
+        return
+    linear, matmul = F.linear, torch.matmul
+
+    def _cpu_bf16(*ts) -> bool:
+        return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in ts)
+
+    def wide_linear(input, weight, bias=None):
+        if _cpu_bf16(input, weight) and (bias is None or bias.dtype == torch.bfloat16):
+            count["widened"] += 1
+            return linear(input.float(), weight.float(), None if bias is None else bias.float()).to(torch.bfloat16)
+        return linear(input, weight, bias)
+
+    def wide_matmul(input, other, *, out=None):
+        if out is None and isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor) and _cpu_bf16(input, other):
+            count["widened"] += 1
+            return matmul(input.float(), other.float()).to(torch.bfloat16)
+        return matmul(input, other) if out is None else matmul(input, other, out=out)
+
+    F.linear, torch.matmul = wide_linear, wide_matmul
+    try:
+        yield count
+    finally:
+        F.linear, torch.matmul = linear, matmul
