@@ -253,6 +253,10 @@ class HarnessConfig(Strict):
         None, description="fail a recipe that is worse than the stored result of the best recipe, on the same "
                           "documents (paired bootstrap)")
     require_kernel: str | None = Field(None, description="refuse NVFP4 results from any other kernel (e.g. 'W4A4')")
+    prepare_beside_engine: bool | None = Field(
+        None, description="a gate whose checkpoint is ready (cached or existing) prepares its data in a process of "
+                          "its own while it starts the engine, and checks the data against the baselines once both "
+                          "are done; unset = on a machine of two or more CPU cores")
     fidelity: Literal["scheme", "this-gpu"] = Field(
         "scheme", description="which NVFP4 numerics to measure on a GPU without FP4 units (harness/fidelity.py): "
                               "scheme = the checkpoint's W4A4 as written (vLLM W4A4 emulation); this-gpu = what vLLM "

@@ -135,10 +135,11 @@ class GateSession(BaselineSteps, JudgingSteps):
         harness/zygote_client.py; Linux without a GPU only)."""
         return self.provider.warm_up()
 
-    def checkpoint(self) -> Checkpoint:
-        """The provide stage's result: the quantized checkpoint (from the cache, built now, or an existing one)."""
+    def checkpoint(self, build: bool = True) -> Checkpoint | None:
+        """The provide stage's result: the quantized checkpoint (from the cache, built now, or an existing one);
+        ``build=False``: None where it would have to be built."""
         with self.clock("quantize"):
-            return self.provider.checkpoint()
+            return self.provider.checkpoint(build)
 
     # ---- scoring ------------------------------------------------------------
     def _engine(self, precision: str):
@@ -238,6 +239,57 @@ class GateSession(BaselineSteps, JudgingSteps):
 
             load_record(self.cfg.path_of("baselines_dir"), self.cfg.name, rr.best, record_hint(self.cfg, rr.best))
         self._preflight_done = baselines or self.update_mode
+
+    def start_beside_prepare(self, report_dir: Path | None = None) -> bool:
+        """A gate whose checkpoint is ready (cached, or an existing one) starts its engine while its data is prepared
+        in a process of its own (harness/prepare_ahead.py), then checks the data against the baselines (preflight)
+        before anything is scored: a mismatch closes the engine and stops the gate as before. Everything else is
+        checked first: the recipe, the backend's libraries, the report folder, each baseline's file, model and
+        distributions. False where it does not apply (prepare_beside_engine off or unset for a backend without a
+        core, a baseline update, data already prepared, a checkpoint still to build): nothing was started."""
+        import os
+
+        want = self.cfg.prepare_beside_engine
+        if self.update_mode or self._prepared or self._preflight_done or \
+                not ((os.cpu_count() or 1) >= 2 if want is None else want):
+            return False
+        self.preflight(report_dir, baselines=False)
+        for n in self.dataset_names:  # present, readable, of this model, with its distributions: before any start
+            b = self.store.load(self.cfg.name, n)
+            self.check_identity(b)
+            self._check_distributions(b)
+        if self.checkpoint(build=False) is None:
+            return False
+        from harness.prepare_ahead import PrepareAhead
+
+        ahead = PrepareAhead(self.cfg, self.dataset_names)
+        self.log(f"preparing the data in process {ahead.pid} while the engine starts")
+        try:
+            self._engine("nvfp4")
+        except BaseException:
+            ahead.close()
+            raise
+        try:
+            with self.clock("prepare"):  # what the engine start did not cover
+                prepared, lines, seconds = ahead.result()
+        except HarnessError as e:
+            self.log_lines.extend(getattr(e, "child_log", []))
+            self.close()
+            raise
+        for ln in lines:
+            self.log_lines.append(ln)
+            if self._external_log:
+                self._external_log(ln)
+            elif not self._quiet:
+                print(ln, file=sys.stderr, flush=True)
+        self._prepared.update(prepared)
+        self.clock.beside("prepare", seconds, "engine_start")
+        try:
+            self.preflight(report_dir)  # the data against the baselines, now that it is here
+        except HarnessError:
+            self.close()
+            raise
+        return True
 
     def engine_info(self, precision: str) -> dict:
         return self._engine_info.get(precision, {})

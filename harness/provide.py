@@ -74,8 +74,9 @@ class CheckpointProvider:
 
         return {**identity.key(self._model_identity()), "trust_remote_code": bool(self.cfg.model.trust_remote_code)}
 
-    def checkpoint(self) -> Checkpoint:
-        """The quantized checkpoint (from the cache, or built now), its info with cache_hit."""
+    def checkpoint(self, build: bool = True) -> Checkpoint | None:
+        """The quantized checkpoint (from the cache, or built now), its info with cache_hit. ``build=False``: None
+        where it would have to be built (nothing sound under its key)."""
         if self._checkpoint is None and self.existing:
             from harness.checkpoint import existing_checkpoint
 
@@ -115,7 +116,10 @@ class CheckpointProvider:
             options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != "fp32" else None
             key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
 
-            def build(tmp: Path) -> dict:
+            if not build and not cache.sound(key):
+                return None
+
+            def make(tmp: Path) -> dict:
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
                                    recipe=recipe.recipe_text, calibration=cal,
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
@@ -129,7 +133,7 @@ class CheckpointProvider:
                 return {k: v for k, v in info.items() if k != "spec"}
 
             t0 = time.time()
-            path, hit = cache.get_or_build(key, material, build, log=self.log)
+            path, hit = cache.get_or_build(key, material, make, log=self.log)
             import json
 
             if hit:  # the key holds the recipe's text, not its promised scheme: an edited `scheme:` meets an old entry

@@ -123,7 +123,8 @@ def render_markdown(rep: dict) -> str:
 
 TIME_NOTE = ("Where this run's time went, stage by stage (exclusive: starting an engine inside scoring counts as "
              "engine start). quantize is the cache lookup when the checkpoint was cached; other is what no stage "
-             "claims: imports, baselines, closing engines.")
+             "claims: imports, baselines, closing engines. A row in parentheses ran in another process beside a "
+             "stage (the data prepared while the engine started): not part of the sum.")
 
 
 def _bf16_size(ck: dict) -> str:

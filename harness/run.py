@@ -37,7 +37,8 @@ class Finished:
 def run_gate(session, report_dir: Path, show=None) -> Finished:
     """prepare -> (update mode: BF16 scored, baselines written) -> provide -> score -> judge -> render; the session
     keeps each stage's result and the one engine alive between stages."""
-    session.preflight(report_dir)      # bad input refused before any quantization or GPU time
+    if not session.start_beside_prepare(report_dir):  # a ready checkpoint: its engine starts while data is prepared
+        session.preflight(report_dir)  # bad input refused before any quantization or GPU time
     session.prepare_all()
     for n in session.dataset_names:    # (in update mode: score BF16 and write the baselines first)
         session.baseline(n)

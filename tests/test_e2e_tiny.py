@@ -160,7 +160,9 @@ def test_changed_data_is_refused_before_scoring_and_update_needs_force(project, 
     assert rc == 2
     assert "prepared data does not match the baseline" in err
     assert f"baseline={kept}" in err and "prepared=" in err and "fingerprint" in err
-    assert "quantizing" not in err and "starting engine" not in err  # refused before quantization or scoring
+    assert "quantizing" not in err and "scoring" not in err  # refused before quantization or scoring
+    # the cached checkpoint's engine started while the data was prepared elsewhere (prepare_beside_engine): closed
+    assert err.count("starting engine") == err.count("closing engine") <= 1
     before = (project / "baselines/tiny-qwen2/wikitext2.json").read_text()
     rc, _, err = cli(capsys, "baseline", "update", "--config", cfg)
     assert rc == 2 and "fingerprint changed" in err and "--force" in err

@@ -268,3 +268,90 @@ def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
     o = judge_limit("d", stats, "top1_min", 90.5, "config", "lower")
     assert not o.passed and o.message() == ("FAIL d: top-1 agreement lower bound 90.00% < min 90.50% (config) "
                                             "[CI 90.00..92.00]")
+
+
+def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the_data(session, tmp_path):
+    """prepare_beside_engine (default: on machines of two or more cores): the engine starts before the data is in this
+    process; the data comes from another process, the same as prepared here; the time line shows the child's
+    seconds beside the engine start, outside the stages' sum; the gate then runs as always."""
+    import os
+
+    from harness.timings import line
+
+    here = session()  # the same config, its data prepared in this process (made first: one engine at a time)
+    want = {n: here.prepared(n) for n in ("wikitext2", "ultrachat")}
+    s = session()
+    s.cfg.prepare_beside_engine = True
+    lines = []
+    s._external_log = lines.append
+    seen = []
+    init = FakeBackend.__init__
+
+    def spy(self, spec):
+        seen.append(dict(s._prepared))  # what this process holds as the engine starts
+        init(self, spec)
+
+    FakeBackend.__init__ = spy
+    try:
+        assert s.start_beside_prepare(tmp_path / "reports") is True
+    finally:
+        FakeBackend.__init__ = init
+    assert seen == [{}] and len(ALIVE) == 1
+    for n, p in want.items():
+        assert s._prepared[n].fingerprint == p.fingerprint and s._prepared[n].token_ids == p.token_ids
+    pid = int(re.search(r"preparing the data in process (\d+)", "\n".join(lines))[1])
+    assert pid != os.getpid()
+    assert any("wikitext2: 108 texts kept" in ln for ln in lines)  # the child's log, passed on
+    b = s.time_breakdown()
+    assert b["beside"]["prepare"]["during"] == "engine_start" and b["beside"]["prepare"]["seconds"] > 0
+    assert sum(b["stages"].values()) <= b["wall_s"]  # the child's seconds are not in the sum
+    assert re.search(r"prepare \d+\.\d s \(\+\d+\.\d s beside engine start\)", line(b))
+    v = s.verdict()
+    assert v.passed and [k[1] for k in s.engines.opened] == ["nvfp4"]
+
+
+def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scored(session, monkeypatch, tmp_path):
+    """The baselines are checked against the data once it is back: a mismatch closes the engine the gate started
+    and stops it before any scoring. Where the checkpoint is still to be built, or the backend needs no GPU and the
+    setting is unset, nothing starts early: the data comes first, as always."""
+    import dataclasses
+
+    import harness.prepare_ahead as pa
+    from harness.errors import BaselineError
+
+    made = []
+
+    class Ahead:  # another process's answer, with a changed fingerprint
+        def __init__(self, cfg, names):
+            made.append(names)
+            self.pid = 1
+
+        def result(self):
+            p = here.prepared("wikitext2")
+            return {"wikitext2": dataclasses.replace(p, fingerprint="0" * 16),
+                    "ultrachat": here.prepared("ultrachat")}, [], 0.5
+
+        def close(self):
+            pass
+
+    here, s, unset, to_build = session(), session(), session(), session()
+    monkeypatch.setattr(pa, "PrepareAhead", Ahead)
+    s.cfg.prepare_beside_engine = True
+    scored = []
+    monkeypatch.setattr(FakeBackend, "loglikelihood_rolling", lambda self, docs, **kw: scored.append(docs))
+    with pytest.raises(HarnessError, match="prepared data does not match the baseline") as e:
+        s.start_beside_prepare(tmp_path / "reports")
+    assert isinstance(e.value, BaselineError) and ALIVE == [] and scored == [] and len(made) == 1
+
+    # unset: on machines of two or more cores; off: not early
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert unset.cfg.prepare_beside_engine is None and unset.start_beside_prepare(tmp_path / "r") is False
+    unset.cfg.prepare_beside_engine = False
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert unset.start_beside_prepare(tmp_path / "r") is False
+    to_build.cfg.prepare_beside_engine = True
+    to_build.provider._checkpoint = None
+    monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")  # no quantization interpreter warmed for a build never made
+    to_build.cfg.cache_dir = str(tmp_path / "empty-cache")  # nothing cached: it would have to be built
+    assert to_build.start_beside_prepare(tmp_path / "r") is False
+    assert ALIVE == [] and len(made) == 1 and not to_build._prepared

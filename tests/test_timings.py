@@ -57,3 +57,24 @@ def test_the_line_and_the_table_say_each_stage():
     assert rows[0].split("|")[1:4] == [" stage        ", "   seconds ", "   share "]
     assert "| engine start |     30.00 |     60% |" in rows  # 30 of 50 s
     assert rows[-1] == "| **wall**     |     50.00 |    100% |"
+
+
+def test_work_beside_a_stage_is_shown_but_not_summed(t):
+    """The data prepared in another process (6 s) while the engine started here (10 s), then 0.5 s waited for it:
+    prepare 0.5 s here, engine start 10 s, other 1.5 of 12 s; the 6 s are shown beside, not in the sum."""
+    clock = StageClock()
+    with clock("engine_start"):
+        t.now += 10.0
+    with clock("prepare"):
+        t.now += 0.5
+    clock.beside("prepare", 6.0, "engine_start")
+    b = clock.breakdown(wall_s=12.0)
+    assert b["stages"]["prepare"] == 0.5 and b["stages"]["engine_start"] == 10.0 and b["other_s"] == 1.5
+    assert b["beside"] == {"prepare": {"seconds": 6.0, "during": "engine_start"}}
+    assert timings.line(b).startswith("time: prepare 0.5 s (+6.0 s beside engine start), quantize 0.0 s, engine "
+                                      "start 10.0 s")
+    rows = timings.table(b).splitlines()
+    assert rows[-2].startswith("| **wall**") and rows[-1].split("|")[1:3] == [
+        " prepare, beside engine start ", "    (6.00) "]
+    with pytest.raises(ValueError, match="unknown stage"):
+        clock.beside("prepare", 1.0, "warmup")
