@@ -57,8 +57,8 @@ def fp32_cpu_matmuls(setting: str = DEFAULT):
         return
     linear, matmul = F.linear, torch.matmul
 
-    def _cpu_bf16(*ts) -> bool:
-        return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in ts)
+    def _cpu_bf16(*ts) -> bool:  # real tensors only: a tracer's proxies (torch.fx) pass through to torch's own
+        return all(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in ts)
 
     def wide_linear(input, weight, bias=None):
         if _cpu_bf16(input, weight) and (bias is None or bias.dtype == torch.bfloat16):
@@ -67,7 +67,7 @@ def fp32_cpu_matmuls(setting: str = DEFAULT):
         return linear(input, weight, bias)
 
     def wide_matmul(input, other, *, out=None):
-        if out is None and isinstance(input, torch.Tensor) and isinstance(other, torch.Tensor) and _cpu_bf16(input, other):
+        if out is None and _cpu_bf16(input, other):
             count["widened"] += 1
             return matmul(input.float(), other.float()).to(torch.bfloat16)
         return matmul(input, other) if out is None else matmul(input, other, out=out)
