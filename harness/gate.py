@@ -250,8 +250,9 @@ class GateSession(BaselineSteps, JudgingSteps):
         import os
 
         want = self.cfg.prepare_beside_engine
-        if self.update_mode or self._prepared or self._preflight_done or \
-                not ((os.cpu_count() or 1) >= 2 if want is None else want):
+        if want is None:  # a fresh process on 2+ cores: the other imports the tokenizer's library while this starts
+            want = (os.cpu_count() or 1) >= 2 and "transformers" not in sys.modules  # loaded: preparing here is quick
+        if self.update_mode or self._prepared or self._preflight_done or not want:
             return False
         self.preflight(report_dir, baselines=False)
         for n in self.dataset_names:  # present, readable, of this model, with its distributions: before any start

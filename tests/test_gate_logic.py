@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import pytest
 
@@ -271,7 +272,7 @@ def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
 
 
 def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the_data(session, tmp_path):
-    """prepare_beside_engine (default: on machines of two or more cores): the engine starts before the data is in this
+    """prepare_beside_engine (set here; unset: a fresh process on 2+ cores): the engine starts before the data is in this
     process; the data comes from another process, the same as prepared here; the time line shows the child's
     seconds beside the engine start, outside the stages' sum; the gate then runs as always."""
     import os
@@ -343,9 +344,14 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
         s.start_beside_prepare(tmp_path / "reports")
     assert isinstance(e.value, BaselineError) and ALIVE == [] and scored == [] and len(made) == 1
 
-    # unset: on machines of two or more cores; off: not early
+    # unset: on machines of two or more cores, in a process without transformers (a fresh `harness gate`: the e2e
+    # README-path test shows it there); off: not early
+    assert unset.cfg.prepare_beside_engine is None and "transformers" in sys.modules
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert unset.start_beside_prepare(tmp_path / "r") is False  # transformers loaded here: preparing here is quick
+    monkeypatch.delitem(sys.modules, "transformers")
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert unset.cfg.prepare_beside_engine is None and unset.start_beside_prepare(tmp_path / "r") is False
+    assert unset.start_beside_prepare(tmp_path / "r") is False  # one core: nothing to overlap on
     unset.cfg.prepare_beside_engine = False
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert unset.start_beside_prepare(tmp_path / "r") is False
