@@ -261,3 +261,36 @@ def test_calibration_matmuls_widen_inside_the_block_only_and_only_bf16_on_the_cp
     with pytest.raises(RuntimeError, match="boom"), fp32_cpu_matmuls("fp32"):
         raise RuntimeError("boom")
     assert F.linear is lin0 and torch.matmul is mm0  # restored after an error too
+
+
+def test_cpu_fp4_rounding_is_compressed_tensors_own_bit_for_bit_and_the_e2m1_definition():
+    """harness/backends/cpu_fp4.py against compressed-tensors' own CPU rounding (eight masked assignments) and against
+    the E2M1 definition (harness/nvfp4_ref.py, nearest value, ties to the even mantissa): every boundary, its float
+    neighbours, +-0, +-inf, NaN and 100k random values, in float32 and bf16: the same bits (sign of zero and NaN
+    included). Registered, compressed-tensors' entry point hands CPU tensors to it, and nothing else."""
+    import numpy as np
+    import torch
+    from compressed_tensors.quantization.utils import fp4_utils
+    from compressed_tensors.utils.impl_backend import ImplBackend
+
+    from harness import nvfp4_ref as R
+    from harness.backends import cpu_fp4
+
+    own = fp4_utils.cast_to_fp4.__wrapped__  # compressed-tensors' eager body, bypassing any registered backend
+    for dt in (torch.float32, torch.bfloat16):
+        b = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], dtype=dt)
+        special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0], dtype=dt)
+        x = torch.cat([b, -b, torch.nextafter(b, b + 1), torch.nextafter(b, b - 1), special,
+                       (torch.randn(100_000) * 3).to(dt)])
+        got, ct = cpu_fp4.cast_to_fp4_cpu(x), own(x.clone())
+        assert got.dtype == dt and torch.equal(torch.isnan(got), torch.isnan(ct))
+        assert torch.equal(got.float().view(torch.int32), ct.float().view(torch.int32))  # bits, -0.0 and NaN signs too
+        finite = torch.isfinite(x)
+        codes = R.e2m1_codes(x[finite].float().numpy().astype(np.float64))
+        assert np.array_equal(got[finite].float().numpy(), R.e2m1_values(codes).astype(np.float32))
+    assert cpu_fp4.register() and cpu_fp4.register()  # once per process; a second call changes nothing
+    entries = [(fn, req) for fn, req, _ in ImplBackend._backends["cast_to_fp4"] if fn is cpu_fp4.cast_to_fp4_cpu]
+    assert len(entries) == 1
+    req = entries[0][1]
+    assert req(torch.zeros(2)) and not req(torch.zeros(2, device="meta"))  # CPU tensors only (CUDA: Triton)
+    assert torch.equal(fp4_utils.cast_to_fp4(x).float().view(torch.int32), got.float().view(torch.int32))

@@ -271,42 +271,53 @@ def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
                                             "[CI 90.00..92.00]")
 
 
-def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the_data(session, tmp_path):
-    """prepare_beside_engine (set here; unset: a fresh process on 2+ cores): the engine starts before the data is in this
-    process; the data comes from another process, the same as prepared here; the time line shows the child's
-    seconds beside the engine start, outside the stages' sum; the gate then runs as always."""
-    import os
-
+def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the_data(session, monkeypatch, tmp_path):
+    """prepare_beside_engine (set here; unset: a fresh process on 2+ cores): the other process is started first, the
+    engine starts before its answer is taken, the data it sends is what the gate uses (its log passed on), the time
+    line shows its seconds beside the engine start, outside the stages' sum; the gate then runs as always. The real
+    process (harness/prepare_ahead.py) runs in the README-path test (test_e2e_tiny.py): a fresh `harness gate` whose
+    data then passes the baselines' fingerprint check."""
+    import harness.prepare_ahead as pa
     from harness.timings import line
 
     here = session()  # the same config, its data prepared in this process (made first: one engine at a time)
     want = {n: here.prepared(n) for n in ("wikitext2", "ultrachat")}
+    events = []
+
+    class Ahead:  # the other process's side: started, then asked for its answer
+        pid = 4242
+
+        def __init__(self, cfg, names):
+            events.append(("started", list(names)))
+
+        def result(self):
+            events.append("answer taken")
+            return dict(want), ["[12:00:00] wikitext2: from the other process"], 6.5
+
+        def close(self):
+            events.append("closed")
+
+    monkeypatch.setattr(pa, "PrepareAhead", Ahead)
     s = session()
     s.cfg.prepare_beside_engine = True
     lines = []
     s._external_log = lines.append
-    seen = []
     init = FakeBackend.__init__
 
     def spy(self, spec):
-        seen.append(dict(s._prepared))  # what this process holds as the engine starts
+        events.append(("engine", len(s._prepared)))  # what this process holds as the engine starts
         init(self, spec)
 
-    FakeBackend.__init__ = spy
-    try:
-        assert s.start_beside_prepare(tmp_path / "reports") is True
-    finally:
-        FakeBackend.__init__ = init
-    assert seen == [{}] and len(ALIVE) == 1
-    for n, p in want.items():
-        assert s._prepared[n].fingerprint == p.fingerprint and s._prepared[n].token_ids == p.token_ids
-    pid = int(re.search(r"preparing the data in process (\d+)", "\n".join(lines))[1])
-    assert pid != os.getpid()
-    assert any("wikitext2: 108 texts kept" in ln for ln in lines)  # the child's log, passed on
+    monkeypatch.setattr(FakeBackend, "__init__", spy)
+    assert s.start_beside_prepare(tmp_path / "reports") is True
+    assert events == [("started", ["wikitext2", "ultrachat"]), ("engine", 0), "answer taken"] and len(ALIVE) == 1
+    assert all(s._prepared[n] is p for n, p in want.items())
+    assert "preparing the data in process 4242 while the engine starts" in "\n".join(lines)
+    assert "[12:00:00] wikitext2: from the other process" in lines and lines[-1] != lines[0]
     b = s.time_breakdown()
-    assert b["beside"]["prepare"]["during"] == "engine_start" and b["beside"]["prepare"]["seconds"] > 0
-    assert sum(b["stages"].values()) <= b["wall_s"]  # the child's seconds are not in the sum
-    assert re.search(r"prepare \d+\.\d s \(\+\d+\.\d s beside engine start\)", line(b))
+    assert b["beside"] == {"prepare": {"seconds": 6.5, "during": "engine_start"}}
+    assert sum(b["stages"].values()) <= b["wall_s"]  # the other process's seconds are not in the sum
+    assert re.search(r"prepare \d+\.\d s \(\+6\.5 s beside engine start\)", line(b))
     v = s.verdict()
     assert v.passed and [k[1] for k in s.engines.opened] == ["nvfp4"]
 
@@ -335,7 +346,7 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
         def close(self):
             pass
 
-    here, s, unset, to_build = session(), session(), session(), session()
+    here, s, unset, to_build, failing = session(), session(), session(), session(), session()
     monkeypatch.setattr(pa, "PrepareAhead", Ahead)
     s.cfg.prepare_beside_engine = True
     scored = []
@@ -343,6 +354,18 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     with pytest.raises(HarnessError, match="prepared data does not match the baseline") as e:
         s.start_beside_prepare(tmp_path / "reports")
     assert isinstance(e.value, BaselineError) and ALIVE == [] and scored == [] and len(made) == 1
+
+    class Failing(Ahead):  # the other process's own error (here: too few texts), with what it logged before it
+        def result(self):
+            err = HarnessError("wikitext2: only 1 texts survive the rules")
+            err.child_log = ["[12:00:00] ultrachat: 200 texts kept"]
+            raise err
+
+    monkeypatch.setattr(pa, "PrepareAhead", Failing)
+    failing.cfg.prepare_beside_engine = True
+    with pytest.raises(HarnessError, match="only 1 texts survive"):
+        failing.start_beside_prepare(tmp_path / "reports")
+    assert ALIVE == [] and scored == [] and "[12:00:00] ultrachat: 200 texts kept" in failing.log_lines
 
     # unset: on machines of two or more cores, in a process without transformers (a fresh `harness gate`: the e2e
     # README-path test shows it there); off: not early
@@ -360,4 +383,4 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")  # no quantization interpreter warmed for a build never made
     to_build.cfg.cache_dir = str(tmp_path / "empty-cache")  # nothing cached: it would have to be built
     assert to_build.start_beside_prepare(tmp_path / "r") is False
-    assert ALIVE == [] and len(made) == 1 and not to_build._prepared
+    assert ALIVE == [] and len(made) == 2 and not to_build._prepared  # no third process

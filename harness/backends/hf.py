@@ -92,6 +92,10 @@ class HFBackend(Backend):
             ref = reference_activations(spec.model)  # a W4A4 reference model (harness/nvfp4_ref.py)
             self.reference_w4a4 = attach(self.model, *ref) if ref else 0
             self.widened = widen_linears(self.model, self.cpu_matmul, self.device, self.dtype)  # bf16 in fp32 on CPUs
+            if self.device == "cpu":
+                from harness.backends.cpu_fp4 import register
+
+                register()  # compressed-tensors' FP4 rounding of CPU tensors, the same bits at half the cost
             with torch.inference_mode():  # a compressed checkpoint decompresses on its first forward: part of the load
                 self.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=self.device))
         self.load_s = time.time() - t0
