@@ -36,8 +36,10 @@ def register() -> bool:
     global _registered
     if _registered:
         return True
+    import importlib
+
     try:
-        import compressed_tensors.quantization.utils.fp4_utils  # noqa: F401 - registers cast_to_fp4's entry point
+        importlib.import_module("compressed_tensors.quantization.utils.fp4_utils")  # defines cast_to_fp4's entry point
         from compressed_tensors.utils.impl_backend import ImplBackend
     except ImportError:
         return False
