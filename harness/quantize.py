@@ -113,8 +113,10 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
     ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     log(f"calibration: {len(ds)} samples, max_seq_len {c.max_seq_len}, seed {c.seed}")
     torch.manual_seed(c.seed)
+    from harness.backends.cpu_fp4 import register
     from harness.backends.cpu_matmul import fp32_cpu_matmuls
 
+    register()  # FP4 rounding of CPU tensors (calibration's fake quantization, compression): the same bits, faster
     with fp32_cpu_matmuls(spec.cpu_matmul) as widened:
         oneshot(model=model, dataset=ds, recipe=spec.recipe, max_seq_length=c.max_seq_len,
                 num_calibration_samples=len(ds), pipeline="basic" if spec.extra.get("basic_pipeline") else "independent")
