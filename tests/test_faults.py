@@ -314,3 +314,26 @@ def test_a_progress_bar_in_the_heartbeat_reads_as_words(tmp_path):
     assert last_line(log) == "Calibrating 31/64 (47%)"
     log.write_text("layer 3/80")
     assert last_line(log) == "layer 3/80"
+
+
+def test_the_data_preparing_process_dies_with_a_killed_gate(tmp_path):
+    """The process that prepares a cached gate's data beside its engine start (harness/prepare_ahead.py) goes when
+    the harness is killed with SIGKILL (no clean-up of its own runs): the kernel's parent-death signal."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from harness.config import load_config\n"
+        "from harness.prepare_ahead import PrepareAhead\n"
+        "a = PrepareAhead(load_config(), ['wikitext2', 'ultrachat'])\n"
+        "print(a.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        child = int(p.stdout.readline())
+        time.sleep(1.5)  # past its start (a harness gone before it looks is seen there): it imports transformers now
+        assert Path(f"/proc/{child}").exists()
+    finally:
+        p.kill()
+        p.wait()
+    assert _wait_gone([child], within_s=2.0) == [], "the data-preparing process outlived the killed gate"
