@@ -256,8 +256,9 @@ class HarnessConfig(Strict):
     prepare_beside_engine: bool | None = Field(
         None, description="a gate whose checkpoint is ready (cached or existing) prepares its data in a process of "
                           "its own while it starts the engine, and checks the data against the baselines once both "
-                          "are done; unset = on a machine of two or more CPU cores, in a process that has not "
-                          "loaded transformers yet (a fresh `harness gate`)")
+                          "are done; unset = a backend without a GPU (hf) on two or more CPU cores, in a process "
+                          "that has not loaded transformers yet (a fresh `harness gate`); on the H200 vLLM's start "
+                          "slowed by as much as the overlap saved, so vLLM prepares first unless this is true")
     fidelity: Literal["scheme", "this-gpu"] = Field(
         "scheme", description="which NVFP4 numerics to measure on a GPU without FP4 units (harness/fidelity.py): "
                               "scheme = the checkpoint's W4A4 as written (vLLM W4A4 emulation); this-gpu = what vLLM "

@@ -249,9 +249,12 @@ class GateSession(BaselineSteps, JudgingSteps):
         core, a baseline update, data already prepared, a checkpoint still to build): nothing was started."""
         import os
 
+        from harness.backends import backend_spec
+
         want = self.cfg.prepare_beside_engine
-        if want is None:  # a fresh process on 2+ cores: the other imports the tokenizer's library while this starts
-            want = (os.cpu_count() or 1) >= 2 and "transformers" not in sys.modules  # loaded: preparing here is quick
+        if want is None:  # a fresh CPU gate on 2+ cores: the other imports the tokenizer's library while this starts
+            want = (not backend_spec(self.backend).needs_gpu and (os.cpu_count() or 1) >= 2
+                    and "transformers" not in sys.modules)  # loaded: preparing here is quick
         if self.update_mode or self._prepared or self._preflight_done or not want:
             return False
         self.preflight(report_dir, baselines=False)

@@ -373,6 +373,9 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert unset.start_beside_prepare(tmp_path / "r") is False  # transformers loaded here: preparing here is quick
     monkeypatch.delitem(sys.modules, "transformers")
+    unset.backend = "vllm"  # on the H200 vLLM's start slowed by as much as the overlap saved: prepares first
+    assert unset.start_beside_prepare(tmp_path / "r") is False
+    unset.backend = "hf"
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert unset.start_beside_prepare(tmp_path / "r") is False  # one core: nothing to overlap on
     unset.cfg.prepare_beside_engine = False
