@@ -245,8 +245,10 @@ class GateSession(BaselineSteps, JudgingSteps):
         in a process of its own (harness/prepare_ahead.py), then checks the data against the baselines (preflight)
         before anything is scored: a mismatch closes the engine and stops the gate as before. Everything else is
         checked first: the recipe, the backend's libraries, the report folder, each baseline's file, model and
-        distributions. False where it does not apply (prepare_beside_engine off or unset for a backend without a
-        core, a baseline update, data already prepared, a checkpoint still to build): nothing was started."""
+        distributions. False, with nothing started, where it does not apply: prepare_beside_engine false; unset and
+        the backend needs a GPU (on the H200 vLLM's start slowed by about what the overlap saved, docs/results), one
+        CPU core, or transformers already loaded here (preparing here is then quick); a baseline update; data already
+        prepared; a checkpoint still to build."""
         import os
 
         from harness.backends import backend_spec
@@ -276,7 +278,7 @@ class GateSession(BaselineSteps, JudgingSteps):
         try:
             with self.clock("prepare"):  # what the engine start did not cover
                 prepared, lines, seconds = ahead.result()
-        except HarnessError as e:
+        except BaseException as e:  # its error (or an interrupt while waiting): the engine goes too
             self.log_lines.extend(getattr(e, "child_log", []))
             self.close()
             raise
