@@ -90,7 +90,10 @@ class GateSession(BaselineSteps, JudgingSteps):
 
     # ---- logging ------------------------------------------------------------
     def log(self, msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        self._emit(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+    def _emit(self, line: str) -> None:
+        """A stamped log line (this session's own, or one another process wrote) into the log and out."""
         self.log_lines.append(line)
         if self._external_log:
             self._external_log(line)
@@ -261,9 +264,7 @@ class GateSession(BaselineSteps, JudgingSteps):
             return False
         self.preflight(report_dir, baselines=False)
         for n in self.dataset_names:  # present, readable, of this model, with its distributions: before any start
-            b = self.store.load(self.cfg.name, n)
-            self.check_identity(b)
-            self._check_distributions(b)
+            self.check_stored(self.store.load(self.cfg.name, n))
         if self.checkpoint(build=False) is None:
             return False
         from harness.prepare_ahead import PrepareAhead
@@ -283,11 +284,7 @@ class GateSession(BaselineSteps, JudgingSteps):
             self.close()
             raise
         for ln in lines:
-            self.log_lines.append(ln)
-            if self._external_log:
-                self._external_log(ln)
-            elif not self._quiet:
-                print(ln, file=sys.stderr, flush=True)
+            self._emit(ln)
         self._prepared.update(prepared)
         self.clock.beside("prepare", seconds, "engine_start")
         try:

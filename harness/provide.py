@@ -113,7 +113,8 @@ class CheckpointProvider:
                                                      "versions": meta.get("build", {}).get("versions")})
                 return self._checkpoint
             qcfg = self.cfg.quantize
-            options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != "fp32" else None
+            default = type(qcfg).model_fields["cpu_matmul"].default  # a default stays out of the key
+            options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != default else None
             key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
 
             if not build and not cache.sound(key):

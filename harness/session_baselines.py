@@ -78,9 +78,13 @@ class BaselineSteps:
             self.update_baselines()
         b = self.store.load(self.cfg.name, name)
         check_data_matches(b, self.prepared(name), where=f"{self.store.path(self.cfg.name, name)}")
+        self.check_stored(b)
+        return b
+
+    def check_stored(self, b: Baseline) -> None:
+        """What a baseline is checked for besides its data: the model it was scored on and its distributions."""
         self.check_identity(b)
         self._check_distributions(b)
-        return b
 
     def _check_distributions(self, b: Baseline) -> None:
         """With distributions on, the baseline must carry BF16's top-k at this config's k (checked before any
