@@ -31,8 +31,9 @@ class PrepareAhead:
         root = str(Path(__file__).resolve().parent.parent)  # so the child imports this very harness
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         read, write = os.pipe()
+        # its output to fd 2 itself (a notebook's sys.stderr has no fileno())
         self._proc = subprocess.Popen([sys.executable, "-m", "harness.prepare_ahead", str(write)], env=env,
-                                      stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), pass_fds=(write,))
+                                      stdin=subprocess.PIPE, stdout=2, pass_fds=(write,))
         os.close(write)
         self._answer = os.fdopen(read, "rb")
         self.pid = self._proc.pid
