@@ -154,6 +154,8 @@ def engine_lines(rep: dict) -> list[str]:
                   if k in b]  # both happen inside vLLM's init engine step
         if within and parts and "init_engine_s" in b:
             parts[-1] += f" (of which {', '.join(within)})"
+        if "logprobs_warm_up_s" in b:  # the harness's own: a scoring request before the engine counts as started
+            parts.append(f"prompt-logprobs warm-up {b['logprobs_warm_up_s']:.1f} s")
         parts += [f"other_s {b['other_s']:.1f} s"] if "other_s" in b else []
         if "flashinfer_autotune" in b:
             parts.append(f"FlashInfer autotune {'on' if b['flashinfer_autotune'] else 'off'}")

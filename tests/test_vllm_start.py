@@ -9,6 +9,7 @@ import logging
 import logging.config
 import os
 import sys
+import time
 import types
 
 import pytest
@@ -72,6 +73,17 @@ class FakeLLM:
     def _shutdown(self):
         self.shut = True
 
+    requests: list[tuple] = []          # (prompts, params) of each generate() call
+    generate_error: Exception | None = None
+    generate_s = 0.0
+
+    def generate(self, prompts, params, use_tqdm=True):
+        FakeLLM.requests.append((prompts, params))
+        time.sleep(FakeLLM.generate_s)
+        if FakeLLM.generate_error is not None:
+            raise FakeLLM.generate_error
+        return []
+
     def apply_model(self, fn):
         return [fn(None)]
 
@@ -101,6 +113,7 @@ def fake_vllm(monkeypatch):
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
+    vllm.SamplingParams = lambda **kw: kw
     FakeLLM.envs = vllm.envs = fake_envs()
     arg_utils = types.ModuleType("vllm.engine.arg_utils")
     arg_utils.EngineArgs = EngineArgs
@@ -124,6 +137,7 @@ def fake_vllm(monkeypatch):
     vlog = logging.getLogger("vllm")
     monkeypatch.setattr(vlog, "level", logging.INFO)  # what importing vllm does (VLLM_CONFIGURE_LOGGING=1)
     FakeLLM.seen, FakeLLM.offloaded, FakeLLM.fail, FakeLLM.cleanups = [], 12 * GIB, None, []
+    FakeLLM.requests, FakeLLM.generate_error, FakeLLM.generate_s = [], None, 0.0
     yield FakeLLM
     for h in list(vlog.handlers):
         h.close()
@@ -361,3 +375,43 @@ def test_the_report_says_where_an_engine_start_went():
     (line,) = engine_lines(rep)
     assert line == ("- NVFP4 engine start: 60.0 s (model_load_s 12.5 s, weights_s 3.5 s, init_engine_s 8.2 s (of which "
                     "torch.compile 5.6 s, CUDA graphs 2.0 s), other_s 39.2 s, FlashInfer autotune on)")
+
+
+@pytest.mark.parametrize("top_k", [0, 20, 30])
+def test_the_start_ends_with_one_scoring_request_at_the_engines_top_k(fake_vllm, top_k):
+    """vLLM's own warm-up compiles the prompt-logprobs kernel at another width (for_sampler_warmup: 1 + 1 ids);
+    the harness's start scores a two-token prompt at its own top-k, and those seconds are part of the start."""
+    from harness.backends.vllm import VLLMBackend
+
+    fake_vllm.generate_s = 0.3
+    t0 = time.time()
+    eng = VLLMBackend(EngineSpec(model="m", precision="bf16", max_model_len=2048, top_k=top_k))
+    took = time.time() - t0
+    ((prompts, params),) = fake_vllm.requests  # one request, before the constructor returned
+    assert prompts == [{"prompt_token_ids": [0, 1]}]
+    assert params["prompt_logprobs"] == top_k and params["max_tokens"] == 1 and params["temperature"] == 0.0
+    b = eng.info()["engine_start"]
+    assert 0.3 <= b["logprobs_warm_up_s"] <= eng.engine_start_s <= took
+    assert "logprobs_warm_up_error" not in b
+
+
+def test_a_failed_warm_up_request_starts_the_engine_anyway_and_says_why(fake_vllm):
+    from harness.backends.vllm import VLLMBackend
+
+    fake_vllm.generate_error = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    eng = VLLMBackend(EngineSpec(model="m", precision="bf16", max_model_len=2048))
+    b = eng.info()["engine_start"]
+    assert "logprobs_warm_up_s" not in b
+    assert b["logprobs_warm_up_error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert eng.llm is not None
+
+
+def test_the_warm_up_is_its_own_part_of_the_start_and_not_in_the_rest():
+    """60 s in all: 12.5 s model load, 8.25 s init engine, 2.0 s warm-up -> 37.25 s for the rest."""
+    from harness.report_markdown import engine_lines
+
+    b = parse_engine_log("\n".join(LOG_LINES), total_s=60.0, warm_up_s=2.0)
+    assert b["logprobs_warm_up_s"] == 2.0 and b["other_s"] == 37.25
+    (line,) = engine_lines({"engine": {"engine_start_s": 60.0, "engine_start": b}})
+    assert line == ("- NVFP4 engine start: 60.0 s (model_load_s 12.5 s, weights_s 3.5 s, init_engine_s 8.2 s, "
+                    "prompt-logprobs warm-up 2.0 s, other_s 37.2 s)")

@@ -8,6 +8,9 @@
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
 - a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
+- the start ends with one two-token request through the scoring path (prompt logprobs at the engine's top-k): vLLM's
+  own warm-up compiles another width of the prompt-logprobs Triton kernel, so the harness's would compile (or load
+  from Triton's cache) inside the first scoring batch; its seconds are part of the start (``logprobs_warm_up_s``);
 - the engine core runs in this interpreter for an eager engine of one GPU without offload (vllm_env.py), else in its own
   process;
 - ``close()`` shuts the engine core down, frees this process's cached GPU memory and, for an engine with processes
@@ -161,8 +164,11 @@ class VLLMBackend(Backend):
             if self.in_process:
                 release_failed_start()
             raise failure
+        warm_up_s = self._warm_up_scoring(spec.top_k)
         self.engine_start_s = time.time() - t0
-        self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s)
+        self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s, warm_up_s=warm_up_s)
+        if self.warm_up_error:
+            self.start_breakdown["logprobs_warm_up_error"] = self.warm_up_error
         from harness.backends.vllm_loader import offload_info, quant_kernels
 
         try:
@@ -173,6 +179,27 @@ class VLLMBackend(Backend):
             self.kernels = []
             self.kernel_source = f"unknown ({type(e).__name__}: {str(e)[:120]})"
         self.offload = self._check_offload(offload_info)
+
+    def _warm_up_scoring(self, top_k: int) -> float | None:
+        """Score a two-token prompt the way loglikelihood_rolling will (``prompt_logprobs=top_k``, one token
+        generated): vLLM's start-up warm-up (0.26: the V2 runner's warmup_kernels, SamplingParams.for_sampler_warmup)
+        asks for one prompt logprob besides the token's own, and Triton compiles ``_topk_log_softmax_kernel`` per
+        width (2 there; 1 for plain scoring, 21 for top-k 20), so the harness's variant was compiled, or loaded from
+        Triton's cache, inside the first scoring batch (vLLM's JIT monitor warned of it). Seconds taken, or None when
+        the request failed: nothing is raised here (scoring meets the same problem and reports it with its own
+        message) and the error is kept in the start's breakdown."""
+        self.warm_up_error = None
+        t = time.time()
+        try:
+            from vllm import SamplingParams
+
+            params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0,
+                                    flat_logprobs=True)
+            self.llm.generate([{"prompt_token_ids": [0, 1]}], params, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - an optimisation: scoring reports the real problem
+            self.warm_up_error = f"{type(e).__name__}: {str(e)[:200]}"
+            return None
+        return time.time() - t
 
     @staticmethod
     def _fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:

@@ -180,11 +180,12 @@ _START_LINES = {  # vLLM 0.26 log lines -> the seconds / sizes they report
 }
 
 
-def parse_engine_log(text: str, total_s: float | None = None) -> dict:
+def parse_engine_log(text: str, total_s: float | None = None, warm_up_s: float | None = None) -> dict:
     """Where an engine start's seconds went, from its log; keys are absent when their line is.
 
-    ``other_s`` = total - model load - init engine: process spawn, imports, config, tokenizer, KV cache set-up
-    outside the profile."""
+    ``other_s`` = total - model load - init engine - the harness's scoring warm-up (``warm_up_s``, timed by the
+    backend: ``logprobs_warm_up_s``): process spawn, imports, config, tokenizer, KV cache set-up outside the
+    profile."""
     out: dict = {}
     for key, pat in _START_LINES.items():
         found = re.findall(pat, text)
@@ -197,9 +198,11 @@ def parse_engine_log(text: str, total_s: float | None = None) -> dict:
         out["flashinfer_autotune"] = True
     elif "Skipping FlashInfer autotune because it is disabled" in text:
         out["flashinfer_autotune"] = False
+    if warm_up_s is not None:
+        out["logprobs_warm_up_s"] = round(warm_up_s, 2)
     if total_s is not None:
         out["total_s"] = round(total_s, 2)
-        known = out.get("model_load_s", 0.0) + out.get("init_engine_s", 0.0)
+        known = out.get("model_load_s", 0.0) + out.get("init_engine_s", 0.0) + (warm_up_s or 0.0)
         if known:
             out["other_s"] = round(max(total_s - known, 0.0), 2)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,13 +53,16 @@ def test_vllm_matches_hf_on_bf16(gpu_cfg, vllm_bf16_baselines, gpu_results):
 
 def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_used_mib):
     """Engine start (benchmarked); the same dataset scored batched and one request at a time (the reference's
-    way: same numbers, the speed-up is recorded); after close() the GPU memory comes back."""
+    way: same numbers, the speed-up is recorded); after close() the GPU memory comes back. The start's own scoring
+    request warmed the prompt-logprobs kernel: vLLM's JIT monitor reports no compile of it while the documents are
+    scored."""
     s = GateSession(gpu_cfg, backend="vllm")
     docs = s.prepared("ultrachat").token_ids
     before = nvml_used_mib()
     eng = benchmark.pedantic(backend_class("vllm"), args=(_bf16_spec(gpu_cfg, "vllm"),), rounds=1, iterations=1)
     try:
         during = nvml_used_mib()
+        started = len(Path(eng.log_path).read_text(errors="replace"))
         eng.loglikelihood_rolling(docs[:8])  # warm-up
         t0 = time.perf_counter()
         batched = eng.loglikelihood_rolling(docs)
@@ -67,6 +71,7 @@ def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_u
         t0 = time.perf_counter()
         one = eng.loglikelihood_rolling(docs)
         t_one = time.perf_counter() - t0
+        scoring_log = Path(eng.log_path).read_text(errors="replace")[started:]
     finally:
         eng.close()
     after = nvml_used_mib()
@@ -79,8 +84,11 @@ def test_engine_start_release_and_batch1(gpu_cfg, gpu_results, benchmark, nvml_u
     m = {"before_mib": before, "during_mib": during, "after_mib": after, "batched_s": t_batched, "batch1_s": t_one,
          "speedup_batched_over_batch1": t_one / t_batched, "tokens": tokens, "batched_tok_s": tokens / t_batched,
          "batch1_tok_s": tokens / t_one}
+    m["engine_start"] = eng.start_breakdown
     gpu_results("bf16_engine_lifecycle_tiny", m)
     benchmark.extra_info.update(m)
+    assert "logprobs_warm_up_s" in eng.start_breakdown, eng.start_breakdown
+    assert "JIT compilation during inference: _topk_log_softmax_kernel" not in scoring_log, scoring_log[-3000:]
     assert during - before > 4096, f"the engine should have taken its gpu_memory_utilization share: {m}"
     assert after - before < 1024, f"GPU memory not released after close(): {m}"
     nll_b = sum(r.nll_sum for r in batched) / tokens
@@ -128,8 +136,10 @@ def test_top_k_above_20_starts_the_engine_with_that_max_logprobs(gpu_cfg, gpu_re
         most = eng.llm.llm_engine.model_config.max_logprobs
     finally:
         eng.close()
-    gpu_results("top_k_30_engine", {"max_logprobs": most, "shape": list(wide[0].top_ids.shape)})
+    gpu_results("top_k_30_engine", {"max_logprobs": most, "shape": list(wide[0].top_ids.shape),
+                                    "engine_start": eng.start_breakdown})
     assert most == 30
+    assert "logprobs_warm_up_s" in eng.start_breakdown, eng.start_breakdown  # its warm-up asked for 30 as well
     for w, n, d in zip(wide, narrow, docs):
         assert w.top_ids.shape == (len(d) - 1, 30)
         # the same 20 best log-probabilities; not necessarily the same ids: the tiny model's bf16 logits tie often
