@@ -24,6 +24,15 @@ from harness.errors import HarnessError
 PR_SET_PDEATHSIG = 1
 
 
+HARNESS_ROOT = str(Path(__file__).resolve().parent.parent)  # the folder that holds this very harness package
+
+
+def child_pythonpath(*extra: str | None) -> str:
+    """PYTHONPATH for a child interpreter that runs ``-m harness.<module>``: this harness first (an installed or
+    another checkout's copy must not win), then ``extra``'s entries that are set."""
+    return os.pathsep.join([HARNESS_ROOT, *[e for e in extra if e]])
+
+
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; False elsewhere)."""
     try:

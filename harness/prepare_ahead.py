@@ -21,15 +21,14 @@ import pickle
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from harness.childproc import child_pythonpath
 from harness.errors import HarnessError
 
 
 class PrepareAhead:
     def __init__(self, cfg, names: list[str]):
-        root = str(Path(__file__).resolve().parent.parent)  # so the child imports this very harness
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        env = {**os.environ, "PYTHONPATH": child_pythonpath(os.environ.get("PYTHONPATH"))}
         read, write = os.pipe()
         # its output to fd 2 itself (a notebook's sys.stderr has no fileno())
         self._proc = subprocess.Popen([sys.executable, "-m", "harness.prepare_ahead", str(write)], env=env,

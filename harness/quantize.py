@@ -156,11 +156,11 @@ class QuantInterpreter:
                    pythonpath=pythonpath if pythonpath is not None else os.environ.get("HARNESS_QUANT_PYTHONPATH"))
 
     def env(self) -> dict:
+        from harness.childproc import child_pythonpath
+
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # so `-m harness.quantize` imports this very harness
-        parts = [root] + ([self.pythonpath] if self.pythonpath else [])
         # the quantization interpreter gets its own path: the caller's PYTHONPATH may hold vLLM's compressed-tensors
-        env["PYTHONPATH"] = os.pathsep.join(parts)
+        env["PYTHONPATH"] = child_pythonpath(self.pythonpath)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         return env
 
