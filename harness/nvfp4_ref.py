@@ -240,6 +240,14 @@ def fused_group(module: str, names) -> list[str]:
     return [module]
 
 
+def fused_amax(src, modules) -> dict[str, float]:
+    """Each module's amax over its fused group (what its global scale is computed from): ``src`` an
+    :func:`open_checkpoint` of the BF16 model, ``modules`` the quantized Linears' names (without ``.weight``)."""
+    modules = sorted(modules)
+    own = dict(zip(modules, each(lambda m: float(np.abs(src[f"{m}.weight"].get(f"{m}.weight")).max()), modules)))
+    return {m: max(own[g] for g in fused_group(m, own)) for m in modules}
+
+
 def check_layer(w: np.ndarray, packed: np.ndarray, scale: np.ndarray, g_stored: float, group_amax: float) -> dict:
     """Compare one quantized Linear of a checkpoint with the reference built from its BF16 weight ``w``.
 
@@ -323,13 +331,12 @@ def write_reference_model(bf16_dir: Path, out: Path, activations_from: Path | No
     names = set(src)
     weights = quantized_weight_names(names)
     modules = {w[: -len(".weight")] for w in weights}
-    amax = dict(zip(sorted(modules), each(lambda m: float(np.abs(src[f"{m}.weight"].get(f"{m}.weight")).max()),
-                                          sorted(modules))))
+    amax = fused_amax(src, modules)
 
     def reference(n: str) -> np.ndarray:
         a = src[n].get(n)
         if n in weights:
-            g = global_scale(max(amax[m] for m in fused_group(n[: -len(".weight")], modules)), arithmetic)
+            g = global_scale(amax[n[: -len(".weight")]], arithmetic)
             a = dequantize(*quantize(a, g, arithmetic), g).astype(np.float32)
         return np.asarray(a, dtype=np.float32)
 

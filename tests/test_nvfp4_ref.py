@@ -106,13 +106,13 @@ def _check_checkpoint(bf16_dir, ckpt_dir) -> dict:
     for a in R.ARITHMETIC:
         tot[a] = {"global_scale_matches": 0, "scale_mismatches": 0, "code_mismatches": 0}
     err = {"checkpoint": 0.0, "definition": 0.0}
-    amax = dict(zip(mods, R.each(lambda m: float(np.abs(bf16[f"{m}.weight"].get(f"{m}.weight")).max()), mods)))
+    amax = R.fused_amax(bf16, mods)
 
     def check(m):
         return R.check_layer(bf16[f"{m}.weight"].get(f"{m}.weight"), ck[f"{m}.weight_packed"].get(f"{m}.weight_packed"),
                              ck[f"{m}.weight_scale"].get(f"{m}.weight_scale"),
                              float(ck[f"{m}.weight_global_scale"].get(f"{m}.weight_global_scale").reshape(-1)[0]),
-                             max(amax[g] for g in R.fused_group(m, set(mods))))
+                             amax[m])
 
     for r in R.each(check, mods):
         tot["layers"] += 1
