@@ -164,11 +164,11 @@ class VLLMBackend(Backend):
             if self.in_process:
                 release_failed_start()
             raise failure
-        warm_up_s = self._warm_up_scoring(spec.top_k)
+        warm_up_s, warm_up_error = self._warm_up_scoring(spec.top_k)
         self.engine_start_s = time.time() - t0
         self.start_breakdown = parse_engine_log(self._log_text(), self.engine_start_s, warm_up_s=warm_up_s)
-        if self.warm_up_error:
-            self.start_breakdown["logprobs_warm_up_error"] = self.warm_up_error
+        if warm_up_error:
+            self.start_breakdown["logprobs_warm_up_error"] = warm_up_error
         from harness.backends.vllm_loader import offload_info, quant_kernels
 
         try:
@@ -180,15 +180,14 @@ class VLLMBackend(Backend):
             self.kernel_source = f"unknown ({type(e).__name__}: {str(e)[:120]})"
         self.offload = self._check_offload(offload_info)
 
-    def _warm_up_scoring(self, top_k: int) -> float | None:
+    def _warm_up_scoring(self, top_k: int) -> tuple[float | None, str | None]:
         """Score a two-token prompt the way loglikelihood_rolling will (``prompt_logprobs=top_k``, one token
         generated): vLLM's start-up warm-up (0.26: the V2 runner's warmup_kernels, SamplingParams.for_sampler_warmup)
         asks for one prompt logprob besides the token's own, and Triton compiles ``_topk_log_softmax_kernel`` per
         width (2 there; 1 for plain scoring, 21 for top-k 20), so the harness's variant was compiled, or loaded from
-        Triton's cache, inside the first scoring batch (vLLM's JIT monitor warned of it). Seconds taken, or None when
-        the request failed: nothing is raised here (scoring meets the same problem and reports it with its own
-        message) and the error is kept in the start's breakdown."""
-        self.warm_up_error = None
+        Triton's cache, inside the first scoring batch (vLLM's JIT monitor warned of it). (seconds taken, None), or
+        (None, the error) when the request failed: nothing is raised here (scoring meets the same problem and
+        reports it with its own message); the caller keeps the error in the start's breakdown."""
         t = time.time()
         try:
             from vllm import SamplingParams
@@ -197,9 +196,8 @@ class VLLMBackend(Backend):
                                     flat_logprobs=True)
             self.llm.generate([{"prompt_token_ids": [0, 1]}], params, use_tqdm=False)
         except Exception as e:  # noqa: BLE001 - an optimisation: scoring reports the real problem
-            self.warm_up_error = f"{type(e).__name__}: {str(e)[:200]}"
-            return None
-        return time.time() - t
+            return None, f"{type(e).__name__}: {str(e)[:200]}"
+        return time.time() - t, None
 
     @staticmethod
     def _fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:
