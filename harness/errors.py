@@ -16,6 +16,10 @@ class BaselineError(HarnessError):
     """A baseline is missing, unreadable, or does not match the prepared data."""
 
 
+class DataError(HarnessError):
+    """Data that cannot be read as the task or dataset expects: the message names the file (and line) and the fix."""
+
+
 class BackendError(HarnessError):
     """A scoring backend failed or returned unusable numbers."""
 

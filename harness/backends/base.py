@@ -57,6 +57,35 @@ class Backend(ABC):
         (with ``token_logprobs``: also each of those log-probabilities; with ``top_k`` > 0: those too, and the
         ``top_k`` most likely tokens at each of those positions with their log-probabilities, best first)."""
 
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      progress=None) -> list[tuple[float, bool]]:
+        """lm-evaluation-harness's ``loglikelihood`` on token ids: per (context, continuation), the summed
+        log-probability of the continuation's tokens given everything before them, and whether each of them was the
+        most likely next token (``is_greedy``). Scored through ``loglikelihood_rolling`` with the top-1 token at every
+        position, so every backend's existing log-prob path serves tasks too (vLLM ``prompt_logprobs=1``); the
+        context's own log-probabilities come with it and are not used."""
+        docs, lens = [], []
+        for ctx, cont in requests:
+            if not cont:
+                raise BackendError(f"{self.name}: a log-likelihood request with an empty continuation")
+            docs.append(list(ctx) + list(cont))
+            lens.append(len(cont))
+            if len(docs[-1]) < 2:
+                raise BackendError(f"{self.name}: a log-likelihood request needs a context token before its "
+                                   "continuation (lm-eval conditions an empty context on BOS/EOS)")
+        results = self.loglikelihood_rolling(docs, progress=progress, token_logprobs=True, top_k=1)
+        out = []
+        for r, d, n in zip(results, docs, lens):
+            lps = r.token_logprobs[-n:]
+            top = r.top_ids[-n:, 0]
+            out.append((float(sum(lps)), all(int(a) == b for a, b in zip(top, d[-n:]))))
+        return out
+
+    def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
+        """Greedy generation from each prompt (token ids) until any of ``until`` or ``max_tokens`` new tokens; the
+        generated text, stop sequence excluded (lm-evaluation-harness's ``generate_until``)."""
+        raise BackendError(f"the {self.name} backend has no generation path; generated tasks (gsm8k) need one")
+
     @abstractmethod
     def info(self) -> dict:
         """Provenance: backend, device, library versions, dtype, which kernel ran for quantized layers."""

@@ -149,6 +149,33 @@ class HFBackend(Backend):
                 del logits, tok_lp, top_lp, top_ids
         return check_results(results, docs, self.name)  # type: ignore[arg-type]
 
+    def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
+        """Greedy, one prompt at a time (no padding to reason about: the CPU path and the cross-check), stopping at
+        the first of ``until`` (transformers' stop_strings) or after ``max_tokens`` new tokens."""
+        import torch
+
+        tok = self._generation_tokenizer()
+        out = []
+        with torch.inference_mode():
+            for p in prompts:
+                ids = torch.tensor([list(p)], dtype=torch.long, device=self.device)
+                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=max_tokens, stop_strings=list(until), tokenizer=tok,
+                                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                                          else tok.eos_token_id)
+                text = tok.decode(gen[0, len(p):].tolist(), skip_special_tokens=True)
+                for s in until:
+                    text = text.split(s, 1)[0]
+                out.append(text)
+        return out
+
+    def _generation_tokenizer(self):
+        if getattr(self, "_tok", None) is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.spec.tokenizer or self.spec.model)
+        return self._tok
+
     def info(self) -> dict:
         import torch
         import transformers

@@ -304,6 +304,21 @@ class VLLMBackend(Backend):
         return check_results([doc_result(o.prompt_logprobs, d, token_logprobs, top_k) for o, d in zip(outs, docs)],
                              docs, self.name)
 
+    def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
+        """Greedy generation of every prompt in one ``generate()`` call, stopping at ``until`` (vLLM's ``stop``: the
+        stop string is not part of the text)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=list(until))
+        try:
+            outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
+                                     use_tqdm=len(prompts) >= 64)
+        except Exception as e:  # noqa: BLE001
+            if is_oom(e):
+                raise oom_error(e, "generation", self.kwargs) from None
+            raise
+        return [o.outputs[0].text for o in outs]
+
     def info(self) -> dict:
         import torch
 

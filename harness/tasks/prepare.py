@@ -1,0 +1,91 @@
+"""A task made ready to score: its items (harness/tasks/definitions.py) and their requests as token ids.
+
+Log-likelihood requests are encoded as lm-evaluation-harness encodes them (``LM._encode_pair``): trailing spaces of the
+context move to the continuation, context + continuation is encoded whole and the continuation's tokens are the
+tail past the context's own encoding; the tokenizer's special tokens as the config says (``model.add_special_tokens``,
+lm-eval's default: the tokenizer's own). A request longer than ``max_model_len`` keeps its last tokens (lm-eval keeps
+max_length + 1). The fingerprint hashes every token id, gold answer and normalisation length: a baseline made on other
+items, another tokenizer or another prompt is never compared.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from harness.tasks.definitions import Item, TaskSpec, gsm8k_item, gsm8k_shots, make_item
+
+PROMPT_VERSION = 1  # bumped when a task's prompt or encoding changes (part of the fingerprint)
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    name: str
+    kind: str
+    metrics: tuple[str, ...]
+    items: tuple[Item, ...]
+    requests: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]   # (context ids, continuation ids), items in order
+    owners: tuple[int, ...]                                          # the item of each request
+    prompts: tuple[tuple[int, ...], ...]                             # a generated task's prompt ids, per item
+    fingerprint: str
+    source: str
+    tokenizer_id: str
+
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+    def item_requests(self, i: int) -> list[int]:
+        return [j for j, o in enumerate(self.owners) if o == i]
+
+    def summary(self) -> dict:
+        return {"task": self.name, "items": self.n, "requests": len(self.requests), "source": self.source,
+                "fingerprint": self.fingerprint,
+                "tokens": sum(len(c) + len(t) for c, t in self.requests) + sum(len(p) for p in self.prompts)}
+
+
+def encode(tok, text: str, add_special_tokens: bool) -> list[int]:
+    return list(tok.encode(text, add_special_tokens=add_special_tokens))
+
+
+def encode_pair(tok, context: str, continuation: str, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    """lm-eval's ``_encode_pair`` for a causal model."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tok, context + continuation, add_special_tokens)
+    ctx = encode(tok, context, add_special_tokens)
+    return ctx, whole[len(ctx):]
+
+
+def build_items(spec: TaskSpec, rows: list[dict], where: str, limit: int | None,
+                shots_pool: list[dict] | None = None) -> list[Item]:
+    """The first ``limit`` rows (all without one) as items; a generated task's items with their few-shot examples."""
+    rows = rows[:limit] if limit else rows
+    if spec.kind == "generate":
+        shots = gsm8k_shots(shots_pool or [], len(rows)) if shots_pool else [[] for _ in rows]
+        return [gsm8k_item(r, i, s) for i, (r, s) in enumerate(zip(rows, shots))]
+    return [make_item(spec, r, f"{where}:{i + 1}") for i, r in enumerate(rows)]
+
+
+def prepare_task(spec: TaskSpec, items: list[Item], tok, *, max_model_len: int, add_special_tokens: bool,
+                 source: str, tokenizer_id: str) -> PreparedTask:
+    requests, owners, prompts = [], [], []
+    for i, item in enumerate(items):
+        for ctx, cont in item.requests:
+            c, t = encode_pair(tok, ctx, cont, add_special_tokens)
+            if not t:
+                raise ValueError(f"{spec.name} item {i + 1}: the continuation {cont!r} encodes to no tokens")
+            whole = (c + t)[-max_model_len:]
+            requests.append((tuple(whole[: len(whole) - len(t)]), tuple(t)))
+            owners.append(i)
+        if item.prompt is not None:
+            prompts.append(tuple(encode(tok, item.prompt, add_special_tokens)))
+    h = hashlib.sha256(json.dumps({"task": spec.name, "version": PROMPT_VERSION, "tokenizer": tokenizer_id,
+                                   "requests": requests, "prompts": prompts,
+                                   "gold": [it.gold for it in items],
+                                   "norm": [it.norm_lengths for it in items]}).encode()).hexdigest()[:16]
+    return PreparedTask(name=spec.name, kind=spec.kind, metrics=spec.metrics, items=tuple(items),
+                        requests=tuple(requests), owners=tuple(owners), prompts=tuple(prompts), fingerprint=h,
+                        source=source, tokenizer_id=tokenizer_id)
