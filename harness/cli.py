@@ -45,13 +45,16 @@ def cmd_gate(a) -> int:
 
 
 def _show_verdict(rep: dict, verdict) -> None:
-    from harness.report_markdown import baseline_diff_table, dataset_table, distribution_table, overall_table
+    from harness.report_markdown import (baseline_diff_table, dataset_table, distribution_table, overall_table,
+                                         task_table)
 
     if rep["baseline_updates"]:
         print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
     print("\n" + dataset_table(rep) + "\n\n" + overall_table(rep) + "\n")
     if rep.get("top_k"):
         print(f"Next-token distributions against BF16 (top-{rep['top_k']}):\n{distribution_table(rep)}\n")
+    if rep.get("tasks"):
+        print(f"Tasks (the same items under BF16 and quantized):\n{task_table(rep)}\n")
     print(verdict.summary(), flush=True)  # the verdict stands even if the report cannot be written
 
 

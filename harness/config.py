@@ -122,6 +122,49 @@ class DistributionSpec(Strict):
                                                        "above 20, vLLM needs max_logprobs >= top_k")
 
 
+class TaskSource(Strict):
+    """Where a task's rows come from instead of the shipped split: the hub (the task's own id, or another) or local
+    files in the hub schema."""
+
+    path: str = Field(description="hub dataset id (e.g. allenai/ai2_arc), or a builder ('json', 'parquet') with "
+                                  "data_files")
+    name: str | None = Field(None, description="dataset config name, e.g. ARC-Easy")
+    split: str = Field(description="split, e.g. 'test' or 'validation'")
+    revision: str | None = Field(None, description="hub revision (commit sha or tag) to pin")
+    data_files: str | list[str] | None = Field(None, description="local files in the hub schema (JSON lines: a "
+                                                                 "malformed row is named by file:line)")
+
+
+class TaskSpecConfig(Strict):
+    """One task of a config's ``tasks`` (harness/tasks/definitions.py): how many items, which metric is gated and
+    how. The gate reports every metric of the task, flips both ways and McNemar's p beside the perplexity tables."""
+
+    limit: int | None = Field(None, gt=0, description="the first N items; unset = the whole split")
+    metric: str | None = Field(None, description="the metric gated (default: the task's first: acc_norm for arc and "
+                                                 "hellaswag, acc for piqa, winogrande and lambada, exact_match for "
+                                                 "gsm8k)")
+    recovery_min: float = Field(0.95, ge=0, le=1, description="smallest quantized / BF16 accuracy (llm-compressor's "
+                                                              "recovery)")
+    use: Literal["point", "lower"] = Field("point", description="gate recovery on the point estimate or the paired "
+                                                                "bootstrap's lower bound")
+    flips_max_pct: float | None = Field(None, ge=0, le=100, description="largest share of items whose correctness "
+                                                                        "flipped (either way), in percent")
+    source: TaskSource | None = Field(None, description="rows from here instead of the shipped split")
+
+
+def check_tasks(tasks: dict) -> dict:
+    """Known task names and, per task, a metric it has (the error lists the known ones)."""
+    from harness.tasks import TASKS
+
+    for name, t in tasks.items():
+        if name not in TASKS:
+            raise ValueError(str(unknown_name("task", name, TASKS)))
+        gated = [m for m in TASKS[name].metrics if m != "perplexity"]
+        if t.metric is not None and t.metric not in gated:
+            raise ValueError(f"tasks.{name}.metric: unknown metric {t.metric!r}; choose from {', '.join(gated)}")
+    return tasks
+
+
 class ModelSpec(Strict):
     path: str = Field(description="hub id, local dir, or builtin:tiny")
     revision: str | None = None
@@ -249,6 +292,16 @@ class HarnessConfig(Strict):
     distributions: DistributionSpec | None = Field(
         None, description="compare whole next-token distributions with BF16 (KL divergence, top-1 agreement, Δp): "
                           "a baseline update stores BF16's top-k beside each baseline, the gate compares at the same k")
+    tasks: dict[str, TaskSpecConfig] = Field(
+        default_factory=dict, description="tasks scored beside perplexity in the same engine (harness/tasks): name -> "
+                                          "limit, metric, recovery_min, use, flips_max_pct, source; known: arc_easy, "
+                                          "arc_challenge, piqa, hellaswag, winogrande, lambada_openai, gsm8k")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v):
+        return check_tasks(v or {})
+
     recipe_regression: RecipeRegressionSpec | None = Field(
         None, description="fail a recipe that is worse than the stored result of the best recipe, on the same "
                           "documents (paired bootstrap)")

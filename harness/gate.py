@@ -20,6 +20,7 @@ from harness.prepare import load_tokenizer, prepare_dataset
 from harness.provide import CheckpointProvider
 from harness.session_baselines import BaselineSteps
 from harness.session_judging import JudgingSteps
+from harness.session_tasks import TaskSteps
 from harness.stages import Checkpoint, Prepared, Scores, score_dataset
 from harness.timings import StageClock
 
@@ -27,7 +28,7 @@ from harness.timings import StageClock
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
 
 
-class GateSession(BaselineSteps, JudgingSteps):
+class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
     def __init__(self, cfg: HarnessConfig, *, backend: str | None = None, min_score: float | None = None,
                  update_baselines: bool = False, force: bool = False, recipe: str | None = None,
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
@@ -74,6 +75,10 @@ class GateSession(BaselineSteps, JudgingSteps):
         self._comparisons: dict[str | None, Comparison] = {}
         self._token_metrics: dict[str, object] = {}
         self._distribution_stats: dict[str | None, dict] = {}
+        self._task_items: dict[str, tuple] = {}      # task -> (items, where from): read before any engine starts
+        self._task_prepared: dict[str, object] = {}  # task -> tasks.prepare.PreparedTask
+        self._task_scores: dict[tuple[str, str], object] = {}
+        self._task_paired: dict[str, object] = {}
         self.provider = CheckpointProvider(cfg, self.recipe_name, self.existing, self.interp, self.log,
                                            self.model_identity, self._check_checkpoint_architecture)
         self._identity: dict | None = None
@@ -233,9 +238,15 @@ class GateSession(BaselineSteps, JudgingSteps):
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
                                                             "--harness-report-dir) or reports_dir in the config")
         self.warm_up_quantization()  # the input and environment pass so far: llm-compressor imports while data loads
+        for t in self.task_names:  # every task's rows read and checked (file:line) before any engine starts
+            self.task_items(t)
         if baselines and not self.update_mode:
             for n in self.dataset_names:
                 self.baseline(n)
+            for t in self.task_names:
+                self.task_baseline(t)
+            for note in self.task_sizing_notes():
+                self._note_once(note)
         rr = self.cfg.recipe_regression
         if rr is not None and not (self.record_recipe and self.recipe_name == rr.best):  # stored in this run
             from harness.recipe_records import load_record, record_hint
@@ -265,6 +276,9 @@ class GateSession(BaselineSteps, JudgingSteps):
         self.preflight(report_dir, baselines=False)
         for n in self.dataset_names:  # present, readable, of this model, with its distributions: before any start
             self.check_stored(self.store.load(self.cfg.name, n))
+        for t in self.task_names:  # the task's rows and its baseline's file (its items are checked once tokenized)
+            self.task_items(t)
+            self.task_baseline(t, check_items=False)
         if self.checkpoint(build=False) is None:
             return False
         from harness.prepare_ahead import PrepareAhead

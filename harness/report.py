@@ -43,13 +43,13 @@ def build_report(session, verdict) -> dict:
             "threshold_source": session.threshold_source(name)[1],
             "data": prep.summary(), "token_detail": session.token_summary(name),
             "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
-            "limits": [limit_row(o) for o in session.limit_outcomes(name)],
+            "limits": [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(name)],
         })
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
     overall["threshold_source"] = session.threshold_source(None)[1]
     overall["distributions"] = session.distribution_stats(None)
-    overall["limits"] = [limit_row(o) for o in session.limit_outcomes(None)]
+    overall["limits"] = [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(None)]
     bf16_path = Path(cfg.resolve(cfg.model.path))
     from harness.checkpoint import view_source
 
@@ -67,6 +67,7 @@ def build_report(session, verdict) -> dict:
         "overall": overall,
         "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "confidence": cfg.thresholds.confidence,
                  "summary": verdict.summary()},
+        "tasks": session.task_rows(),
         "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
         "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
         "checkpoints": {"bf16": {"path": str(bf16_path),
@@ -81,9 +82,13 @@ def build_report(session, verdict) -> dict:
     }
 
 
-def limit_row(o) -> dict:
+def limit_row(o, confidence: float) -> dict:
+    """A distribution limit's outcome, with the minimum detectable difference its bootstrap interval implies."""
+    from harness.tasks.paired import mdd_from_interval
+
     return {"key": o.key, "value": o.value, "point": o.point, "limit": o.limit, "passed": o.passed,
-            "threshold_source": o.threshold_source}
+            "threshold_source": o.threshold_source,
+            "mdd": mdd_from_interval(*o.interval, confidence) if o.interval else None}
 
 
 def with_token_text(stats: dict | None, tokenizer) -> dict | None:
@@ -137,8 +142,15 @@ def reference_report(model_dir: Path) -> dict:
 
 
 def _interval(c) -> dict | None:
+    """The bootstrap interval of a score, with the minimum detectable difference it implies (score points, one-sided
+    alpha 0.05, power 0.8: harness/tasks/paired.py)."""
     i = c.interval
-    return None if i is None else {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples}
+    if i is None:
+        return None
+    from harness.tasks.paired import mdd_from_interval
+
+    return {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples,
+            "mdd": mdd_from_interval(i.low, i.high, i.confidence)}
 
 
 def update_rows(pairs) -> list[dict]:

@@ -44,6 +44,8 @@ def run_gate(session, report_dir: Path, show=None) -> Finished:
         session.baseline(n)
     session.checkpoint()
     session.scores("nvfp4")
+    for t in session.task_names:       # the same engine, no second start
+        session.task_score(t)
     session.engines.close()
     return finish(session, report_dir, show)
 

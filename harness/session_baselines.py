@@ -108,11 +108,13 @@ class BaselineSteps:
         """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
         names = names or self.dataset_names
         olds = {n: self._old_baseline(n) for n in names}  # a changed fingerprint is refused before any scoring
+        self.check_task_updates()
         new: list[Baseline] = []
         for n in names:
             prep = self.prepared(n)
             s = self.score(n, "bf16")
             new.append(self.make_baseline(n, prep, s))
+        self.update_task_baselines()  # the same BF16 engine: every task's items, written beside the datasets'
         self.engines.close()
         pairs = [(olds[b.dataset], b) for b in new]
         for _, b in pairs:

@@ -117,6 +117,24 @@ class JudgingSteps:
                 self._regression = recipe_records.regression(self)
         return self._regression
 
+    def sizing_notes(self) -> list[str]:
+        """Scores whose threshold asks for a smaller drop than this run can detect: 100 - threshold below the minimum
+        detectable difference of the score's bootstrap interval (one-sided alpha 0.05, power 0.8)."""
+        from harness.tasks.paired import mdd_from_interval
+
+        out = []
+        for n in [*self.dataset_names, None]:
+            c = self.overall() if n is None else self.comparison(n)
+            i = c.interval
+            if i is None:
+                continue
+            m, margin = mdd_from_interval(i.low, i.high, i.confidence), 100 - self.threshold(n)
+            if 0 < margin < m:
+                out.append(f"{n or 'overall'}: the threshold {self.threshold(n):.2f} allows a drop of {margin:.2f} "
+                           f"points, but this run detects drops from {m:.2f} points (one-sided alpha 0.05, power 0.8):"
+                           " score more texts (n_texts) or lower the threshold")
+        return out
+
     def verdict(self) -> Verdict:
         with self.clock("judging"):
             return self._verdict()
@@ -124,6 +142,7 @@ class JudgingSteps:
     def _verdict(self) -> Verdict:
         outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
         outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
+        outs += self.task_outcomes()
         if self.cfg.recipe_regression is not None:
             from harness.recipe_records import RegressionOutcome
 
@@ -135,6 +154,7 @@ class JudgingSteps:
         said = fidelity.note(mine.get("fidelity"), mine.get("kernel") or "?")
         if said:
             notes.append(said)
+        notes += self.sizing_notes()
         for n in self.dataset_names:
             b = self.store.load(self.cfg.name, n)
             if not b.has_documents:

@@ -61,7 +61,7 @@ class Paired:
     n: int
     acc_ref: float             # fractions
     acc_model: float
-    recovery: float            # acc_model / acc_ref (inf when BF16 got none right and the model some; nan for 0/0)
+    recovery: float            # acc_model / acc_ref (1.0 when both got none right, inf when only the model got some)
     recovery_interval: tuple[float, float] | None
     lost: int                  # right under BF16, wrong quantized (McNemar's b)
     gained: int                # wrong under BF16, right quantized (c)
@@ -84,15 +84,17 @@ class Paired:
 
 
 def ratio(num: float, den: float) -> float:
+    """num / den, where BF16 got nothing right (den 0): 1.0 when the model got nothing right either (there was nothing
+    to lose), inf when it got some right."""
     if den == 0:
-        return math.nan if num == 0 else math.inf
+        return 1.0 if num == 0 else math.inf
     return num / den
 
 
 def recovery_interval(ref: Sequence[bool], model: Sequence[bool], samples: int, confidence: float,
                       seed: int) -> tuple[float, float]:
-    """Percentile interval of acc_model / acc_ref over ``samples`` paired resamples of the items (resamples in which
-    BF16 got nothing right are left out of the ratio's distribution)."""
+    """Percentile interval of acc_model / acc_ref over ``samples`` paired resamples of the items (``ratio``'s rule where
+    a resample holds no item BF16 got right)."""
     import numpy as np
 
     r = np.asarray(ref, dtype=np.float64)
@@ -100,12 +102,10 @@ def recovery_interval(ref: Sequence[bool], model: Sequence[bool], samples: int, 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(r), size=(samples, len(r)))
     num, den = m[idx].sum(1), r[idx].sum(1)
-    ok = den > 0
-    ratios = num[ok] / den[ok]
-    if len(ratios) == 0:
-        return (math.nan, math.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den > 0, num / np.maximum(den, 1), np.where(num > 0, np.inf, 1.0))
     tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    lo, hi = np.percentile(ratios, [tail, 100 - tail], method="inverted_cdf")  # no interpolation: ratios may be inf
     return float(lo), float(hi)
 
 
