@@ -131,10 +131,10 @@ def gsm8k_item(row: dict, index: int = 0, shots: list[dict] | None = None) -> It
 
 def gsm8k_shots(train: list[dict], n_items: int, k: int = 5) -> list[list[dict]]:
     """The few-shot examples of the first ``n_items`` items, as lm-eval draws them: one Random(1234) for the task,
-    ``sample(train, k + 1)`` per item in order, the first k kept (api/samplers.py, ContextSampler.sample; the item
-    is never in the train split, so nothing is removed)."""
+    ``sample(train, k)`` per item in order (api/samplers.py, ContextSampler.sample: the few-shot split is not the
+    evaluated one, so no eval_doc is passed and k, not k + 1, are drawn)."""
     rnd = random.Random(FEWSHOT_SEED)
-    return [rnd.sample(train, k + 1)[:k] for _ in range(n_items)]
+    return [rnd.sample(train, k) for _ in range(n_items)]
 
 
 # ---- GSM8K answers: lm-eval's strict-match filter and exact_match metric --------------------------------------------

@@ -37,8 +37,12 @@ def read_json_lines(path: Path, expect_sha256: str | None = None, expect_rows: i
     if expect_sha256 and hashlib.sha256(text).hexdigest() != expect_sha256:
         raise DataError(f"{path}: damaged (sha256 {hashlib.sha256(text).hexdigest()[:12]}..., shipped "
                         f"{expect_sha256[:12]}...); {fix}")
+    try:
+        lines = text.decode("utf-8").split("\n")  # not splitlines(): texts hold U+2028, which it splits at
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); {fix}") from None
     rows = []
-    for n, line in enumerate(text.decode("utf-8", errors="strict").splitlines(), 1):
+    for n, line in enumerate(lines, 1):  # not splitlines(): U+2028 in texts
         if not line.strip():
             continue
         try:

@@ -1,0 +1,269 @@
+"""Tasks (harness/tasks): the shipped splits, the prompts and answer rules, the encoding of requests, per-item
+correctness, the paired statistics (hand-computed), the backends' loglikelihood, and bad input. The agreement with
+lm-evaluation-harness itself is in test_tasks_lm_eval.py."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BaselineError, ConfigError, DataError
+from harness.tasks import TASKS, task_spec
+from harness.tasks import definitions as D
+from harness.tasks import load, paired as P
+from harness.tasks.prepare import build_items, encode_pair, prepare_task
+from harness.tasks.results import TaskScore, item_correct, score_task
+
+OFFICIAL_ROWS = {"arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "hellaswag": 10042, "winogrande": 1267,
+                 "lambada_openai": 5153, "gsm8k": 1319}  # the official splits' sizes (dataset cards)
+
+
+# ---- the shipped data -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(OFFICIAL_ROWS))
+def test_shipped_split_is_whole_and_intact(name):
+    rows, where = load.shipped_rows(task_spec(name))
+    assert len(rows) == OFFICIAL_ROWS[name]
+    text = gzip.decompress(Path(where).read_bytes())
+    assert hashlib.sha256(text).hexdigest() in (load.DATA_DIR / "README.md").read_text()  # documented with its source
+
+
+def test_shipped_rows_read_as_their_hub_schema():
+    """The first rows as the public copies hold them (their first lines, read by hand)."""
+    arc = load.shipped_rows(TASKS["arc_easy"])[0][0]
+    assert arc["question"] == "Which statement best explains why photosynthesis is the foundation of most food webs?"
+    assert arc["answerKey"] == "A" and arc["choices"]["text"][0].startswith("Sunlight is the source")
+    wino = load.shipped_rows(TASKS["winogrande"])[0][0]
+    assert wino == {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+                    "option1": "Sarah", "option2": "Maria", "answer": "2"}
+    lam = load.shipped_rows(TASKS["lambada_openai"])[0][0]
+    assert lam["text"].endswith("I don't care about signs")
+    gsm = load.shipped_rows(TASKS["gsm8k"])[0][0]
+    assert gsm["answer"].endswith("#### 18")
+    assert len(load.fewshot_rows(TASKS["gsm8k"])) == 7473
+
+
+def test_damaged_or_malformed_data_names_the_file_and_line(tmp_path):
+    good = load.shipped_path("winogrande.jsonl.gz")
+    bad = tmp_path / "winogrande.jsonl.gz"
+    bad.write_bytes(gzip.compress(gzip.decompress(good.read_bytes())[:-200]))
+    with pytest.raises(DataError, match=r"winogrande.jsonl.gz: damaged \(sha256 .*reinstall"):
+        load.read_json_lines(bad, TASKS["winogrande"].sha256, 1267)
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="winogrande.jsonl.gz: unreadable"):
+        load.read_json_lines(bad)
+    rows = tmp_path / "mine.jsonl"
+    rows.write_text('{"goal": "a", "sol1": "b", "sol2": "c", "label": 0}\n\n{"goal": "a", "sol1"\n')
+    with pytest.raises(DataError, match=r"mine.jsonl:3: not a JSON object"):
+        load.read_json_lines(rows)
+    rows.write_text("")
+    with pytest.raises(DataError, match="mine.jsonl: holds no rows"):
+        load.read_json_lines(rows)
+    with pytest.raises(DataError, match="not found"):
+        load.read_json_lines(tmp_path / "gone.jsonl")
+    rows.write_text('{"goal": "a", "sol1": "b"}\n')
+    with pytest.raises(DataError, match=r"mine.jsonl:1: not a piqa row \(KeyError: 'sol2'\)"):
+        build_items(TASKS["piqa"], load.read_json_lines(rows), str(rows), None)
+
+
+# ---- prompts and answers (lm-eval's task YAMLs, read by hand) -----------------------------------------------------
+def test_prompts_follow_lm_eval_definitions():
+    arc = D.arc_item({"question": "Q?", "choices": {"text": ["x", "yy"], "label": ["1", "2"]}, "answerKey": "2"})
+    assert arc.requests == (("Question: Q?\nAnswer:", " x"), ("Question: Q?\nAnswer:", " yy"))
+    assert arc.gold == 1 and arc.norm_lengths == (1, 2)
+    hs = D.hellaswag_item({"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+                           "ctx_b": "he", "endings": ["is [title] ripping  tiles off.", "b"], "label": "0"})
+    # capitalised ctx_b; " [title]" -> ". ", brackets dropped, double spaces single
+    assert hs.requests[0] == ("Roof shingle removal: A man is sitting on a roof. He", " is. ripping tiles off.")
+    wg = D.winogrande_item({"sentence": "A beat B so _ won.", "option1": "A", "option2": "B", "answer": "1"})
+    assert wg.requests == (("A beat B so A", " won."), ("A beat B so B", " won.")) and wg.gold == 0
+    lam = D.lambada_item({"text": "the cat sat on the mat"})
+    assert lam.requests == (("the cat sat on the", " mat"),)
+    gsm = D.gsm8k_item({"question": "1+1?", "answer": "x\n#### 2"},
+                       shots=[{"question": "2+2?", "answer": "4\n#### 4"}])
+    assert gsm.prompt == "Question: 2+2?\nAnswer: 4\n#### 4\n\nQuestion: 1+1?\nAnswer:"
+
+
+def test_gsm8k_strict_match_and_exact_match():
+    assert D.strict_match("so 3 + 4 = 7\n#### 7\nQuestion") == "7"
+    assert D.strict_match("The answer is 7.") == "[invalid]"
+    assert D.strict_match("#### -1,234.5 apples") == "-1,234.5"
+    assert D.exact_match("1,234", "step\n#### 1234")          # commas ignored on both sides
+    assert D.exact_match("$18.", "Janet ... #### 18")          # "$" and a final "." ignored
+    assert not D.exact_match("18.0", "#### 18")
+    assert not D.exact_match("[invalid]", "#### 18")
+    assert D.cut_at_stop("a\n#### 5\n\nQuestion: next") == "a\n#### 5\n\n"
+
+
+def test_gsm8k_shots_are_drawn_as_lm_eval_draws_them():
+    """One Random(1234) for the task; per item sample(pool, 5): the few-shot split is not the evaluated one, so
+    lm_eval/api/samplers.py draws exactly 5 (test_tasks_lm_eval.py checks the prompts against lm-eval's own)."""
+    import random
+
+    pool = [{"question": str(i), "answer": str(i)} for i in range(40)]
+    rnd = random.Random(1234)
+    expect = [rnd.sample(pool, 5) for _ in range(3)]
+    assert D.gsm8k_shots(pool, 3) == expect
+    assert D.gsm8k_shots(pool, 3)[0] != D.gsm8k_shots(pool, 3)[1]
+
+
+def test_encode_pair_moves_trailing_space_to_the_continuation():
+    class Chars:  # one token per character: the split is visible
+        def encode(self, text, add_special_tokens=True):
+            return ([0] if add_special_tokens else []) + [ord(c) for c in text]
+
+    ctx, cont = encode_pair(Chars(), "Answer: ", "yes")
+    assert ctx == [0] + [ord(c) for c in "Answer:"] and cont == [ord(c) for c in " yes"]
+    ctx, cont = encode_pair(Chars(), "Answer:", " yes", add_special_tokens=False)
+    assert ctx == [ord(c) for c in "Answer:"] and cont == [ord(c) for c in " yes"]
+    items = [D.lambada_item({"text": "a b c d"})]
+    p = prepare_task(TASKS["lambada_openai"], items, Chars(), max_model_len=4, add_special_tokens=True, source="s",
+                     tokenizer_id="chars")
+    # [BOS] a _ b _ c | _ d: 8 tokens, the last 4 kept (the context's oldest dropped, as lm-eval drops them)
+    assert p.requests == (((ord(" "), ord("c")), (ord(" "), ord("d"))),)
+
+
+# ---- correctness per item -----------------------------------------------------------------------------------------
+def _prep(kind, items, metrics):
+    from harness.tasks.prepare import PreparedTask
+
+    return PreparedTask(name="t", kind=kind, metrics=metrics, items=tuple(items), requests=(), owners=(), prompts=(),
+                        fingerprint="f", source="s", tokenizer_id="x")
+
+
+def test_acc_and_acc_norm_can_disagree():
+    """lls -10 and -12 over choices of 2 and 20 characters: acc picks the first, acc_norm (-5 vs -0.6) the second."""
+    item = D.Item(requests=(("q", " ab"), ("q", " " + "x" * 20)), gold=1, norm_lengths=(2, 20))
+    c = item_correct(_prep("choice", [item], ("acc", "acc_norm")), [[-10.0, -12.0]], [[False, False]])
+    assert c == {"acc": [0], "acc_norm": [1]}
+    tie = item_correct(_prep("choice", [item], ("acc",)), [[-3.0, -3.0]], [[False, False]])
+    assert tie == {"acc": [0]}  # a tie goes to the first choice (numpy.argmax), which is not gold here
+
+
+def test_greedy_task_counts_only_all_greedy_targets():
+    items = [D.Item(requests=(("a", " b"),), gold=0)] * 2
+    c = item_correct(_prep("greedy", items, ("acc", "perplexity")), [[-1.0], [-2.0]], [[True], [False]])
+    assert c == {"acc": [1, 0]}
+    s = TaskScore(task="lambada_openai", correct=c, lls=[[-1.0], [-2.0]], greedy=[[True], [False]])
+    assert s.metrics()["perplexity"] == pytest.approx(math.exp(1.5))  # exp(-mean target log-likelihood)
+
+
+# ---- paired statistics, by hand ---------------------------------------------------------------------------------
+def test_mcnemar_exact_p_values_by_hand():
+    assert P.mcnemar_p(0, 5) == pytest.approx(2 * 0.5 ** 5)             # 0.0625
+    assert P.mcnemar_p(1, 9) == pytest.approx(2 * (1 + 10) / 1024)      # 22/1024
+    assert P.mcnemar_p(2, 1) == pytest.approx(1.0)
+    assert P.mcnemar_p(0, 0) == 1.0
+
+
+def test_flips_recovery_and_mdd_by_hand():
+    ref = [1, 1, 1, 0, 0, 1, 0, 1, 1, 1]
+    new = [1, 0, 1, 0, 1, 1, 0, 0, 1, 1]   # lost at 1 and 7, gained at 4
+    p = P.paired(ref, new, samples=2000, seed=1)
+    assert (p.lost, p.gained, p.n) == (2, 1, 10)
+    assert p.acc_ref == 0.7 and p.acc_model == 0.6 and p.recovery == pytest.approx(6 / 7)
+    assert p.flips_pct == pytest.approx(30.0)
+    lo, hi = p.recovery_interval
+    assert lo <= 6 / 7 <= hi and lo < hi  # the interval holds the point estimate
+    assert P.mdd(100, 0.1) == pytest.approx((1.6448536 + 0.8416212) * math.sqrt(0.1 / 100), rel=1e-6)
+    assert P.mdd(100, 0.0) == P.mdd(100, 0.01)  # no flips seen: one item's worth of discordance assumed
+    assert P.items_needed(0.01, 0.01) == math.ceil((1.6448536 + 0.8416212) ** 2 / 0.01)  # 619
+    # a bootstrap interval 99.00 .. 99.84 at 95%: SE = 0.84 / (2 x 1.959964), MDD = 2.4864748 x SE
+    assert P.mdd_from_interval(99.0, 99.84, 0.95) == pytest.approx(2.4864748 * 0.84 / 3.919928, rel=1e-6)
+
+
+def test_recovery_where_bf16_got_nothing_right():
+    assert P.paired([0, 0], [0, 0]).recovery == 1.0           # nothing to lose
+    assert P.paired([0, 0], [1, 0]).recovery == math.inf
+    same = P.paired([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same.recovery_interval == (1.0, 1.0) and same.p_value == 1.0
+    with pytest.raises(ValueError, match="not the same items"):
+        P.paired([1], [1, 0])
+
+
+# ---- the backends' loglikelihood ------------------------------------------------------------------------------------
+def test_loglikelihood_sums_the_continuation_and_checks_greedy():
+    import numpy as np
+
+    from harness.backends.base import Backend, DocResult, EngineSpec
+
+    class Table(Backend):
+        """log p(token t at position i) = -(t + i) / 10; the top-1 token at every position is token 5."""
+        name = "table"
+
+        def loglikelihood_rolling(self, docs, progress=None, token_logprobs=False, top_k=0):
+            out = []
+            for d in docs:
+                lps = [-(t + i) / 10 for i, t in enumerate(d) if i]
+                out.append(DocResult(sum(lps), len(d) - 1, lps, np.full((len(d) - 1, 1), 5), None))
+            return out
+
+        def info(self):
+            return {}
+
+    b = Table(EngineSpec(model="m", precision="bf16", max_model_len=8))
+    res = b.loglikelihood([([1, 2], [5, 5]), ([3], [5, 7])])
+    assert res[0] == (pytest.approx(-(7 + 8) / 10), True)   # tokens 5 at positions 2 and 3
+    assert res[1] == (pytest.approx(-(6 + 9) / 10), False)  # 7 is not the top-1
+    with pytest.raises(Exception, match="empty continuation"):
+        b.loglikelihood([([1], [])])
+
+
+def test_score_task_asks_a_repeated_request_once():
+    calls = []
+
+    class Engine:
+        def loglikelihood(self, reqs, progress=None):
+            calls.append(reqs)
+            return [(-1.0, False) for _ in reqs]
+
+    from harness.tasks.prepare import PreparedTask
+
+    item = D.Item(requests=(("a", " b"), ("a", " b")), gold=0, norm_lengths=(1, 1))
+    prep = PreparedTask(name="piqa", kind="choice", metrics=("acc",), items=(item,), requests=(((1,), (2,)),) * 2,
+                        owners=(0, 0), prompts=(), fingerprint="f", source="s", tokenizer_id="x")
+    s = score_task(Engine(), prep)
+    assert len(calls[0]) == 1 and s.lls == [[-1.0, -1.0]]
+
+
+# ---- config and baselines -------------------------------------------------------------------------------------------
+def test_config_refuses_unknown_tasks_metrics_and_thresholds_out_of_range(root):
+    from harness.config import load_config
+
+    cfg = root / "configs/tiny.yaml"
+    with pytest.raises(ConfigError, match="unknown task 'arc_eazy' \\(did you mean 'arc_easy'\\?\\); known tasks: "
+                                          "arc_challenge, arc_easy, gsm8k, hellaswag"):
+        load_config(cfg, {"tasks": {"arc_eazy": {}}})
+    with pytest.raises(ConfigError, match="recovery_min: Input should be less than or equal to 1"):
+        load_config(cfg, {"tasks": {"piqa": {"recovery_min": 95}}})
+    with pytest.raises(ConfigError, match="flips_max_pct: Input should be less than or equal to 100"):
+        load_config(cfg, {"tasks": {"piqa": {"flips_max_pct": 101}}})
+    with pytest.raises(ConfigError, match="unknown metric 'acc_norm'; choose from acc"):
+        load_config(cfg, {"tasks": {"winogrande": {"metric": "acc_norm"}}})
+    assert load_config(cfg, {"tasks": {"piqa": {"limit": 5}}}).tasks["piqa"].recovery_min == 0.95
+
+
+def test_task_baseline_round_trip_and_refusals(tmp_path):
+    from harness.tasks import baseline as tb
+
+    b = tb.TaskBaseline(model="m", task="piqa", fingerprint="f1", n=3, metrics={"acc": 2 / 3},
+                        correct={"acc": [1, 0, 1]}, lls=[[-1.0, -2.0]] * 3)
+    p = tb.write(tmp_path, b)
+    assert p == tmp_path / "m" / "tasks" / "piqa.json"
+    assert tb.load(p, "m", "piqa", "HINT").correct == {"acc": [1, 0, 1]}
+    with pytest.raises(BaselineError, match="task baseline not found: .*arc_easy.json.*\n  create it with: HINT"):
+        tb.load(tmp_path / "m" / "tasks" / "arc_easy.json", "m", "arc_easy", "HINT")
+    d = json.loads(p.read_text())
+    d["metrics"]["acc"] = 1.0
+    p.write_text(json.dumps(d))
+    with pytest.raises(BaselineError, match="acc 1.0 is not the mean of its items"):
+        tb.load(p, "m", "piqa", "HINT")
+
+    class Prep:
+        fingerprint, n = "f2", 3
+
+    with pytest.raises(BaselineError, match="scored on 3 items \\(fingerprint f1\\).*fingerprint f2.*HINT"):
+        tb.check_matches(b, Prep(), p, "HINT")
