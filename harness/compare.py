@@ -64,7 +64,9 @@ def recipe_row(session, verdict) -> dict:
             "kld_mean": kld.get("mean"), "kld_p99": kld.get("p99"),
             "top1_pct": dist.get("top1_pct"), "dp_mean_pct": (dist.get("dp_pct") or {}).get("mean"),
             "bytes": disk_size(path), "scheme": info.get("scheme"), "cache_hit": info.get("cache_hit"),
-            "kernel": session.engine_info("nvfp4").get("kernel"), "time": session.time_breakdown()}
+            "kernel": session.engine_info("nvfp4").get("kernel"), "time": session.time_breakdown(),
+            "tasks": [{"task": o.name, "metric": o.metric, "passed": o.passed, **o.paired.to_dict()}
+                      for o in session.task_outcomes()]}
 
 
 def run(make_session, recipes: list[str], log=print) -> dict:
@@ -82,6 +84,8 @@ def run(make_session, recipes: list[str], log=print) -> dict:
             s = make_session(r)  # its preflight too: a recipe the backend refuses is that recipe's row
             for n in s.dataset_names:
                 s.score(n)
+            for n in s.task_names:  # the same engine
+                s.task_score(n)
             s.engines.close()
             verdict = s.verdict()
             row = recipe_row(s, verdict)
@@ -130,13 +134,28 @@ def tables(rep: dict) -> tuple[str, str]:
     return one, two
 
 
+def task_table(rep: dict) -> str:
+    """Per recipe and task: accuracy against BF16, recovery, flips both ways and McNemar's p ("" without tasks)."""
+    from harness.report_markdown import md_table
+
+    rows = [[r["recipe"], t["task"], t["metric"], t["n"], f"{100 * t['acc_ref']:.2f}", f"{100 * t['acc_model']:.2f}",
+             f"{t['recovery']:.3f}", f"{t['lost']} / {t['gained']} ({t['flips_pct']:.1f}%)", f"{t['p_value']:.3g}",
+             "PASS" if t["passed"] else "FAIL"]
+            for r in rep["recipes"] if "error" not in r for t in r.get("tasks", [])]
+    if not rows:
+        return ""
+    return md_table(["recipe", "task", "metric", "n", "BF16", "quantized", "recovery", "lost / gained", "McNemar p",
+                     "gate"], rows, "lllrrrrlrl")
+
+
 def render_markdown(rep: dict) -> str:
     one, two = tables(rep)
     conf = rep["pairs"][0]["confidence"] if rep["pairs"] else None
     return "\n".join([f"# Recipes compared: {rep['model']}", "", f"- config: `{rep['config']}`; backend "
                       f"{rep['backend']}; created {rep['created']}", "", one, "", "![scores](chart.svg)", "",
                       "## Pairwise, on the same documents" + (f" ({conf:.0%} paired bootstrap)" if conf else ""), "",
-                      two, ""])
+                      two, ""] + (["## Tasks (the same items under BF16 and each recipe)", "", task_table(rep), ""]
+                                   if task_table(rep) else []))
 
 
 def write_chart(rep: dict, path: Path) -> None:

@@ -1,0 +1,95 @@
+"""Tasks through the gate on CPU (the tiny default, hf backend): the baseline update writes every item, the gate scores
+the tasks in its one engine and prints the task table, the report's statistics check out against an exact McNemar
+computed here from binomial coefficients, and bad input stops with exit 2 and one line before any engine starts."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_e2e_tiny import cli
+
+TASKS = {"arc_easy": {"limit": 40}, "winogrande": {"limit": 40, "flips_max_pct": 60},
+         "lambada_openai": {"limit": 30}, "hellaswag": {"limit": 30, "use": "lower", "recovery_min": 0.5},
+         "gsm8k": {"limit": 2, "recovery_min": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def task_project(quick_project, tmp_path_factory):
+    """The quick project (its BF16 dataset baselines made already), with tasks in its config and their baselines."""
+    root = tmp_path_factory.mktemp("tasks")
+    for d in ("configs", "recipes", "baselines"):
+        shutil.copytree(quick_project / d, root / d)
+    (root / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    cfg = yaml.safe_load((root / "configs/tiny.yaml").read_text())
+    cfg["tasks"] = TASKS
+    (root / "configs/tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def exact_mcnemar(b: int, c: int) -> float:
+    """Two-sided exact McNemar from binomial coefficients: twice the smaller tail of Binomial(b + c, 1/2), at most 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def test_update_then_gate_reports_tasks_from_one_engine(task_project, capsys):
+    cfg = str(task_project / "configs/tiny.yaml")
+    rc, out, err = cli(capsys, "baseline", "update", "--config", cfg, "--force")
+    assert rc == 0, err
+    for t, spec in TASKS.items():
+        stored = json.loads((task_project / "baselines/tiny-qwen2/tasks" / f"{t}.json").read_text())
+        assert stored["n"] == spec["limit"] and len(next(iter(stored["correct"].values()))) == spec["limit"]
+    assert len(json.loads((task_project / "baselines/tiny-qwen2/tasks/gsm8k.json").read_text())["answers"]) == 2
+    rc, out, err = cli(capsys, "gate", "--config", cfg)
+    assert rc in (0, 1), err
+    assert "Tasks (the same items under BF16 and quantized):" in out
+    assert err.count("starting engine") == 1, err  # datasets and tasks in one engine
+    rep = json.loads(next((task_project / "reports").glob("*/report.json")).read_text())
+    rows = {r["task"]: r for r in rep["tasks"]}
+    assert set(rows) == set(TASKS)
+    for name, r in rows.items():
+        p = r["paired"]
+        stored = json.loads((task_project / "baselines/tiny-qwen2/tasks" / f"{name}.json").read_text())
+        ref = stored["correct"][r["metric"]]
+        assert p["acc_ref"] == pytest.approx(sum(ref) / len(ref))
+        assert p["p_value"] == pytest.approx(exact_mcnemar(p["lost"], p["gained"]))
+        assert p["flips_pct"] == pytest.approx(100 * (p["lost"] + p["gained"]) / p["n"])
+        assert (f"task {name}: " in out) and (("ok   task " + name) in out) == r["passed"]
+        flipped = r["flipped_items"]
+        assert len(flipped["lost"]) == min(p["lost"], 50) and all(ref[i] == 1 for i in flipped["lost"])
+    md = next((task_project / "reports").glob("*/report.md")).read_text()
+    assert "## Tasks (the same items under BF16 and quantized)" in md and "McNemar p" in md
+
+
+def _gate_fails_early(capsys, cfg_path: Path, match: str) -> str:
+    rc, out, err = cli(capsys, "gate", "--config", str(cfg_path))
+    assert rc == 2, err
+    assert "starting engine" not in err and "quantiz" not in err.lower().split("error:")[0], err
+    said = err[err.index("error:"):]
+    assert match in said and len(said.strip().splitlines()) <= 3, err  # "error: ..." (a config's: and its key line)
+    return said
+
+
+def test_bad_task_input_stops_before_any_engine(task_project, tmp_path, capsys):
+    base = yaml.safe_load((task_project / "configs/tiny.yaml").read_text())
+
+    def write(tasks) -> Path:
+        p = task_project / "configs" / "bad.yaml"
+        p.write_text(yaml.safe_dump({**base, "tasks": tasks}))
+        return p
+
+    _gate_fails_early(capsys, write({"hellaswag_v2": {}}), "unknown task 'hellaswag_v2'")
+    _gate_fails_early(capsys, write({"piqa": {"recovery_min": 1.5}}), "recovery_min")
+    rows = tmp_path / "piqa.jsonl"
+    rows.write_text('{"goal": "a", "sol1": "b", "sol2": "c", "label": 0}\n{"goal": "a", "sol1": "b", "sol2": \n')
+    _gate_fails_early(capsys, write({"piqa": {"source": {"path": "json", "split": "validation",
+                                                          "data_files": str(rows)}}}), "piqa.jsonl:2: not a JSON")
+    _gate_fails_early(capsys, write({"piqa": {"limit": 5}}), "harness baseline update")  # no piqa baseline stored
