@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is a test dependency: pip install -e '.[dev]'")
-
-from harness.tasks import TASKS  # noqa: E402
-from harness.tasks.load import DATA_DIR, fewshot_rows, shipped_rows  # noqa: E402
-from harness.tasks.prepare import build_items, prepare_task  # noqa: E402
-from harness.tasks.results import score_task  # noqa: E402
+from harness.tasks import TASKS
+from harness.tasks.load import DATA_DIR, fewshot_rows, shipped_rows
+from harness.tasks.prepare import build_items, prepare_task
+from harness.tasks.results import score_task
 
 LM_EVAL_YAML = {"arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
                 "piqa": "piqa/piqa.yaml", "hellaswag": "hellaswag/hellaswag.yaml",
@@ -38,6 +36,7 @@ PER_TOKEN = 1e-4  # nats per continuation token (module docstring)
 @pytest.fixture(scope="module")
 def task_manager(tmp_path_factory):
     """lm-eval's own task definitions (``include``), read from the shipped files instead of the hub."""
+    pytest.importorskip("lm_eval", reason="lm-eval is a test dependency (the dev extra): pip install -e '.[dev]'")
     import lm_eval.tasks
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

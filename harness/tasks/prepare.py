@@ -48,15 +48,40 @@ def encode(tok, text: str, add_special_tokens: bool) -> list[int]:
     return list(tok.encode(text, add_special_tokens=add_special_tokens))
 
 
-def encode_pair(tok, context: str, continuation: str, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
-    """lm-eval's ``_encode_pair`` for a causal model."""
+def encode_many(tok, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Every text encoded as ``tok.encode`` encodes it, in one batch call where the tokenizer takes one (a fast
+    tokenizer encodes a batch in parallel: HellaSwag's 80k strings in seconds, not a quarter of a minute)."""
+    if not texts:
+        return []
+    if callable(tok) and not isinstance(tok, type):
+        try:
+            return [list(ids) for ids in tok(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+        except (TypeError, KeyError):
+            pass
+    return [encode(tok, t, add_special_tokens) for t in texts]
+
+
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's ``_encode_pair``: the context's trailing spaces move to the continuation."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = encode(tok, context + continuation, add_special_tokens)
-    ctx = encode(tok, context, add_special_tokens)
-    return ctx, whole[len(ctx):]
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def encode_pairs(tok, pairs: list[tuple[str, str]], add_special_tokens: bool = True) -> list[tuple[list[int], list[int]]]:
+    """lm-eval's ``_encode_pair`` for a causal model, for many pairs: context + continuation encoded whole, the
+    continuation's tokens the tail past the context's own encoding."""
+    pairs = [split_pair(c, t) for c, t in pairs]
+    contexts = list(dict.fromkeys(c for c, _ in pairs))  # a context shared by several choices is encoded once
+    ctx_ids = dict(zip(contexts, encode_many(tok, contexts, add_special_tokens)))
+    wholes = encode_many(tok, [c + t for c, t in pairs], add_special_tokens)
+    return [(ctx_ids[c], w[len(ctx_ids[c]):]) for (c, _), w in zip(pairs, wholes)]
+
+
+def encode_pair(tok, context: str, continuation: str, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    """lm-eval's ``_encode_pair`` for a causal model."""
+    return encode_pairs(tok, [(context, continuation)], add_special_tokens)[0]
 
 
 def build_items(spec: TaskSpec, rows: list[dict], where: str, limit: int | None,
@@ -71,17 +96,16 @@ def build_items(spec: TaskSpec, rows: list[dict], where: str, limit: int | None,
 
 def prepare_task(spec: TaskSpec, items: list[Item], tok, *, max_model_len: int, add_special_tokens: bool,
                  source: str, tokenizer_id: str) -> PreparedTask:
-    requests, owners, prompts = [], [], []
-    for i, item in enumerate(items):
-        for ctx, cont in item.requests:
-            c, t = encode_pair(tok, ctx, cont, add_special_tokens)
-            if not t:
-                raise ValueError(f"{spec.name} item {i + 1}: the continuation {cont!r} encodes to no tokens")
-            whole = (c + t)[-max_model_len:]
-            requests.append((tuple(whole[: len(whole) - len(t)]), tuple(t)))
-            owners.append(i)
-        if item.prompt is not None:
-            prompts.append(tuple(encode(tok, item.prompt, add_special_tokens)))
+    requests, owners = [], []
+    pairs = [(i, r) for i, item in enumerate(items) for r in item.requests]
+    for (i, (_, cont)), (c, t) in zip(pairs, encode_pairs(tok, [r for _, r in pairs], add_special_tokens)):
+        if not t:
+            raise ValueError(f"{spec.name} item {i + 1}: the continuation {cont!r} encodes to no tokens")
+        whole = (c + t)[-max_model_len:]
+        requests.append((tuple(whole[: len(whole) - len(t)]), tuple(t)))
+        owners.append(i)
+    prompts = [tuple(p) for p in encode_many(tok, [it.prompt for it in items if it.prompt is not None],
+                                              add_special_tokens)]
     h = hashlib.sha256(json.dumps({"task": spec.name, "version": PROMPT_VERSION, "tokenizer": tokenizer_id,
                                    "requests": requests, "prompts": prompts,
                                    "gold": [it.gold for it in items],
