@@ -209,6 +209,8 @@ def main(a, session) -> int:
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **rep}
     one, two = tables(rep)
     print(f"\n{one}\n\n{two}\n")
+    if task_table(rep):
+        print(f"Tasks (the same items under BF16 and each recipe):\n{task_table(rep)}\n")
     out = write(rep, report_dir)
     print(f"report: {out}/compare.md")
     failed = [r["recipe"] for r in rep["recipes"] if "error" in r]

@@ -7,6 +7,7 @@ this module beside a project's own tests (no copy needed; `--harness-gate-tests`
 
 One test per dataset plus the overall score; each asserts score >= threshold against the stored BF16 baseline. With
 `distributions` in the config, one more per dataset plus overall: KL mean and top-1 agreement within their limits.
+With `tasks`, one per task: recovery (and flips) against the stored BF16 answers.
 Quantization and scoring times are captured by pytest-benchmark (extra_info carries PPL and tokens/s).
 """
 from __future__ import annotations
@@ -43,6 +44,21 @@ def test_overall_score(harness_session):
     assert outcome.passed, harness_session.verdict().summary()
     assert all(key[1] != "bf16" or harness_session.update_mode for key in harness_session.engines.opened), \
         "the normal gate must never start a BF16 engine"
+
+
+@pytest.mark.harness_tasks
+def test_task(harness_session, scoring_engine, harness_task, benchmark):
+    """One task of the config's `tasks`: its items checked against the BF16 task baseline before any scoring, scored
+    in the gate's engine, recovery (and flips, where bounded) within the config's limits. Collected per task."""
+    harness_session.task_baseline(harness_task)
+    scoring_engine("nvfp4")
+    s = benchmark.pedantic(harness_session.task_score, args=(harness_task,), rounds=1, iterations=1)
+    o = harness_session.task_outcome(harness_task)
+    p = o.paired
+    benchmark.extra_info.update(metric=o.metric, accuracy=p.acc_model, bf16=p.acc_ref, recovery=p.recovery,
+                                lost=p.lost, gained=p.gained, p_value=p.p_value, items=p.n,
+                                items_per_s=p.n / s.eval_s if s.eval_s else None)
+    assert o.passed, o.message()
 
 
 @pytest.mark.harness_recipe_regression

@@ -41,6 +41,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "harness_gate: a quality-gate test driven by --harness-config")
     config.addinivalue_line("markers", "harness_distributions: a gate test of next-token distributions (collected "
                                        "for configs with `distributions`)")
+    config.addinivalue_line("markers", "harness_tasks: a gate test of one task's accuracy against BF16 (collected per "
+                                       "task of the config's `tasks`)")
     config.addinivalue_line("markers", "harness_recipe_regression: the recipe against the stored best recipe "
                                        "(collected for configs with `recipe_regression`)")
     config._harness = HarnessState(config)
@@ -328,6 +330,8 @@ def _not_for_case(item) -> bool:
         return True
     if item.get_closest_marker("harness_recipe_regression") and case.cfg.recipe_regression is None:
         return True
+    if "harness_task" in params and params["harness_task"] not in case.cfg.tasks:
+        return True  # a task this case's config lacks (None: no case has tasks)
     return "harness_dataset" in params and params["harness_dataset"] not in case.cfg.datasets
 
 
@@ -345,6 +349,9 @@ def pytest_generate_tests(metafunc):
     if "harness_dataset" in metafunc.fixturenames:
         names = list(dict.fromkeys(d for c in cases for d in c.cfg.datasets))
         metafunc.parametrize("harness_dataset", names)
+    if "harness_task" in metafunc.fixturenames:  # no case with tasks: one placeholder, deselected (no skip shown)
+        tasks = list(dict.fromkeys(t for c in cases for t in c.cfg.tasks)) or [None]
+        metafunc.parametrize("harness_task", tasks)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

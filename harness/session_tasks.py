@@ -78,6 +78,7 @@ class TaskSteps:
 
     def prepared_task(self, name: str):
         if name not in self._task_prepared:
+            from harness.data import tokenizer_fingerprint
             from harness.tasks import task_spec
             from harness.tasks.prepare import prepare_task
 
@@ -86,7 +87,7 @@ class TaskSteps:
             with self.clock("prepare"):
                 p = prepare_task(task_spec(name), items, tok, max_model_len=self.cfg.model.max_model_len,
                                  add_special_tokens=self.cfg.model.add_special_tokens, source=where,
-                                 tokenizer_id=getattr(tok, "name_or_path", "?"))
+                                 tokenizer_id=tokenizer_fingerprint(tok))  # its vocabulary, not where it lies
             self.log(f"task {name}: {p.n} items, {len(p.requests) or len(p.prompts)} requests, fingerprint "
                      f"{p.fingerprint} ({where})")
             self._task_prepared[name] = p
@@ -217,8 +218,11 @@ class TaskSteps:
                              + (f" (limit {tc.limit})" if tc.limit else "") + ", or a lower recovery_min")
         return notes
 
+    def task_outcome(self, name: str) -> TaskOutcome:
+        return judge_task(name, self.task_metric(name), self.task_paired(name), self.cfg.tasks[name])
+
     def task_outcomes(self) -> list[TaskOutcome]:
-        return [judge_task(n, self.task_metric(n), self.task_paired(n), self.cfg.tasks[n]) for n in self.task_names]
+        return [self.task_outcome(n) for n in self.task_names]
 
     def task_rows(self) -> list[dict]:
         """The report's task table: every metric of both sides, the gated one's paired statistics."""

@@ -15,6 +15,14 @@ def root() -> Path:
     return ROOT
 
 
+def copy_project(src: Path, dst: Path) -> Path:
+    """``dst`` made a project like ``src``: its configs, recipes and baselines, and a pyproject.toml of its own."""
+    for d in ("configs", "recipes", "baselines"):
+        shutil.copytree(src / d, dst / d)
+    (dst / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    return dst
+
+
 @pytest.fixture
 def project(tmp_path) -> Path:
     """A throwaway copy of the project's data (configs, recipes, baselines) so tests may change it."""

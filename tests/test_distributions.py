@@ -117,11 +117,9 @@ def test_use_lower_gates_on_the_pessimistic_end_of_each_interval():
 @pytest.fixture(scope="module")
 def dist_project(quick_project, tmp_path_factory):
     """The quick project (40 texts per dataset, distributions on, BF16 top-20 stored by its baseline update)."""
-    root = tmp_path_factory.mktemp("dist")
-    for d in ("configs", "recipes", "baselines"):
-        shutil.copytree(quick_project / d, root / d)
-    (root / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
-    return root
+    from tests.conftest import copy_project
+
+    return copy_project(quick_project, tmp_path_factory.mktemp("dist"))
 
 
 def test_the_update_stores_bf16_top_k_beside_each_baseline_and_records_it(dist_project):

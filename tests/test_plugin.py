@@ -205,8 +205,9 @@ def test_distribution_tests_follow_the_config(gate_project):
     cfg_path.write_text(yaml.safe_dump(cfg))
     off = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     out = off.stdout.str()
-    # 6 distribution tests and the 2 recipe regression tests (no recipe_regression) deselected
-    assert "8/16 tests collected (8 deselected)" in out and "_distribution[" not in out, out
+    # 6 distribution tests, the 2 recipe regression tests (no recipe_regression) and the 2 task placeholders (no
+    # tasks) deselected
+    assert "8/18 tests collected (10 deselected)" in out and "_distribution[" not in out, out
 
 
 # ---- failures: the same checks and words as the CLI (README, "When things go wrong") ------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,9 @@ TASKS = {"arc_easy": {"limit": 40}, "winogrande": {"limit": 40, "flips_max_pct":
 @pytest.fixture(scope="module")
 def task_project(quick_project, tmp_path_factory):
     """The quick project (its BF16 dataset baselines made already), with tasks in its config and their baselines."""
-    root = tmp_path_factory.mktemp("tasks")
-    for d in ("configs", "recipes", "baselines"):
-        shutil.copytree(quick_project / d, root / d)
-    (root / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    from tests.conftest import copy_project
+
+    root = copy_project(quick_project, tmp_path_factory.mktemp("tasks"))
     cfg = yaml.safe_load((root / "configs/tiny.yaml").read_text())
     cfg["tasks"] = TASKS
     (root / "configs/tiny.yaml").write_text(yaml.safe_dump(cfg))
@@ -67,6 +65,38 @@ def test_update_then_gate_reports_tasks_from_one_engine(task_project, capsys):
         assert len(flipped["lost"]) == min(p["lost"], 50) and all(ref[i] == 1 for i in flipped["lost"])
     md = next((task_project / "reports").glob("*/report.md")).read_text()
     assert "## Tasks (the same items under BF16 and quantized)" in md and "McNemar p" in md
+
+
+def test_the_plugin_gains_one_test_per_task(task_project, root):
+    """`pytest --harness-config` in the project: one test_task per task of the config, each passing or failing as the
+    gate's verdict says, with its message (the baselines written by the update test above)."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--harness-gate-tests", "yes",
+                        "--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "--benchmark-disable", "-q",
+                        "-k", "test_task", "-rA"], cwd=task_project, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    out = r.stdout
+    ran = {t: ("PASSED" if f"PASSED harness/gate_tests.py::test_task[tiny-qwen2/nvfp4-{t}]" in out else
+               "FAILED" if f"FAILED harness/gate_tests.py::test_task[tiny-qwen2/nvfp4-{t}]" in out else None) for t in TASKS}
+    assert all(ran.values()), out[-3000:]
+    rep = json.loads(max((task_project / "reports").glob("*/report.json")).read_text())  # the CLI gate's verdict
+    assert ran == {t["task"]: "PASSED" if t["passed"] else "FAILED" for t in rep["tasks"]}, out[-3000:]
+    assert r.returncode == (1 if "FAILED" in ran.values() else 0)
+
+
+def test_compare_prints_each_recipe_s_tasks(task_project, capsys):
+    rc, out, err = cli(capsys, "compare", "--config", str(task_project / "configs/tiny.yaml"), "--recipes", "nvfp4",
+                       "nvfp4a16")
+    assert rc in (0, 1), err
+    assert "Tasks (the same items under BF16 and each recipe):" in out
+    for recipe in ("nvfp4", "nvfp4a16"):
+        for t in TASKS:
+            assert any(line.startswith(f"| {recipe} ") and f"| {t} " in line for line in out.splitlines()), (recipe, t)
+    md = next((task_project / "reports").rglob("compare.md")).read_text()
+    assert "## Tasks (the same items under BF16 and each recipe)" in md and "McNemar p" in md
 
 
 def _gate_fails_early(capsys, cfg_path: Path, match: str) -> str:

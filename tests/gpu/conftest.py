@@ -259,6 +259,7 @@ REAL_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def real_cfg(tmp_path_factory):
     cfg = load_config(REAL_ROOT / "configs" / "smollm2-135m.yaml")
+    cfg.tasks = {}  # the perplexity tests; tests/gpu/test_tasks_gpu.py gates the config's tasks
     out = Path(os.environ.get("HARNESS_GPU_REPORTS") or tmp_path_factory.mktemp("real"))
     cfg.baselines_dir = str(out / "real-baselines")
     cfg.reports_dir = str(out / "real-reports")

@@ -15,7 +15,6 @@ Numbers go to ``$HARNESS_GPU_RESULTS`` (docs/results).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -33,12 +32,32 @@ ABOVE = {"arc_easy": 0.40, "arc_challenge": 0.25, "piqa": 0.58, "hellaswag": 0.3
 GSM8K_ITEMS = 200
 
 
+BF16_ENGINES = (("vllm", {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "enforce_eager": True, "seed": 0}),
+                ("hf", {"dtype": "bfloat16"}))
+
+
+def bf16_engines(cfg):
+    """(name, started engine) for vLLM then transformers on the config's BF16 model, one alive at a time."""
+    from harness.backends import EngineSpec, make_backend
+
+    model = cfg.resolve(cfg.model.path)
+    for backend, kw in BF16_ENGINES:
+        with make_backend(backend, EngineSpec(model=model, precision="bf16", max_model_len=2048,
+                                              engine_kwargs=kw)) as eng:
+            yield backend, eng
+
+
 @pytest.fixture(scope="session")
 def task_cfg(real_cfg):
-    cfg = real_cfg.model_copy(deep=True)
+    """configs/smollm2-135m.yaml as shipped, tasks included (real_cfg drops them for the perplexity tests), with BF16
+    baselines of its own made here."""
+    from harness.config import load_config
+
+    cfg = load_config(real_cfg.source_path)
     cfg.baselines_dir = str(Path(real_cfg.baselines_dir).parent / "task-baselines")
-    cfg.tasks = {**{n: TaskSpecConfig(recovery_min=0.9) for n in LOGLIKELIHOOD},
-                 "gsm8k": TaskSpecConfig(limit=GSM8K_ITEMS, recovery_min=0.0)}
+    cfg.reports_dir, cfg.backend = real_cfg.reports_dir, "vllm"
+    assert sorted(cfg.tasks) == sorted([*LOGLIKELIHOOD, "gsm8k"]) and cfg.tasks["gsm8k"].limit == GSM8K_ITEMS
+    assert all(cfg.tasks[n].limit is None for n in LOGLIKELIHOOD)  # whole splits
     return cfg
 
 
@@ -104,7 +123,6 @@ def test_gate_scores_tasks_in_its_engine_with_flips(task_cfg, task_baselines, re
 def test_vllm_and_hf_bf16_task_loglikelihoods_and_their_flips(task_cfg, task_baselines, gpu_results):
     """Two BF16 engines on the same requests (arc_challenge, hellaswag's first 1,000 items): how far their
     log-likelihoods lie apart per token, and how many answers flip between them: the noise floor of flips."""
-    from harness.backends import EngineSpec, make_backend
     from harness.tasks.paired import paired
     from harness.tasks.results import score_task
 
@@ -113,13 +131,7 @@ def test_vllm_and_hf_bf16_task_loglikelihoods_and_their_flips(task_cfg, task_bas
     s = GateSession(cfg, backend="vllm")
     preps = {n: s.prepared_task(n) for n in cfg.tasks}
     out = {}
-    model = task_cfg.resolve(task_cfg.model.path)
-    scores = {}
-    for backend, kw in (("vllm", {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "enforce_eager": True,
-                                  "seed": 0}), ("hf", {"dtype": "bfloat16"})):
-        with make_backend(backend, EngineSpec(model=model, precision="bf16", max_model_len=2048,
-                                              engine_kwargs=kw)) as eng:
-            scores[backend] = {n: score_task(eng, p) for n, p in preps.items()}
+    scores = {backend: {n: score_task(eng, p) for n, p in preps.items()} for backend, eng in bf16_engines(task_cfg)}
     for n, p in preps.items():
         a, b = scores["vllm"][n], scores["hf"][n]
         per_tok = [abs(x - y) / len(p.requests[j][1]) for j, (x, y) in
@@ -136,19 +148,13 @@ def test_vllm_and_hf_bf16_task_loglikelihoods_and_their_flips(task_cfg, task_bas
 
 
 def test_gsm8k_through_vllm_generate_matches_transformers(task_cfg, task_baselines, gpu_results):
-    from harness.backends import EngineSpec, make_backend
     from harness.tasks.definitions import UNTIL, cut_at_stop, strict_match
 
     s = GateSession(task_cfg, backend="vllm")
     prep = s.prepared_task("gsm8k")
     prompts = [list(p) for p in prep.prompts[:5]]
-    model = task_cfg.resolve(task_cfg.model.path)
-    texts = {}
-    for backend, kw in (("vllm", {"dtype": "bfloat16", "gpu_memory_utilization": 0.3, "enforce_eager": True,
-                                  "seed": 0}), ("hf", {"dtype": "bfloat16"})):
-        with make_backend(backend, EngineSpec(model=model, precision="bf16", max_model_len=2048,
-                                              engine_kwargs=kw)) as eng:
-            texts[backend] = [cut_at_stop(t) for t in eng.generate_until(prompts, UNTIL, 256)]
+    texts = {backend: [cut_at_stop(t) for t in eng.generate_until(prompts, UNTIL, 256)]
+             for backend, eng in bf16_engines(task_cfg)}
     same_start = sum(a[:40] == b[:40] for a, b in zip(texts["vllm"], texts["hf"]))
     gpu_results("tasks_gsm8k_generate", {"vllm": texts["vllm"], "hf": texts["hf"], "same_first_40_chars": same_start,
                                          "answers": [strict_match(t) for t in texts["vllm"]],
