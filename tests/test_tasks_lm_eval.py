@@ -146,7 +146,7 @@ def test_loglikelihoods_and_accuracy_match_lm_eval_on_the_tiny_model(task_manage
 def test_loglikelihoods_and_accuracy_match_lm_eval_on_smollm2(task_manager):
     from harness import pypi_models as pm
 
-    compare_with_lm_eval(task_manager, str(pm.materialise("smollm2-135m")), LOGLIKELIHOOD, limit=8)
+    compare_with_lm_eval(task_manager, str(pm.materialise("smollm2-135m")), LOGLIKELIHOOD, limit=5)
 
 
 def test_gsm8k_generations_and_answers_match_lm_eval(task_manager, root):
