@@ -44,14 +44,14 @@ def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_
     out = asked.stdout.str()
     assert "test_own.py::test_own" in out and "gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
     # theirs + 2 shipped recipes x (quantize, 2 datasets, overall; distributions: 2 datasets, overall); the recipe
-    # regression test of each recipe is deselected: the config has no recipe_regression
-    assert "15/17 tests collected (2 deselected)" in out, out
+    # regression test and the task placeholder of each recipe are deselected: no recipe_regression, no tasks
+    assert "15/19 tests collected (4 deselected)" in out, out
     one_file = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                             "--harness-config", "configs/tiny.yaml")
     assert "1 test collected" in one_file.stdout.str(), one_file.stdout.str()  # a named file: theirs alone
     forced = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider", "test_own.py",
                                           "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "yes")
-    assert "15/17 tests collected (2 deselected)" in forced.stdout.str(), forced.stdout.str()
+    assert "15/19 tests collected (4 deselected)" in forced.stdout.str(), forced.stdout.str()
     off = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider",
                                        "--harness-config", "configs/tiny.yaml", "--harness-gate-tests", "no")
     assert "1 test collected" in off.stdout.str(), off.stdout.str()
@@ -181,10 +181,11 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
 def test_gate_tests_become_gpu_tests_when_scored_with_vllm(gate_project):
     p = gate_project
     cpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider")
-    assert "16 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
+    assert "18 deselected" in cpu.stdout.str()  # hf backend (the tiny config): not GPU tests
     gpu = p.runpytest_inprocess("--collect-only", "-q", "-m", "gpu", "--backend", "vllm", "-p", "no:cacheprovider")
-    # 2 recipes x 7 gate tests; each recipe's regression test is deselected (no recipe_regression in the config)
-    assert "14/16 tests collected (2 deselected)" in gpu.stdout.str(), gpu.stdout.str()
+    # 2 recipes x 7 gate tests; each recipe's regression test and task placeholder are deselected (no
+    # recipe_regression, no tasks in the config)
+    assert "14/18 tests collected (4 deselected)" in gpu.stdout.str(), gpu.stdout.str()
 
 
 def test_distribution_tests_follow_the_config(gate_project):
