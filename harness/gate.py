@@ -222,6 +222,8 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
             return
         from harness.preflight import check_backend_installed, check_writable_dir
 
+        self.check_task_backend()
+
         if not self.existing:  # the recipe first (its threshold keys; a scheme the backend runs): the input's
             self.recipe()      # faults before the environment's
             from harness.backends import backend_spec, load_class

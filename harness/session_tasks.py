@@ -58,6 +58,25 @@ class TaskSteps:
 
         return self.cfg.tasks[name].metric or task_spec(name).metrics[0]
 
+    def check_task_backend(self) -> None:
+        """A generated task (gsm8k) needs a generate path: the harness's data-parallel vLLM engines have none yet.
+        Said before anything is quantized or started."""
+        from harness.backends import backend_spec
+        from harness.tasks import task_spec
+
+        generated = [n for n in self.task_names if task_spec(n).kind == "generate"]
+        if not generated or not backend_spec(self.backend).data_parallel:
+            return
+        from harness.backends.data_parallel import parallel_sizes
+        from harness.errors import ConfigError
+
+        for precision in ("bf16", "nvfp4"):
+            if parallel_sizes(self.cfg.engine_kwargs(precision, self.backend))[0] > 1:
+                raise ConfigError(f"tasks.{generated[0]} is generated, and the harness's data-parallel engines "
+                                  f"(model.engine.{precision}.{self.backend}.data_parallel_size > 1) have no "
+                                  "generation path yet: drop the task, or use data_parallel_size 1 (tensor_parallel_size"
+                                  " spreads one engine over several GPUs)")
+
     # ---- data ---------------------------------------------------------------
     def task_items(self, name: str):
         """The task's items, read and checked (sha256, rows, schema: file:line) without a tokenizer: cheap enough to

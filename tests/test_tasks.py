@@ -267,3 +267,39 @@ def test_task_baseline_round_trip_and_refusals(tmp_path):
 
     with pytest.raises(BaselineError, match="scored on 3 items \\(fingerprint f1\\).*fingerprint f2.*HINT"):
         tb.check_matches(b, Prep(), p, "HINT")
+
+
+def test_vllm_continuation_is_read_from_the_last_positions_of_flat_prompt_logprobs():
+    """prompt_logprobs=1 (vllm/logprobs.py): position 0 empty, then per position the prompt token first and the
+    top-1 second, also when they are the same token. Only the continuation's positions count."""
+    from harness.backends.vllm import continuation_result
+    from harness.errors import BackendError
+    from tests.test_distributions import FlatLogprobs
+
+    ids = [5, 7, 9, 4]  # context [5, 7], continuation [9, 4]
+    flat = FlatLogprobs([[(7, -9.0), (2, -0.1)],     # a context position: never read
+                         [(9, -0.5), (9, -0.5)],     # the prompt token is the top-1
+                         [(4, -2.0), (8, -0.3)]])    # not the top-1
+    assert continuation_result(flat, ids, 2) == (-2.5, False)
+    assert continuation_result(flat, ids, 1) == (-2.0, False)
+    assert continuation_result(FlatLogprobs([[(7, -9.0), (2, -0.1)], [(9, -0.5), (9, -0.5)], [(4, -2.0), (4, -2.0)]]),
+                               ids, 2) == (-2.5, True)
+    with pytest.raises(BackendError, match="expected the prompt token 4 and the top-1 at position 3"):
+        continuation_result(FlatLogprobs([[(7, -9.0), (2, -0.1)], [(9, -0.5), (9, -0.5)], [(4, -2.0)]]), ids, 2)
+    with pytest.raises(BackendError, match="positions, prompt has 4"):
+        continuation_result(FlatLogprobs([[(7, -9.0), (2, -0.1)]]), ids, 1)
+    with pytest.raises(BackendError, match="non-finite"):
+        continuation_result(FlatLogprobs([[(7, -9.0), (2, -0.1)], [(9, -0.5), (9, -0.5)],
+                                          [(4, float("-inf")), (8, -0.3)]]), ids, 1)
+
+
+def test_a_generated_task_on_data_parallel_engines_is_refused_before_anything_starts(root):
+    from harness.config import load_config
+    from harness.gate import GateSession
+
+    cfg = load_config(root / "configs/tiny.yaml", {"tasks": {"gsm8k": {"limit": 2}}, "backend": "vllm",
+                                                  "model.engine.nvfp4.vllm.data_parallel_size": 2})
+    s = GateSession(cfg, quiet=True)
+    with pytest.raises(ConfigError, match=r"tasks.gsm8k is generated.*data_parallel_size > 1\) have no generation path"):
+        s.preflight()
+    assert s.engines.opened == [] and not s._task_items

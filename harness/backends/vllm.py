@@ -286,6 +286,28 @@ class VLLMBackend(Backend):
                               f"model.engine.{self.spec.precision}.vllm.max_logprobs: {top_k} (or lower top_k)")
         params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0,
                                 flat_logprobs=True)
+        outs = self._score_prompts(docs, params, progress)
+        return check_results([doc_result(o.prompt_logprobs, d, token_logprobs, top_k) for o, d in zip(outs, docs)],
+                             docs, self.name)
+
+    def loglikelihood(self, requests, progress=None) -> list[tuple[float, bool]]:
+        """Task requests scored as the perplexity texts are (``prompt_logprobs``, one generated token), with the top-1
+        token beside each prompt token (``prompt_logprobs=1``); only the continuation's positions are read."""
+        from vllm import SamplingParams
+
+        docs, lens = [], []
+        for ctx, cont in requests:
+            if not cont or not ctx:
+                raise BackendError("vllm: a log-likelihood request needs a context token and a continuation")
+            docs.append(list(ctx) + list(cont))
+            lens.append(len(cont))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False, temperature=0.0,
+                                flat_logprobs=True)
+        outs = self._score_prompts(docs, params, progress)
+        return [continuation_result(o.prompt_logprobs, d, n) for o, d, n in zip(outs, docs, lens)]
+
+    def _score_prompts(self, docs, params, progress=None) -> list:
+        """Every token-id prompt through ``generate``: all at once, or ``batch_size`` at a time with progress."""
         prompts = [{"prompt_token_ids": list(d)} for d in docs]
         try:
             if self.spec.batch_size:
@@ -295,14 +317,12 @@ class VLLMBackend(Backend):
                     outs += self.llm.generate(prompts[i : i + bs], params, use_tqdm=False)
                     if progress:
                         progress(min(i + bs, len(prompts)), len(prompts))
-            else:
-                outs = self.llm.generate(prompts, params, use_tqdm=len(prompts) >= 64)
+                return outs
+            return self.llm.generate(prompts, params, use_tqdm=len(prompts) >= 64)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
                 raise oom_error(e, "scoring", self.kwargs) from None
             raise
-        return check_results([doc_result(o.prompt_logprobs, d, token_logprobs, top_k) for o, d in zip(outs, docs)],
-                             docs, self.name)
 
     def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
         """Greedy generation of every prompt in one ``generate()`` call, stopping at ``until`` (vLLM's ``stop``: the
@@ -406,6 +426,31 @@ def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False, t
         if per_tok is not None:
             per_tok.append(lp)
     return DocResult(logprob_sum=total, n_tokens=count, token_logprobs=per_tok)
+
+
+def continuation_result(prompt_logprobs, ids: Sequence[int], n: int) -> tuple[float, bool]:
+    """(sum of the last ``n`` prompt tokens' log-probabilities, whether each was the top-1) from flat prompt logprobs
+    with ``prompt_logprobs=1``: every position >= 1 holds two entries, the prompt token first, then the top-1
+    (vllm/logprobs.py, append_logprobs_for_next_position; as topk_result reads them). Only those n positions are read."""
+    import math
+
+    if prompt_logprobs is None or not hasattr(prompt_logprobs, "start_indices"):
+        raise BackendError("vllm: task scoring needs flat prompt logprobs (SamplingParams(flat_logprobs=True))")
+    length = len(ids)
+    if len(prompt_logprobs.start_indices) != length:
+        raise BackendError(f"vllm returned prompt_logprobs for {len(prompt_logprobs.start_indices)} positions, "
+                           f"prompt has {length}")
+    total, greedy = 0.0, True
+    for i in range(length - n, length):
+        s, e = prompt_logprobs.start_indices[i], prompt_logprobs.end_indices[i]
+        if e - s != 2 or prompt_logprobs.token_ids[s] != ids[i]:
+            raise BackendError(f"vllm: expected the prompt token {ids[i]} and the top-1 at position {i}, got "
+                               f"{prompt_logprobs.token_ids[s:e]}")
+        total += prompt_logprobs.logprobs[s]
+        greedy = greedy and prompt_logprobs.token_ids[s + 1] == ids[i]
+    if not math.isfinite(total):
+        raise BackendError(f"vllm: a non-finite log-likelihood ({total}): the model produced NaN/inf logits")
+    return total, greedy
 
 
 def topk_result(prompt_logprobs, ids: Sequence[int], k: int) -> DocResult:
