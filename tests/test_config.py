@@ -138,6 +138,23 @@ def test_misspelled_engine_kwarg_fails_when_the_config_loads_and_names_the_valid
         load_config(p)
 
 
+def test_every_backend_s_settings_are_type_checked_whichever_backend_runs(project):
+    """The tiny config runs on hf; its vLLM settings are still checked against vLLM 0.26.0's field types (read off its
+    arg_utils.py: gpu_memory_utilization: float, enforce_eager: bool, seed: int, max_num_seqs: int | None)."""
+    cases = [("gpu_memory_utilization", "abc", "gpu_memory_utilization: vLLM 0.26.0 takes float, got 'abc' (str)"),
+             ("enforce_eager", "yes", "enforce_eager: vLLM 0.26.0 takes bool, got 'yes' (str)"),
+             ("seed", True, "seed: vLLM 0.26.0 takes int, got True (bool)"),
+             ("max_num_seqs", 2.5, "max_num_seqs: vLLM 0.26.0 takes int or null, got 2.5 (float)")]
+    for key, value, said in cases:
+        p = _write(project, lambda c: c["model"]["engine"]["nvfp4"]["vllm"].update({key: value}))
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert f"engine.nvfp4.vllm.{said}" in str(e.value)
+    for key, value in (("gpu_memory_utilization", 1), ("max_num_seqs", None), ("kv_cache_dtype", "fp8")):
+        p = _write(project, lambda c: c["model"]["engine"]["nvfp4"]["vllm"].update({key: value}))
+        assert load_config(p).model.engine["nvfp4"]["vllm"][key] == value  # an int is a float; None where allowed
+
+
 def test_every_shipped_config_loads(root):
     for p in sorted((root / "configs").glob("*.yaml")):
         assert load_config(p).name

@@ -57,6 +57,50 @@ VLLM_ENGINE_ARGS = frozenset("""
     tokenizer tokenizer_mode tokenizer_revision tokens_only trust_remote_code ubatch_size use_fp64_gumbel
     use_tqdm_on_load video_pruning_rate watermark weight_transfer_config worker_cls worker_extension_cls
 """.split())
+# the scalar type of each EngineArgs field annotated plainly as bool, int, float or str (``?``: may also be None), read
+# off vllm/engine/arg_utils.py of the vllm==0.26.0 wheel with ``ast`` (class EngineArgs: each ``name: T`` or
+# ``name: T | None`` with T one of those four; private fields left out): a config's vLLM settings are
+# checked against them when it loads, whichever backend the run uses (``gpu_memory_utilization: "abc"`` is refused on
+# a CPU run too, not first on the GPU). Fields of other annotations (Literal aliases, configs) are left to vLLM.
+VLLM_SCALAR_TYPES = dict(item.split(":") for item in """
+    aggregate_engine_logging:bool allow_deprecated_quantization:bool
+    allowed_local_media_path:str async_scheduling:bool? block_size:int? calculate_kv_scales:bool code_revision:str?
+    config_format:str cp_kv_cache_interleave_size:int cpu_distributed_timeout_seconds:int? cpu_offload_gb:float
+    cudagraph_metrics:bool data_parallel_address:str? data_parallel_external_lb:bool data_parallel_hybrid_lb:bool
+    data_parallel_multi_port_external_lb:bool data_parallel_rank:int? data_parallel_rpc_port:int?
+    data_parallel_size:int data_parallel_size_local:int? data_parallel_start_rank:int?
+    dbo_decode_token_threshold:int dbo_prefill_token_threshold:int dcp_kv_cache_interleave_size:int
+    decode_context_parallel_size:int disable_cascade_attn:bool disable_chunked_mm_input:bool
+    disable_custom_all_reduce:bool disable_hybrid_kv_cache_manager:bool? disable_log_stats:bool
+    disable_nccl_for_dp_synchronization:bool? disable_sliding_window:bool distributed_timeout_seconds:int?
+    download_dir:str? enable_bf16x3_router_gemm:bool? enable_chunked_prefill:bool? enable_cumem_allocator:bool
+    enable_dbo:bool enable_elastic_ep:bool enable_ep_weight_filter:bool enable_eplb:bool enable_expert_parallel:bool
+    enable_flashinfer_autotune:bool enable_layerwise_nvtx_tracing:bool enable_logging_iteration_details:bool
+    enable_lora:bool enable_mamba_cache_stochastic_rounding:bool enable_mfu_metrics:bool
+    enable_mixed_moe_lora_format:bool enable_mm_embeds:bool enable_mm_processor_stats:bool
+    enable_moe_shared_loras:bool enable_prefix_caching:bool? enable_prompt_embeds:bool
+    enable_return_routed_experts:bool enable_sleep_mode:bool enable_tower_connector_lora:bool enforce_eager:bool
+    fail_on_environ_validation:bool fully_sharded_loras:bool generation_config:str gpu_memory_utilization:float
+    hf_config_path:str? interleave_mm_strings:bool io_processor_plugin:str? jit_monitor_verbose:bool
+    kv_cache_memory_bytes:int? kv_cache_metrics:bool kv_cache_metrics_sample:float kv_offloading_size:float?
+    kv_sharing_fast_prefill:bool language_model_only:bool long_prefill_token_threshold:int mamba_block_size:int?
+    mamba_cache_philox_rounds:int master_addr:str master_port:int max_cpu_loras:int? max_cudagraph_capture_size:int?
+    max_logprobs:int max_long_partial_prefills:int max_loras:int max_model_len:int max_num_batched_tokens:int?
+    max_num_partial_prefills:int max_num_scheduled_tokens:int? max_num_seqs:int? max_parallel_loading_workers:int?
+    mm_encoder_attn_dtype:str? mm_encoder_fp8_scale_path:str? mm_encoder_fp8_scale_save_margin:float
+    mm_encoder_fp8_scale_save_path:str? mm_encoder_only:bool mm_ipc_gpu_memory_gb:float mm_processor_cache_gb:float
+    mm_shm_cache_max_object_size_mb:int model:str model_impl:str model_weights:str nnodes:int node_rank:int
+    num_gpu_blocks_override:int? numa_bind:bool offload_backend:str offload_group_size:int offload_num_in_group:int
+    offload_prefetch_step:int otlp_traces_endpoint:str? override_attention_dtype:str? pipeline_parallel_size:int
+    prefill_context_parallel_size:int prefill_schedule_interval:int prefix_match_unit:int?
+    ray_workers_use_nsight:bool reasoning_parser:str reasoning_parser_plugin:str? renderer_num_workers:int
+    revision:str? safetensors_prefetch_block_size:int safetensors_prefetch_num_threads:int
+    scheduler_reserve_full_isl:bool seed:int show_hidden_metrics_for_version:str? shutdown_timeout:int
+    skip_mm_profiling:bool skip_tokenizer_init:bool spec_method:str? spec_model:str? spec_tokens:int?
+    specialize_active_lora:bool stream_interval:int tensor_parallel_size:int tokenizer:str? tokenizer_revision:str?
+    tokens_only:bool trust_remote_code:bool ubatch_size:int use_fp64_gumbel:bool use_tqdm_on_load:bool
+    video_pruning_rate:float? watermark:float worker_cls:str worker_extension_cls:str
+""".split())
 # keys the harness accepts although this vLLM dropped them (reference settings): removed with a note in the engine info
 VLLM_DROPPED = frozenset({"swap_space"})
 # set by the harness from the config (model.path, model.max_model_len, ...): refused in model.engine
@@ -86,6 +130,26 @@ def check_vllm_kwargs(kwargs: dict, where: str, fields=None) -> None:
     valid = ((fields if fields is not None else VLLM_ENGINE_ARGS) | VLLM_DROPPED) - HARNESS_OWNED
     source = f"vLLM {VLLM_VERSION} EngineArgs" if fields is None else "the installed vLLM's EngineArgs"
     _refuse_unknown("vllm", kwargs, valid, where, source)
+    check_vllm_types(kwargs, where)
+
+
+def check_vllm_types(kwargs: dict, where: str) -> None:
+    """Each setting whose vLLM field is a plain bool / int / float / str of that type (an int passes for a float; a bool
+    is not an int; ``None`` only where the field allows it)."""
+    names = {"bool": bool, "int": int, "float": float, "str": str}
+    for k, v in kwargs.items():
+        want = VLLM_SCALAR_TYPES.get(k)
+        if want is None:
+            continue
+        base, optional = want.rstrip("?"), want.endswith("?")
+        if v is None and optional:
+            continue
+        t = names[base]
+        ok = isinstance(v, t) and not (t in (int, float) and isinstance(v, bool))
+        ok = ok or (t is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            raise ConfigError(f"{where}.{k}: vLLM {VLLM_VERSION} takes {base}" + (" or null" if optional else "")
+                              + f", got {v!r} ({type(v).__name__})")
 
 
 def check_hf_kwargs(kwargs: dict, where: str, fields=None) -> None:
