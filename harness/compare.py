@@ -136,11 +136,9 @@ def tables(rep: dict) -> tuple[str, str]:
 
 def task_table(rep: dict) -> str:
     """Per recipe and task: accuracy against BF16, recovery, flips both ways and McNemar's p ("" without tasks)."""
-    from harness.report_markdown import md_table
+    from harness.report_markdown import md_table, paired_cells
 
-    rows = [[r["recipe"], t["task"], t["metric"], t["n"], f"{100 * t['acc_ref']:.2f}", f"{100 * t['acc_model']:.2f}",
-             f"{t['recovery']:.3f}", f"{t['lost']} / {t['gained']} ({t['flips_pct']:.1f}%)", f"{t['p_value']:.3g}",
-             "PASS" if t["passed"] else "FAIL"]
+    rows = [[r["recipe"], t["task"], t["metric"], *paired_cells(t).values(), "PASS" if t["passed"] else "FAIL"]
             for r in rep["recipes"] if "error" not in r for t in r.get("tasks", [])]
     if not rows:
         return ""
@@ -150,12 +148,13 @@ def task_table(rep: dict) -> str:
 
 def render_markdown(rep: dict) -> str:
     one, two = tables(rep)
+    tasks = task_table(rep)
     conf = rep["pairs"][0]["confidence"] if rep["pairs"] else None
     return "\n".join([f"# Recipes compared: {rep['model']}", "", f"- config: `{rep['config']}`; backend "
                       f"{rep['backend']}; created {rep['created']}", "", one, "", "![scores](chart.svg)", "",
                       "## Pairwise, on the same documents" + (f" ({conf:.0%} paired bootstrap)" if conf else ""), "",
-                      two, ""] + (["## Tasks (the same items under BF16 and each recipe)", "", task_table(rep), ""]
-                                   if task_table(rep) else []))
+                      two, ""] + (["## Tasks (the same items under BF16 and each recipe)", "", tasks, ""]
+                                   if tasks else []))
 
 
 def write_chart(rep: dict, path: Path) -> None:
@@ -209,8 +208,9 @@ def main(a, session) -> int:
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **rep}
     one, two = tables(rep)
     print(f"\n{one}\n\n{two}\n")
-    if task_table(rep):
-        print(f"Tasks (the same items under BF16 and each recipe):\n{task_table(rep)}\n")
+    tasks = task_table(rep)
+    if tasks:
+        print(f"Tasks (the same items under BF16 and each recipe):\n{tasks}\n")
     out = write(rep, report_dir)
     print(f"report: {out}/compare.md")
     failed = [r["recipe"] for r in rep["recipes"] if "error" in r]

@@ -79,6 +79,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self._task_prepared: dict[str, object] = {}  # task -> tasks.prepare.PreparedTask
         self._task_scores: dict[tuple[str, str], object] = {}
         self._task_paired: dict[str, object] = {}
+        self._task_baselines: dict[str, object] = {}  # task -> tasks.baseline.TaskBaseline, read once
         self.provider = CheckpointProvider(cfg, self.recipe_name, self.existing, self.interp, self.log,
                                            self.model_identity, self._check_checkpoint_architecture)
         self._identity: dict | None = None

@@ -135,18 +135,24 @@ TASK_NOTE = ("Accuracy in percent; recovery = quantized / BF16 of the gated metr
              "and power 0.8 (the discordance seen here). Other metrics of each task are in report.json.")
 
 
+def paired_cells(p: dict) -> dict:
+    """One task's paired statistics (tasks/paired.py's ``Paired.to_dict``) as the task tables print them."""
+    return {"n": p["n"], "bf16": f"{100 * p['acc_ref']:.2f}", "quantized": f"{100 * p['acc_model']:.2f}",
+            "recovery": f"{p['recovery']:.3f}", "flips": f"{p['lost']} / {p['gained']} ({p['flips_pct']:.1f}%)",
+            "p": f"{p['p_value']:.3g}"}
+
+
 def task_table(rep: dict) -> str:
     rows = []
     for t in rep["tasks"]:
-        p, m = t["paired"], t["metric"]
+        p, c = t["paired"], paired_cells(t["paired"])
         ci = p.get("recovery_interval")
         extra = ""
         if "perplexity" in t["bf16"]:
             extra = f" (target PPL {t['bf16']['perplexity']:.4g} -> {t['nvfp4'].get('perplexity', math.nan):.4g})"
-        rows.append([t["task"] + extra, m, t["n"], f"{100 * p['acc_ref']:.2f}", f"{100 * p['acc_model']:.2f}",
-                     f"{p['recovery']:.3f}", f"{ci[0]:.3f} .. {ci[1]:.3f}" if ci else "-",
-                     f"{t['recovery_min']:.3f}" + (" (lower)" if t["use"] == "lower" else ""),
-                     f"{p['lost']} / {p['gained']} ({p['flips_pct']:.1f}%)", f"{p['p_value']:.3g}",
+        rows.append([t["task"] + extra, t["metric"], c["n"], c["bf16"], c["quantized"], c["recovery"],
+                     f"{ci[0]:.3f} .. {ci[1]:.3f}" if ci else "-",
+                     f"{t['recovery_min']:.3f}" + (" (lower)" if t["use"] == "lower" else ""), c["flips"], c["p"],
                      f"{100 * p['mdd']:.1f}", "ok" if t["passed"] else "FAIL"])
     return md_table(["task", "metric", "n", "BF16", "quantized", "recovery", ci_label(rep), "min", "lost / gained",
                      "McNemar p", "MDD (pts)", "gate"], rows, "llrrrrlrlrrl")

@@ -147,19 +147,22 @@ class TaskSteps:
         from harness.tasks import baseline as tb
 
         path = self.task_baseline_path(name)
-        b = tb.load(path, self.cfg.name, name, self.update_hint)
+        if name not in self._task_baselines:  # read (hellaswag's: 0.8 MB) and checked once per session
+            b = tb.load(path, self.cfg.name, name, self.update_hint)
+            ident = b.provenance.get("model_identity")
+            if ident:
+                from harness import identity
+
+                why = identity.baseline_mismatches(ident, self.model_identity(), None, None)
+                if why:
+                    from harness.errors import BaselineError
+
+                    raise BaselineError(f"{path}: scored on another model than this config's ({'; '.join(why)}); "
+                                        f"rebuild it with: {self.update_hint}")
+            self._task_baselines[name] = b
+        b = self._task_baselines[name]
         if check_items:
             tb.check_matches(b, self.prepared_task(name), path, self.update_hint)
-        ident = b.provenance.get("model_identity")
-        if ident:
-            from harness import identity
-
-            why = identity.baseline_mismatches(ident, self.model_identity(), None, None)
-            if why:
-                from harness.errors import BaselineError
-
-                raise BaselineError(f"{path}: scored on another model than this config's ({'; '.join(why)}); "
-                                    f"rebuild it with: {self.update_hint}")
         return b
 
     def check_task_updates(self) -> None:
@@ -259,6 +262,7 @@ class TaskSteps:
 
 def flipped_items(ref, model, most: int = 50) -> dict:
     """Which items flipped (0-based indices into the task's items), at most ``most`` of each way."""
-    lost = [i for i, (a, b) in enumerate(zip(ref, model)) if a and not b]
-    gained = [i for i, (a, b) in enumerate(zip(ref, model)) if b and not a]
+    from harness.tasks.paired import flip_indices
+
+    lost, gained = flip_indices(ref, model)
     return {"lost": lost[:most], "gained": gained[:most]}

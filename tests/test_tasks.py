@@ -210,6 +210,8 @@ def test_loglikelihood_sums_the_continuation_and_checks_greedy():
     assert res[1] == (pytest.approx(-(6 + 9) / 10), False)  # 7 is not the top-1
     with pytest.raises(Exception, match="empty continuation"):
         b.loglikelihood([([1], [])])
+    with pytest.raises(Exception, match="needs a context token"):  # its first token would go unscored
+        b.loglikelihood([([], [5, 5])])
 
 
 def test_score_task_asks_a_repeated_request_once():

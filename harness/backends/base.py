@@ -64,15 +64,7 @@ class Backend(ABC):
         most likely next token (``is_greedy``). Scored through ``loglikelihood_rolling`` with the top-1 token at every
         position, so every backend's existing log-prob path serves tasks too (vLLM ``prompt_logprobs=1``); the
         context's own log-probabilities come with it and are not used."""
-        docs, lens = [], []
-        for ctx, cont in requests:
-            if not cont:
-                raise BackendError(f"{self.name}: a log-likelihood request with an empty continuation")
-            docs.append(list(ctx) + list(cont))
-            lens.append(len(cont))
-            if len(docs[-1]) < 2:
-                raise BackendError(f"{self.name}: a log-likelihood request needs a context token before its "
-                                   "continuation (lm-eval conditions an empty context on BOS/EOS)")
+        docs, lens = request_documents(requests, self.name)
         results = self.loglikelihood_rolling(docs, progress=progress, token_logprobs=True, top_k=1)
         out = []
         for r, d, n in zip(results, docs, lens):
@@ -98,6 +90,21 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def request_documents(requests, backend: str) -> tuple[list[list[int]], list[int]]:
+    """Each (context, continuation) of token ids as one document (context + continuation) and its continuation's
+    length; both parts must be there (lm-eval conditions an empty context on BOS/EOS, which the caller adds)."""
+    docs, lens = [], []
+    for ctx, cont in requests:
+        if not cont:
+            raise BackendError(f"{backend}: a log-likelihood request with an empty continuation")
+        if not ctx:
+            raise BackendError(f"{backend}: a log-likelihood request needs a context token before its continuation "
+                               "(lm-eval conditions an empty context on BOS/EOS)")
+        docs.append(list(ctx) + list(cont))
+        lens.append(len(cont))
+    return docs, lens
 
 
 def check_results(results: list[DocResult], docs: Sequence[Sequence[int]], backend: str) -> list[DocResult]:

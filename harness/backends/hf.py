@@ -154,6 +154,8 @@ class HFBackend(Backend):
         the first of ``until`` (transformers' stop_strings) or after ``max_tokens`` new tokens."""
         import torch
 
+        from harness.tasks.definitions import cut_at_stop
+
         tok = self._generation_tokenizer()
         out = []
         with torch.inference_mode():
@@ -163,10 +165,7 @@ class HFBackend(Backend):
                                           max_new_tokens=max_tokens, stop_strings=list(until), tokenizer=tok,
                                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                                           else tok.eos_token_id)
-                text = tok.decode(gen[0, len(p):].tolist(), skip_special_tokens=True)
-                for s in until:
-                    text = text.split(s, 1)[0]
-                out.append(text)
+                out.append(cut_at_stop(tok.decode(gen[0, len(p):].tolist(), skip_special_tokens=True), until))
         return out
 
     def _generation_tokenizer(self):

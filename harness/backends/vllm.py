@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from harness.backends.base import Backend, DocResult, EngineSpec, check_results
+from harness.backends.base import Backend, DocResult, EngineSpec, check_results, request_documents
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.backends.vllm_env import (capture_in_process_log, engine_core_in_process, engine_environment,
                                       offload_requested, one_worker, parse_engine_log, release_failed_start, scoped_env,
@@ -286,7 +286,7 @@ class VLLMBackend(Backend):
                               f"model.engine.{self.spec.precision}.vllm.max_logprobs: {top_k} (or lower top_k)")
         params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0,
                                 flat_logprobs=True)
-        outs = self._score_prompts(docs, params, progress)
+        outs = self._generate(docs, params, progress)
         return check_results([doc_result(o.prompt_logprobs, d, token_logprobs, top_k) for o, d in zip(outs, docs)],
                              docs, self.name)
 
@@ -295,19 +295,15 @@ class VLLMBackend(Backend):
         token beside each prompt token (``prompt_logprobs=1``); only the continuation's positions are read."""
         from vllm import SamplingParams
 
-        docs, lens = [], []
-        for ctx, cont in requests:
-            if not cont or not ctx:
-                raise BackendError("vllm: a log-likelihood request needs a context token and a continuation")
-            docs.append(list(ctx) + list(cont))
-            lens.append(len(cont))
+        docs, lens = request_documents(requests, self.name)
         params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False, temperature=0.0,
                                 flat_logprobs=True)
-        outs = self._score_prompts(docs, params, progress)
+        outs = self._generate(docs, params, progress)
         return [continuation_result(o.prompt_logprobs, d, n) for o, d, n in zip(outs, docs, lens)]
 
-    def _score_prompts(self, docs, params, progress=None) -> list:
-        """Every token-id prompt through ``generate``: all at once, or ``batch_size`` at a time with progress."""
+    def _generate(self, docs, params, progress=None, what: str = "scoring") -> list:
+        """Every token-id prompt through ``generate``: all at once, or ``batch_size`` at a time with progress; an out
+        of memory says what to change (``what``: scoring or generation)."""
         prompts = [{"prompt_token_ids": list(d)} for d in docs]
         try:
             if self.spec.batch_size:
@@ -321,23 +317,16 @@ class VLLMBackend(Backend):
             return self.llm.generate(prompts, params, use_tqdm=len(prompts) >= 64)
         except Exception as e:  # noqa: BLE001
             if is_oom(e):
-                raise oom_error(e, "scoring", self.kwargs) from None
+                raise oom_error(e, what, self.kwargs) from None
             raise
 
     def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
-        """Greedy generation of every prompt in one ``generate()`` call, stopping at ``until`` (vLLM's ``stop``: the
+        """Greedy generation of every prompt in one ``generate()`` call (``batch_size`` at a time where set), stopping at ``until`` (vLLM's ``stop``: the
         stop string is not part of the text)."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=list(until))
-        try:
-            outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
-                                     use_tqdm=len(prompts) >= 64)
-        except Exception as e:  # noqa: BLE001
-            if is_oom(e):
-                raise oom_error(e, "generation", self.kwargs) from None
-            raise
-        return [o.outputs[0].text for o in outs]
+        return [o.outputs[0].text for o in self._generate(prompts, params, what="generation")]
 
     def info(self) -> dict:
         import torch

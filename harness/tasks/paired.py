@@ -109,14 +109,20 @@ def recovery_interval(ref: Sequence[bool], model: Sequence[bool], samples: int, 
     return float(lo), float(hi)
 
 
+def flip_indices(ref: Sequence[bool], model: Sequence[bool]) -> tuple[list[int], list[int]]:
+    """The items right under BF16 and wrong quantized (lost), and the reverse (gained): 0-based indices."""
+    lost = [i for i, (a, b) in enumerate(zip(ref, model)) if a and not b]
+    gained = [i for i, (a, b) in enumerate(zip(ref, model)) if b and not a]
+    return lost, gained
+
+
 def paired(ref: Sequence[bool], model: Sequence[bool], *, samples: int = 1000, confidence: float = 0.95,
            seed: int = 0) -> Paired:
     """Everything above for one task's per-item correctness under BF16 (``ref``) and the quantized model."""
     if len(ref) != len(model):
         raise ValueError(f"{len(ref)} BF16 answers against {len(model)} quantized ones: not the same items")
     n = len(ref)
-    lost = sum(1 for a, b in zip(ref, model) if a and not b)
-    gained = sum(1 for a, b in zip(ref, model) if b and not a)
+    lost, gained = (len(ix) for ix in flip_indices(ref, model))
     acc_r = sum(map(bool, ref)) / n if n else math.nan
     acc_m = sum(map(bool, model)) / n if n else math.nan
     ci = recovery_interval(ref, model, samples, confidence, seed) if n else None

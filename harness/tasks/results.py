@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from harness.tasks.definitions import MAX_GEN_TOKS, UNTIL, cut_at_stop, exact_match, strict_match
+from harness.tasks.definitions import MAX_GEN_TOKS, TASKS, UNTIL, exact_match, strict_match
 from harness.tasks.prepare import PreparedTask
 
 
@@ -33,7 +33,7 @@ class TaskScore:
 
     def metrics(self) -> dict:
         out = {m: self.accuracy(m) for m in self.correct}
-        if self.lls and self.task == "lambada_openai":
+        if self.lls and self.task in TASKS and "perplexity" in TASKS[self.task].metrics:
             out["perplexity"] = target_perplexity(self.lls)
         return out
 
@@ -87,7 +87,6 @@ def score_task(engine, prep: PreparedTask, progress=None) -> TaskScore:
 
 def _generated(engine, prep: PreparedTask, t0: float) -> TaskScore:
     texts = engine.generate_until([list(p) for p in prep.prompts], until=list(UNTIL), max_tokens=MAX_GEN_TOKS)
-    texts = [cut_at_stop(t) for t in texts]
     answers = [strict_match(t) for t in texts]
     correct = [int(exact_match(a, item.gold)) for a, item in zip(answers, prep.items)]
     return TaskScore(task=prep.name, correct={"exact_match": correct}, generations=texts, answers=answers,

@@ -103,6 +103,9 @@ def test_gate_scores_tasks_in_its_engine_with_flips(task_cfg, task_baselines, re
         p = t["paired"]
         assert p["n"] == task_baselines[t["task"]]["n"]
         assert 0 <= p["p_value"] <= 1 and p["lost"] + p["gained"] == round(p["flips_pct"] * p["n"] / 100)
+    for t in ("hellaswag", "lambada_openai"):  # both recipes cost answers there (H100, 2026-12-07: the whole paired
+        ci = rows[t]["paired"]["recovery_interval"]  # interval under 1: W4A4 0.932 and 0.678, W4A16 0.974, 0.779)
+        assert ci[1] < 1.0 and rows[t]["paired"]["lost"] > rows[t]["paired"]["gained"], (t, rows[t]["paired"])
     # a perplexity-only gate of the same (now cached) checkpoint, for the time to verdict
     plain = task_cfg.model_copy(deep=True)
     plain.tasks = {}
