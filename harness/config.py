@@ -150,18 +150,39 @@ class TaskSpecConfig(Strict):
     flips_max_pct: float | None = Field(None, ge=0, le=100, description="largest share of items whose correctness "
                                                                         "flipped (either way), in percent")
     source: TaskSource | None = Field(None, description="rows from here instead of the shipped split")
+    task: str | None = Field(None, description="the task this entry runs when its key is a name of its own (e.g. "
+                                               "hellaswag_card: {task: hellaswag, style: lighteval}); default: the key")
+    style: str = Field("lm-eval", description="whose prompts: lm-eval (default) or lighteval (arc, piqa, hellaswag "
+                                              "as the SmolLM2 model cards were scored)")
+    chat_template: bool = Field(False, description="each context as one user turn of the tokenizer's chat template, "
+                                                   "the continuation after its assistant prompt (lighteval's "
+                                                   "--use_chat_template); log-likelihood tasks only")
+
+    def definition(self, key: str) -> str:
+        return self.task or key
 
 
 def check_tasks(tasks: dict) -> dict:
-    """Known task names and, per task, a metric it has (the error lists the known ones)."""
+    """Known task names (or ``task:``), a style the task has, and per task a metric it has (the errors list the known
+    ones)."""
     from harness.tasks import TASKS
+    from harness.tasks.definitions import styled_spec
 
-    for name, t in tasks.items():
+    for key, t in tasks.items():
+        name = t.definition(key)
         if name not in TASKS:
-            raise ValueError(str(unknown_name("task", name, TASKS)))
-        gated = [m for m in TASKS[name].metrics if m != "perplexity"]
+            where = f"tasks.{key}.task: " if t.task else ""
+            raise ValueError(where + str(unknown_name("task", name, TASKS)))
+        try:
+            spec = styled_spec(name, t.style)
+        except ValueError as e:
+            raise ValueError(f"tasks.{key}.style: {e}") from None
+        if t.chat_template and spec.kind == "generate":
+            raise ValueError(f"tasks.{key}.chat_template: {name} is generated from few-shot examples, which are not "
+                             "built as chat turns here; the chat template is for log-likelihood tasks")
+        gated = [m for m in spec.metrics if m != "perplexity"]
         if t.metric is not None and t.metric not in gated:
-            raise ValueError(f"tasks.{name}.metric: unknown metric {t.metric!r}; choose from {', '.join(gated)}")
+            raise ValueError(f"tasks.{key}.metric: unknown metric {t.metric!r}; choose from {', '.join(gated)}")
     return tasks
 
 

@@ -53,18 +53,22 @@ class TaskSteps:
     def task_names(self) -> list[str]:
         return list(self.cfg.tasks)
 
-    def task_metric(self, name: str) -> str:
-        from harness.tasks import task_spec
+    def task_definition(self, name: str):
+        """The config's task ``name`` as defined (its ``task:``, else the name) in its prompt style."""
+        from harness.tasks.definitions import styled_spec
 
-        return self.cfg.tasks[name].metric or task_spec(name).metrics[0]
+        tc = self.cfg.tasks[name]
+        return styled_spec(tc.definition(name), tc.style)
+
+    def task_metric(self, name: str) -> str:
+        return self.cfg.tasks[name].metric or self.task_definition(name).metrics[0]
 
     def check_task_backend(self) -> None:
         """A generated task (gsm8k) needs a generate path: the harness's data-parallel vLLM engines have none yet.
         Said before anything is quantized or started."""
         from harness.backends import backend_spec
-        from harness.tasks import task_spec
 
-        generated = [n for n in self.task_names if task_spec(n).kind == "generate"]
+        generated = [n for n in self.task_names if self.task_definition(n).kind == "generate"]
         if not generated or not backend_spec(self.backend).data_parallel:
             return
         from harness.backends.data_parallel import parallel_sizes
@@ -82,10 +86,10 @@ class TaskSteps:
         """The task's items, read and checked (sha256, rows, schema: file:line) without a tokenizer: cheap enough to
         run before any engine starts."""
         if name not in self._task_items:
-            from harness.tasks import load, task_spec
+            from harness.tasks import load
             from harness.tasks.prepare import build_items
 
-            spec, tc = task_spec(name), self.cfg.tasks[name]
+            spec, tc = self.task_definition(name), self.cfg.tasks[name]
             with self.clock("prepare"):
                 if tc.source is None:
                     rows, where = load.shipped_rows(spec)
@@ -98,15 +102,15 @@ class TaskSteps:
     def prepared_task(self, name: str):
         if name not in self._task_prepared:
             from harness.data import tokenizer_fingerprint
-            from harness.tasks import task_spec
             from harness.tasks.prepare import prepare_task
 
             items, where = self.task_items(name)
             tok = self.tokenizer()
             with self.clock("prepare"):
-                p = prepare_task(task_spec(name), items, tok, max_model_len=self.cfg.model.max_model_len,
+                p = prepare_task(self.task_definition(name), items, tok, max_model_len=self.cfg.model.max_model_len,
                                  add_special_tokens=self.cfg.model.add_special_tokens, source=where,
-                                 tokenizer_id=tokenizer_fingerprint(tok))  # its vocabulary, not where it lies
+                                 tokenizer_id=tokenizer_fingerprint(tok),  # its vocabulary, not where it lies
+                                 chat_template=self.cfg.tasks[name].chat_template, name=name)
             self.log(f"task {name}: {p.n} items, {len(p.requests) or len(p.prompts)} requests, fingerprint "
                      f"{p.fingerprint} ({where})")
             self._task_prepared[name] = p
@@ -254,7 +258,7 @@ class TaskSteps:
             rows.append({"task": o.name, "metric": o.metric, "n": o.paired.n, "bf16": b.metrics,
                          "nvfp4": s.metrics(), "paired": o.paired.to_dict(), "recovery_min": o.recovery_min,
                          "use": o.use, "flips_max_pct": o.flips_max_pct, "passed": o.passed,
-                         "gated_value": o.gated_value, "eval_s": round(s.eval_s, 3),
+                         "gated_value": o.gated_value, "eval_s": round(s.eval_s, 3), "contexts_shared": s.shared,
                          "source": self.prepared_task(o.name).source,
                          "flipped_items": flipped_items(b.correct[o.metric], s.correct[o.metric])})
         return rows

@@ -14,6 +14,7 @@ import pytest
 from harness.errors import BaselineError, ConfigError, DataError
 from harness.tasks import TASKS, task_spec
 from harness.tasks import definitions as D
+from tests.test_vllm_start import fake_vllm  # noqa: F401 - the fixture
 from harness.tasks import load, paired as P
 from harness.tasks.prepare import build_items, encode_pair, prepare_task
 from harness.tasks.results import TaskScore, item_correct, score_task
@@ -147,7 +148,7 @@ def test_greedy_task_counts_only_all_greedy_targets():
     items = [D.Item(requests=(("a", " b"),), gold=0)] * 2
     c = item_correct(_prep("greedy", items, ("acc", "perplexity")), [[-1.0], [-2.0]], [[True], [False]])
     assert c == {"acc": [1, 0]}
-    s = TaskScore(task="lambada_openai", correct=c, lls=[[-1.0], [-2.0]], greedy=[[True], [False]])
+    s = TaskScore(task="lambada_openai", correct=c, lls=[[-1.0], [-2.0]], greedy=[[True], [False]], perplexity=True)
     assert s.metrics()["perplexity"] == pytest.approx(math.exp(1.5))  # exp(-mean target log-likelihood)
 
 
@@ -295,6 +296,104 @@ def test_vllm_continuation_is_read_from_the_last_positions_of_flat_prompt_logpro
                                           [(4, float("-inf")), (8, -0.3)]]), ids, 1)
 
 
+def test_vllm_continuation_after_a_prefix_cache_hit_is_read_where_vllm_put_it():
+    """A request that read c tokens from vLLM's prefix cache is scored from position c + 1 on. The V2 runner
+    (vllm/v1/worker/gpu/sample/prompt_logprob.py) returns the empty position 0 and then only those positions; the
+    V1 runner (gpu_model_runner.py) returns every position, the cached ones unfilled. A continuation position at or
+    before c was not scored at all: None, the caller scores the request again."""
+    from harness.backends.vllm import continuation_result
+    from harness.errors import BackendError
+    from tests.test_distributions import FlatLogprobs
+
+    ids = [5, 7, 3, 9, 4]  # context [5, 7, 3], continuation [9, 4]; 2 tokens from the cache: positions 3, 4 scored
+    v2 = FlatLogprobs([[(9, -0.5), (9, -0.5)], [(4, -2.0), (8, -0.3)]])  # [empty, position 3, position 4]
+    assert continuation_result(v2, ids, 2, cached=2) == (-2.5, False)
+    v1 = FlatLogprobs([[(0, 0.0), (0, 0.0)], [(0, 0.0), (0, 0.0)], [(9, -0.5), (9, -0.5)], [(4, -2.0), (4, -2.0)]])
+    assert continuation_result(v1, ids, 2, cached=2) == (-2.5, True)
+    assert continuation_result(FlatLogprobs([[(4, -2.0), (8, -0.3)]]), ids, 2, cached=3) is None  # position 3 unscored
+    assert continuation_result(FlatLogprobs([[(4, -2.0), (8, -0.3)]]), ids, 1, cached=3) == (-2.0, False)
+    with pytest.raises(BackendError, match="2 positions, prompt has 5 \\(2 of them from the prefix cache\\)"):
+        continuation_result(FlatLogprobs([[(9, -0.5), (9, -0.5)]]), ids, 2, cached=2)
+
+
+class PrefixCachingLLM:
+    """vLLM 0.26's prefix cache as the V2 runner shows it, on a toy model: full blocks of BLOCK tokens whose whole
+    prefix an earlier request computed are read from the cache (never the last token), unless the request's
+    ``skip_reading_prefix_cache`` (vLLM's default for prompt-logprob requests: True); only positions past the cached
+    tokens get prompt logprobs. Token i's log-probability depends on the whole prefix, so reading a wrong position
+    gives a wrong number."""
+
+    BLOCK = 4
+
+    def __init__(self):
+        self.blocks: set[tuple[int, ...]] = set()
+        self.calls: list[tuple[int, bool]] = []  # (requests, read the cache)
+
+    @staticmethod
+    def logprob(prefix) -> float:
+        return -((sum((i + 1) * t for i, t in enumerate(prefix)) % 97) + 1) / 10
+
+    @staticmethod
+    def top1(prefix) -> int:
+        return prefix[-1] if sum(prefix) % 3 else -1  # the prompt token is the greedy one unless the sum is 0 mod 3
+
+    def generate(self, prompts, params, use_tqdm=True):
+        import types
+
+        from tests.test_distributions import FlatLogprobs
+
+        skip = params.get("skip_reading_prefix_cache")
+        read = not (params.get("prompt_logprobs") is not None if skip is None else skip)
+        self.calls.append((len(prompts), read))
+        outs = []
+        for p in prompts:
+            ids = p["prompt_token_ids"]
+            cached = 0
+            if read:
+                while cached + self.BLOCK < len(ids) and tuple(ids[: cached + self.BLOCK]) in self.blocks:
+                    cached += self.BLOCK
+            for b in range(self.BLOCK, len(ids) + 1, self.BLOCK):
+                self.blocks.add(tuple(ids[:b]))
+            rows = [[(ids[i], self.logprob(ids[: i + 1])), (self.top1(ids[: i + 1]), -0.01)]
+                    for i in range(cached + 1, len(ids))]
+            outs.append(types.SimpleNamespace(prompt_logprobs=FlatLogprobs(rows), num_cached_tokens=cached))
+        return outs
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_vllm_task_requests_share_their_context_and_score_what_the_cache_cut_again(fake_vllm, monkeypatch, share):
+    from harness.backends.vllm import VLLMBackend
+    from tests.test_vllm_start import _backend
+
+    engine = PrefixCachingLLM()
+    monkeypatch.setattr(fake_vllm, "generate", lambda self, prompts, params, use_tqdm=True:
+                        engine.generate(prompts, params, use_tqdm))
+    monkeypatch.setattr(fake_vllm, "reset_prefix_cache", lambda self: engine.blocks.clear())
+    backend = _backend({} if share else {"enable_prefix_caching": False})
+    assert isinstance(backend, VLLMBackend)
+    assert fake_vllm.seen[-1]["kwargs"]["enable_prefix_caching"] is share
+    ctx = [11, 12, 13, 14, 15, 16, 17, 18, 19]           # 9 tokens: two whole blocks shared by every choice
+    whole = [21, 22, 23, 24]                              # a context of exactly one block
+    requests = [(ctx, [1, 2]), (ctx, [3]), (ctx, [1, 2, 5]),  # the third begins like the first
+                (whole, [7, 8]), (whole, [9])]               # the second reads the block: its position 4 unscored
+    engine.calls.clear()
+    got = backend.loglikelihood(requests)
+    want = []
+    for c, t in requests:
+        d = c + t
+        want.append((sum(engine.logprob(d[: i + 1]) for i in range(len(c), len(d))),
+                     all(engine.top1(d[: i + 1]) == d[i] for i in range(len(c), len(d)))))
+    assert got == [pytest.approx(w) for w in want]
+    if share:  # 2nd and 3rd read ctx's 8; the 3rd's [..19, 1, 2] block is not whole; whole's 2nd: 4 -> again
+        assert engine.calls == [(5, True), (1, False)]
+        assert backend.shared == {"requests": 5, "tokens": 44, "cached_tokens": 16, "scored_again": 1}
+        engine.calls.clear()  # the same requests again in this engine: hits from this call only, the same numbers
+        assert backend.loglikelihood(requests) == got and engine.calls == [(5, True), (1, False)]
+    else:
+        assert engine.calls == [(5, False)]
+        assert backend.shared == {"requests": 5, "tokens": 44, "cached_tokens": 0, "scored_again": 0}
+
+
 def test_a_generated_task_on_data_parallel_engines_is_refused_before_anything_starts(root):
     from harness.config import load_config
     from harness.gate import GateSession
@@ -305,3 +404,90 @@ def test_a_generated_task_on_data_parallel_engines_is_refused_before_anything_st
     with pytest.raises(ConfigError, match=r"tasks.gsm8k is generated.*data_parallel_size > 1\) have no generation path"):
         s.preflight()
     assert s.engines.opened == [] and not s._task_items
+
+
+# ---- the lighteval style (the SmolLM2 model cards' setting) -----------------------------------------------------
+HELLASWAG_ROW = {"activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
+                 "ctx_b": "then", "label": "1",
+                 "endings": [", the man adds wax.", "[header] How to scrape [title] Use a scraper."]}
+
+
+def test_lighteval_hellaswag_prompt_keeps_its_trailing_space_by_hand():
+    """huggingface/smollm text/evaluation/smollm2/tasks.py prompt_hellaswag, worked by hand: the query is
+    label + ": " + ctx_a + " " + Ctx_b + " " (not stripped), each choice " " + ending with " [title]" -> ". " and
+    [...] removed; lm-eval's query has no trailing space. acc_norm divides by the ending without its leading space."""
+    lm_eval = D.hellaswag_item(HELLASWAG_ROW)
+    lighteval = D.styled_spec("hellaswag", "lighteval").item(HELLASWAG_ROW)
+    q = "Removing ice from car: Then, the man writes over the snow. Then"
+    assert lm_eval.requests[1] == (q, "  How to scrape. Use a scraper.")  # lm-eval strips before the replacements
+    assert lighteval.requests == ((q + " ", " , the man adds wax."), (q + " ", "  How to scrape. Use a scraper."))
+    assert lighteval.norm_lengths == (len(", the man adds wax."), len(" How to scrape. Use a scraper."))
+    assert lighteval.gold == 1
+    # ARC and PIQA: lighteval's default_prompts.arc / piqa_harness are lm-eval's prompts, "nospace" its lengths
+    row = {"question": "Which is a gas?", "choices": {"text": ["ice", "steam"], "label": ["A", "B"]}, "answerKey": "B"}
+    assert D.styled_spec("arc_easy", "lighteval").item(row) == D.arc_item(row)
+    assert D.styled_spec("piqa", "lighteval").metrics[0] == "acc_norm"  # the card's PIQA is acc_norm, lm-eval's acc
+    with pytest.raises(ValueError, match="winogrande has no lighteval style here; it has: arc_easy, arc_challenge"):
+        D.styled_spec("winogrande", "lighteval")
+
+
+class ChatTokenizer:
+    """A character tokenizer (one id per character) with a chat template: what apply_chat_template returns is
+    written out here by hand."""
+
+    chat_template = "<u>{content}</u><a>\n"
+    name_or_path = "chat-chars"
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        assert messages == [{"role": "user", "content": messages[0]["content"]}] and add_generation_prompt
+        return self.chat_template.format(content=messages[0]["content"])
+
+
+def test_a_chat_template_wraps_each_context_and_its_newline_moves_to_the_continuation():
+    """lighteval --use_chat_template: the context is one user turn, the assistant's turn opened after it; the
+    template's trailing newline is whitespace, which tok_encode_pair (as lm-eval's _encode_pair) moves to the
+    continuation."""
+    from harness.tasks.prepare import prepare_task
+
+    spec = D.styled_spec("arc_easy", "lighteval")
+    item = D.Item(requests=(("Question: x?\nAnswer:", " a"), ("Question: x?\nAnswer:", " bc")), gold=1,
+                  norm_lengths=(1, 2))
+    plain = prepare_task(spec, [item], ChatTokenizer(), max_model_len=64, add_special_tokens=False, source="s",
+                         tokenizer_id="t")
+    chat = prepare_task(spec, [item], ChatTokenizer(), max_model_len=64, add_special_tokens=False, source="s",
+                        tokenizer_id="t", chat_template=True, name="arc_card")
+    text = lambda ids: "".join(map(chr, ids))  # noqa: E731
+    assert [(text(c), text(t)) for c, t in chat.requests] == [("<u>Question: x?\nAnswer:</u><a>", "\n a"),
+                                                              ("<u>Question: x?\nAnswer:</u><a>", "\n bc")]
+    assert [(text(c), text(t)) for c, t in plain.requests] == [("Question: x?\nAnswer:", " a"),
+                                                               ("Question: x?\nAnswer:", " bc")]
+    assert chat.name == "arc_card" and chat.fingerprint != plain.fingerprint
+
+    class NoTemplate(ChatTokenizer):
+        chat_template = None
+
+    with pytest.raises(DataError, match="tokenizer 'chat-chars' has no chat template; set chat_template: false"):
+        prepare_task(spec, [item], NoTemplate(), max_model_len=64, add_special_tokens=False, source="s",
+                     tokenizer_id="t", chat_template=True)
+
+
+def test_task_entries_name_their_task_style_and_template(root):
+    from harness.config import load_config
+
+    def cfg(tasks: dict):
+        return load_config(root / "configs/tiny.yaml", overrides={"tasks": tasks})
+
+    c = cfg({"hellaswag": {}, "hellaswag_card": {"task": "hellaswag", "style": "lighteval", "chat_template": True}})
+    assert c.tasks["hellaswag_card"].definition("hellaswag_card") == "hellaswag"
+    for tasks, msg in (({"winogrande": {"style": "lighteval"}}, "tasks.winogrande.style: winogrande has no lighteval"),
+                       ({"piqa": {"style": "helm"}}, "tasks.piqa.style: unknown prompt style 'helm'; choose from "
+                                                     "lm-eval, lighteval"),
+                       ({"gsm8k": {"chat_template": True}}, "tasks.gsm8k.chat_template: gsm8k is generated"),
+                       ({"card": {"task": "hellaswg"}}, "tasks.card.task: unknown task 'hellaswg' \\(did you mean "
+                                                        "'hellaswag'\\?\\)"),
+                       ({"card": {}}, "unknown task 'card'")):
+        with pytest.raises(ConfigError, match=msg):
+            cfg(tasks)

@@ -87,6 +87,9 @@ class FakeLLM:
     def apply_model(self, fn):
         return [fn(None)]
 
+    def reset_prefix_cache(self):
+        FakeLLM.requests.append(("reset_prefix_cache", None))
+
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
@@ -110,6 +113,7 @@ def fake_vllm(monkeypatch):
         optimization_level: int = 2
         seed: int = 0
         max_logprobs: int = 20
+        enable_prefix_caching: bool | None = None
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.__version__ = FakeLLM, "0.26.0-fake"
@@ -166,10 +170,12 @@ def test_scoring_engines_start_eager_unless_the_config_says_how_to_compile(fake_
         eng = _backend(kw)
         return fake_vllm.seen[-1]["kwargs"].get("enforce_eager"), eng.info()["harness_defaults"]
 
-    assert start() == (True, {"enforce_eager": True})               # prompt scoring never decodes
-    assert start(enforce_eager=False) == (False, {})                 # the config's own setting stands
-    assert start(compilation_config={"mode": 1}) == (None, {})       # it says how to compile: nothing added
-    assert start(optimization_level=0) == (None, {})
+    shared = {"enable_prefix_caching": True}  # task contexts shared (only task requests read the cache)
+    assert start() == (True, {"enforce_eager": True, **shared})     # prompt scoring never decodes
+    assert start(enforce_eager=False) == (False, shared)             # the config's own setting stands
+    assert start(compilation_config={"mode": 1}) == (None, shared)   # it says how to compile: nothing added
+    assert start(optimization_level=0) == (None, shared)
+    assert start(enable_prefix_caching=False) == (True, {"enforce_eager": True})
 
 
 def test_an_engine_asked_for_more_than_20_next_tokens_is_started_with_that_max_logprobs(fake_vllm):

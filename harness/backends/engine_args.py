@@ -104,7 +104,7 @@ VLLM_SCALAR_TYPES = dict(item.split(":") for item in """
 # keys the harness accepts although this vLLM dropped them (reference settings): removed with a note in the engine info
 VLLM_DROPPED = frozenset({"swap_space"})
 # set by the harness from the config (model.path, model.max_model_len, ...): refused in model.engine
-HARNESS_OWNED = frozenset({"model", "tokenizer", "revision", "max_model_len", "enable_prefix_caching"})
+HARNESS_OWNED = frozenset({"model", "tokenizer", "revision", "max_model_len"})
 # the hf backend's settings and the type each must have (checked when the config loads, not when the engine starts)
 HF_TYPES = {"device": str, "dtype": str, "batch_tokens": int, "attn_implementation": str, "trust_remote_code": bool,
             "threads": int, "cpu_matmul": str}

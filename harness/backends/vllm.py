@@ -2,7 +2,12 @@
 
 - every document of a dataset goes into one ``generate()`` call (``batch_size=1`` sends one request at a time, the
   reference study's way), with ``SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)``;
-- prefix caching is off: prompt logprobs can depend on request order when it is on;
+- prefix caching is on, but only task requests read from it (``skip_reading_prefix_cache=False``): the choices of
+  a multiple-choice item share their context, and vLLM then computes that context's full KV blocks once, not once per
+  choice. Perplexity documents keep vLLM's default for prompt-logprob requests (never read the cache: their every
+  position is scored, unchanged by what ran before). A task request whose cached blocks reach into its continuation
+  (a context of whole blocks, choices that begin alike) has positions vLLM did not score: it is scored again without
+  the cache. ``enable_prefix_caching: false`` in the engine settings scores one request per continuation;
 - engines start eager (no torch.compile, no CUDA graphs) unless the config says how to compile (SCORING_DEFAULTS);
 - the NVFP4 kernel that actually ran (native W4A4, Marlin W4A16, emulation W4A4) is read off the loaded model;
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
@@ -45,6 +50,7 @@ RELEASE_TIMEOUT_S = 120.0  # close() waits this long at most for the engine's GP
 # SmolLM2 weights: a cached gate 87 s compiled -> 41 s eager; BF16 PPL compiled 0.14% from transformers, eager 0.02%
 # (docs/results, 2026-11-27/29). What the harness chose is in the engine info (harness_defaults).
 SCORING_DEFAULTS = {"enforce_eager": True}
+SHARED_CONTEXTS_DEFAULT = {"enable_prefix_caching": True}  # read only by task requests (loglikelihood)
 COMPILE_KEYS = ("enforce_eager", "compilation_config", "optimization_level")
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
                  "VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
@@ -131,7 +137,8 @@ class VLLMBackend(Backend):
         self._vllm = vllm
         available = engine_arg_names()
         kwargs, self.dropped = split_kwargs(dict(spec.engine_kwargs), available)
-        self.harness_defaults = scoring_defaults(kwargs, available)
+        self.harness_defaults = {**scoring_defaults(kwargs, available),
+                                 **{k: v for k, v in SHARED_CONTEXTS_DEFAULT.items() if k in available and k not in kwargs}}
         kwargs = {**self.harness_defaults, **kwargs}
         if spec.top_k > DEFAULT_MAX_LOGPROBS:  # vLLM refuses prompt_logprobs above the engine's max_logprobs
             kwargs.setdefault("max_logprobs", spec.top_k)
@@ -139,6 +146,7 @@ class VLLMBackend(Backend):
         kwargs, self.fidelity = self._fidelity_kwargs(spec, kwargs)
         kwargs = self._view_kwargs(spec, kwargs)
         self.kwargs = kwargs
+        self.shared = {"requests": 0, "tokens": 0, "cached_tokens": 0, "scored_again": 0}  # task requests
         self.offload_requested = offload_requested(kwargs)
         self.log_path = Path(tempfile.mkdtemp(prefix="harness-vllm-")) / f"engine-{spec.precision}.log"
         self.in_process = engine_core_in_process(kwargs)
@@ -155,7 +163,7 @@ class VLLMBackend(Backend):
         try:
             with scoped_env(env):  # the engine-core (and worker) processes are spawned inside: they inherit it
                 self.llm = vllm.LLM(model=spec.model, tokenizer=spec.tokenizer or spec.model, revision=spec.revision,
-                                    max_model_len=spec.max_model_len, enable_prefix_caching=False, **kwargs)
+                                    max_model_len=spec.max_model_len, **kwargs)
         except Exception as e:  # noqa: BLE001 - vLLM raises many types: each becomes an error that says what to change
             stop_capture(self._log_handler)
             failure = e if isinstance(e, HarnessError) else start_error(e, spec, kwargs, self._log_text(),
@@ -292,14 +300,35 @@ class VLLMBackend(Backend):
 
     def loglikelihood(self, requests, progress=None) -> list[tuple[float, bool]]:
         """Task requests scored as the perplexity texts are (``prompt_logprobs``, one generated token), with the top-1
-        token beside each prompt token (``prompt_logprobs=1``); only the continuation's positions are read."""
+        token beside each prompt token (``prompt_logprobs=1``); only the continuation's positions are read. With
+        prefix caching on (the harness's default) the requests read the cache, so a context shared by several
+        choices is computed once; a request whose continuation was partly served from the cache is scored again
+        without it (``continuation_result`` says which). What was shared is counted in ``self.shared``."""
         from vllm import SamplingParams
 
         docs, lens = request_documents(requests, self.name)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False, temperature=0.0,
-                                flat_logprobs=True)
-        outs = self._generate(docs, params, progress)
-        return [continuation_result(o.prompt_logprobs, d, n) for o, d, n in zip(outs, docs, lens)]
+        share = bool(self.kwargs.get("enable_prefix_caching"))
+
+        def params(read_cache: bool):
+            return SamplingParams(max_tokens=1, prompt_logprobs=1, detokenize=False, temperature=0.0,
+                                  flat_logprobs=True, skip_reading_prefix_cache=not read_cache)
+
+        if share and hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()  # hits from these requests only: the same numbers whatever ran before
+        outs = self._generate(docs, params(share), progress)
+        cached = [int(getattr(o, "num_cached_tokens", 0) or 0) for o in outs]
+        results = [continuation_result(o.prompt_logprobs, d, n, c) for o, d, n, c in zip(outs, docs, lens, cached)]
+        again = [j for j, r in enumerate(results) if r is None]
+        if again:
+            for j, o in zip(again, self._generate([docs[j] for j in again], params(False))):
+                results[j] = continuation_result(o.prompt_logprobs, docs[j], lens[j], 0)
+        s = self.shared
+        s["requests"] += len(docs)
+        s["tokens"] += sum(len(d) for d in docs)
+        redone = set(again)
+        s["cached_tokens"] += sum(c for j, c in enumerate(cached) if j not in redone)
+        s["scored_again"] += len(again)
+        return results
 
     def _generate(self, docs, params, progress=None, what: str = "scoring") -> list:
         """Every token-id prompt through ``generate``: all at once, or ``batch_size`` at a time with progress; an out
@@ -417,21 +446,30 @@ def doc_result(prompt_logprobs, ids: Sequence[int], keep_tokens: bool = False, t
     return DocResult(logprob_sum=total, n_tokens=count, token_logprobs=per_tok)
 
 
-def continuation_result(prompt_logprobs, ids: Sequence[int], n: int) -> tuple[float, bool]:
+def continuation_result(prompt_logprobs, ids: Sequence[int], n: int, cached: int = 0) -> tuple[float, bool] | None:
     """(sum of the last ``n`` prompt tokens' log-probabilities, whether each was the top-1) from flat prompt logprobs
     with ``prompt_logprobs=1``: every position >= 1 holds two entries, the prompt token first, then the top-1
-    (vllm/logprobs.py, append_logprobs_for_next_position; as topk_result reads them). Only those n positions are read."""
+    (vllm/logprobs.py, append_logprobs_for_next_position; as topk_result reads them). Only those n positions are read.
+
+    ``cached``: the request's ``num_cached_tokens``, the prompt tokens vLLM took from its prefix cache. It scores
+    only positions ``cached + 1`` on (the V2 runner returns just those, after the empty position 0; the V1 runner
+    returns every position, those before unfilled). None when a continuation position was not scored: the caller
+    scores the request again without the cache."""
     import math
 
     if prompt_logprobs is None or not hasattr(prompt_logprobs, "start_indices"):
         raise BackendError("vllm: task scoring needs flat prompt logprobs (SamplingParams(flat_logprobs=True))")
     length = len(ids)
-    if len(prompt_logprobs.start_indices) != length:
-        raise BackendError(f"vllm returned prompt_logprobs for {len(prompt_logprobs.start_indices)} positions, "
-                           f"prompt has {length}")
+    npos = len(prompt_logprobs.start_indices)
+    if npos not in (length, length - cached):
+        raise BackendError(f"vllm returned prompt_logprobs for {npos} positions, prompt has {length}"
+                           + (f" ({cached} of them from the prefix cache)" if cached else ""))
+    if length - n < cached + 1:
+        return None
+    shift = length - npos  # 0 (every position returned) or ``cached`` (only the scored ones)
     total, greedy = 0.0, True
     for i in range(length - n, length):
-        s, e = prompt_logprobs.start_indices[i], prompt_logprobs.end_indices[i]
+        s, e = prompt_logprobs.start_indices[i - shift], prompt_logprobs.end_indices[i - shift]
         if e - s != 2 or prompt_logprobs.token_ids[s] != ids[i]:
             raise BackendError(f"vllm: expected the prompt token {ids[i]} and the top-1 at position {i}, got "
                                f"{prompt_logprobs.token_ids[s:e]}")

@@ -50,7 +50,7 @@ class TaskBaseline:
     def score(self) -> TaskScore:
         """The stored BF16 side as a TaskScore (what the paired statistics take)."""
         return TaskScore(task=self.task, correct=self.correct, lls=self.lls, greedy=self.greedy,
-                         answers=self.answers, generations=self.generations)
+                         answers=self.answers, generations=self.generations, perplexity="perplexity" in self.metrics)
 
 
 def task_path(root: Path, model: str, task: str) -> Path:

@@ -16,12 +16,20 @@ gsm8k           generate       5 train examples + "Question: {q}\\nAnswer:", gre
 acc: the choice of highest summed log-likelihood is the gold one; acc_norm: the same after dividing each by the
 choice's length in characters (lm-eval's ``completion_len``, the delimiter excluded); winogrande's choices are the
 contexts (``multiple_input``), the continuation is shared; lambada's acc: every target token is the greedy one.
+
+A second prompt style, ``lighteval`` (a config's ``style``), is how the SmolLM2 model cards were scored: lighteval at
+the commit huggingface/smollm's ``text/evaluation/smollm2/requirements.txt`` pins (ea46419a), with that repository's
+``tasks.py``. For ARC and PIQA its prompts are lm-eval's (``default_prompts.arc``, ``piqa_harness``) and its
+``loglikelihood_acc_norm_nospace`` (``LogProbCharNorm(ignore_first_space=True)``) divides by the same characters as
+lm-eval's acc_norm; HellaSwag's prompt differs (``prompt_hellaswag``: the query keeps a trailing space and is not
+stripped). The card gates acc_norm on all four. Its ``--use_chat_template`` is the config's ``chat_template``
+(harness/tasks/prepare.py).
 """
 from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from harness.errors import DataError
@@ -62,6 +70,7 @@ class TaskSpec:
     fewshot_file: str | None = None
     fewshot_sha256: str | None = None
     fewshot_rows: int | None = None
+    style: str = "lm-eval"    # whose prompts: "lm-eval" (the default), or "lighteval" (STYLES)
 
 
 def _choice_item(query: str, choices: list[str], gold: int) -> Item:
@@ -98,6 +107,21 @@ def hellaswag_item(row: dict) -> Item:
     ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
     return _choice_item(hellaswag_preprocess(row["activity_label"] + ": " + ctx),
                         [hellaswag_preprocess(e) for e in row["endings"]], int(row["label"]))
+
+
+def hellaswag_lighteval_item(row: dict) -> Item:
+    """huggingface/smollm text/evaluation/smollm2/tasks.py ``prompt_hellaswag`` (lighteval): query =
+    preprocess(activity_label + ": " + ctx_a + " " + Ctx_b + " ") and choices " " + preprocess(ending), where
+    preprocess does not strip; acc_norm "nospace" divides by the choice without its leading space."""
+    def preprocess(text: str) -> str:
+        text = text.replace(" [title]", ". ")
+        text = re.sub("\\[.*?\\]", "", text)
+        return text.replace("  ", " ")
+
+    query = preprocess(row["activity_label"] + ": " + f"{row['ctx_a']} {row['ctx_b'].capitalize()} ")
+    endings = [preprocess(e) for e in row["endings"]]
+    return Item(requests=tuple((query, " " + e) for e in endings), gold=int(row["label"]),
+                norm_lengths=tuple(len(e) for e in endings))
 
 
 def winogrande_item(row: dict) -> Item:
@@ -199,6 +223,23 @@ def task_spec(name: str) -> TaskSpec:
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     return TASKS[name]
+
+
+STYLES = ("lm-eval", "lighteval")
+LIGHTEVAL = {"arc_easy": arc_item, "arc_challenge": arc_item, "piqa": piqa_item, "hellaswag": hellaswag_lighteval_item}
+
+
+def styled_spec(name: str, style: str = "lm-eval") -> TaskSpec:
+    """The task ``name`` in a prompt style: lm-eval's own (as TASKS holds it), or lighteval's as the SmolLM2 cards
+    ran it (LIGHTEVAL: those four tasks, acc_norm gated)."""
+    spec = task_spec(name)
+    if style == "lm-eval":
+        return spec
+    if style != "lighteval":
+        raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(STYLES)}")
+    if name not in LIGHTEVAL:
+        raise ValueError(f"{name} has no lighteval style here; it has: {', '.join(LIGHTEVAL)}")
+    return replace(spec, item=LIGHTEVAL[name], metrics=("acc_norm", "acc"), style="lighteval")
 
 
 def make_item(spec: TaskSpec, row: dict, where: str) -> Item:

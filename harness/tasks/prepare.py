@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from harness.errors import DataError
 from harness.tasks.definitions import Item, TaskSpec, gsm8k_item, gsm8k_shots, make_item
 
 PROMPT_VERSION = 1  # bumped when a task's prompt or encoding changes (part of the fingerprint)
@@ -94,10 +95,24 @@ def build_items(spec: TaskSpec, rows: list[dict], where: str, limit: int | None,
     return [make_item(spec, r, f"{where}:{i + 1}") for i, r in enumerate(rows)]
 
 
+def chat_context(tok, context: str) -> str:
+    """The context as one user turn of the tokenizer's chat template, the assistant's turn opened after it (lighteval's
+    ``--use_chat_template``, prompt_manager.get_examples: apply_chat_template(add_generation_prompt=True)); its
+    trailing newline then moves to the continuation, as every context's trailing whitespace does."""
+    if not getattr(tok, "chat_template", None):
+        raise DataError(f"chat_template: the tokenizer {getattr(tok, 'name_or_path', '')!r} has no chat template; "
+                        "set chat_template: false for this task, or use a model whose tokenizer has one")
+    return tok.apply_chat_template([{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True)
+
+
 def prepare_task(spec: TaskSpec, items: list[Item], tok, *, max_model_len: int, add_special_tokens: bool,
-                 source: str, tokenizer_id: str) -> PreparedTask:
+                 source: str, tokenizer_id: str, chat_template: bool = False, name: str | None = None) -> PreparedTask:
+    """The items' requests as token ids. ``name``: the config's name for the task (default: the task's own)."""
     requests, owners = [], []
     pairs = [(i, r) for i, item in enumerate(items) for r in item.requests]
+    if chat_template:
+        wrapped = {c: chat_context(tok, c) for c in dict.fromkeys(c for _, (c, _) in pairs)}
+        pairs = [(i, (wrapped[c], t)) for i, (c, t) in pairs]
     for (i, (_, cont)), (c, t) in zip(pairs, encode_pairs(tok, [r for _, r in pairs], add_special_tokens)):
         if not t:
             raise ValueError(f"{spec.name} item {i + 1}: the continuation {cont!r} encodes to no tokens")
@@ -106,10 +121,12 @@ def prepare_task(spec: TaskSpec, items: list[Item], tok, *, max_model_len: int, 
         owners.append(i)
     prompts = [tuple(p) for p in encode_many(tok, [it.prompt for it in items if it.prompt is not None],
                                               add_special_tokens)]
+    styled = {k: v for k, v in (("style", spec.style), ("chat_template", chat_template))
+              if v not in ("lm-eval", False)}  # only when set: the lm-eval style's fingerprints stay as they were
     h = hashlib.sha256(json.dumps({"task": spec.name, "version": PROMPT_VERSION, "tokenizer": tokenizer_id,
-                                   "requests": requests, "prompts": prompts,
+                                   **styled, "requests": requests, "prompts": prompts,
                                    "gold": [it.gold for it in items],
                                    "norm": [it.norm_lengths for it in items]}).encode()).hexdigest()[:16]
-    return PreparedTask(name=spec.name, kind=spec.kind, metrics=spec.metrics, items=tuple(items),
+    return PreparedTask(name=name or spec.name, kind=spec.kind, metrics=spec.metrics, items=tuple(items),
                         requests=tuple(requests), owners=tuple(owners), prompts=tuple(prompts), fingerprint=h,
                         source=source, tokenizer_id=tokenizer_id)

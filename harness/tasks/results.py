@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from harness.tasks.definitions import MAX_GEN_TOKS, TASKS, UNTIL, exact_match, strict_match
+from harness.tasks.definitions import MAX_GEN_TOKS, UNTIL, exact_match, strict_match
 from harness.tasks.prepare import PreparedTask
 
 
@@ -22,6 +22,8 @@ class TaskScore:
     answers: list = field(default_factory=list)      # per item (generated tasks): the extracted answer
     eval_s: float = 0.0
     target_tokens: int = 0             # continuation tokens scored (lambada's target perplexity)
+    perplexity: bool = False           # the task reports its target's perplexity (lambada)
+    shared: dict | None = None         # what the engine took from its prefix cache for these requests (vLLM)
 
     @property
     def n(self) -> int:
@@ -33,7 +35,7 @@ class TaskScore:
 
     def metrics(self) -> dict:
         out = {m: self.accuracy(m) for m in self.correct}
-        if self.lls and self.task in TASKS and "perplexity" in TASKS[self.task].metrics:
+        if self.lls and self.perplexity:
             out["perplexity"] = target_perplexity(self.lls)
         return out
 
@@ -74,7 +76,9 @@ def score_task(engine, prep: PreparedTask, progress=None) -> TaskScore:
         return _generated(engine, prep, t0)
     unique = list(dict.fromkeys(prep.requests))
     where = {r: i for i, r in enumerate(unique)}
+    before = dict(getattr(engine, "shared", None) or {})
     res = engine.loglikelihood([(list(c), list(t)) for c, t in unique], progress=progress)
+    after = getattr(engine, "shared", None)
     lls = [[] for _ in prep.items]
     greedy = [[] for _ in prep.items]
     for r, owner in zip(prep.requests, prep.owners):
@@ -82,7 +86,9 @@ def score_task(engine, prep: PreparedTask, progress=None) -> TaskScore:
         lls[owner].append(ll)
         greedy[owner].append(bool(g))
     return TaskScore(task=prep.name, correct=item_correct(prep, lls, greedy), lls=lls, greedy=greedy,
-                     eval_s=time.time() - t0, target_tokens=sum(len(t) for _, t in prep.requests))
+                     eval_s=time.time() - t0, target_tokens=sum(len(t) for _, t in prep.requests),
+                     perplexity="perplexity" in prep.metrics,
+                     shared={k: v - before.get(k, 0) for k, v in after.items()} if after else None)
 
 
 def _generated(engine, prep: PreparedTask, t0: float) -> TaskScore:

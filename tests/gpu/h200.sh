@@ -10,6 +10,8 @@
 #                                                  run pytest with the GPU environment as background job NAME (then
 #                                                  NAME2, ... one after another, each with its own log and rc)
 #   bash tests/gpu/h200.sh wait NAME SECONDS       wait for it (at most SECONDS), collect, print the tail
+#   bash tests/gpu/h200.sh sh NAME CMD...          run CMD (e.g. python3 -m harness.cli gate ...) in the foreground with
+#                                                  the GPU environment and HARNESS_CACHE=/tmp/jobs/cache, log NAME.log
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 jobs=/tmp/jobs
@@ -67,5 +69,12 @@ case "${1:-}" in
     tail -c 3000 "$jobs/$name.log"
     nvidia-smi --query-gpu=memory.used --format=csv,noheader
     if [ -f "$jobs/$name.rc" ]; then echo "DONE $name rc=$(cat "$jobs/$name.rc")"; else echo "RUNNING $name"; fi ;;
-  *) sed -n 2,12p "$0"; exit 2 ;;
+  sh)
+    name=$2; shift 2
+    gpu_env
+    export HARNESS_CACHE="${HARNESS_CACHE:-$jobs/cache}"
+    ( "$@" ) > "$jobs/$name.log" 2>&1; rc=$?; echo $rc > "$jobs/$name.rc"
+    collect
+    tail -c 2500 "$jobs/$name.log"; echo "DONE $name rc=$rc" ;;
+  *) sed -n 2,14p "$0"; exit 2 ;;
 esac
