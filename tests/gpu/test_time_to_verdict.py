@@ -56,8 +56,8 @@ def cached_checkpoint(real_cfg, real_baseline):
 def test_real_cached_gate_time_to_verdict(real_cfg, cached_checkpoint, variant, tmp_path, gpu_results, benchmark):
     args, env = VARIANTS[variant]
     cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", str(CONFIG), "--recipe", "nvfp4",
-           "--set", f"baselines_dir={real_cfg.path_of('baselines_dir')}", "--backend", "vllm",
-           "--report-dir", str(tmp_path), *args]
+           "--set", f"baselines_dir={real_cfg.path_of('baselines_dir')}", "--set", "tasks={}",  # the perplexity gate
+           "--backend", "vllm", "--report-dir", str(tmp_path), *args]
 
     def run():
         t0 = time.perf_counter()
