@@ -219,9 +219,7 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
     datasets.disable_progress_bars()
     if data_files is None and os.path.exists(path) and not _is_saved_dataset_dir(path):
         path, data_files = local_files(path, split)
-    empty = _empty_files(data_files)
-    if empty:  # datasets fails on these with DatasetGenerationError / StopIteration tracebacks
-        raise HarnessError(f"{empty[0]} holds no rows; point data_files (or the dataset path) at a file that has some")
+    check_data_files(data_files)  # missing, empty, malformed: said by file (and line) before datasets' tracebacks
     try:
         if _is_saved_dataset_dir(path):
             ds = datasets.load_from_disk(path)
@@ -243,24 +241,65 @@ def load_rows(path: str, *, split: str, name: str | None = None, revision: str |
     return ds
 
 
-def _empty_files(data_files) -> list[str]:
-    """Local data files with no rows: empty files, and parquet files whose metadata counts none."""
-    files = [data_files] if isinstance(data_files, str) else list(data_files or [])
-    out = []
-    for f in files:
-        if not os.path.isfile(f):
-            continue
-        if os.path.getsize(f) == 0:
-            out.append(f)
-        elif f.endswith(".parquet"):
-            try:
-                import pyarrow.parquet as pq
+def check_data_files(data_files) -> None:
+    """Local data files as ``datasets`` would read them, checked without it: each there, not empty, parquet readable
+    with rows, JSON lines parsed line by line (a malformed line named by file:line and the parser's reason; a .json
+    file may also be one JSON document). Cheap enough for the preflight: no tokenizer, no engine."""
+    import json
 
-                if pq.ParquetFile(f).metadata.num_rows == 0:
-                    out.append(f)
-            except Exception:  # noqa: BLE001 - not readable as parquet: datasets says so below
-                pass
-    return out
+    files = [data_files] if isinstance(data_files, str) else list(data_files or [])
+    fix = "fix data_files (or the dataset path) in the config"
+    for f in files:
+        if "://" in f or any(c in f for c in "*?["):  # remote or a glob: datasets resolves those itself
+            continue
+        if not os.path.exists(f):
+            raise HarnessError(f"{f}: data file not found; {fix}")
+        if os.path.isdir(f):
+            continue
+        if os.path.getsize(f) == 0:  # datasets fails on these with DatasetGenerationError / StopIteration tracebacks
+            raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+        if f.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            try:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise HarnessError(f"{f}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]}); "
+                                   f"{fix}") from None
+            if rows == 0:
+                raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+        elif f.endswith((".jsonl", ".json")):
+            with open(f, encoding="utf-8", errors="strict") as fh:
+                try:
+                    text = fh.read()
+                except UnicodeDecodeError as e:
+                    raise HarnessError(f"{f}: not UTF-8 text (byte {e.start}); {fix}") from None
+            if f.endswith(".json"):
+                try:
+                    json.loads(text)
+                    continue  # one JSON document (datasets reads a list of rows, or a field of one)
+                except json.JSONDecodeError:
+                    pass
+            n_rows = 0
+            for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): texts hold U+2028
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise HarnessError(f"{f}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove that "
+                                       "line") from None
+                n_rows += 1
+            if not n_rows:
+                raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+
+
+def local_data_files(path: str, split: str, data_files):
+    """The local files a dataset source reads (data_files, or a local path laid out as local_files reads it); None
+    for a hub id or a saved dataset folder."""
+    if data_files is None and os.path.exists(path) and not _is_saved_dataset_dir(path):
+        return local_files(path, split)[1]
+    return data_files
 
 
 BUILDER_BY_SUFFIX = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".arrow": "arrow", ".csv": "csv"}

@@ -240,6 +240,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
                                                             "--harness-report-dir) or reports_dir in the config")
+        self.check_data_files()
         self.warm_up_quantization()  # the input and environment pass so far: llm-compressor imports while data loads
         for t in self.task_names:  # every task's rows read and checked (file:line) before any engine starts
             self.task_items(t)
@@ -256,6 +257,19 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
 
             load_record(self.cfg.path_of("baselines_dir"), self.cfg.name, rr.best, record_hint(self.cfg, rr.best))
         self._preflight_done = baselines or self.update_mode
+
+    def check_data_files(self) -> None:
+        """Every local file the datasets and the calibration read: there, not empty, parseable (a malformed JSON line
+        by file:line), before anything is quantized or started and before the data is prepared (beside the engine's
+        start it is prepared in another process, after the start has begun)."""
+        from harness.data import check_data_files, local_data_files
+
+        for n in self.dataset_names:
+            s = self.cfg.datasets[n].source
+            check_data_files(local_data_files(self.cfg.resolve(s.path), s.split, self.cfg.resolve_files(s.data_files)))
+        if not self.existing and self.checkpoint(build=False) is None:  # a cached build needs no calibration
+            c = self.calibration()
+            check_data_files(local_data_files(c.path, c.split, c.data_files))
 
     def start_beside_prepare(self, report_dir: Path | None = None) -> bool:
         """A gate whose checkpoint is ready (cached, or an existing one) starts its engine while its data is prepared

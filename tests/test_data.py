@@ -59,8 +59,26 @@ def test_missing_column_is_named(tmp_path):
 
 
 def test_missing_local_file_says_what_to_check(tmp_path):
-    with pytest.raises(HarnessError, match="could not load dataset"):
+    with pytest.raises(HarnessError, match=f"{tmp_path / 'nope.parquet'}: data file not found; fix data_files"):
         load_rows("parquet", split="test", data_files=str(tmp_path / "nope.parquet"))
+
+
+def test_local_json_files_are_checked_line_by_line_and_a_json_document_passes(tmp_path):
+    """check_data_files: JSON lines parsed one by one (blank lines skipped, the bad one named by its number), a .json
+    file that is one document (a list of rows) accepted whole, a file of blank lines holds no rows."""
+    from harness.data import check_data_files
+
+    doc = tmp_path / "rows.json"
+    doc.write_text('[{"text": "a"},\n {"text": "b"}]')
+    check_data_files(str(doc))
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('{"text": "a"}\n\n{"text": "b"\n')
+    with pytest.raises(HarnessError, match=f"{lines}:3: not valid JSON \\(Expecting ',' delimiter at column 13\\)"):
+        check_data_files([str(doc), str(lines)])
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n  \n")
+    with pytest.raises(HarnessError, match="blank.jsonl holds no rows"):
+        check_data_files(str(blank))
 
 
 def test_hub_schemas_load_through_datasets(tmp_path):

@@ -153,6 +153,44 @@ def test_an_empty_dataset_file_says_it_holds_no_rows(capsys, tmp_path, kind):
     assert f"{f} holds no rows" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("fault", ["missing parquet", "empty jsonl", "malformed jsonl", "damaged parquet",
+                                   "missing calibration"])
+def test_bad_data_files_stop_the_gate_before_any_engine_or_quantization(capsys, tmp_path, quick_project, monkeypatch,
+                                                                        fault):
+    """Issue 40, finding 2: each of these got exit 2 only after the engine had started (the data is prepared beside
+    the start by default on CPU), and the malformed line got datasets' "An error occurred while generating the
+    dataset" with the hint "missing or unreadable". Now: before any engine or build, the file and line named."""
+    import harness.backends
+
+    good = tmp_path / "ok.jsonl"
+    good.write_text('{"text": "one"}\n')
+    bad = {"missing parquet": (tmp_path / "gone.parquet", None),
+           "empty jsonl": (tmp_path / "empty.jsonl", ""),
+           "malformed jsonl": (tmp_path / "rows.jsonl", '{"text": "one"}\n\n{"text": "two"}\n{"text": broken}\n'),
+           "damaged parquet": (tmp_path / "bad.parquet", "PAR1 not really"),
+           "missing calibration": (tmp_path / "no-cal.parquet", None)}[fault]
+    path, content = bad
+    if content is not None:
+        path.write_text(content)
+    said = {"missing parquet": f"{path}: data file not found; fix data_files",
+            "empty jsonl": f"{path} holds no rows",
+            "malformed jsonl": f"{path}:4: not valid JSON (Expecting value at column 10); fix or remove that line",
+            "damaged parquet": f"{path}: not a readable parquet file (",
+            "missing calibration": f"{path}: data file not found"}[fault]
+    started = []
+    monkeypatch.setattr(harness.backends, "make_backend", lambda *a, **kw: started.append(a) or 1 / 0)
+    where = "calibration" if fault == "missing calibration" else "datasets.wikitext2.source"
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    sets = [f"{where}.data_files={path}", f"{where}.path={builder}"] + ([] if "calibration" in where else
+                                                                        [f"{where}.split=train"])
+    before = checkpoints()
+    rc, out, err = run(capsys, "gate", "--config", quick_cfg(quick_project), "--report-dir", str(tmp_path / "r"),
+                       *[a for kv in sets for a in ("--set", kv)], "--set", "prepare_beside_engine=true")
+    assert rc == 2, err
+    assert said in err and "Traceback" not in err, err
+    assert started == [] and checkpoints() == before  # no engine, nothing quantized
+
+
 # ---- the config: refused when it loads, in the harness's words -----------------------------------------------------
 @pytest.mark.parametrize("override,said", [
     ({"model.engine.bf16.hf.threads": "two"}, "engine.bf16.hf.threads: expected int, got 'two'"),
