@@ -259,17 +259,15 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self._preflight_done = baselines or self.update_mode
 
     def check_data_files(self) -> None:
-        """Every local file the datasets and the calibration read: there, not empty, parseable (a malformed JSON line
-        by file:line), before anything is quantized or started and before the data is prepared (beside the engine's
-        start it is prepared in another process, after the start has begun)."""
+        """Every local file the datasets read: there, not empty, parseable (a malformed JSON line by file:line),
+        before anything is quantized or started and before the data is prepared (beside the engine's start it is
+        prepared in another process, after the start has begun). The calibration's files are checked where a build
+        is due, before its interpreter starts (provide.py)."""
         from harness.data import check_data_files, local_data_files
 
         for n in self.dataset_names:
             s = self.cfg.datasets[n].source
             check_data_files(local_data_files(self.cfg.resolve(s.path), s.split, self.cfg.resolve_files(s.data_files)))
-        if not self.existing and self.checkpoint(build=False) is None:  # a cached build needs no calibration
-            c = self.calibration()
-            check_data_files(local_data_files(c.path, c.split, c.data_files))
 
     def start_beside_prepare(self, report_dir: Path | None = None) -> bool:
         """A gate whose checkpoint is ready (cached, or an existing one) starts its engine while its data is prepared

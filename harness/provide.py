@@ -121,6 +121,10 @@ class CheckpointProvider:
                 return None
 
             def make(tmp: Path) -> dict:
+                from harness.data import check_data_files, local_data_files
+
+                # the calibration's local files, before the quantization interpreter spends its start on them
+                check_data_files(local_data_files(cal.path, cal.split, cal.data_files))
                 spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
                                    recipe=recipe.recipe_text, calibration=cal,
                                    output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
