@@ -83,7 +83,17 @@ def _add_gate_tests(config) -> None:
     path = Path(gt.__file__).resolve()
     if any(Path(a.split("::")[0]).resolve() == path for a in args):
         return
-    config.args.append(str(path))
+    config._harness_gate_module = path  # collected beside the session's own items (_gate_items), not as an argument
+
+
+def _gate_items(session) -> list:
+    """The packaged gate tests as items of their own module node under the session. Not an argument path: pytest
+    loads the conftest.py files above every path it collects, so an editable install (the module inside a checkout)
+    would load that checkout's own test set-up into the user's session (issue 40, finding 3)."""
+    path = getattr(session.config, "_harness_gate_module", None)
+    if path is None:
+        return []
+    return list(session.genitems(pytest.Module.from_parent(session, path=path, nodeid="harness/gate_tests.py")))
 
 
 class Case:
@@ -204,7 +214,8 @@ def _gpu_available() -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selection, so `pytest -m gpu` picks up vLLM gate tests
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(session, config, items):
+    items.extend(_gate_items(session))
     foreign = [i for i in items if _not_for_case(i)]
     if foreign:
         config.hook.pytest_deselected(items=foreign)

@@ -57,6 +57,26 @@ def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_
     assert "1 test collected" in off.stdout.str(), off.stdout.str()
 
 
+def test_a_user_project_loads_the_plugin_and_not_this_repository_s_conftest(pytester, quick_project, root):
+    """Issue 40, finding 3: after an editable install the packaged gate tests lie inside this checkout, and pytest
+    loads the conftest.py files above every path it collects: a user's session ran this repository's test set-up
+    (its HARNESS_CACHE in a temporary folder, rebuilding checkpoints every run; its quantization summary). In a fresh
+    interpreter, as a user runs pytest: the gate tests collected, the user's own conftest loaded, ours not."""
+    shutil.copytree(quick_project / "configs", pytester.path / "configs")
+    pytester.makeconftest("""
+def pytest_collection_finish(session):
+    pm = session.config.pluginmanager
+    mods = sorted(getattr(p, "__file__", "") for p in pm.get_plugins() if str(getattr(p, "__file__", "")).endswith("conftest.py"))
+    print("CONFTESTS", mods)
+""")
+    r = pytester.runpytest_subprocess("--collect-only", "-q", "-s", "-p", "no:cacheprovider", "--harness-config",
+                                      "configs/tiny.yaml")
+    out = r.stdout.str()
+    assert "harness/gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
+    loaded = next(ln for ln in out.splitlines() if ln.startswith("CONFTESTS"))
+    assert str(pytester.path / "conftest.py") in loaded and str(root / "conftest.py") not in loaded, loaded
+
+
 def test_missing_baseline_fails_naming_the_update_flag_then_update_recreates_it(gate_project):
     p = gate_project
     target = p.path / "baselines/tiny-qwen2/ultrachat.json"
