@@ -13,7 +13,7 @@ def chart_layout(scores: list[float], thresholds: list[float], cis: list[dict | 
     margin above its bar's interval (or its bar), so the error bar never crosses it."""
     tops = [max(s, ci["high"] if ci else s) for s, ci in zip(scores, cis)]
     lo = min(min(scores), min(thresholds), *(c["low"] for c in cis if c))
-    hi = max(100.0, *tops)
+    hi = max(100.0, *tops, *thresholds)  # a threshold above every score (min 150) is the reason a bar is red
     pad = max((hi - lo) * 0.08, 0.3)
     return lo - pad, hi + 1.6 * pad, [t + 0.25 * pad for t in tops]
 

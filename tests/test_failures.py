@@ -385,3 +385,18 @@ def test_the_chart_shows_a_failing_score_and_keeps_labels_off_the_error_bars(tmp
     write_chart(rep, tmp_path / "c.svg")
     svg = (tmp_path / "c.svg").read_text()
     assert "threshold (min score)" in svg and "90% CI" in svg and "BF16 = 100" in svg  # the legend
+
+
+@pytest.mark.parametrize("scores,thresholds,cis", [
+    ([99.14, 99.3], [150.0, 99.0], [None, None]),                                 # issue 40, finding 6: min 150
+    ([100.16, 100.2], [99.0, 99.0], [{"low": 100.05, "high": 101.9}, None]),      # a CI above 100
+    ([62.75, 70.0], [60.0, 40.0], [{"low": 61.59, "high": 63.94}, None]),         # a threshold far below
+])
+def test_the_chart_axis_holds_every_threshold_and_interval(scores, thresholds, cis):
+    """The threshold line that failed a gate (thresholds.overall: 150 against 99.14) fell outside the axis, so the red
+    bar had no visible reason: the axis spans every score, threshold and interval end, with room to spare."""
+    from harness.report_chart import chart_layout
+
+    lo, hi, _ = chart_layout(scores, thresholds, cis)
+    ends = [*scores, *thresholds, *(v for c in cis if c for v in (c["low"], c["high"]))]
+    assert lo < min(ends) and hi > max(ends), (lo, hi, ends)
