@@ -66,7 +66,7 @@ def test_vllm_kwargs_unknown_is_an_error_and_missing_in_this_vllm_is_dropped():
     assert kept == {"cpu_offload_gb": 220, "dtype": "bfloat16"} and dropped == ["swap_space"]
     with pytest.raises(ConfigError, match=r"unknown vllm engine kwarg\(s\) 'tensor_paralel_size' \(did you mean "
                                           r"'tensor_parallel_size'\?\).*installed vLLM's EngineArgs\): swap_space, "
-                                          r"tensor_parallel_size$"):
+                                          r"tensor_parallel_size$"):  # few valid keys: all of them
         split_kwargs({"tensor_paralel_size": 2}, {"tensor_parallel_size"})
     with pytest.raises(ConfigError, match="set by the harness"):
         split_kwargs({"max_model_len": 4096}, {"max_model_len"})

@@ -157,17 +157,27 @@ def check_hf_kwargs(kwargs: dict, where: str, fields=None) -> None:
     check_hf_types(kwargs, where)
 
 
+LIST_ALL_UP_TO = 12  # a backend with at most this many settings has them all in the message; more: the nearest five
+
+
 def _refuse_unknown(backend: str, kwargs: dict, valid, where: str, source: str) -> None:
-    """The message lists, for each unknown key, the closest valid ones, then every valid key."""
+    """For each unknown key the closest valid ones; then every valid key where they are few (hf), else the five
+    nearest and where the whole list lives (vLLM's ~250 on one line buried the hint)."""
     bad = sorted(k for k in kwargs if k not in valid)
     if not bad:
         return
+    valid = sorted(valid)
     hints = []
     for k in bad:
-        close = difflib.get_close_matches(k, sorted(valid), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(k, valid, n=3, cutoff=0.6)
         hints.append(f"{k!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
-    raise ConfigError(f"{where}: unknown {backend} engine kwarg(s) {', '.join(hints)}. Valid keys ({source}): "
-                      f"{', '.join(sorted(valid))}")
+    head = f"{where}: unknown {backend} engine kwarg(s) {', '.join(hints)}."
+    if len(valid) <= LIST_ALL_UP_TO:
+        raise ConfigError(f"{head} Valid keys ({source}): {', '.join(valid)}")
+    near = difflib.get_close_matches(bad[0], valid, n=5, cutoff=0.0)
+    raise ConfigError(f"{head} Nearest valid keys ({source}): {', '.join(near)}; all {len(valid)}: the fields of "
+                      "vllm.engine.arg_utils.EngineArgs (python -c \"import dataclasses, vllm.engine.arg_utils as a; "
+                      "print(*[f.name for f in dataclasses.fields(a.EngineArgs)])\")")
 
 
 def check_hf_types(kwargs: dict, where: str) -> None:
