@@ -17,6 +17,7 @@ from harness.engines import EngineManager
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import Comparison, DatasetScore
 from harness.prepare import load_tokenizer, prepare_dataset
+from harness.progress import ScoringProgress
 from harness.provide import CheckpointProvider
 from harness.session_baselines import BaselineSteps
 from harness.session_judging import JudgingSteps
@@ -196,9 +197,11 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
             eng = self._engine(precision)
             self.log(f"scoring {name} ({len(prep.token_ids)} texts, {prep.stats.total_tokens} tokens) "
                      f"with {self.backend}/{precision}")
-            show = self._shows_progress() and getattr(eng, "reports_progress", False)
+            calls_back = getattr(eng, "reports_progress", False)
             with self.clock("scoring"), ScoringProgress(f"{name} {precision}", len(prep.token_ids),
-                                                        enabled=show) as progress:
+                                                        bar=self._shows_progress() and calls_back,
+                                                        pulse=self.log if calls_back else None,
+                                                        sizes=[len(d) for d in prep.token_ids]) as progress:
                 s = score_dataset(eng, prep, top_k=self.top_k, token_detail=self.token_detail, progress=progress)
             self.log(f"{name} {precision}: PPL {s.ppl:.4f} NLL {s.nll:.6f} tokens {s.tokens} in {s.eval_s:.1f}s")
             self._scores[key] = s
@@ -346,30 +349,6 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
 
     def close(self) -> None:
         self.engines.close()
-
-
-class ScoringProgress:
-    """The backends' ``progress(done, total)`` callback as one tqdm bar over a dataset's texts, shown from the
-    start (only for backends that call back: vLLM scoring all texts at once draws its own bar)."""
-
-    def __init__(self, desc: str, total: int, enabled: bool, file=None):
-        self.desc, self.total, self.enabled, self.file, self.bar = desc, total, enabled, file, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-
-    def __enter__(self) -> "ScoringProgress":
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, desc=f"scoring {self.desc}", unit="text", leave=False,
-                            file=self.file or sys.stderr)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def check_model_path(cfg: HarnessConfig) -> None:

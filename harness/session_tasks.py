@@ -124,10 +124,16 @@ class TaskSteps:
                 self.preflight()
             prep = self.prepared_task(name)
             eng = self._engine(precision)
+            from harness.progress import ScoringProgress
             from harness.tasks.results import score_task
 
-            with self.clock("scoring"):
-                s = score_task(eng, prep)
+            unique = list(dict.fromkeys(prep.requests))  # what score_task sends (each distinct request once)
+            calls_back = getattr(eng, "reports_progress", False)
+            with self.clock("scoring"), ScoringProgress(f"task {name} {precision}", len(unique), unit="requests",
+                                                        bar=self._shows_progress() and calls_back,
+                                                        pulse=self.log if calls_back else None,
+                                                        sizes=[len(c) + len(t) for c, t in unique]) as progress:
+                s = score_task(eng, prep, progress=progress)
             m = s.metrics()
             self.log(f"task {name} {precision}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
                      + f" ({s.n} items in {s.eval_s:.1f}s)")

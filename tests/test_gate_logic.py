@@ -224,18 +224,54 @@ def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
 def test_scoring_progress_is_one_bar_over_the_texts_and_only_when_called_back():
     import io
 
-    from harness.gate import ScoringProgress
+    from harness.progress import ScoringProgress
 
     out = io.StringIO()
-    with ScoringProgress("wikitext2 nvfp4", 100, enabled=True, file=out) as p:
+    with ScoringProgress("wikitext2 nvfp4", 100, bar=True, file=out) as p:
         assert "scoring wikitext2 nvfp4" in out.getvalue() and "0/100" in out.getvalue()  # shown before batch 1
         for done in (32, 64, 100):  # the hf backend calls back once a batch, with the running count
             p(done, 100)
         assert (p.bar.n, p.bar.total) == (100, 100)
     quiet = io.StringIO()
-    with ScoringProgress("x", 2, enabled=False, file=quiet) as p:
+    with ScoringProgress("x", 2, bar=False, file=quiet) as p:
         p(1, 2)
     assert quiet.getvalue() == ""
+
+
+def test_off_a_terminal_scoring_pulses_a_line_every_n_seconds_by_hand():
+    """Issue 40, finding 4: over 3 minutes of SmolLM2 scoring on CPU printed nothing where output is not a terminal.
+    Ten texts of 100 tokens, a line at most every 30 s: callbacks at 10 s (too soon), 31 s (a line: 5 of 10 done,
+    500 tokens in 31 s = 16 tokens/s, 31 s x 5 left / 5 done = 31 s left), 45 s (14 s after the last line: none),
+    62 s (all done: the gate's own line follows, no pulse)."""
+    from harness.progress import ScoringProgress, duration
+
+    times = iter([0.0, 10.0, 31.0, 45.0, 62.0])
+    lines: list[str] = []
+    with ScoringProgress("wikitext2 nvfp4", 10, bar=False, pulse=lines.append, sizes=[100] * 10, pulse_s=30,
+                         clock=lambda: next(times)) as p:
+        for done in (2, 5, 8, 10):
+            p(done, 10)
+    assert lines == ["scoring wikitext2 nvfp4: 5/10 texts (50%), 16 tokens/s, about 31 s left"]
+    assert duration(125) == "2 min 05 s" and duration(59.6) == "1 min 00 s"
+    with ScoringProgress("x", 10, bar=True, pulse=lines.append, file=__import__("io").StringIO()) as p:
+        p(5, 10)  # a terminal gets the bar, not the lines
+    assert len(lines) == 1
+
+
+def test_the_gate_pulses_into_its_log_where_no_terminal_watches(quick_project, monkeypatch, capsys, tmp_path):
+    """The CLI on the hf backend with stderr not a terminal (as in CI) and HARNESS_PULSE_S=0: a pulse line per batch
+    in its log, with the texts done and the time left (a BF16 baseline update: the gate's scoring path, no build)."""
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_PULSE_S", "0")
+    rc = main(["baseline", "update", "--config", str(quick_project / "configs/tiny.yaml"), "--batch-size", "8",
+               "--set", f"baselines_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    kept = int(re.search(r"wikitext2: (\d+) texts kept", err).group(1))
+    m = re.search(r"\] scoring wikitext2 bf16: 8/(\d+) texts \((\d+)%\), [\d,]+ tokens/s, about \d+ (min \d\d )?s "
+                  r"left", err)
+    assert m and int(m.group(1)) == kept and int(m.group(2)) == round(800 / kept), err
 
 
 def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_own():
