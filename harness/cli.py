@@ -233,6 +233,8 @@ def cmd_sensitivity(a) -> int:
             raise HarnessError(f"--{name.replace('_', '-')} must be at least 1")
     if a.write_recipe and a.no_suggest:
         raise HarnessError("--write-recipe writes the suggestion: drop --no-suggest")
+    if a.verify and not a.write_recipe:
+        raise HarnessError("--verify gates the written recipe: add --write-recipe NAME")
     a.backend = "hf"  # in process: the variants swap weights inside the loaded model
     s = _session(a)
     try:

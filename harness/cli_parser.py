@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--write-recipe", default=None, metavar="NAME",
                     help="write the suggestion as recipes/NAME.yaml (the scheme's recipe plus the ignore list; not "
                          "default), to gate it with --recipe NAME")
+    se.add_argument("--verify", action="store_true",
+                    help="then build the written recipe and gate it (the config's backend and data): the predicted "
+                         "score beside the gated one and its interval; exit 0 / 1 as the gate")
     se.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                     help="compute dtype (auto: float32 on a CPU, ~5x faster there; the model's on a GPU)")
     add_options(se, ["report_dir"], "cli")

@@ -34,7 +34,11 @@ E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 BLOCK = 16
-FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# the Linears whose NVFP4 global scale llm-compressor fuses (vLLM serves them as one fused layer): a module that holds
+# every name of a group as an attribute has that group fused. llm-compressor 0.14's observers/helpers.py
+# FUSED_LAYER_NAMES (tests/test_sensitivity.py checks this copy against it where llm-compressor is installed).
+FUSED_GROUPS = (("gate_proj", "up_proj"), ("q_proj", "k_proj", "v_proj"), ("q_a_proj", "kv_a_proj_with_mqa"),
+                ("w1", "w3"))
 
 
 # ---- the element and scale types -------------------------------------------------------------------------------------
@@ -230,13 +234,13 @@ def open_checkpoint(folder: Path) -> dict[str, SafetensorsFile]:
 
 
 def fused_group(module: str, names) -> list[str]:
-    """The modules that share ``module``'s global scale (itself only when it is in no fused group)."""
+    """The modules that share ``module``'s global scale: its whole fused group where its parent holds every member
+    (llm-compressor's rule), else itself alone."""
     parent, _, leaf = module.rpartition(".")
     for group in FUSED_GROUPS:
         if leaf in group:
             members = [f"{parent}.{m}" if parent else m for m in group]
-            present = [m for m in members if m in names]
-            return present if module in present else [module]
+            return members if all(m in names for m in members) else [module]
     return [module]
 
 

@@ -9,12 +9,14 @@ bit what llm-compressor writes) and, for NVFP4 (W4A4), quantizes their inputs as
 (harness/backends/fake_quant.py); the texts are scored again, and KL / top-1 / PPL are taken against the BF16 pass
 exactly as the gate takes them (harness/divergence.py). No checkpoint is written per variant.
 
-Units: ``layer`` (every Linear of one decoder layer), ``type`` (one projection, q/k/v/o/gate/up/down, in every layer)
-or ``linear`` (one Linear). Modes: ``only`` (the default: quantize the unit alone, everything else BF16; the unit's
+Units: ``layer`` (every Linear of one decoder layer), ``type`` (one projection in every layer) or ``linear`` (one
+Linear). Linears that NVFP4 fuses (q/k/v and gate/up share one global scale: llm-compressor's FUSED_LAYER_NAMES, in
+harness/nvfp4_ref.py) are one unit of a type or linear: llm-compressor refuses a recipe that leaves part of such a group
+in BF16 ("Some layers in fused group ... have no weight observer"), so no suggestion may split one. Modes: ``only`` (the default: quantize the unit alone, everything else BF16; the unit's
 own harm, free of interactions, as ModelOpt's AutoQuantize scores layers) or ``all-but`` (quantize everything but
-the unit: what leaving it in BF16 recovers, interactions included). The suggestion is measured, not predicted: the
-units are taken in ranked order into an ignore list until the whole model, quantized but for that list, reaches the
-target score.
+the unit: what leaving it in BF16 recovers, interactions included). The suggestion is measured, not predicted: in
+ranked order each unit is tried on top of those kept so far, and kept only when the whole model, quantized but for
+them, scores higher than without it (a greedy search that never steps down), until the target score is reached.
 """
 from __future__ import annotations
 
@@ -71,15 +73,27 @@ def linear_names(model, ignore=("lm_head",)) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.rpartition(".")[2] not in ignore]
 
 
+def fused_key(name: str, names) -> tuple[str, ...]:
+    """The Linears that must stay together with ``name`` (its fused group where complete, else itself)."""
+    from harness.nvfp4_ref import fused_group
+
+    return tuple(fused_group(name, names))
+
+
 def make_units(names: list[str], params: dict[str, int], by: str) -> list[Unit]:
+    """Units in depth order; a fused group (q/k/v, gate/up) is one unit of a type or linear, named by its members
+    (``q_proj+k_proj+v_proj``; one Linear's full name with the others' leaves after a +)."""
     if by not in UNIT_KINDS:
         raise ValueError(f"unknown unit {by!r}; use one of {', '.join(UNIT_KINDS)}")
+    present = set(names)
     groups: dict[str, Unit] = {}
     for n in names:
+        members = fused_key(n, present)
+        leaves = "+".join(m.rpartition(".")[2] for m in members)
         if by == "linear":
-            key, index = n, None
+            key, index = members[0] + "".join("+" + m.rpartition(".")[2] for m in members[1:]), None
         elif by == "type":
-            key, index = n.rpartition(".")[2], None
+            key, index = leaves, None
         else:
             m = LAYER.match(n)
             key, index = (f"layer {int(m['index'])}", int(m["index"])) if m else (n, None)
@@ -89,15 +103,22 @@ def make_units(names: list[str], params: dict[str, int], by: str) -> list[Unit]:
     return list(groups.values())
 
 
+def splits_a_fused_group(kept: list[str], names: list[str]) -> list[tuple[str, ...]]:
+    """The fused groups of which ``kept`` (Linears left in BF16) holds some members but not all."""
+    present, keep = set(names), set(kept)
+    return sorted({g for n in keep if len(g := fused_key(n, present)) > 1 and not set(g) <= keep})
+
+
 def ignore_patterns(units: list[Unit]) -> list[str]:
-    """llm-compressor ``ignore`` entries for these units: exact module names, or one ``re:`` pattern per layer/type."""
+    """llm-compressor ``ignore`` entries for these units: exact module names, one ``re:`` pattern per layer, or one
+    per projection of a type."""
     out = []
     for u in units:
         if u.index is not None:
             prefix = LAYER.match(u.linears[0])["prefix"]
             out.append(f"re:^{re.escape(prefix)}\\.{u.index}\\.")
-        elif len(u.linears) > 1:
-            out.append(f"re:.*\\.{re.escape(u.name)}$")
+        elif u.name == "+".join(dict.fromkeys(n.rpartition(".")[2] for n in u.linears)) and len(u.linears) > 1:
+            out.extend(f"re:.*\\.{re.escape(leaf)}$" for leaf in u.name.split("+"))
         else:
             out.extend(u.linears)
     return out
@@ -201,20 +222,28 @@ def run(probe: Probe, by: str = "layer", mode: str = "only") -> Sensitivity:
 
 
 def suggest(probe: Probe, sens: Sensitivity, target: float, max_units: int | None = None) -> dict:
-    """Units in ranked order into an ignore list until the model, quantized but for them, scores ``target``; each
-    step measured. Returns the list, its llm-compressor patterns, the steps and the BF16 bytes it costs."""
-    ranked = [u for u, _ in sens.ranked()]
+    """A greedy, measured ignore list: in ranked order, each unit is tried on top of those kept so far and kept only
+    if the model, quantized but for them, scores higher than the best so far; until ``target`` is reached, the units
+    run out or ``max_units`` are kept. Returns the kept units, their llm-compressor patterns, every step tried (kept
+    or not), the score reached and the BF16 bytes it costs."""
     chosen: list[Unit] = []
-    steps = [{"ignore": [], "score": sens.all_quantized.score, "kld_mean": sens.all_quantized.kld_mean}]
-    reached = sens.all_quantized.score >= target
-    while not reached and ranked and (max_units is None or len(chosen) < max_units):
-        chosen.append(ranked.pop(0))
-        keep = {n for u in chosen for n in u.linears}
+    best = sens.all_quantized.score
+    steps = [{"ignore": [], "score": best, "kld_mean": sens.all_quantized.kld_mean, "kept": True}]
+    reached = best >= target
+    for u in (u for u, _ in sens.ranked()):
+        if reached or (max_units is not None and len(chosen) >= max_units):
+            break
+        trial = chosen + [u]
+        keep = {n for x in trial for n in x.linears}
         m = probe.measure([n for n in probe.names if n not in keep])
-        steps.append({"ignore": [u.name for u in chosen], "score": m.score, "kld_mean": m.kld_mean})
-        probe.log(f"leaving {', '.join(u.name for u in chosen)} in BF16: score {m.score:.2f}")
-        reached = m.score >= target
+        kept = m.score > best
+        steps.append({"ignore": [x.name for x in trial], "score": m.score, "kld_mean": m.kld_mean, "kept": kept})
+        probe.log(f"leaving {', '.join(x.name for x in trial)} in BF16: score {m.score:.2f}"
+                  + ("" if kept else f", not above {best:.2f}: {u.name} not kept"))
+        if kept:
+            chosen, best = trial, m.score
+            reached = best >= target
     params = sum(u.params for u in chosen)
-    return {"target": target, "reached": reached, "units": [u.name for u in chosen],
+    return {"target": target, "reached": reached, "score": best, "units": [u.name for u in chosen],
             "ignore": ignore_patterns(chosen), "steps": steps, "params": params,
             "extra_bytes": round(params * (2 - NVFP4_BYTES_PER_PARAM))}

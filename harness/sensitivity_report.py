@@ -45,8 +45,8 @@ def render_markdown(rep: dict) -> str:
     s = rep.get("suggestion")
     if s:
         head = (f"Leave {', '.join(s['units'])} in BF16" if s["units"] else "Nothing needs to stay in BF16") + \
-            (f": score {s['steps'][-1]['score']:.2f} (target {s['target']:.2f}, measured)" if s["reached"] else
-             f": target {s['target']:.2f} not reached (best measured {max(x['score'] for x in s['steps']):.2f})")
+            (f": score {s['score']:.2f} (target {s['target']:.2f}, measured)" if s["reached"] else
+             f": target {s['target']:.2f} not reached (best measured {s['score']:.2f})")
         lines += ["## Suggested ignore list", "", head + f"; costs {s['extra_bytes'] / 2**20:.1f} MiB more than "
                   "NVFP4.", "", "```yaml", "ignore: " + json.dumps(["lm_head", *s["ignore"]]), "```", ""]
     return "\n".join(lines)
@@ -62,8 +62,15 @@ def write_chart(rep: dict, path: Path) -> None:
 
     by_name = {r["unit"]: r for r in rep["ranking"]}
     names = rep["depth_order"]
+    kept = set((rep.get("suggestion") or {}).get("units") or [])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 3.6))
-    ax.bar(range(len(names)), [by_name[n]["kld_mean"] for n in names], color="#4c72b0")
+    colors = ["#dd8452" if n in kept else "#4c72b0" for n in names]
+    ax.bar(range(len(names)), [by_name[n]["kld_mean"] for n in names], color=colors)
+    if kept:  # the legend names the suggested units' colour
+        ax.bar([0], [0], color="#dd8452", label="suggested: left in BF16")
+    ax.axhline(rep["all_quantized"]["kld_mean"], color="black", linestyle="dashed", linewidth=1,
+               label=f"everything quantized (KL {rep['all_quantized']['kld_mean']:.4f})")
+    ax.legend(fontsize=7, frameon=False)
     ax.set_xticks(range(len(names)), names, rotation=60 if len(names) > 8 else 0, ha="right" if len(names) > 8
                   else "center", fontsize=8)
     ax.set_ylabel("KL mean (nats)")
@@ -109,11 +116,10 @@ def write_suggested_recipe(cfg, scheme: str, name: str, rep: dict) -> Path:
         raise HarnessError(f"recipe {scheme}: no quant_stage.quant_modifiers.QuantizationModifier to add the "
                            "ignore list to; write the recipe by hand from the report's ignore line") from None
     mod["ignore"] = list(dict.fromkeys([*(mod.get("ignore") or []), *s["ignore"]]))
-    last = s["steps"][-1]
     out = {"name": name, "default": False, "scheme": base.scheme,
            "description": (f"{scheme} with {', '.join(s['units']) or 'nothing'} left in BF16: the suggestion of "
                            f"`harness sensitivity --by {rep['by']} --mode {rep['mode']}` on {rep['model']} "
-                           f"({rep['created']}), measured there at score {last['score']:.2f} (target "
+                           f"({rep['created']}), measured there at score {s['score']:.2f} (target "
                            f"{s['target']:.2f}{'' if s['reached'] else ', not reached'}) on {rep['texts']} texts; "
                            f"{s['extra_bytes'] / 2**20:.1f} MiB more than {scheme}"),
            "recipe": yaml.safe_dump(text, sort_keys=False),
@@ -170,4 +176,28 @@ def cmd_sensitivity(a, session) -> int:
         path = write_suggested_recipe(cfg, a.scheme, a.write_recipe, rep)
         print(f"recipe written: {path}\ncheck it through llm-compressor and the engine: harness gate"
               f"{' --config ' + cfg.source_path if cfg.source_path else ''} --recipe {a.write_recipe}")
+    if a.verify:
+        session.close()  # one engine alive at a time
+        return verify(a, suggestion, rep)
     return 0
+
+
+def verify(a, suggestion: dict, rep: dict) -> int:
+    """Build the written recipe and gate it as `harness gate --recipe NAME` would (the config's backend, data and
+    baselines); the predicted score beside the gated one. Exit 0 / 1 as the gate."""
+    from harness.cli import _session, _show_verdict
+    from harness.run import run_gate
+
+    a.recipe, a.backend = a.write_recipe, None
+    g = _session(a)
+    try:
+        done = run_gate(g, Path(a.report_dir) if a.report_dir else g.cfg.path_of("reports_dir"), show=_show_verdict)
+    finally:
+        g.close()
+    o = done.report["overall"]
+    lo, hi = (o["interval"]["low"], o["interval"]["high"]) if o.get("interval") else (o["score"], o["score"])
+    inside = "inside" if lo <= suggestion["score"] <= hi else "outside"
+    print(f"\nsuggestion {a.write_recipe}: predicted {suggestion['score']:.2f} ({rep['texts']} texts, in process); "
+          f"gated {o['score']:.2f} [{lo:.2f}, {hi:.2f}] ({inside} the gate's interval), "
+          f"{'GATE PASSED' if done.verdict.passed else 'GATE FAILED'}; report: {done.folder}/report.md")
+    return 0 if done.verdict.passed else 1

@@ -64,7 +64,7 @@ def test_real_layer_sensitivity_and_its_suggestion_gated(real_cfg, real_baseline
     assert rc == 0, out.out[-3000:] + out.err[-3000:]
     sens = json.loads(next(reports.glob("*/sensitivity.json")).read_text())
     s = sens["suggestion"]
-    predicted = s["steps"][-1]["score"]
+    predicted = s["score"]
 
     cfg = real_cfg.model_copy(deep=True)
     cfg.recipes_dir = str(recipes)
