@@ -159,8 +159,17 @@ def test_every_backend_s_settings_are_type_checked_whichever_backend_runs(projec
 
 
 def test_every_shipped_config_loads(root):
-    for p in sorted((root / "configs").glob("*.yaml")):
-        assert load_config(p).name
+    """Each shipped config loads, and what it says (read here with plain YAML) is what the loaded config holds."""
+    import yaml
+
+    paths = sorted((root / "configs").glob("*.yaml"))
+    assert len(paths) == 11, [p.name for p in paths]
+    for p in paths:
+        raw, cfg = yaml.safe_load(p.read_text()), load_config(p)
+        assert cfg.name == raw["name"] and cfg.model.path == raw["model"]["path"], p
+        assert sorted(cfg.datasets) == sorted(raw["datasets"]) and sorted(cfg.tasks) == sorted(raw.get("tasks") or {})
+        assert cfg.backend == raw.get("backend", "hf") and cfg.recipe == raw.get("recipe", "nvfp4"), p
+        assert cfg.model.max_model_len == raw["model"].get("max_model_len", 2048), p
 
 
 def test_set_overrides_dotted_keys_with_yaml_values(root):

@@ -79,7 +79,7 @@ def test_a_child_past_its_timeout_is_stopped_with_its_helpers(tmp_path):
     with pytest.raises(HarnessError, match=r"(?s)quantizing x ran past its timeout of 3 s.*last line: pids"):
         run_child([sys.executable, "-c", CHILD], env, log, "quantizing x", timeout_s=3, heartbeat_s=60,
                   log=lambda m: None)
-    assert time.time() - t0 < 30
+    assert time.time() - t0 < 120  # the child sleeps 120 s: back sooner means it was stopped, whatever the load
     assert _wait_gone(_pids_from(log)) == []
 
 
@@ -195,7 +195,7 @@ def test_a_waiter_names_the_holder_and_gives_up_at_its_timeout(tmp_path):
         t0 = time.time()
         with cache_lock(lock, "building k", timeout_s=10, log=said.append):
             assert json.loads(lock.with_suffix(".holder.json").read_text())["pid"] == os.getpid()
-        assert time.time() - t0 < 5
+        assert time.time() - t0 < 10  # under its own timeout: taken over, not waited out
         assert any(f"took the cache lock k over from pid {holder.pid}" in m and "process is gone" in m for m in said)
         assert not lock.with_suffix(".holder.json").exists()
     finally:
@@ -269,7 +269,7 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     assert all((a[k] == b[k]).all() for k in a), "offloaded loading changed the quantized weights"
 
 
-def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
+def test_closing_an_engine_waits_until_its_gpu_memory_is_back(monkeypatch):
     from harness.backends.gpu_memory import wait_released
 
     readings = iter([{0: 60000.0, 1: 900.0}, {0: 20000.0, 1: 900.0}, {0: 1100.0, 1: 900.0}])
@@ -281,9 +281,18 @@ def test_closing_an_engine_waits_until_its_gpu_memory_is_back():
 
     assert wait_released({0: 1000.0, 1: 900.0}, read, timeout_s=10, tolerance_mib=256, poll_s=0.01) is None
     assert len(seen) == 3  # returned at the first reading within 256 MiB of the start, not before
-    t0 = time.time()
-    held = wait_released({0: 1000.0}, lambda: {0: 41000.0}, timeout_s=0.3, tolerance_mib=256, poll_s=0.05)
-    assert held == {0: 40000} and 0.3 <= time.time() - t0 < 2
+    # past its timeout it returns what is still held: counted on a clock the test drives, not the machine's (a loaded
+    # 2-core CI host once made the elapsed-time bound a coin toss): reads at 0, 0.05, ..., 0.30 s, then it gives up
+    import harness.backends.gpu_memory as gm
+
+    clock = {"t": 0.0}
+    fake = type("T", (), {"time": staticmethod(lambda: clock["t"]),
+                          "sleep": staticmethod(lambda s: clock.__setitem__("t", clock["t"] + s))})
+    reads = []
+    monkeypatch.setattr(gm, "time", fake)
+    held = wait_released({0: 1000.0}, lambda: reads.append(clock["t"]) or {0: 41000.0}, timeout_s=0.3,
+                         tolerance_mib=256, poll_s=0.05)
+    assert held == {0: 40000} and len(reads) == 7 and reads[-1] == pytest.approx(0.3)
     assert wait_released(None, lambda: {0: 1.0}) is None  # no NVML when the engine started: nothing to wait for
 
 

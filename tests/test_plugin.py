@@ -1,8 +1,9 @@
 """The pytest plugin as users meet it: a project with the plugin, the gate tests and a config."""
 from __future__ import annotations
 
-import re
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_stages(harness_prepared, harness_checkpoint, harness_scores):
     r.assert_outcomes(passed=2)
     r.stdout.fnmatch_lines(["*tiny-qwen2/nvfp4] GATE PASSED*"])  # the session's report, from the fixtures' scores
     line = next(ln for ln in r.outlines if ln.startswith("time: "))
-    assert float(re.search(r"other ([\d.]+) s;", line)[1]) < 1.5, line  # 3 s and more when the sleep counts
+    # bounded by what the test controls: the aside sleeps 3.0 s, so "other" is at least that if it is counted
+    assert float(re.search(r"other ([\d.]+) s;", line)[1]) < 3.0, line
 
 
 def test_min_score_override_fails_the_gate_and_bad_values_fail_at_the_command_line(gate_project):
@@ -189,9 +191,14 @@ def test_benchmark_runs_are_saved_and_compared(gate_project, tmp_path):
     assert len(saved) == 1
     import json
 
-    extra = {b["name"]: b["extra_info"] for b in json.loads(saved[0].read_text())["benchmarks"]}
-    assert set(extra["test_dataset_score[tiny-qwen2/nvfp4-ultrachat]"]) >= {"ppl", "nll", "tokens", "tokens_per_s"}
-    assert "cache_hit" in extra["test_quantize[tiny-qwen2/nvfp4]"]
+    runs = {b["name"]: b for b in json.loads(saved[0].read_text())["benchmarks"]}
+    extra = {n: b["extra_info"] for n, b in runs.items()}
+    uc = extra["test_dataset_score[tiny-qwen2/nvfp4-ultrachat]"]
+    stored = json.loads((p.path / "baselines/tiny-qwen2/ultrachat.json").read_text())
+    assert uc["tokens"] == stored["tokens"]          # the quantized run scored the BF16 baseline's tokens, all of them
+    assert uc["ppl"] == pytest.approx(math.exp(uc["nll"]), rel=1e-12)  # PPL = exp(mean NLL)
+    assert extra["test_quantize[tiny-qwen2/nvfp4]"]["recipe"] == "nvfp4"
+    assert isinstance(extra["test_quantize[tiny-qwen2/nvfp4]"]["cache_hit"], bool)
     r = p.runpytest_inprocess(*args, "--benchmark-compare")
     r.assert_outcomes(passed=7)
     r.stderr.fnmatch_lines(["*Comparing against benchmarks from: *0001_*"])

@@ -52,7 +52,11 @@ def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, fidelity, gpu_results, be
     assert verdict.passed, verdict.summary()
     o = rep["overall"]["distributions"]  # the tiny config compares top-20 distributions with vLLM's own BF16
     assert o["tokens"] == sum(d["nvfp4"]["tokens"] for d in rep["datasets"])
-    assert 0 < o["kld"]["mean"] and o["top1_pct"] < 100.0, o
+    # a band around transformers' numbers on the CPU for the same checkpoints (configs/tiny.yaml: W4A4 KL 0.0083,
+    # top-1 95.1%; NVFP4A16, what Marlin computes, 0.0024 and 96.3%): another implementation of the same numerics,
+    # whose BF16 sides agree with vLLM's to ~1e-4. Measured on the H200 (2026-12-07): 0.0079 / 95.70, 0.0025 / 96.60
+    kl_hf, top1_hf = {"scheme": (0.0083, 95.1), "this-gpu": (0.0024, 96.3)}[fidelity]
+    assert 0.5 * kl_hf <= o["kld"]["mean"] <= 1.5 * kl_hf and abs(o["top1_pct"] - top1_hf) <= 2.0, o
     assert {r["key"] for r in rep["overall"]["limits"]} == {"kld_mean_max", "top1_min"}
     if fidelity == "scheme":  # W4A4: activations quantized too, so the tiny model must pay for it
         assert rep["overall"]["interval"]["high"] < 100.0, rep["overall"]
