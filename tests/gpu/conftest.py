@@ -289,3 +289,4 @@ def real_baseline(real_cfg, gpu_results):
     gpu_results("real_bf16_vllm", {"ppl": b.ppl, "tokens": b.tokens, "kept_texts": b.kept_texts,
                                    "compilation": info.get("compilation"), "engine_start_s": info.get("engine_start_s")})
     return b
+

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.gpu.bare import bare_logprob_sums
+
 from harness.backends import EngineSpec, backend_class
 
 pytestmark = pytest.mark.scale  # `pytest -m scale` (sizes and speed at real shapes); not part of `pytest -m gpu`
@@ -53,6 +55,8 @@ def test_throughput_1p5b(bench_models, bench_workload, variant, gpu_results, ben
         eng.close()
     harness_s, bare_s = statistics.median(harness_s), statistics.median(bare_s)
     assert len(bare) == n_prompts and all(r.n_tokens == prompt_len - 1 for r in res)
+    # the same engine, the same prompts all at once: the harness's sums are vLLM's own, document by document
+    assert [r.logprob_sum for r in res] == pytest.approx(bare_logprob_sums(bare, docs), rel=1e-9, abs=1e-6)
     flop_bound_s = 2 * bench_models["params"] * n_prompts * prompt_len / PEAK_FLOPS
     out = {"kernel": info["kernel"], "engine_start_s": info["engine_start_s"], "rounds": ROUNDS,
            "harness_tok_s": tokens / harness_s,
