@@ -147,13 +147,18 @@ def test_every_backend_s_settings_are_type_checked_whichever_backend_runs(projec
     cases = [("gpu_memory_utilization", "abc", "gpu_memory_utilization: vLLM 0.26.0 takes float, got 'abc' (str)"),
              ("enforce_eager", "yes", "enforce_eager: vLLM 0.26.0 takes bool, got 'yes' (str)"),
              ("seed", True, "seed: vLLM 0.26.0 takes int, got True (bool)"),
-             ("max_num_seqs", 2.5, "max_num_seqs: vLLM 0.26.0 takes int or null, got 2.5 (float)")]
+             ("max_num_seqs", 2.5, "max_num_seqs: vLLM 0.26.0 takes int or null, got 2.5 (float)"),
+             # Literal fields (vllm/config/kernel.py LinearBackend, model.py ModelDType): the value must be one of them
+             ("linear_backend", "emulaton", "linear_backend: vLLM 0.26.0 takes one of 'auto', 'cutlass', "),
+             ("dtype", "bfloat17", "dtype: vLLM 0.26.0 takes one of 'auto', 'half', 'float16', 'bfloat16', 'float', "
+                                   "'float32'; got 'bfloat17' (did you mean 'bfloat16'?)")]
     for key, value, said in cases:
         p = _write(project, lambda c: c["model"]["engine"]["nvfp4"]["vllm"].update({key: value}))
         with pytest.raises(ConfigError) as e:
             load_config(p)
         assert f"engine.nvfp4.vllm.{said}" in str(e.value)
-    for key, value in (("gpu_memory_utilization", 1), ("max_num_seqs", None), ("kv_cache_dtype", "fp8")):
+    for key, value in (("gpu_memory_utilization", 1), ("max_num_seqs", None), ("kv_cache_dtype", "fp8"),
+                       ("linear_backend", "emulation"), ("gdn_prefill_backend", None)):
         p = _write(project, lambda c: c["model"]["engine"]["nvfp4"]["vllm"].update({key: value}))
         assert load_config(p).model.engine["nvfp4"]["vllm"][key] == value  # an int is a float; None where allowed
 

@@ -101,6 +101,41 @@ VLLM_SCALAR_TYPES = dict(item.split(":") for item in """
     tokens_only:bool trust_remote_code:bool ubatch_size:int use_fp64_gumbel:bool use_tqdm_on_load:bool
     video_pruning_rate:float? watermark:float worker_cls:str worker_extension_cls:str
 """.split())
+# the EngineArgs fields of vLLM 0.26.0 typed as a Literal (directly or through an alias in vllm/config/*.py: ModelDType,
+# CacheDType, LinearBackend, ...), read off the wheel's source with ast: field -> (the values it takes, None allowed)
+VLLM_CHOICES = {
+    'all2all_backend': (('naive', 'pplx', 'deepep_high_throughput', 'deepep_low_latency', 'deepep_v2',
+                         'mori_high_throughput', 'mori_low_latency', 'nixl_ep', 'allgather_reducescatter',
+                         'flashinfer_all2allv', 'flashinfer_nvlink_two_sided', 'flashinfer_nvlink_one_sided'), False),
+    'data_parallel_backend': (('ray', 'mp'), False),
+    'dcp_comm_backend': (('ag_rs', 'a2a'), False),
+    'dtype': (('auto', 'half', 'float16', 'bfloat16', 'float', 'float32'), False),
+    'expert_placement_strategy': (('linear', 'round_robin'), False),
+    'gdn_prefill_backend': (('flashinfer', 'triton', 'cutedsl'), True),
+    'jit_monitor_mode': (('warn', 'error'), False),
+    'kv_cache_dtype': (('auto', 'float16', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', 'fp8_ds_mla',
+                        'turboquant_k8v4', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_3bit_nc',
+                        'int4_per_token_head', 'int8_per_token_head', 'fp8_per_token_head', 'nvfp4'), False),
+    'kv_offloading_backend': (('native', 'lmcache'), False),
+    'linear_backend': (('auto', 'cutlass', 'flashinfer_cutlass', 'flashinfer_cutedsl', 'flashinfer_trtllm',
+                        'flashinfer_cudnn', 'flashinfer_b12x', 'marlin', 'humming', 'triton', 'deep_gemm', 'torch',
+                        'aiter', 'machete', 'fbgemm', 'conch', 'exllama', 'emulation', 'xpu', 'xpu_woq'), False),
+    'logprobs_mode': (('raw_logits', 'raw_logprobs', 'processed_logits', 'processed_logprobs'), False),
+    'mamba_cache_dtype': (('auto', 'float32', 'float16', 'bfloat16'), False),
+    'mamba_cache_mode': (('all', 'align', 'none'), False),
+    'mamba_ssm_cache_dtype': (('auto', 'float32', 'float16', 'bfloat16'), False),
+    'max_lora_rank': ((1, 8, 16, 32, 64, 128, 256, 320, 512), False),
+    'mm_encoder_tp_mode': (('weights', 'data'), False),
+    'mm_processor_cache_type': (('shm', 'lru'), True),
+    'mm_tensor_ipc': (('direct_rpc', 'torch_shm'), False),
+    'moe_backend': (('auto', 'triton', 'deep_gemm', 'deep_gemm_mega_moe', 'cutlass', 'flashinfer_trtllm',
+                     'flashinfer_cutlass', 'flashinfer_cutedsl', 'flashinfer_b12x', 'marlin', 'humming',
+                     'triton_unfused', 'aiter', 'flydsl', 'hpc', 'emulation'), False),
+    'performance_mode': (('balanced', 'interactivity', 'throughput'), False),
+    'prefix_caching_hash_algo': (('sha256', 'sha256_cbor', 'xxhash', 'xxhash_cbor'), False),
+    'safetensors_load_strategy': (('lazy', 'eager', 'prefetch', 'torchao'), True),
+    'scheduling_policy': (('fcfs', 'priority'), False),
+}
 # keys the harness accepts although this vLLM dropped them (reference settings): removed with a note in the engine info
 VLLM_DROPPED = frozenset({"swap_space"})
 # set by the harness from the config (model.path, model.max_model_len, ...): refused in model.engine
@@ -138,6 +173,14 @@ def check_vllm_types(kwargs: dict, where: str) -> None:
     is not an int; ``None`` only where the field allows it)."""
     names = {"bool": bool, "int": int, "float": float, "str": str}
     for k, v in kwargs.items():
+        if k in VLLM_CHOICES:
+            allowed, optional = VLLM_CHOICES[k]
+            if v in allowed or (v is None and optional):
+                continue
+            near = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
+            raise ConfigError(f"{where}.{k}: vLLM {VLLM_VERSION} takes one of {', '.join(map(repr, allowed))}"
+                              + (" or null" if optional else "") + f"; got {v!r}"
+                              + (f" (did you mean {near[0]!r}?)" if near else ""))
         want = VLLM_SCALAR_TYPES.get(k)
         if want is None:
             continue
