@@ -238,9 +238,26 @@ def cmd_sensitivity(a) -> int:
     a.backend = "hf"  # in process: the variants swap weights inside the loaded model
     s = _session(a)
     try:
-        return run(a, s)
+        rc, suggestion, rep = run(a, s)
     finally:
-        s.close()
+        s.close()  # one engine alive at a time: the probe's goes before the written recipe's gate
+    return _verify_suggestion(a, suggestion, rep) if a.verify else rc
+
+
+def _verify_suggestion(a, suggestion: dict, rep: dict) -> int:
+    """--verify: build the written recipe and gate it as `harness gate --recipe NAME` would (the config's backend,
+    data and baselines); the predicted score beside the gated one. Exit 0 / 1 as the gate."""
+    from harness.run import run_gate
+    from harness.sensitivity_report import verified_line
+
+    a.recipe, a.backend = a.write_recipe, None
+    g = _session(a)
+    try:
+        done = run_gate(g, Path(a.report_dir) if a.report_dir else g.cfg.path_of("reports_dir"), show=_show_verdict)
+    finally:
+        g.close()
+    print("\n" + verified_line(a.write_recipe, suggestion, rep, done))
+    return 0 if done.verdict.passed else 1
 
 
 def cmd_fetch_model(a) -> int:

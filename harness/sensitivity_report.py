@@ -176,28 +176,14 @@ def cmd_sensitivity(a, session) -> int:
         path = write_suggested_recipe(cfg, a.scheme, a.write_recipe, rep)
         print(f"recipe written: {path}\ncheck it through llm-compressor and the engine: harness gate"
               f"{' --config ' + cfg.source_path if cfg.source_path else ''} --recipe {a.write_recipe}")
-    if a.verify:
-        session.close()  # one engine alive at a time
-        return verify(a, suggestion, rep)
-    return 0
+    return 0, suggestion, rep
 
 
-def verify(a, suggestion: dict, rep: dict) -> int:
-    """Build the written recipe and gate it as `harness gate --recipe NAME` would (the config's backend, data and
-    baselines); the predicted score beside the gated one. Exit 0 / 1 as the gate."""
-    from harness.cli import _session, _show_verdict
-    from harness.run import run_gate
-
-    a.recipe, a.backend = a.write_recipe, None
-    g = _session(a)
-    try:
-        done = run_gate(g, Path(a.report_dir) if a.report_dir else g.cfg.path_of("reports_dir"), show=_show_verdict)
-    finally:
-        g.close()
+def verified_line(name: str, suggestion: dict, rep: dict, done) -> str:
+    """The written recipe's gate (harness.run.run_gate's result) beside what the sensitivity run predicted for it."""
     o = done.report["overall"]
     lo, hi = (o["interval"]["low"], o["interval"]["high"]) if o.get("interval") else (o["score"], o["score"])
     inside = "inside" if lo <= suggestion["score"] <= hi else "outside"
-    print(f"\nsuggestion {a.write_recipe}: predicted {suggestion['score']:.2f} ({rep['texts']} texts, in process); "
-          f"gated {o['score']:.2f} [{lo:.2f}, {hi:.2f}] ({inside} the gate's interval), "
-          f"{'GATE PASSED' if done.verdict.passed else 'GATE FAILED'}; report: {done.folder}/report.md")
-    return 0 if done.verdict.passed else 1
+    return (f"suggestion {name}: predicted {suggestion['score']:.2f} ({rep['texts']} texts, in process); gated "
+            f"{o['score']:.2f} [{lo:.2f}, {hi:.2f}] ({inside} the gate's interval), "
+            f"{'GATE PASSED' if done.verdict.passed else 'GATE FAILED'}; report: {done.folder}/report.md")

@@ -172,7 +172,8 @@ def test_benchmark_hf_logprob_peak_memory_at_2048_tokens(benchmark, root):
     """Peak extra CPU memory of turning one 2048-token sequence's logits (Qwen2.5 vocab, 151,936) into token
     log-probabilities: the backend's chunked path against the full fp32 log_softmax it did before (``PEAK_SCRIPT
     full``). By hand, the full path holds the fp32 logits and their log_softmax at once: 2 x 2048 x 151,936 x 4 B =
-    2,374 MiB (measured 2,375 on 2026-11-27); the chunked path must need under a quarter of that (measured 303)."""
+    2,374 MiB (measured 2,375 on 2026-11-27, so the full path is not re-run here: 9 s of CI); the chunked path must
+    need under a quarter of that (measured 303)."""
     import subprocess
     import sys
 
@@ -183,13 +184,11 @@ def test_benchmark_hf_logprob_peak_memory_at_2048_tokens(benchmark, root):
         return float(r.stdout.strip().splitlines()[-1])
 
     chunked = benchmark.pedantic(peak, args=("chunked",), rounds=1, iterations=1)
-    full = peak("full")
-    benchmark.extra_info.update({"peak_mib_chunked": round(chunked), "peak_mib_full": round(full), "tokens": 2048,
-                                 "vocab": 151936})
-    print(f"peak extra memory at 2048 tokens: chunked {chunked:.0f} MiB, full {full:.0f} MiB")
-    by_hand = 2 * 2048 * 151936 * 4 / 2**20
-    assert full >= 0.95 * by_hand, (full, by_hand)  # the measurement sees what the arithmetic says is there
-    assert chunked < full / 4, (chunked, full)
+    full = 2 * 2048 * 151936 * 4 / 2**20  # the full path's floor, by hand
+    benchmark.extra_info.update({"peak_mib_chunked": round(chunked), "full_path_mib_by_hand": round(full),
+                                 "tokens": 2048, "vocab": 151936})
+    print(f"peak extra memory at 2048 tokens: chunked {chunked:.0f} MiB, full path {full:.0f} MiB by hand")
+    assert 0 < chunked < full / 4, (chunked, full)
 
 
 def test_cpu_linears_widen_to_float32_and_round_to_bf16_as_a_gpu_gemm_does(root):

@@ -172,12 +172,12 @@ def test_a_linear_suggestion_builds_and_gates_and_never_splits_a_fused_group(roo
     (proj / "recipes").mkdir(parents=True)
     (proj / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
     rc = main(["sensitivity", "--set", f"recipes_dir={proj / 'recipes'}", "--by", "linear", "--mode", "all-but",
-               "--target", "99.5", "--texts", "4", "--max-tokens", "128", "--report-dir", str(tmp_path / "r"),
+               "--target", "99.5", "--texts", "2", "--max-tokens", "96", "--report-dir", str(tmp_path / "r"),
                "--write-recipe", "keep-linears", "--verify"])
     out, err = capsys.readouterr()
     assert rc in (0, 1), out[-3000:] + err[-3000:]
-    # 4 texts from each of the two datasets
-    assert re.search(r"suggestion keep-linears: predicted [\d.]+ \(8 texts, in process\); gated [\d.]+ \[", out), out
+    # 2 texts from each of the two datasets
+    assert re.search(r"suggestion keep-linears: predicted [\d.]+ \(4 texts, in process\); gated [\d.]+ \[", out), out
     ignore = yaml.safe_load(load_recipe(proj / "recipes", "keep-linears").recipe_text)[
         "quant_stage"]["quant_modifiers"]["QuantizationModifier"]["ignore"]
     names = [f"model.layers.{i}.{leaf}" for i in (0, 1) for leaf in LEAVES]
