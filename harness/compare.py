@@ -101,7 +101,7 @@ def run(make_session, recipes: list[str], log=print) -> dict:
         except BaselineError:
             raise  # the baselines are every recipe's: nothing to compare against
         except HarnessError as e:
-            first = str(e).splitlines()[0][:300]
+            first = str(e).splitlines()[0]
             rows.append({"recipe": r, "error": first})
             log(f"{r}: could not be gated: {first}")
         finally:
@@ -125,7 +125,7 @@ def tables(rep: dict) -> tuple[str, str]:
     rows = [[r["recipe"], f"{f(r['score'])} [{f(r['low'])}, {f(r['high'])}]", f(r["ppl"], 3), f(r["kld_mean"], 4),
              f(r["kld_p99"], 3), f(r["top1_pct"], 1), f"{r['bytes'] / 2**20:.1f}", r["kernel"] or "?",
              f"{r['time']['wall_s']:.0f}", "PASS" if r["passed"] else "FAIL"] if "error" not in r else
-            [r["recipe"], "", "", "", "", "", "", "", "", f"ERROR: {r['error'][:120]}"] for r in rep["recipes"]]
+            [r["recipe"], "", "", "", "", "", "", "", "", f"ERROR: {r['error']}"] for r in rep["recipes"]]
     one = md_table(["recipe", "score [CI]", "PPL", "KL mean", "KL p99", "top-1 %", "MiB", "kernel", "s", "gate"],
                    rows, "l" * 10)
     pairs = [[p["a"], p["b"], f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]", p["word"]]
@@ -157,26 +157,81 @@ def render_markdown(rep: dict) -> str:
                                    if tasks else []))
 
 
+def deltas_to_reference(rep: dict) -> tuple[str | None, list[dict]]:
+    """Each recipe that ran against the first one that ran (the reference): score(X) - score(ref) with its paired
+    bootstrap interval, read from the pairs (which hold A - B for A listed before B)."""
+    ran = [r["recipe"] for r in rep["recipes"] if "error" not in r]
+    if len(ran) < 2:
+        return (ran[0] if ran else None), []
+    ref = ran[0]
+    by_pair = {(p["a"], p["b"]): p for p in rep["pairs"]}
+    out = []
+    for x in ran[1:]:
+        p = by_pair[(ref, x)]
+        out.append({"recipe": x, "delta": -p["difference"], "low": -p["high"], "high": -p["low"]})
+    return ref, out
+
+
 def write_chart(rep: dict, path: Path) -> None:
+    """Scores zoomed to the data (every score, interval and threshold inside the axis: harness/report_chart.py's
+    layout), each with its value; a recipe that could not be gated is a labelled gap; below, each recipe's paired
+    difference to the reference (the first that ran) with its interval."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from harness.report_chart import chart_layout
     from harness.report_folder import save_svg
 
-    rows = [r for r in rep["recipes"] if "error" not in r]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.6))
-    xs = range(len(rows))
-    ax.bar(xs, [r["score"] for r in rows], color=["#55a868" if r["passed"] else "#c44e52" for r in rows])
-    ax.errorbar(xs, [r["score"] for r in rows], fmt="none", ecolor="black", capsize=4,
-                yerr=[[r["score"] - (r["low"] if r["low"] is not None else r["score"]) for r in rows],
-                      [(r["high"] if r["high"] is not None else r["score"]) - r["score"] for r in rows]])
-    for x, r in zip(xs, rows):
+    rows = rep["recipes"]
+    ran = [r for r in rows if "error" not in r]
+    ref, deltas = deltas_to_reference(rep)
+    width = max(6.0, 1.4 * len(rows) + 2)
+    if deltas:
+        fig, (ax, dax) = plt.subplots(2, 1, figsize=(width, 6.2), gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.8))
+    cis = [{"low": r["low"], "high": r["high"]} if r["low"] is not None else None for r in ran]
+    if ran:
+        lo, hi, label_y = chart_layout([r["score"] for r in ran], [r["threshold"] for r in ran], cis)
+    else:
+        lo, hi, label_y = 0.0, 100.0, []
+    labels = iter(label_y)
+    for x, r in enumerate(rows):
+        if "error" in r:  # the gap says why; the table holds the whole cause
+            ax.text(x, (lo + hi) / 2, "not gated:\n" + "\n".join(textwrap.wrap(r["error"], 22)[:5]), ha="center",
+                    va="center", fontsize=6.5, color="#c44e52")
+            continue
+        ax.bar(x, r["score"] - lo, bottom=lo, width=0.6, color="#55a868" if r["passed"] else "#c44e52")
+        if r["low"] is not None:
+            ax.errorbar(x, r["score"], yerr=[[r["score"] - r["low"]], [r["high"] - r["score"]]], fmt="none",
+                        ecolor="black", capsize=4)
         ax.hlines(r["threshold"], x - 0.4, x + 0.4, colors="black", linestyles="dashed", linewidth=1)
-    ax.set_xticks(list(xs), [r["recipe"] for r in rows], fontsize=8)
+        ax.text(x, next(labels), f"{r['score']:.2f}", ha="center", va="bottom", fontsize=9)
+    ax.axhline(100, color="grey", linewidth=0.8)
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xticks(range(len(rows)), [r["recipe"] for r in rows], fontsize=8)
     ax.set_ylabel("score (BF16 = 100)")
-    ax.set_title(f"{rep['model']}: recipes (dashed: threshold)", fontsize=10)
+    ax.set_title(f"{rep['model']}: score per recipe (dashed: threshold; grey: BF16 = 100)", fontsize=9)
+    if deltas:
+        xs = range(len(deltas))
+        d = [x["delta"] for x in deltas]
+        dax.errorbar(xs, d, yerr=[[x["delta"] - x["low"] for x in deltas], [x["high"] - x["delta"] for x in deltas]],
+                     fmt="o", color="black", capsize=4)
+        for i, x in enumerate(deltas):
+            dax.text(i + 0.08, x["delta"], f"{x['delta']:+.2f} [{x['low']:+.2f}, {x['high']:+.2f}]", fontsize=8,
+                     va="center")
+        dax.axhline(0, color="grey", linewidth=0.8)
+        span = max(max(abs(x["low"]), abs(x["high"])) for x in deltas) * 1.3 or 1.0
+        dax.set_ylim(-span, span)
+        dax.set_xlim(-0.5, len(deltas) - 0.2)
+        dax.set_xticks(list(xs), [x["recipe"] for x in deltas], fontsize=8)
+        dax.set_ylabel(f"score - {ref}")
+        dax.set_title(f"difference to {ref}, paired on the same documents", fontsize=9)
     save_svg(fig, path)
 
 

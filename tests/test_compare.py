@@ -99,3 +99,59 @@ def test_a_recipe_refused_before_it_starts_is_a_row_and_the_others_still_run():
     assert rep["recipes"] == [{"recipe": "refused", "error": "recipe refused: scheme W2A16 cannot run on vllm"},
                               {"recipe": "later", "error": "later: stopped here"}]
     assert rep["pairs"] == []
+
+
+def _two_recipes_half_a_point_apart(with_failure: bool = False) -> dict:
+    """The tiny default's NVFP4 (99.14 [98.94, 99.33]) and a recipe 0.51 above it, thresholds 99.0, as the compare
+    report holds them; with_failure: a third recipe that llm-compressor refused."""
+    rows = [{"recipe": "nvfp4", "score": 99.14, "low": 98.94, "high": 99.33, "threshold": 99.0, "passed": True},
+            {"recipe": "nvfp4a16", "score": 99.65, "low": 99.52, "high": 99.77, "threshold": 99.0, "passed": True}]
+    if with_failure:
+        rows.append({"recipe": "keep-v", "error": "quantization failed (exit 2): AssertionError: Some layers in fused "
+                                                  "group: ('q_proj', 'k_proj', 'v_proj') have no weight observer"})
+    return {"model": "tiny-qwen2", "recipes": rows,
+            "pairs": [{"a": "nvfp4", "b": "nvfp4a16", "difference": -0.51, "low": -0.62, "high": -0.40,
+                       "confidence": 0.95, "word": "worse"}]}
+
+
+def test_the_compare_chart_zooms_to_a_half_point_gap_and_labels_both(tmp_path):
+    """Issue 41: every recipe was drawn from 0 to 100, so 99.14 against 99.65 looked the same. Now the axis spans the
+    data (under 10 points here), each bar has its value, and a second panel holds the paired difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.compare import deltas_to_reference, write_chart
+
+    rep = _two_recipes_half_a_point_apart(with_failure=True)
+    ref, deltas = deltas_to_reference(rep)
+    assert ref == "nvfp4" and deltas == [{"recipe": "nvfp4a16", "delta": 0.51, "low": 0.40, "high": 0.62}]
+    seen = {}
+    real_save = plt.Figure.savefig
+
+    def keep(fig, *a, **kw):  # the axes as drawn, before the file is written
+        seen["ylim"] = fig.axes[0].get_ylim()
+        seen["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        return real_save(fig, *a, **kw)
+
+    plt.Figure.savefig = keep
+    try:
+        write_chart(rep, tmp_path / "chart.svg")
+    finally:
+        plt.Figure.savefig = real_save
+    lo, hi = seen["ylim"]
+    assert hi - lo < 10 and lo < 98.94 and hi > 100.0, seen["ylim"]  # every interval, threshold and BF16 inside
+    assert "99.14" in seen["texts"] and "99.65" in seen["texts"], seen["texts"]
+    assert "+0.51 [+0.40, +0.62]" in seen["texts"]
+    assert any(t.startswith("not gated:\nquantization failed") for t in seen["texts"]), seen["texts"]  # a labelled gap
+
+
+def test_a_recipe_that_could_not_be_gated_keeps_its_whole_cause_in_the_table():
+    from harness.compare import tables
+
+    rep = _two_recipes_half_a_point_apart(with_failure=True)
+    for r in rep["recipes"][:2]:
+        r.update(ppl=2.87, kld_mean=0.008, kld_p99=0.13, top1_pct=95.1, bytes=2**20, kernel="k", time={"wall_s": 10})
+    one, _ = tables(rep)
+    assert "have no weight observer" in one  # never cut mid-sentence
