@@ -127,7 +127,7 @@ class TaskSteps:
             from harness.progress import ScoringProgress
             from harness.tasks.results import score_task
 
-            unique = list(dict.fromkeys(prep.requests))  # what score_task sends (each distinct request once)
+            unique = prep.distinct_requests  # what score_task sends (each distinct request once)
             calls_back = getattr(eng, "reports_progress", False)
             with self.clock("scoring"), ScoringProgress(f"task {name} {precision}", len(unique), unit="requests",
                                                         bar=self._shows_progress() and calls_back,

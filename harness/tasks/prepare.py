@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 from harness.errors import DataError
 from harness.tasks.definitions import Item, TaskSpec, gsm8k_item, gsm8k_shots, make_item
@@ -35,6 +36,12 @@ class PreparedTask:
     @property
     def n(self) -> int:
         return len(self.items)
+
+    @cached_property
+    def distinct_requests(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Each distinct request once, in first-seen order: what is sent to an engine (the same request asked by
+        two items is scored once)."""
+        return list(dict.fromkeys(self.requests))
 
     def item_requests(self, i: int) -> list[int]:
         return [j for j, o in enumerate(self.owners) if o == i]

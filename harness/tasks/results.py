@@ -74,7 +74,7 @@ def score_task(engine, prep: PreparedTask, progress=None) -> TaskScore:
     t0 = time.time()
     if prep.kind == "generate":
         return _generated(engine, prep, t0)
-    unique = list(dict.fromkeys(prep.requests))
+    unique = prep.distinct_requests
     where = {r: i for i, r in enumerate(unique)}
     before = dict(getattr(engine, "shared", None) or {})
     res = engine.loglikelihood([(list(c), list(t)) for c, t in unique], progress=progress)
