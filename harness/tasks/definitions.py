@@ -93,9 +93,11 @@ def piqa_item(row: dict) -> Item:
     return _choice_item(f"Question: {row['goal']}\nAnswer:", [row["sol1"], row["sol2"]], int(row["label"]))
 
 
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval hellaswag/utils.py ``preprocess``: WikiHow's bracket artefacts removed."""
-    text = text.strip()
+def hellaswag_preprocess(text: str, strip: bool = True) -> str:
+    """lm-eval hellaswag/utils.py ``preprocess``: WikiHow's bracket artefacts removed (lighteval's copy of it, in
+    huggingface/smollm's tasks.py, has the strip commented out: ``strip=False``)."""
+    if strip:
+        text = text.strip()
     text = text.replace(" [title]", ". ")
     text = re.sub("\\[.*?\\]", "", text)
     return text.replace("  ", " ")
@@ -113,13 +115,9 @@ def hellaswag_lighteval_item(row: dict) -> Item:
     """huggingface/smollm text/evaluation/smollm2/tasks.py ``prompt_hellaswag`` (lighteval): query =
     preprocess(activity_label + ": " + ctx_a + " " + Ctx_b + " ") and choices " " + preprocess(ending), where
     preprocess does not strip; acc_norm "nospace" divides by the choice without its leading space."""
-    def preprocess(text: str) -> str:
-        text = text.replace(" [title]", ". ")
-        text = re.sub("\\[.*?\\]", "", text)
-        return text.replace("  ", " ")
-
-    query = preprocess(row["activity_label"] + ": " + f"{row['ctx_a']} {row['ctx_b'].capitalize()} ")
-    endings = [preprocess(e) for e in row["endings"]]
+    query = hellaswag_preprocess(row["activity_label"] + ": " + f"{row['ctx_a']} {row['ctx_b'].capitalize()} ",
+                                 strip=False)
+    endings = [hellaswag_preprocess(e, strip=False) for e in row["endings"]]
     return Item(requests=tuple((query, " " + e) for e in endings), gold=int(row["label"]),
                 norm_lengths=tuple(len(e) for e in endings))
 
