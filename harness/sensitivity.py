@@ -36,6 +36,7 @@ class Unit:
     linears: list[str]
     params: int = 0
     index: int | None = None          # the decoder layer's index (units by layer)
+    by: str = "linear"                # layer, type or linear (UNIT_KINDS): how ignore_patterns names it
 
 
 @dataclass
@@ -89,15 +90,15 @@ def make_units(names: list[str], params: dict[str, int], by: str) -> list[Unit]:
     groups: dict[str, Unit] = {}
     for n in names:
         members = fused_key(n, present)
-        leaves = "+".join(m.rpartition(".")[2] for m in members)
+        leaves = [m.rpartition(".")[2] for m in members]
         if by == "linear":
-            key, index = members[0] + "".join("+" + m.rpartition(".")[2] for m in members[1:]), None
+            key, index = "+".join([members[0], *leaves[1:]]), None
         elif by == "type":
-            key, index = leaves, None
+            key, index = "+".join(leaves), None
         else:
             m = LAYER.match(n)
             key, index = (f"layer {int(m['index'])}", int(m["index"])) if m else (n, None)
-        u = groups.setdefault(key, Unit(key, [], 0, index))
+        u = groups.setdefault(key, Unit(key, [], 0, index, by))
         u.linears.append(n)
         u.params += params[n]
     return list(groups.values())
@@ -117,7 +118,7 @@ def ignore_patterns(units: list[Unit]) -> list[str]:
         if u.index is not None:
             prefix = LAYER.match(u.linears[0])["prefix"]
             out.append(f"re:^{re.escape(prefix)}\\.{u.index}\\.")
-        elif u.name == "+".join(dict.fromkeys(n.rpartition(".")[2] for n in u.linears)) and len(u.linears) > 1:
+        elif u.by == "type" and len(u.linears) > 1:
             out.extend(f"re:.*\\.{re.escape(leaf)}$" for leaf in u.name.split("+"))
         else:
             out.extend(u.linears)
