@@ -70,13 +70,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-") or "model"
 
 
-def engine_block(params: int | None, gpus: list[float]) -> tuple[str, list[str]]:
-    """The backend and the engine settings for this size on these GPUs (GiB each), and the notes that explain them."""
+def engine_block(params: int | None, gpus: list[float]) -> tuple[str, list[str], list[str]]:
+    """The backend, the engine settings' lines for this size on these GPUs (GiB each), and the notes that explain
+    them."""
     if not gpus:
         threads = max(1, os.cpu_count() or 1)
         return ("hf", [f"    bf16: {{hf: {{dtype: bfloat16, threads: {threads}}}}}",
-                       f"    nvfp4: {{hf: {{dtype: bfloat16, threads: {threads}}}}}"]), \
-            ["no GPU visible: the hf backend on the CPU (transformers; NVFP4 as fake quantization)"]
+                       f"    nvfp4: {{hf: {{dtype: bfloat16, threads: {threads}}}}}"],
+                ["no GPU visible: the hf backend on the CPU (transformers; NVFP4 as fake quantization)"])
     gib = min(gpus)
     need = (params or 0) * BYTES_BF16 / 2**30
     notes = [f"{len(gpus)} GPU(s) of {gib:.0f} GiB visible"]
@@ -95,7 +96,7 @@ def engine_block(params: int | None, gpus: list[float]) -> tuple[str, list[str]]
                     f"{len(gpus)}, cpu_offload_gb: {off}}}")
             notes.append(f"BF16 weights {need:.0f} GiB do not fit {len(gpus)} GPU(s): CPU offload of {off} GiB")
     return ("vllm", [f"    bf16: {{vllm: {bf16}}}", "    nvfp4: {vllm: {gpu_memory_utilization: 0.9, "
-                     "enforce_eager: true}}   # W4A4 on Hopper: vLLM's emulation (fidelity: scheme)"]), notes
+                     "enforce_eager: true}}   # W4A4 on Hopper: vLLM's emulation (fidelity: scheme)"], notes)
 
 
 def thresholds_block(params: int | None) -> tuple[list[str], str]:
@@ -121,7 +122,7 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
         from harness.backends.gpu_memory import total_gib
 
         gpus = total_gib()
-    backend, engine_lines, notes = (lambda e: (e[0][0], e[0][1], e[1]))(engine_block(d["params"], gpus))
+    backend, engine_lines, notes = engine_block(d["params"], gpus)
     thr, size = thresholds_block(d["params"])
     name = slug(name or d["name"])
     cfg = d["config"]

@@ -18,13 +18,13 @@ def test_engines_are_sized_from_the_parameters_and_the_visible_gpus():
     """By hand: 72e9 parameters in BF16 are 134.1 GiB; 85% of an 80 GiB GPU is 68 GiB, so two GPUs (the next power
     of two of 1.97) hold them with tensor parallelism; on one GPU the rest, 134.1 - 68 = 66.1 GiB, goes to the CPU
     (67 GiB, plus one spare: 68). No GPU: the hf backend on every core."""
-    (backend, lines), notes = ic.engine_block(72e9, [80.0] * 8)
+    backend, lines, notes = ic.engine_block(72e9, [80.0] * 8)
     assert backend == "vllm" and "tensor_parallel_size: 2}" in lines[0] and "tensor_parallel_size 2" in notes[-1]
-    (backend, lines), notes = ic.engine_block(72e9, [80.0])
+    backend, lines, notes = ic.engine_block(72e9, [80.0])
     assert "cpu_offload_gb: 68}" in lines[0] and "CPU offload of 68 GiB" in notes[-1]
-    (backend, lines), _ = ic.engine_block(135e6, [80.0])
+    backend, lines, _ = ic.engine_block(135e6, [80.0])
     assert backend == "vllm" and "tensor_parallel_size" not in lines[0]
-    (backend, lines), notes = ic.engine_block(135e6, [])
+    backend, lines, notes = ic.engine_block(135e6, [])
     assert backend == "hf" and "threads:" in lines[0] and notes == [
         "no GPU visible: the hf backend on the CPU (transformers; NVFP4 as fake quantization)"]
 
