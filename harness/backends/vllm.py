@@ -137,8 +137,8 @@ class VLLMBackend(Backend):
         self._vllm = vllm
         available = engine_arg_names()
         kwargs, self.dropped = split_kwargs(dict(spec.engine_kwargs), available)
-        self.harness_defaults = {**scoring_defaults(kwargs, available),
-                                 **{k: v for k, v in SHARED_CONTEXTS_DEFAULT.items() if k in available and k not in kwargs}}
+        shared = {k: v for k, v in SHARED_CONTEXTS_DEFAULT.items() if k in available and k not in kwargs}
+        self.harness_defaults = {**scoring_defaults(kwargs, available), **shared}
         kwargs = {**self.harness_defaults, **kwargs}
         if spec.top_k > DEFAULT_MAX_LOGPROBS:  # vLLM refuses prompt_logprobs above the engine's max_logprobs
             kwargs.setdefault("max_logprobs", spec.top_k)
@@ -350,8 +350,8 @@ class VLLMBackend(Backend):
             raise
 
     def generate_until(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_tokens: int) -> list[str]:
-        """Greedy generation of every prompt in one ``generate()`` call (``batch_size`` at a time where set), stopping at ``until`` (vLLM's ``stop``: the
-        stop string is not part of the text)."""
+        """Greedy generation of every prompt in one ``generate()`` call (``batch_size`` at a time where set),
+        stopping at ``until`` (vLLM's ``stop``: the stop string is not part of the text)."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=list(until))
