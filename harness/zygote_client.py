@@ -19,7 +19,10 @@ from pathlib import Path
 # what may differ between two builds of one zygote: each build gets the requester's whole environment anyway, and
 # none of these is read when a module is imported
 PER_BUILD_ENV = ("PYTEST_CURRENT_TEST", "HARNESS_CACHE", "HARNESS_QUANT_LEDGER", "OLDPWD", "PWD",
-                 "TORCHINDUCTOR_CACHE_DIR")  # the last: set by torch in the harness once it compiles anything
+                 "TORCHINDUCTOR_CACHE_DIR",  # set by torch in the harness once it compiles anything
+                 # set by scikit-learn, joblib and threadpoolctl when the harness imports them (lm-eval's metrics do):
+                 # read by Intel's OpenMP runtime only, and torch's wheels bring GNU's (libgomp)
+                 "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
 ENV_SWITCH = "HARNESS_QUANT_ZYGOTE"  # "0": every build a fresh interpreter
 KEEP = 2  # warm interpreters kept at most (each holds ~0.6 GB): the quantization interpreter and one other
 

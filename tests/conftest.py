@@ -93,11 +93,15 @@ def tiny_checkpoint():
 
 
 @pytest.fixture
-def copy_quantizer(tmp_path):
+def copy_quantizer(tmp_path, monkeypatch):
     """``copy_quantizer(source, sleep_s=0)``: a quantization interpreter (for --quant-python / HARNESS_QUANT_PYTHON)
     that, instead of running llm-compressor, waits ``sleep_s`` and copies the checkpoint ``source`` into the spec's
     output folder with its marker. It answers the versions probe as this Python. For tests of what the harness does
-    around a build (locking, scheme checks), which need a checkpoint but not another llm-compressor run."""
+    around a build (locking, scheme checks), which need a checkpoint but not another llm-compressor run. Its builds
+    are plain children (HARNESS_QUANT_ZYGOTE=0): it cannot serve as a warm interpreter, and asking it would close
+    the run's warm one to make room (harness/zygote_client.py keeps two)."""
+    monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")
+
     def make(source, sleep_s: float = 0.0):
         path = tmp_path / f"copy-quantizer-{len(list(tmp_path.glob('copy-quantizer-*')))}"
         path.write_text(f"""#!/bin/sh

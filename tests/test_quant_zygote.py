@@ -58,9 +58,12 @@ def _spec(out, model="ok") -> QuantSpec:
 
 @pytest.fixture
 def own_zygotes(monkeypatch):
-    """Zygotes started by the test are closed after it (the suite's warm one, if any, is left alone)."""
+    """Zygotes started by the test are closed after it, and the suite's warm one, if any, is left alone: not closed
+    to make room for the test's (harness/zygote_client.py keeps KEEP at most), which would cost a later build of the
+    run another llm-compressor import."""
     monkeypatch.delenv(qz.ENV_SWITCH, raising=False)
     monkeypatch.setattr(qz, "gpu_visible", lambda: False)
+    monkeypatch.setattr(qz, "KEEP", qz.KEEP + len(qz._zygotes) + 4)
     before = set(qz._zygotes)
     yield
     for k in set(qz._zygotes) - before:
@@ -76,6 +79,9 @@ def test_builds_are_forked_by_one_zygote_with_the_callers_environment_and_fail_a
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "first"))
     run_quantization(_spec(tmp_path / "a"), interp, logs / "a.log", log=lambda m: None)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "second"))  # a per-build variable: the same zygote serves
+    # and what importing scikit-learn in the harness sets (lm-eval's metrics import it): not a second import
+    monkeypatch.setenv("KMP_INIT_AT_FORK", "FALSE")
+    monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")
     run_quantization(_spec(tmp_path / "b"), interp, logs / "b.log", log=lambda m: None)
     (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
     assert all((tmp_path / d / "harness_quantization.json").exists() for d in ("a", "b"))
