@@ -67,14 +67,15 @@ def test_what_init_cannot_use_is_said(tmp_path):
     assert any("Qwen/Qwen2.5-72B-Instruct" in f for f in info["fetch"])
 
 
-def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path, monkeypatch, capsys, pytester):
+def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path, monkeypatch, capsys, request):
     """Issue 41's first day: a local Hugging Face folder (a copy of the embedded tiny model), `harness init`, and the
     three commands it prints, as printed: a BF16 baseline, a gate with a verdict, and the pytest gate."""
     from harness.cli import main
 
     model = tmp_path / "my-model"
     shutil.copytree(root / "harness/tiny/model", model)
-    proj = pytester.path
+    proj = tmp_path / "project"
+    proj.mkdir()
     (proj / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
     monkeypatch.chdir(proj)
     assert main(["init", str(model)]) == 0
@@ -88,6 +89,10 @@ def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path
     assert main(commands[0].split()[1:]) == 0
     assert main(commands[1].split()[1:]) in (0, 1)  # a verdict either way
     assert "GATE" in capsys.readouterr().out
+    # pytester only now: it sets HOME for the test, and a build under another HOME would need a warm quantization
+    # interpreter of its own (harness/zygote_client.py keys them by environment), a second llm-compressor import
+    pytester = request.getfixturevalue("pytester")
+    monkeypatch.chdir(proj)
     r = pytester.runpytest_inprocess(*commands[2].split()[1:], "-p", "no:cacheprovider", "--benchmark-disable")
     assert r.ret in (0, 1), r.stdout.str()[-3000:]
     assert r.parseoutcomes().get("passed", 0) > 0
