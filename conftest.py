@@ -30,6 +30,8 @@ _prefetch = []  # the background `harness fetch-model` of this run, if one was s
 def pytest_configure(config):
     config.addinivalue_line("markers", "own_quantization: a test of building, killing or locking that quantizes in "
                                        "a cache of its own (the run's ledger check allows its rebuild)")
+    config.addinivalue_line("markers", "early(name): the test asserts on tests/early.py's scenario NAME, which runs "
+                                       "in the background from the run's start when the test is selected")
     config.addinivalue_line("markers", "real_weights(name): needs the package-index model NAME converted to BF16; "
                                        "when such a test is selected, the conversion starts in the background as the "
                                        "run begins (the test waits on its lock)")
@@ -43,6 +45,11 @@ def pytest_collection_modifyitems(config, items):
             f.write("".join(n + "\n" for n in own))
     if not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         _warm_quantization(items)
+        names = [m.args[0] for i in items for m in i.iter_markers("early")]
+        if names:  # other processes' start-up, overlapped with the first tests, in the order the tests come
+            import early  # tests/early.py: on the path, as the test modules carrying the marker import it
+
+            early.start(names)
     names = sorted({m.args[0] for i in items for m in i.iter_markers("real_weights")})
     if names and not _prefetch and not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         import subprocess  # fetching and converting is ~1.5 min of single-threaded work: overlap it with other tests
@@ -107,6 +114,8 @@ def quantization_summary() -> tuple[list[str], list[str]]:
 
 
 def pytest_sessionfinish(session):
+    if "early" in sys.modules:  # tests/early.py's scenarios: none left running, their folders removed
+        sys.modules["early"].stop()
     for p in _prefetch:  # a run that ended before it finished (-x, Ctrl-C) does not leave it behind
         if p.poll() is None:
             p.terminate()

@@ -1,6 +1,8 @@
 """Finding a gate's quantization processes from outside (/proc), for the tests that interrupt or kill a gate."""
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 
@@ -20,3 +22,21 @@ def quantizing(cache: Path) -> tuple[list[int], int | None]:
     build = next((pid for pid, (cmd, ppid) in procs.items()
                   if b"harness.quantize" in cmd or ppid in procs), None)
     return sorted(procs), build
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids, within_s: float = 15.0) -> list[int]:
+    deadline = time.time() + within_s
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import early
 from harness.config import load_config
 from harness.errors import BaselineError, ConfigError
-from quant_procs import quantizing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -288,41 +285,23 @@ def test_an_unexpected_error_is_exit_3_with_the_traceback_in_a_file(capsys, monk
 
 
 @pytest.mark.own_quantization  # interrupting a build of its own is what it tests
-@pytest.mark.parametrize("sig,code,said,during", [(signal.SIGINT, 130, "interrupted", "build"),
-                                                  (signal.SIGTERM, 143, "terminated (SIGTERM)", "import")])
-def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orphan(tmp_path, sig, code, said, during):
+@pytest.mark.parametrize("scenario,code,said", [
+    pytest.param("SIGINT-build", 130, "interrupted", id="SIGINT-build", marks=pytest.mark.early("SIGINT-build")),
+    pytest.param("SIGTERM-import", 143, "terminated (SIGTERM)", id="SIGTERM-import",
+                 marks=pytest.mark.early("SIGTERM-import"))])
+def test_ctrl_c_and_a_ci_cancel_leave_no_half_report_no_cache_entry_and_no_orphan(scenario, code, said):
     """Interrupted while llm-compressor builds (the warm quantization interpreter's forked child runs) or while the
     quantization interpreter still imports (the gate checks its input and prepares its data meanwhile): either way
-    no report, no cache entry, no process left."""
-    cache, reports = tmp_path / "cache", tmp_path / "reports"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    # SIGINT as a terminal delivers it, even when this suite runs in the background (where a shell hands its children
-    # SIGINT ignored, and Python then never raises KeyboardInterrupt)
-    p = subprocess.Popen([sys.executable, "-m", "harness.cli", "gate", "--report-dir", str(reports)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline, procs, build = time.time() + 120, [], None
-    try:
-        while (build if during == "build" else procs) in (None, []) and time.time() < deadline and p.poll() is None:
-            procs, build = quantizing(cache)
-            time.sleep(0.1)
-        assert procs, "the gate never started quantizing"
-        assert during == "import" or build, "the build never started"
-    except BaseException:
-        p.kill()
-        p.communicate()
-        raise
-    time.sleep(1)
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == code, err
-    assert f"{said}: no report written; engines closed" in err
-    assert not reports.exists() or not any(reports.iterdir())
-    assert not (cache / "checkpoints").exists() or list((cache / "checkpoints").iterdir()) == []
-    time.sleep(1)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(cache) not in ps, "the quantization child outlived the gate"
-    assert not any(Path(f"/proc/{pid}").exists() for pid in procs), "the quantization child outlived the gate"
+    no report, no cache entry, no process left. The gate runs in the background from the run's start
+    (tests/early.py): its start-up is most of this test's time."""
+    r = early.result(scenario)
+    assert r["started"], f"the gate never started quantizing (or building): {r['stderr']}"
+    assert r["returncode"] == code, r["stderr"]
+    assert f"{said}: no report written; engines closed" in r["stderr"]
+    assert not r["reports"].exists() or not any(r["reports"].iterdir())
+    ckpts = r["cache"] / "checkpoints"
+    assert not ckpts.exists() or list(ckpts.iterdir()) == []
+    assert not r["orphan_in_ps"] and r["procs_left"] == [], "the quantization child outlived the gate"
 
 
 # ---- where outputs go ------------------------------------------------------------------------------------------------

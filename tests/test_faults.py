@@ -21,27 +21,10 @@ from harness.ckpt_cache import CheckpointCache, interpreter_versions
 from harness.errors import HarnessError
 from harness.quantize import QuantInterpreter
 from harness.zygote_client import gpu_visible
-from quant_procs import quantizing
+import early
+from quant_procs import wait_gone as _wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, within_s: float = 15.0) -> list[int]:
-    deadline = time.time() + within_s
-    while time.time() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    return [p for p in pids if _alive(p)]
 
 
 def _dead_pid() -> int:
@@ -210,56 +193,44 @@ def test_the_cache_key_covers_transformers_and_torch():
 
 
 @pytest.mark.own_quantization  # a build of its own is what it tests
-def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, tmp_path, monkeypatch, capsys):
+@pytest.mark.early("killed-while-quantizing")
+def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, monkeypatch, capsys):
     """SIGKILL `harness gate` while its quantization child runs, forked by the warm quantization interpreter
     (harness/quant_zygote.py, the default without a GPU; a plain child's death with the harness is
     test_the_child_and_its_helpers_die_when_the_harness_is_killed): the child goes with it, and so does the zygote;
     the next gate removes what was left, builds the checkpoint and passes; the cache then holds one sound entry and
     nothing else. The rebuild loads the model through llm-compressor's offloading (quantize.device_map:
     auto_offload), and its weights are the bits of the ordinary build (the suite's cached checkpoint of the same
-    model, recipe and calibration). Both are forked by this run's warm quantization interpreter: a build as a plain
-    child is what every build is with a GPU visible (`pytest -m gpu` builds five), and here it would cost CI a third
-    import of llm-compressor (~10 s) for the same bits (compared bit for bit on 2026-11-30, docs/results)."""
+    model, recipe and calibration). The killed gate runs in the background from the run's start (tests/early.py:
+    its start-up, imports and all, is most of the time); the rebuild is forked by this run's warm quantization
+    interpreter: a build as a plain child is what every build is with a GPU visible (`pytest -m gpu` builds five),
+    and here it would cost CI a third import of llm-compressor (~10 s) for the same bits (compared bit for bit on
+    2026-11-30, docs/results)."""
     from harness.cli import main
     from harness.config import load_config
     from harness.gate import GateSession
     from safetensors.torch import load_file
 
-    config = str(quick_project / "configs/tiny.yaml")
-    suite_cache = os.environ["HARNESS_CACHE"]
-    ckpts = tmp_path / "cache" / "checkpoints"
-    for zygote in ("1",):  # a plain child's death with the harness: test_the_child_and_its_helpers_die_when_...
-        env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-               "HARNESS_QUANT_ZYGOTE": zygote}
-        cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", config, "--report-dir",
-               str(tmp_path / "reports")]
-        gate = subprocess.Popen(cmd, env=env, cwd=quick_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs, build = [], None
-        try:
-            deadline = time.time() + 120
-            while build is None and time.time() < deadline and gate.poll() is None:
-                procs, build = quantizing(tmp_path / "cache")
-                time.sleep(0.1)
-            assert build, f"the gate never started quantizing (HARNESS_QUANT_ZYGOTE={zygote})"
-            forked = zygote == "1" and not gpu_visible()  # with a GPU every build is a plain child
-            assert len(procs) == (2 if forked else 1), procs  # the zygote and its build, or the plain child
-            time.sleep(1.0)  # well inside llm-compressor's work
-        finally:
-            gate.send_signal(signal.SIGKILL)
-            gate.wait()
-        assert _wait_gone(procs) == [], f"the quantization child outlived the killed gate ({zygote=})"
-        assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # what the kill left ...
+    killed = early.result("killed-while-quantizing")
+    assert killed["build"], "the gate never started quantizing"
+    forked = not gpu_visible()  # with a GPU every build is a plain child
+    assert len(killed["procs"]) == (2 if forked else 1), killed["procs"]  # the zygote and its build, or the child
+    assert killed["outlived"] == [], "the quantization child outlived the killed gate"
+    assert any(n.startswith(".tmp-") for n in killed["left"]), killed["left"]  # what the kill left ...
 
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    config = str(quick_project / "configs/tiny.yaml")  # the same model, recipe and calibration: the same entry
+    ckpts = killed["cache"] / "checkpoints"
+    suite_cache = os.environ["HARNESS_CACHE"]
+    monkeypatch.setenv("HARNESS_CACHE", str(killed["cache"]))
     capsys.readouterr()
-    rc = main(["gate", "--config", config, "--report-dir", str(tmp_path / "reports"),
+    rc = main(["gate", "--config", config, "--report-dir", str(killed["cache"].parent / "reports-2"),
                "--set", "quantize.device_map=auto_offload"])
     out, err = capsys.readouterr()
     assert rc == 0, out[-2000:] + err[-2000:]
     assert "removed what an interrupted build left in the cache" in out + err
     entries = list(ckpts.iterdir())                                  # ... is gone: one sound entry, nothing else
     assert len(entries) == 1 and cache_manifest.problems(entries[0]) == []
-    logs = list((tmp_path / "cache" / "logs").glob("*.log"))
+    logs = list((killed["cache"] / "logs").glob("*.log"))
     assert any("loaded with device_map=auto_offload" in f.read_text() for f in logs)
 
     monkeypatch.setenv("HARNESS_CACHE", suite_cache)  # the suite's cache: the same checkpoint, loaded whole into RAM
