@@ -69,3 +69,16 @@ def mode_note(dataset: str, baseline: dict | None, run: dict | None) -> str | No
     return (f"{dataset}: the BF16 baseline ran {modes[0]}, this run {modes[1]}: on real weights compiled and eager vLLM "
             "differ by ~0.1% PPL (docs/results), a visible slice of a 1-point threshold; score both the same way "
             "(enforce_eager alike in model.engine.bf16 and .nvfp4)")
+
+
+def cpu_matmul_note(dataset: str, baseline: dict, run: dict) -> str | None:
+    """A line for the verdict when the BF16 baseline and this run computed a bf16 model's CPU matmuls differently
+    (the hf backend's cpu_matmul: fp32 = widened to float32 and rounded to bf16 once; native = torch's bf16 kernel).
+    Baselines made before they recorded it say nothing."""
+    if "cpu_matmul" not in baseline or baseline.get("backend") != run.get("backend"):
+        return None
+    theirs, mine = baseline["cpu_matmul"] or "native", run.get("cpu_matmul") or "native"
+    if theirs == mine or baseline.get("device") != "cpu":
+        return None
+    return (f"{dataset}: the BF16 baseline ran the CPU matmuls {theirs}, this run {mine}: the two round differently "
+            "(SmolLM2-135M's BF16 PPL 0.04% apart); score both the same way (cpu_matmul in model.engine.*.hf)")

@@ -159,7 +159,7 @@ class BaselineSteps:
         prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
                 "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
                 "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
-                "compilation": info.get("compilation"),
+                "compilation": info.get("compilation"), "cpu_matmul": info.get("cpu_matmul"),
                 "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
                 "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),

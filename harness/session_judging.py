@@ -162,6 +162,9 @@ class JudgingSteps:
             said = fidelity.mode_note(n, b.provenance.get("compilation"), mine.get("compilation"))
             if said:
                 notes.append(said)
+            said = fidelity.cpu_matmul_note(n, b.provenance, mine)
+            if said:
+                notes.append(said)
             theirs = (b.provenance.get("backend"), b.provenance.get("device"))
             if mine and theirs != (self.backend, mine.get("device")):
                 notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {self.backend} on "

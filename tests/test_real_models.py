@@ -271,6 +271,26 @@ def test_a_baseline_records_the_engine_mode(root, monkeypatch):
     assert b.provenance["compilation"] == {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}
 
 
+def test_a_baseline_scored_with_the_other_cpu_matmul_is_flagged(quick_project, tmp_path, capsys):
+    """A BF16 baseline scored with torch's bf16 kernel (cpu_matmul: native) against a gate scored as the default
+    does (fp32: widened, rounded to bf16 once): the baseline records how, and the verdict says they differ; baselines
+    that predate the record (no cpu_matmul key) and runs alike say nothing."""
+    from harness.cli import main
+
+    config = str(quick_project / "configs/tiny.yaml")
+    assert main(["baseline", "update", "--config", config, "--force", "--set", f"baselines_dir={tmp_path / 'b'}",
+                 "--set", "model.engine.bf16.hf.cpu_matmul=native"]) == 0
+    prov = json.loads((tmp_path / "b/tiny-qwen2/wikitext2.json").read_text())["provenance"]
+    assert "cpu_matmul" in prov and prov["cpu_matmul"] is None  # not widened: torch's own kernel
+    capsys.readouterr()
+    main(["gate", "--config", config, "--set", f"baselines_dir={tmp_path / 'b'}", "--report-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "wikitext2: the BF16 baseline ran the CPU matmuls native, this run fp32" in out, out[-3000:]
+    assert fidelity.cpu_matmul_note("x", {"backend": "hf", "device": "cpu"}, {"backend": "hf"}) is None  # old
+    assert fidelity.cpu_matmul_note("x", {"backend": "hf", "device": "cpu", "cpu_matmul": "fp32"},
+                                    {"backend": "hf", "cpu_matmul": "fp32"}) is None
+
+
 # ---- a SentencePiece BPE tokenizer rebuilt from a GGUF's vocabulary -------------------------------------------------
 def _spm_gguf(path, tokens, scores, types):
     import gguf
