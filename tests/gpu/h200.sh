@@ -13,7 +13,7 @@
 #   bash tests/gpu/h200.sh sh NAME CMD...          run CMD (e.g. python3 -m harness.cli gate ...) in the foreground with
 #                                                  the GPU environment and HARNESS_CACHE=/tmp/jobs/cache, log NAME.log
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 jobs=/tmp/jobs
 mkdir -p "$jobs"
 gpu_env() {
@@ -36,13 +36,13 @@ collect() {
 case "${1:-}" in
   resplit)
     size=${2:-55M}; tmp=$(mktemp -d)
-    cp "$(ls -d .stage/p* | sort -V | tail -1)/install.sh" "$tmp/" || exit 1
-    for d in $(ls -d .stage/p* | sort -V); do cat "$d"/part.*; done | split -b "$size" -d -a 2 - "$tmp/part." || exit 1
+    cp "$(printf '%s\n' .stage/p* | sort -V | tail -1)/install.sh" "$tmp/" || exit 1
+    for d in $(printf '%s\n' .stage/p* | sort -V); do cat "$d"/part.*; done | split -b "$size" -d -a 2 - "$tmp/part." || exit 1
     rm -rf .stage/p*; n=0
-    for f in $(ls "$tmp"/part.* | sort -V); do mkdir -p ".stage/p$n"; mv "$f" ".stage/p$n/"; n=$((n + 1)); done
+    for f in $(printf '%s\n' "$tmp"/part.* | sort -V); do mkdir -p ".stage/p$n"; mv "$f" ".stage/p$n/"; n=$((n + 1)); done
     mv "$tmp/install.sh" ".stage/p$((n - 1))/"; rmdir "$tmp"
     du -sh .stage/p* | sed 's/^/  /'; echo "parts: $n (p0..p$((n - 1))); the last one carries install.sh" ;;
-  stage) mkdir -p /tmp/stage && cp ".stage/p$2"/* /tmp/stage/ && ls /tmp/stage | wc -l ;;
+  stage) mkdir -p /tmp/stage && cp ".stage/p$2"/* /tmp/stage/ && find /tmp/stage -maxdepth 1 -type f | wc -l ;;
   install) bash /tmp/stage/install.sh && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
              && df -h /dev/shm /tmp | tail -2 && free -g | head -2 ;;
   start)
