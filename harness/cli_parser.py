@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint with the tensor names and shapes of --like and seeded random "
                                    "weights: NVFP4 in the compressed-tensors layout vLLM loads (sane scales, finite "
                                    "logprobs), or BF16. Use it to size hardware and time a gate before downloading "
-                                   "the real weights; its perplexity is a random model's. See README 'Sizing'.")
+                                   "the real weights; its perplexity is a random model's. See docs/scale.md.")
     y.add_argument("out", type=Path, help="output dir (written to a temp dir beside it, then renamed)")
     y.add_argument("--like", required=True, metavar="ID_OR_PATH",
                    help="the shape: a config.json, a model dir, a hub id (only config.json is fetched; "

@@ -275,7 +275,7 @@ class QuantizeSpec(Strict):
     device_map: Literal["auto_offload", "auto"] | None = Field(
         None, description="how the quantization child holds the BF16 model: unset = all of it in CPU RAM (2 bytes a "
                           "parameter: 145 GB for 72B); auto_offload = what fits in CPU RAM, the rest on disk; auto = "
-                          "GPUs, then CPU RAM, then disk (README, 'Quantization memory')")
+                          "GPUs, then CPU RAM, then disk (docs/scale.md, 'Quantization memory')")
     lock_timeout_s: float | None = Field(4 * 3600, gt=0, description="give up waiting for another process building "
                                                                       "the same checkpoint after this long")
     cpu_matmul: Literal["fp32", "native"] = Field(

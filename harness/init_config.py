@@ -5,9 +5,9 @@ the parameter count), an NVFP4 checkpoint the user already has (gated as it is, 
 model), a ``pypi:`` model, or a hub id (written as it is; what the first baseline update will fetch is said). The
 config follows the reference workflow: WikiText-2 test (the shipped copy, the same rows as the hub's) and UltraChat
 test_sft (from the hub), max_model_len 2048, the nvfp4 recipe, top-20 distributions, the backend and engine sized
-from the parameter count and the visible GPUs, and thresholds by model size as README "Thresholds from real numbers"
-says (a small model: a regression floor, to be set from a first run with ``--from-run``; a large one: 99.0 on the
-interval's lower bound). Torch-free.
+from the parameter count and the visible GPUs, and thresholds by model size as docs/configuration.md "Thresholds
+from real numbers" says (a small model: a regression floor, to be set from a first run with ``--from-run``; a large
+one: 99.0 on the interval's lower bound). Torch-free.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def engine_block(params: int | None, gpus: list[float]) -> tuple[str, list[str],
     bf16 = "{dtype: bfloat16, gpu_memory_utilization: 0.9, enforce_eager: true}"
     if params is None:
         notes.append("the model's size is unknown offline: one GPU assumed; for a model whose BF16 weights do not "
-                     "fit, see README 'Sizing' (tensor_parallel_size, or CPU offload)")
+                     "fit, see docs/scale.md 'CPU weight offload' or docs/multi-gpu.md")
     elif need > USABLE * gib:
         tp = 2 ** math.ceil(math.log2(need / (USABLE * gib)))
         if tp <= len(gpus):
@@ -101,8 +101,9 @@ def engine_block(params: int | None, gpus: list[float]) -> tuple[str, list[str],
 
 def thresholds_block(params: int | None) -> tuple[list[str], str]:
     if params is not None and params < SMALL:
-        return (["thresholds:             # a small model: a regression floor, not a quality bar (README 'Thresholds",
-                 "  overall: 50.0          # from real numbers'); after a first gate: harness init --from-run REPORT",
+        return (["thresholds:             # a small model: a regression floor, not a quality bar",
+                 "  overall: 50.0          # (docs/configuration.md 'Thresholds from real numbers');",
+                 "                         # after a first gate: harness init --from-run REPORT",
                  "  use: point"], "small")
     return (["thresholds:             # a large model: the reference scored 99.31; gate the interval's lower bound",
              "  overall: 99.0",

@@ -27,7 +27,7 @@ class CheckpointProvider:
             from harness.judge import LIMITS
 
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
-            known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits (README)
+            known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits
             bad = sorted(k for k in r.thresholds if k not in known)
             if bad:
                 raise unknown_name(f"threshold key in recipe {r.name}", bad[0], known)

@@ -199,7 +199,7 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
         how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
         raise HarnessError(
             f"quantization failed ({how}) in {interp.describe()}; log: {log_path}\n--- last lines ---\n{tail}"
-            + ("\n(killed by the kernel: most likely out of CPU memory; see README 'Quantization memory')"
+            + ("\n(killed by the kernel: most likely out of CPU memory; see docs/scale.md 'Quantization memory')"
                if rc == -9 and "Traceback" not in tail else "")
         )
     marker = Path(spec.output_dir) / MARKER

@@ -243,7 +243,8 @@ def token_detail_table(rep: dict) -> str:
 
 DISTRIBUTION_NOTE = (
     "KL: KL(BF16 || quantized) per scored token in nats, estimated on both top-k lists plus one bucket for all other "
-    "tokens (a lower bound of the full-vocabulary KL; README, 'Beyond perplexity'). top-1: share of "
+    "tokens (a lower bound of the full-vocabulary KL; docs/distributions-and-tasks.md, 'Whole next-token "
+    "distributions'). top-1: share of "
     "tokens where both models rank the same next token first. Δp: the true next token's probability, quantized minus "
     "BF16, in percentage points. Intervals: bootstrap over documents.")
 

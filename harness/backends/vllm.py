@@ -113,8 +113,8 @@ def check_parallel(kwargs: dict) -> None:
             raise ConfigError(
                 f"tensor_parallel_size x pipeline_parallel_size = {per_engine} GPUs, but this host shows "
                 f"{len(visible)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Lower "
-                "them, or spread the engine over several hosts with distributed_executor_backend: ray (README, "
-                "'Several GPUs').")
+                "them, or spread the engine over several hosts with distributed_executor_backend: ray "
+                "(docs/multi-gpu.md, 'Across hosts (Ray)').")
 
 
 class VLLMBackend(Backend):
