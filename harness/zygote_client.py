@@ -22,7 +22,11 @@ PER_BUILD_ENV = ("PYTEST_CURRENT_TEST", "HARNESS_CACHE", "HARNESS_QUANT_LEDGER",
                  "TORCHINDUCTOR_CACHE_DIR",  # set by torch in the harness once it compiles anything
                  # set by scikit-learn, joblib and threadpoolctl when the harness imports them (lm-eval's metrics do):
                  # read by Intel's OpenMP runtime only, and torch's wheels bring GNU's (libgomp)
-                 "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
+                 "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK",
+                 # set by the vLLM backend when it starts an engine of several GPUs (backends/vllm.py MULTICAST_OFF):
+                 # read by NCCL and torch's symmetric memory when they initialise, never at import
+                 "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS",
+                 "VLLM_ALLREDUCE_USE_SYMM_MEM")
 ENV_SWITCH = "HARNESS_QUANT_ZYGOTE"  # "0": every build a fresh interpreter
 KEEP = 2  # warm interpreters kept at most (each holds ~0.6 GB): the quantization interpreter and one other
 
@@ -163,15 +167,15 @@ def _warm(key: tuple, python: str, env: dict, log_dir: Path) -> Zygote | None:
         return None
     z = _zygotes.pop(key, None)  # re-inserted below: the dict's order is the order of last use
     if z is None or not z.alive():
-        idle = [k for k, old in _zygotes.items() if not old.busy()]
-        for k in idle[:max(0, len(_zygotes) + 1 - KEEP)]:  # the least recently used go first
-            _zygotes.pop(k).close()
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             z = Zygote(python, env, log_dir / f"quant-zygote-{os.getpid()}-{next(_count)}.log")
-        except OSError:  # no such interpreter: the plain child says so
+        except OSError:  # no such interpreter: the plain child says so (and no warm one was closed for it)
             _refused.add(key)
             return None
+        idle = [k for k, old in _zygotes.items() if not old.busy()]
+        for k in idle[:max(0, len(_zygotes) + 1 - KEEP)]:  # the least recently used go first
+            _zygotes.pop(k).close()
     _zygotes[key] = z
     return z
 

@@ -79,9 +79,14 @@ def test_builds_are_forked_by_one_zygote_with_the_callers_environment_and_fail_a
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "first"))
     run_quantization(_spec(tmp_path / "a"), interp, logs / "a.log", log=lambda m: None)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "second"))  # a per-build variable: the same zygote serves
-    # and what importing scikit-learn in the harness sets (lm-eval's metrics import it): not a second import
+    # and what importing scikit-learn in the harness sets (lm-eval's metrics import it), and what the vLLM backend
+    # sets for an engine of several GPUs: not a second import
     monkeypatch.setenv("KMP_INIT_AT_FORK", "FALSE")
     monkeypatch.setenv("KMP_DUPLICATE_LIB_OK", "True")
+    from harness.backends.vllm import MULTICAST_OFF
+
+    for k, v in MULTICAST_OFF.items():
+        monkeypatch.setenv(k, v)
     run_quantization(_spec(tmp_path / "b"), interp, logs / "b.log", log=lambda m: None)
     (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
     assert all((tmp_path / d / "harness_quantization.json").exists() for d in ("a", "b"))

@@ -33,7 +33,10 @@ def test_interpreter_without_llmcompressor_is_named(tmp_path):
         interpreter_versions(QuantInterpreter(python=str(fake)))
 
 
-def test_crashing_quantization_leaves_no_cache_entry(tmp_path):
+def test_crashing_quantization_leaves_no_cache_entry(tmp_path, monkeypatch):
+    # a plain child (a zygote's build that crashes: test_quant_zygote.py); asking this stand-in to serve as a warm
+    # interpreter would only close the run's warm one to make room
+    monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")
     crash = tmp_path / "python"  # a quantization interpreter that writes half a checkpoint, then dies
     crash.write_text(f"#!{sys.executable}\n"
                      "import json, sys\n"
