@@ -367,7 +367,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional library missing (a plain `pip install .`): say which extra
-        from harness.errors import missing_extra
+        from harness.backends import missing_extra
 
         err = missing_extra(e)
         if err is None:

@@ -21,7 +21,6 @@ from harness.judge import LIMITS  # the distribution limits: threshold keys that
 from harness.validation_messages import format_validation_error
 
 PRECISIONS = ("bf16", "nvfp4")
-BACKEND_NAMES = tuple(BACKENDS)
 
 
 def one_of(what: str, v: str, names) -> str:
@@ -209,8 +208,9 @@ class ModelSpec(Strict):
             if prec not in PRECISIONS:
                 raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
             for b, kwargs in per_backend.items():
-                if b not in BACKEND_NAMES:
-                    raise ValueError(f"engine.{prec}: unknown backend {b!r}; choose from {', '.join(BACKEND_NAMES)}")
+                if b not in BACKENDS:
+                    raise ValueError(f"engine.{prec}: unknown backend {b!r}; choose from {', '.join(BACKENDS)} "
+                                     f"({BACKENDS.describe()})")
                 from harness.backends.engine_args import check_engine_kwargs
 
                 try:
@@ -345,7 +345,9 @@ class HarnessConfig(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        return one_of("backend", v, BACKEND_NAMES)
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; choose from {', '.join(BACKENDS)} ({BACKENDS.describe()})")
+        return v
 
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)

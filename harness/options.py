@@ -48,7 +48,7 @@ OPTIONS: dict[str, Option] = {
                                          help="recipe in recipes/ (default: the config's)"),
                      help_pytest="run only this recipe (default: every default recipe in recipes/ that applies to "
                                  "the model)"),
-    "backend": Option(("--backend",), dict(choices=tuple(BACKENDS), default=None,
+    "backend": Option(("--backend",), dict(choices=BACKENDS, default=None,  # read when first asked
                                            help="scoring backend (default: the config's)")),
     "batch_size": Option(("--batch-size",), dict(type=positive_int, default=None, metavar="N",
                                                  help="requests per scoring batch; 1 = the reference's one-at-a-time "

@@ -4,7 +4,6 @@ model, side files intact) live with the baselines; this module holds the rest: w
 libraries the chosen backend needs. No torch import."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -45,9 +44,8 @@ def check_backend_installed(backend: str) -> None:
     from harness.backends import backend_spec
 
     b = backend_spec(backend)
-    for mod in b.modules:
-        if importlib.util.find_spec(mod) is None:
-            raise HarnessError(f"{mod} is not installed in this environment ({sys.executable}); the {b.name} backend "
-                               f"needs the '{b.extra}' extra: pip install 'nvfp4-gate[{b.extra}]'. The tiny default "
-                               "on CPU needs [hf,quant] (from a checkout: pip install -e '.[dev]'); a vLLM gate needs "
-                               "[vllm] here and [quant] in the quantization interpreter.")
+    for mod in b.missing():
+        needs = f"the '{b.extra}' extra: {b.install_hint()}" if b.extra else b.install_hint()
+        raise HarnessError(f"{mod} is not installed in this environment ({sys.executable}); the {b.name} backend "
+                           f"needs {needs}. The tiny default on CPU needs [hf,quant] (from a checkout: pip install -e "
+                           "'.[dev]'); a vLLM gate needs [vllm] here and [quant] in the quantization interpreter.")

@@ -248,7 +248,7 @@ def convert(m: PackageModel, gguf: Path, out: Path) -> dict:
         import torch
         from transformers import AutoModelForCausalLM
     except ModuleNotFoundError as e:
-        from harness.errors import missing_extra
+        from harness.backends import missing_extra
 
         raise (missing_extra(e) or e) from None
     import importlib.util
