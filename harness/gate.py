@@ -136,6 +136,29 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
     def recipe(self):
         return self.provider.recipe()
 
+    def _refusal(self, why: str) -> str:
+        """The recipe's scheme has no kernel in this backend: the backends installed here that run it, and the
+        recipes (of the project's and the shipped ones) this backend runs; both read off the registries."""
+        from harness.backends import BACKENDS, load_class
+        from harness.recipes import load_recipe, recipe_names
+
+        def runs(spec, scheme) -> bool:
+            return not (spec.refuse_scheme and load_class(spec.refuse_scheme)(scheme))
+
+        scheme, mine, rdir = self.recipe().scheme, BACKENDS[self.backend], self.cfg.path_of("recipes_dir")
+        others = [n for n, b in BACKENDS.items() if n != self.backend and not b.missing() and runs(b, scheme)]
+        ok = []
+        for name in recipe_names(rdir):
+            try:
+                ok += [name] if runs(mine, load_recipe(rdir, name).scheme) else []
+            except HarnessError:  # a recipe that does not load is not a suggestion
+                pass
+        ways = [f"gate it with --backend {' or --backend '.join(others)}"] if others else []
+        ways += [f"pick a recipe the {self.backend} backend runs ({', '.join(ok)})"] if ok else []
+        said = ", or ".join(ways)
+        return f"recipe {self.recipe_name}: scheme {scheme}: {why}; nothing was quantized" + (
+            f". {said[0].upper()}{said[1:]}" if said else "")
+
     def calibration(self):
         return self.provider.calibration()
 
@@ -235,10 +258,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
             refuse = backend_spec(self.backend).refuse_scheme
             why = load_class(refuse)(self.recipe().scheme) if refuse else None
             if why:
-                raise ConfigError(f"recipe {self.recipe_name}: scheme {self.recipe().scheme}: {why}; nothing was "
-                                  "quantized. Gate it with --backend hf (transformers runs it as fake "
-                                  "quantization), or pick a recipe vLLM runs (nvfp4, nvfp4a16, "
-                                  "negative-control-nvfp4-pruned)")
+                raise ConfigError(self._refusal(why))
         check_backend_installed(self.backend)
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "

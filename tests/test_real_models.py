@@ -224,8 +224,12 @@ def test_a_vllm_gate_of_an_unrunnable_recipe_stops_before_quantizing_and_names_t
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     s = GateSession(load_config(root / "configs/tiny.yaml"), backend="vllm", recipe="negative-control-w2", quiet=True)
-    with pytest.raises(ConfigError, match="(?s)W2A16-int-tensor.*not 2-bit.*nothing was quantized.*--backend hf"):
+    with pytest.raises(ConfigError, match="(?s)W2A16-int-tensor.*not 2-bit.*nothing was quantized.*--backend hf") as e:
         s.score("wikitext2")
+    # read off the registries, not named in the session: every shipped recipe whose scheme vLLM runs (NVFP4, NVFP4A16:
+    # recipes/*.yaml's `scheme:`), and not the int2 one
+    assert ("pick a recipe the vllm backend runs (negative-control-nvfp4-pruned, nvfp4, nvfp4-awq, nvfp4-gptq, "
+            "nvfp4-keep-down-proj, nvfp4a16)") in str(e.value)
     assert not (tmp_path / "cache" / "checkpoints").exists() or not any((tmp_path / "cache" / "checkpoints").iterdir())
 
 
