@@ -109,24 +109,32 @@ class CheckpointCache:
             log(f"removed what an interrupted build left in the cache: {', '.join(sorted(removed))}")
         return removed
 
-    def sound(self, key: str, log=None) -> bool:
-        """The entry exists, is complete, and matches its manifest; a damaged one is said out loud."""
+    def sound(self, key: str, log=None, stale=None) -> bool:
+        """The entry exists, is complete, and matches its manifest; a damaged one is said out loud. ``stale(build)``
+        (the entry's recorded build) gives a reason to rebuild an entry whose key no longer says all it should, or
+        None."""
         final = self.entry(key)
         if not (final / "harness_cache.json").exists():
             return False
         bad = cache_manifest.problems(final)
         if bad and log:
             log(f"cache entry {final} is damaged and will be rebuilt: {'; '.join(bad[:5])}")
+        if not bad and stale is not None:
+            why = stale(json.loads((final / "harness_cache.json").read_text()).get("build") or {})
+            if why and log:
+                log(f"cache entry {final} will be rebuilt: {why}")
+            return not why
         return not bad
 
-    def get_or_build(self, key: str, material: dict, build, log=print) -> tuple[Path, bool]:
-        """Return (path, hit). ``build(tmp_dir)`` fills an empty temp folder; it is moved into place only if it returns."""
+    def get_or_build(self, key: str, material: dict, build, log=print, stale=None) -> tuple[Path, bool]:
+        """Return (path, hit). ``build(tmp_dir)`` fills an empty temp folder; it is moved into place only if it returns.
+        ``stale``: as for ``sound``."""
         final = self.entry(key)
-        if self.sound(key):
+        if self.sound(key, stale=stale):
             return final, True
         with self.lock(key, f"building {key}", log=log):
             self.clean_orphans(held_key=key, log=log)
-            if self.sound(key, log=log):  # built by the process we waited for
+            if self.sound(key, log=log, stale=stale):  # built by the process we waited for
                 return final, True
             try:  # a damaged or incomplete entry is replaced: moved aside, removed once the new one is in place
                 with atomic_dir(final, on_exists="replace", tmp_name=f".tmp-{key}-{os.getpid()}") as tmp:

@@ -117,7 +117,7 @@ class CheckpointProvider:
             options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != default else None
             key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
 
-            if not build and not cache.sound(key):
+            if not build and not cache.sound(key, stale=lambda built: stale_build(built, qcfg.cpu_matmul)):
                 return None
 
             def make(tmp: Path) -> dict:
@@ -138,7 +138,8 @@ class CheckpointProvider:
                 return {k: v for k, v in info.items() if k != "spec"}
 
             t0 = time.time()
-            path, hit = cache.get_or_build(key, material, make, log=self.log)
+            path, hit = cache.get_or_build(key, material, make, log=self.log,
+                                           stale=lambda built: stale_build(built, qcfg.cpu_matmul))
             import json
 
             if hit:  # the key holds the recipe's text, not its promised scheme: an edited `scheme:` meets an old entry
@@ -149,3 +150,16 @@ class CheckpointProvider:
             self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
             self._checkpoint = Checkpoint(path, info)
         return self._checkpoint
+
+
+def stale_build(built: dict, cpu_matmul: str) -> str | None:
+    """Why a cached build does not hold what its key promises, or None. A setting at its default stays out of the key
+    (harness/provide.py), so an entry a CPU-only torch built before builds recorded their calibration arithmetic
+    (2026-11-30) shares the key of an fp32 build while it calibrated with torch's bf16 kernels. A GPU build (a CUDA
+    torch) never widened anything, recorded or not."""
+    torch = str((built.get("versions") or {}).get("torch") or "")
+    if cpu_matmul == "fp32" and "cpu_matmul" not in built and torch.endswith("+cpu"):
+        return ("built before builds recorded their calibration arithmetic: calibrated with torch's bf16 kernels, "
+                "where quantize.cpu_matmul: fp32 (the default) calibrates in float32")
+    return None
+

@@ -113,3 +113,31 @@ def test_the_calibration_arithmetic_reaches_the_build_and_only_a_setting_off_its
         spec = json.loads((Path(ck.path) / "harness_quantization.json").read_text())["spec"]
         got[setting] = (Path(ck.path).name, spec["cpu_matmul"])
     assert got["fp32"][1] == "fp32" and got["native"][1] == "native" and got["fp32"][0] != got["native"][0]
+
+
+def test_an_entry_built_before_builds_recorded_their_calibration_arithmetic_is_rebuilt(tmp_path):
+    """A setting at its default stays out of the key, so an entry built on a CPU-only torch before 2026-11-30
+    (calibrated with torch's bf16 kernels; no cpu_matmul in its record) has the key of an fp32 build: it is rebuilt,
+    and says why. A GPU build, a recorded one, or a config that asks for native is used as it is."""
+    from harness.provide import stale_build
+
+    old_cpu, old_gpu = {"versions": {"torch": "2.13.0+cpu"}}, {"versions": {"torch": "2.11.0+cu130"}}
+    new = {"versions": {"torch": "2.13.0+cpu"}, "cpu_matmul": {"setting": "fp32", "widened_calls": 12}}
+    assert "calibrated with torch's bf16 kernels" in stale_build(old_cpu, "fp32")
+    assert stale_build(old_cpu, "native") is None and stale_build(old_gpu, "fp32") is None
+    assert stale_build(new, "fp32") is None
+
+    cache, said, builds = CheckpointCache(tmp_path / "cache"), [], []
+
+    def build(record):
+        def fill(tmp):
+            builds.append(record)
+            (tmp / "weights.bin").write_bytes(b"x" * 8)
+            return record
+        return fill
+
+    stale = lambda built: stale_build(built, "fp32")  # noqa: E731
+    cache.get_or_build("k", {"m": 1}, build(old_cpu), log=said.append)          # what an old harness left
+    path, hit = cache.get_or_build("k", {"m": 1}, build(new), log=said.append, stale=stale)
+    assert not hit and builds == [old_cpu, new] and any("will be rebuilt: built before" in s for s in said), said
+    assert cache.get_or_build("k", {"m": 1}, build(new), log=said.append, stale=stale) == (path, True)
