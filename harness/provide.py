@@ -3,7 +3,9 @@ interpreter (harness.quantize) and cached by content (harness.ckpt_cache), or an
 (``model.checkpoint``)."""
 from __future__ import annotations
 
+import json
 import time
+from functools import partial
 from pathlib import Path
 
 from harness.errors import HarnessError, unknown_name
@@ -77,79 +79,85 @@ class CheckpointProvider:
     def checkpoint(self, build: bool = True) -> Checkpoint | None:
         """The quantized checkpoint (from the cache, or built now), its info with cache_hit. ``build=False``: None
         where it would have to be built (nothing sound under its key)."""
-        if self._checkpoint is None and self.existing:
-            from harness.checkpoint import existing_checkpoint
-
-            path = self.cfg.resolve(self.existing)
-            info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
-            self._check_architecture(path)
-            self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
-            self._checkpoint = Checkpoint(Path(path), info)
         if self._checkpoint is None:
-            from harness import quantize as q
-            from harness.checkpoint import check_shards, require_scheme
-            from harness.ckpt_cache import cache_key, interpreter_versions
-
-            recipe = self.recipe()
-            cal = self.calibration()
-            m = self.cfg.model
-            model_path = self.cfg.resolve(m.path)
-            if Path(model_path).is_dir():
-                check_shards(Path(model_path))
-            cache = self._cache()
-            model_key = self._model_key()
-            try:
-                versions = interpreter_versions(self.interp)
-            except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves
-                entry = cache.find(model_key, recipe.recipe_text, cal.model_dump())
-                if entry is None:
-                    raise
-                path, meta = entry
-                self.log(f"no quantization interpreter here ({str(e).splitlines()[0][:160]}); using the cached "
-                         f"checkpoint built with {meta['material']['versions']}: {path}")
-                self._checkpoint = Checkpoint(path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0,
-                                                     "recipe": recipe.name, "scheme": recipe.scheme,
-                                                     "quantize_s": meta.get("build", {}).get("quantize_s"),
-                                                     "versions": meta.get("build", {}).get("versions")})
-                return self._checkpoint
-            qcfg = self.cfg.quantize
-            default = type(qcfg).model_fields["cpu_matmul"].default  # a default stays out of the key
-            options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != default else None
-            key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
-
-            if not build and not cache.sound(key, stale=lambda built: stale_build(built, qcfg.cpu_matmul)):
-                return None
-
-            def make(tmp: Path) -> dict:
-                from harness.data import check_data_files, local_data_files
-
-                # the calibration's local files, before the quantization interpreter spends its start on them
-                check_data_files(local_data_files(cal.path, cal.split, cal.data_files))
-                spec = q.QuantSpec(model=model_path, revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
-                                   recipe=recipe.recipe_text, calibration=cal,
-                                   output_dir=str(tmp), trust_remote_code=m.trust_remote_code,
-                                   device_map=qcfg.device_map, cpu_matmul=qcfg.cpu_matmul)
-                log_path = cache.log_path(key)
-                info = q.run_quantization(spec, self.interp, log_path, log=self.log,
-                                          timeout_s=self.cfg.quantize.timeout_s,
-                                          heartbeat_s=self.cfg.quantize.heartbeat_s)
-                check_shards(tmp)
-                require_scheme(tmp, recipe.scheme)
-                return {k: v for k, v in info.items() if k != "spec"}
-
-            t0 = time.time()
-            path, hit = cache.get_or_build(key, material, make, log=self.log,
-                                           stale=lambda built: stale_build(built, qcfg.cpu_matmul))
-            import json
-
-            if hit:  # the key holds the recipe's text, not its promised scheme: an edited `scheme:` meets an old entry
-                require_scheme(path, recipe.scheme)
-            built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
-            info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
-                    "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
-            self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
-            self._checkpoint = Checkpoint(path, info)
+            self._checkpoint = self._existing() if self.existing else self._cached_or_built(build)
         return self._checkpoint
+
+    def _existing(self) -> Checkpoint:
+        """An existing quantized checkpoint, gated as it is."""
+        from harness.checkpoint import existing_checkpoint
+
+        path = self.cfg.resolve(self.existing)
+        info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
+        self._check_architecture(path)
+        self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
+        return Checkpoint(Path(path), info)
+
+    def _cached_or_built(self, build: bool) -> Checkpoint | None:
+        """The recipe's checkpoint from the cache, or built now by llm-compressor in the quantization interpreter."""
+        from harness.checkpoint import check_shards, require_scheme
+        from harness.ckpt_cache import cache_key, interpreter_versions
+
+        recipe, cal = self.recipe(), self.calibration()
+        model_path = self.cfg.resolve(self.cfg.model.path)
+        if Path(model_path).is_dir():
+            check_shards(Path(model_path))
+        cache, model_key = self._cache(), self._model_key()
+        try:
+            versions = interpreter_versions(self.interp)
+        except HarnessError as e:  # no llm-compressor here (a vLLM-only env): a cached build still serves
+            return self._without_quantizer(cache, model_key, e)
+        qcfg = self.cfg.quantize
+        default = type(qcfg).model_fields["cpu_matmul"].default  # a default stays out of the key
+        options = {"cpu_matmul": qcfg.cpu_matmul} if qcfg.cpu_matmul != default else None
+        key, material = cache_key(model_key, recipe.recipe_text, cal.model_dump(), versions, options)
+        stale = partial(stale_build, cpu_matmul=qcfg.cpu_matmul)
+        if not build and not cache.sound(key, stale=stale):
+            return None
+        t0 = time.time()
+        path, hit = cache.get_or_build(key, material, lambda tmp: self._quantize_into(tmp, cache.log_path(key)),
+                                       log=self.log, stale=stale)
+        if hit:  # the key holds the recipe's text, not its promised scheme: an edited `scheme:` meets an old entry
+            require_scheme(path, recipe.scheme)
+        built = json.loads((path / "harness_cache.json").read_text()).get("build", {})
+        info = {"cache_hit": hit, "cache_key": key, "seconds": round(time.time() - t0, 2), "recipe": recipe.name,
+                "scheme": recipe.scheme, "quantize_s": built.get("quantize_s"), "versions": built.get("versions")}
+        self.log(f"quantized checkpoint {'from cache' if hit else 'built'}: {path}")
+        return Checkpoint(path, info)
+
+    def _without_quantizer(self, cache, model_key: dict, e: HarnessError) -> Checkpoint:
+        """No quantization interpreter here: the newest cached build of this model, recipe and calibration, whatever
+        llm-compressor built it; else the interpreter's error."""
+        recipe = self.recipe()
+        entry = cache.find(model_key, recipe.recipe_text, self.calibration().model_dump())
+        if entry is None:
+            raise e
+        path, meta = entry
+        self.log(f"no quantization interpreter here ({str(e).splitlines()[0][:160]}); using the cached "
+                 f"checkpoint built with {meta['material']['versions']}: {path}")
+        return Checkpoint(path, {"cache_hit": True, "cache_key": path.name, "seconds": 0.0, "recipe": recipe.name,
+                                 "scheme": recipe.scheme, "quantize_s": meta.get("build", {}).get("quantize_s"),
+                                 "versions": meta.get("build", {}).get("versions")})
+
+    def _quantize_into(self, tmp: Path, log_path: Path) -> dict:
+        """llm-compressor's oneshot of the recipe into the empty folder ``tmp`` (in the quantization interpreter);
+        the build's record."""
+        from harness import quantize as q
+        from harness.checkpoint import check_shards, require_scheme
+        from harness.data import check_data_files, local_data_files
+
+        m, cal, qcfg, recipe = self.cfg.model, self.calibration(), self.cfg.quantize, self.recipe()
+        # the calibration's local files, before the quantization interpreter spends its start on them
+        check_data_files(local_data_files(cal.path, cal.split, cal.data_files))
+        spec = q.QuantSpec(model=self.cfg.resolve(m.path), revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
+                           recipe=recipe.recipe_text, calibration=cal, output_dir=str(tmp),
+                           trust_remote_code=m.trust_remote_code, device_map=qcfg.device_map,
+                           cpu_matmul=qcfg.cpu_matmul)
+        info = q.run_quantization(spec, self.interp, log_path, log=self.log, timeout_s=qcfg.timeout_s,
+                                  heartbeat_s=qcfg.heartbeat_s)
+        check_shards(tmp)
+        require_scheme(tmp, recipe.scheme)
+        return {k: v for k, v in info.items() if k != "spec"}
 
 
 def stale_build(built: dict, cpu_matmul: str) -> str | None:
