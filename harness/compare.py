@@ -218,21 +218,26 @@ def write_chart(rep: dict, path: Path) -> None:
     ax.set_ylabel("score (BF16 = 100)")
     ax.set_title(f"{rep['model']}: score per recipe (dashed: threshold; grey: BF16 = 100)", fontsize=9)
     if deltas:
-        xs = range(len(deltas))
-        d = [x["delta"] for x in deltas]
-        dax.errorbar(xs, d, yerr=[[x["delta"] - x["low"] for x in deltas], [x["high"] - x["delta"] for x in deltas]],
-                     fmt="o", color="black", capsize=4)
-        for i, x in enumerate(deltas):
-            dax.text(i + 0.08, x["delta"], f"{x['delta']:+.2f} [{x['low']:+.2f}, {x['high']:+.2f}]", fontsize=8,
-                     va="center")
-        dax.axhline(0, color="grey", linewidth=0.8)
-        span = max(max(abs(x["low"]), abs(x["high"])) for x in deltas) * 1.3 or 1.0
-        dax.set_ylim(-span, span)
-        dax.set_xlim(-0.5, len(deltas) - 0.2)
-        dax.set_xticks(list(xs), [x["recipe"] for x in deltas], fontsize=8)
-        dax.set_ylabel(f"score - {ref}")
-        dax.set_title(f"difference to {ref}, paired on the same documents", fontsize=9)
+        _delta_panel(dax, deltas, ref)
     save_svg(fig, path)
+
+
+def _delta_panel(dax, deltas: list[dict], ref: str) -> None:
+    """Each recipe's paired difference to the reference, with its interval and its value."""
+    xs = range(len(deltas))
+    d = [x["delta"] for x in deltas]
+    dax.errorbar(xs, d, yerr=[[x["delta"] - x["low"] for x in deltas], [x["high"] - x["delta"] for x in deltas]],
+                 fmt="o", color="black", capsize=4)
+    for i, x in enumerate(deltas):
+        dax.text(i + 0.08, x["delta"], f"{x['delta']:+.2f} [{x['low']:+.2f}, {x['high']:+.2f}]", fontsize=8,
+                 va="center")
+    dax.axhline(0, color="grey", linewidth=0.8)
+    span = max(max(abs(x["low"]), abs(x["high"])) for x in deltas) * 1.3 or 1.0
+    dax.set_ylim(-span, span)
+    dax.set_xlim(-0.5, len(deltas) - 0.2)
+    dax.set_xticks(list(xs), [x["recipe"] for x in deltas], fontsize=8)
+    dax.set_ylabel(f"score - {ref}")
+    dax.set_title(f"difference to {ref}, paired on the same documents", fontsize=9)
 
 
 def write(rep: dict, reports_dir: Path) -> Path:
