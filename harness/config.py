@@ -23,11 +23,16 @@ from harness.validation_messages import format_validation_error
 PRECISIONS = ("bf16", "nvfp4")
 
 
-def one_of(what: str, v: str, names) -> str:
-    """``v`` if it is one of ``names``; else the config error that lists them."""
+def one_of(what: str, v: str, names, more: str = "") -> str:
+    """``v`` if it is one of ``names``; else the config error that lists them (and ``more``)."""
     if v not in names:
-        raise ValueError(f"unknown {what} {v!r}; choose from {', '.join(names)}")
+        raise ValueError(f"unknown {what} {v!r}; choose from {', '.join(names)}{more}")
     return v
+
+
+def known_backend(v: str) -> str:
+    """``v`` if a backend of that name is registered; else the error that says which are, and which are installed."""
+    return one_of("backend", v, BACKENDS, f" ({BACKENDS.describe()})")
 
 
 class Strict(BaseModel):
@@ -208,9 +213,10 @@ class ModelSpec(Strict):
             if prec not in PRECISIONS:
                 raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
             for b, kwargs in per_backend.items():
-                if b not in BACKENDS:
-                    raise ValueError(f"engine.{prec}: unknown backend {b!r}; choose from {', '.join(BACKENDS)} "
-                                     f"({BACKENDS.describe()})")
+                try:
+                    known_backend(b)
+                except ValueError as e:
+                    raise ValueError(f"engine.{prec}: {e}") from None
                 from harness.backends.engine_args import check_engine_kwargs
 
                 try:
@@ -345,9 +351,7 @@ class HarnessConfig(Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"unknown backend {v!r}; choose from {', '.join(BACKENDS)} ({BACKENDS.describe()})")
-        return v
+        return known_backend(v)
 
     # set by load_config, not by the file
     source_path: str | None = Field(None, exclude=True)

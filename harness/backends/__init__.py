@@ -93,8 +93,9 @@ class Registry(MutableMapping):
 
     def describe(self) -> str:
         """Which backends this environment can run, which it cannot (and how to install them), which failed."""
-        can = [n for n, b in self.items() if not b.missing()]
-        cannot = [f"{n} ({b.install_hint()})" for n, b in self.items() if b.missing()]
+        lacking = {n: b.missing() for n, b in self.items()}
+        can = [n for n, miss in lacking.items() if not miss]
+        cannot = [f"{n} ({self[n].install_hint()})" for n, miss in lacking.items() if miss]
         parts = [f"installed here: {', '.join(can) or '(none)'}"]
         if cannot:
             parts.append(f"not installed: {'; '.join(cannot)}")
