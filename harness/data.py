@@ -257,7 +257,7 @@ def check_data_files(data_files) -> None:
         if os.path.isdir(f):
             continue
         if os.path.getsize(f) == 0:  # datasets fails on these with DatasetGenerationError / StopIteration tracebacks
-            raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+            raise _no_rows(f)
         if f.endswith(".parquet"):
             import pyarrow.parquet as pq
 
@@ -267,7 +267,7 @@ def check_data_files(data_files) -> None:
                 raise HarnessError(f"{f}: not a readable parquet file ({type(e).__name__}: {str(e)[:200]}); "
                                    f"{fix}") from None
             if rows == 0:
-                raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+                raise _no_rows(f)
         elif f.endswith((".jsonl", ".json")):
             with open(f, encoding="utf-8", errors="strict") as fh:
                 try:
@@ -291,7 +291,11 @@ def check_data_files(data_files) -> None:
                                        "line") from None
                 n_rows += 1
             if not n_rows:
-                raise HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
+                raise _no_rows(f)
+
+
+def _no_rows(f: str) -> HarnessError:
+    return HarnessError(f"{f} holds no rows; point data_files (or the dataset path) at a file that has some")
 
 
 def local_data_files(path: str, split: str, data_files):
