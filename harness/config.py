@@ -32,7 +32,9 @@ def one_of(what: str, v: str, names, more: str = "") -> str:
 
 def known_backend(v: str) -> str:
     """``v`` if a backend of that name is registered; else the error that says which are, and which are installed."""
-    return one_of("backend", v, BACKENDS, f" ({BACKENDS.describe()})")
+    if v not in BACKENDS:  # what is installed is looked up only for the error
+        one_of("backend", v, BACKENDS, f" ({BACKENDS.describe()})")
+    return v
 
 
 class Strict(BaseModel):

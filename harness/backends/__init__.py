@@ -33,7 +33,7 @@ class BackendSpec:
 
     def missing(self) -> list[str]:
         """The libraries it imports that this environment lacks."""
-        return [m for m in self.modules if importlib.util.find_spec(m) is None]
+        return [m for m in self.modules if m not in sys.modules and importlib.util.find_spec(m) is None]
 
 
 HF = BackendSpec("hf", "harness.backends.hf:HFBackend", "harness.backends.engine_args:check_hf_kwargs",
