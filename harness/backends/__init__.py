@@ -33,7 +33,14 @@ class BackendSpec:
 
     def missing(self) -> list[str]:
         """The libraries it imports that this environment lacks."""
-        return [m for m in self.modules if m not in sys.modules and importlib.util.find_spec(m) is None]
+        return [m for m in self.modules if not _installed(m)]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # imported already without a spec (a stand-in module): there
+        return True
 
 
 HF = BackendSpec("hf", "harness.backends.hf:HFBackend", "harness.backends.engine_args:check_hf_kwargs",
