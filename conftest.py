@@ -1,11 +1,11 @@
-"""Root of this repo's test runs. The plugin (harness.plugin) is not loaded here: `-p harness.plugin` in
+"""Root of this repo's test runs. The plugin (harness.pytest_plugin) is not loaded here: `-p harness.pytest_plugin` in
 pyproject.toml's addopts loads it for this repo (also where the package is only on PYTHONPATH, as on the GPU
 machines), and the pytest11 entry point loads it wherever the package is installed. A `pytest_plugins` line here
-would break runs that collect harness/gate_tests.py of an editable install from another project.
+would break runs that collect harness/pytest_plugin/gate_tests.py of an editable install from another project.
 
 What is set here is set before any test process starts (pytest-xdist workers and subprocesses inherit it): one
 checkpoint cache per run (unless HARNESS_CACHE is set), so each (model, recipe, calibration) is quantized once and
-shared; and the ledger of quantization children (HARNESS_QUANT_LEDGER, harness/quantize.py). At the end of the run
+shared; and the ledger of quantization children (HARNESS_QUANT_LEDGER, harness/quant/quantize.py). At the end of the run
 the ledger is summed up, and a second llm-compressor build of a checkpoint the run already built fails the run,
 unless the test that asked is marked ``own_quantization`` (tests of building, killing and locking)."""
 import os
@@ -56,21 +56,21 @@ def pytest_collection_modifyitems(config, items):
 
         log = open(os.environ["HARNESS_QUANT_LEDGER"] + ".prefetch.log", "a")
         for name in names:
-            _prefetch.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "fetch-model", name],
+            _prefetch.append(subprocess.Popen([sys.executable, "-m", "harness.cli.main", "fetch-model", name],
                                               stdout=log, stderr=log, stdin=subprocess.DEVNULL))
 
 
 def _warm_quantization(items) -> None:
     """Where selected tests will build the tiny default's checkpoint (a CPU run with an empty cache): its quantization
     interpreter starts importing llm-compressor now, beside the first tests, as `harness gate` starts it beside its
-    data preparation (harness/provide.py warm_up), not on the critical path of the first test that builds (~10 s)."""
-    from harness import zygote_client
+    data preparation (harness/stages/provide.py warm_up), not on the critical path of the first test that builds (~10 s)."""
+    from harness.quant import zygote_client
 
     if not zygote_client.enabled() or not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
         return
     try:
-        from harness.config import load_config
-        from harness.gate import GateSession
+        from harness.config.schema import load_config
+        from harness.session.gate import GateSession
 
         GateSession(load_config(), quiet=True).warm_up_quantization()
     except Exception:  # noqa: BLE001 - an optimisation only: the test that builds reports any problem
@@ -83,7 +83,7 @@ def quantization_summary() -> tuple[list[str], list[str]]:
     import json
     from collections import Counter
 
-    from harness.quantize import read_ledger
+    from harness.quant.quantize import read_ledger
 
     runs = read_ledger(os.environ["HARNESS_QUANT_LEDGER"])
     if not runs:
@@ -137,8 +137,8 @@ def pytest_unconfigure(config):
     interpreters are stopped first (they write their logs there)."""
     if not _made or os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    if "harness.zygote_client" in sys.modules:
-        sys.modules["harness.zygote_client"].close_all()
+    if "harness.quant.zygote_client" in sys.modules:
+        sys.modules["harness.quant.zygote_client"].close_all()
     import shutil
 
     for d in _made:

@@ -113,7 +113,7 @@ def run_child(cmd: list[str], env: dict, log_path: Path, what: str, timeout_s: f
     """Run ``cmd`` with stdout+stderr to ``log_path``; return its exit code. Every ``heartbeat_s`` say how long it
     has run and its last log line; past ``timeout_s`` kill it and its group and raise. ``start``, where given, starts
     the same work another way and returns a Popen-like handle that writes ``log_path`` itself (a build forked by
-    harness/quant_zygote.py), or None to run ``cmd`` after all."""
+    harness/quant/zygote.py), or None to run ``cmd`` after all."""
     t0 = time.time()
     proc = start() if start is not None else None
     if proc is None:

@@ -60,8 +60,8 @@ def quick_project(tmp_path_factory):
     files, benchmarks); the full default's numbers are tested on the full default."""
     import yaml
 
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     root = tmp_path_factory.mktemp("quick")
     for d in ("configs", "recipes"):
@@ -82,8 +82,8 @@ def quick_project(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint():
     """The tiny default's NVFP4 checkpoint, from the run's cache (built once per run, by whichever test asks first)."""
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     s = GateSession(load_config(), quiet=True)
     try:
@@ -99,7 +99,7 @@ def copy_quantizer(tmp_path, monkeypatch):
     output folder with its marker. It answers the versions probe as this Python. For tests of what the harness does
     around a build (locking, scheme checks), which need a checkpoint but not another llm-compressor run. Its builds
     are plain children (HARNESS_QUANT_ZYGOTE=0): it cannot serve as a warm interpreter, and asking it would close
-    the run's warm one to make room (harness/zygote_client.py keeps two)."""
+    the run's warm one to make room (harness/quant/zygote_client.py keeps two)."""
     monkeypatch.setenv("HARNESS_QUANT_ZYGOTE", "0")
 
     def make(source, sleep_s: float = 0.0):

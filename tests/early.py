@@ -17,10 +17,10 @@ from pathlib import Path
 from quant_procs import quantizing, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
-# `python -m harness.cli`, with SIGINT delivered as a terminal delivers it even when the suite runs in the background
+# `python -m harness.cli.main`, with SIGINT delivered as a terminal delivers it even when the suite runs in the background
 # (where a shell hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt)
 CLI_WITH_SIGINT = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                   "runpy.run_module('harness.cli', run_name='__main__', alter_sys=True)")
+                   "runpy.run_module('harness.cli.main', run_name='__main__', alter_sys=True)")
 
 _pool: ThreadPoolExecutor | None = None
 _started: dict[str, Future] = {}
@@ -55,7 +55,7 @@ def killed_while_quantizing() -> dict:
     cache = tmp / "cache"
     env = _env(cache, "tests/test_faults.py::test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts",
                HARNESS_QUANT_ZYGOTE="1")
-    gate = subprocess.Popen([sys.executable, "-m", "harness.cli", "gate", "--config", str(ROOT / "configs/tiny.yaml"),
+    gate = subprocess.Popen([sys.executable, "-m", "harness.cli.main", "gate", "--config", str(ROOT / "configs/tiny.yaml"),
                              "--report-dir", str(tmp / "reports")], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     procs, build = [], None

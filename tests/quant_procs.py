@@ -16,11 +16,11 @@ def quantizing(cache: Path) -> tuple[list[int], int | None]:
             ppid = int(next(ln for ln in (p / "status").read_text().splitlines() if ln.startswith("PPid:")).split()[1])
         except (OSError, ValueError, StopIteration):
             continue
-        if any(str(cache).encode() in a for a in cmdline) and (b"harness.quantize" in cmdline
-                                                               or b"harness.quant_zygote" in cmdline):
+        if any(str(cache).encode() in a for a in cmdline) and (b"harness.quant.quantize" in cmdline
+                                                               or b"harness.quant.zygote" in cmdline):
             procs[int(p.name)] = (cmdline, ppid)
     build = next((pid for pid, (cmd, ppid) in procs.items()
-                  if b"harness.quantize" in cmd or ppid in procs), None)
+                  if b"harness.quant.quantize" in cmd or ppid in procs), None)
     return sorted(procs), build
 
 

@@ -234,7 +234,7 @@ def test_cpu_linears_widen_to_float32_and_round_to_bf16_as_a_gpu_gemm_does(root)
 
 
 def test_calibration_matmuls_widen_inside_the_block_only_and_only_bf16_on_the_cpu():
-    """``quantize.cpu_matmul: fp32``: while llm-compressor calibrates (harness/quantize.py), ``F.linear`` and
+    """``quantize.cpu_matmul: fp32``: while llm-compressor calibrates (harness/quant/quantize.py), ``F.linear`` and
     ``torch.matmul`` of bf16 CPU tensors compute in float32 and round once to bf16, as ``Float32Linear`` does; the
     modules keep their classes (recipes target ``Linear`` by name). Before and after the block, and under
     ``native``, torch's own functions are in place."""
@@ -270,7 +270,7 @@ def test_calibration_matmuls_widen_inside_the_block_only_and_only_bf16_on_the_cp
 
 def test_cpu_fp4_rounding_is_compressed_tensors_own_bit_for_bit_and_the_e2m1_definition():
     """harness/backends/cpu_fp4.py against compressed-tensors' own CPU rounding (eight masked assignments) and against
-    the E2M1 definition (harness/nvfp4_ref.py, nearest value, ties to the even mantissa): every boundary, its float
+    the E2M1 definition (harness/reference/nvfp4.py, nearest value, ties to the even mantissa): every boundary, its float
     neighbours, +-0, +-inf, NaN and 100k random values, in float32 and bf16: the same bits (sign of zero and NaN
     included). Registered, compressed-tensors' entry point hands CPU tensors to it, and nothing else."""
     import numpy as np
@@ -278,7 +278,7 @@ def test_cpu_fp4_rounding_is_compressed_tensors_own_bit_for_bit_and_the_e2m1_def
     from compressed_tensors.quantization.utils import fp4_utils
     from compressed_tensors.utils.impl_backend import ImplBackend
 
-    from harness import nvfp4_ref as R
+    from harness.reference import nvfp4 as R
     from harness.backends import cpu_fp4
 
     own = fp4_utils.cast_to_fp4.__wrapped__  # compressed-tensors' eager body, bypassing any registered backend

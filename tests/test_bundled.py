@@ -1,4 +1,4 @@
-"""What the package ships (harness/bundled.py) and how a user's project meets it: recipes found in the project
+"""What the package ships (harness/config/bundled.py) and how a user's project meets it: recipes found in the project
 first, then among the shipped ones; the shipped tiny baselines read when the project has none, writes to the
 project; the default config from a directory that is not this checkout writes its outputs there."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from harness.baselines import BaselineStore
-from harness.bundled import bundled_dir, is_inside_package
-from harness.config import load_config
+from harness.config.bundled import bundled_dir, is_inside_package
+from harness.config.schema import load_config
 from harness.errors import ConfigError
-from harness.recipes import load_recipe, recipe_names
+from harness.recipes.catalog import load_recipe, recipe_names
 
 
 def test_a_project_without_recipes_uses_the_shipped_ones_and_its_own_win(tmp_path):

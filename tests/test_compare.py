@@ -1,4 +1,4 @@
-"""`harness compare` (harness/compare.py): the paired difference of two recipes on the same documents, by hand, and
+"""`harness compare` (harness/recipes/compare.py): the paired difference of two recipes on the same documents, by hand, and
 the command on the quick project."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from harness.compare import pair_difference
+from harness.recipes.compare import pair_difference
 
 
 def test_a_uniform_gap_is_a_point_and_says_better_or_worse():
@@ -50,7 +50,7 @@ def test_compare_gates_each_recipe_and_the_pair_agrees_with_their_scores(quick_p
 
     import yaml
 
-    from harness.cli import main
+    from harness.cli.main import main
 
     proj = tmp_path / "proj"
     shutil.copytree(quick_project, proj, ignore=shutil.ignore_patterns("reports"))
@@ -78,7 +78,7 @@ def test_compare_gates_each_recipe_and_the_pair_agrees_with_their_scores(quick_p
 
 
 def test_one_recipe_is_not_a_comparison(capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["compare", "--recipes", "nvfp4"]) == 2
     assert "compare needs two recipes or more" in capsys.readouterr().err
@@ -87,7 +87,7 @@ def test_one_recipe_is_not_a_comparison(capsys):
 def test_a_recipe_refused_before_it_starts_is_a_row_and_the_others_still_run():
     """The preflight refuses a recipe (here: a scheme the backend cannot run) before any quantization: that recipe is
     a row with the refusal, the comparison goes on with the rest."""
-    from harness.compare import run
+    from harness.recipes.compare import run
     from harness.errors import ConfigError
 
     def make(name):
@@ -122,7 +122,7 @@ def test_the_compare_chart_zooms_to_a_half_point_gap_and_labels_both(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.compare import deltas_to_reference, write_chart
+    from harness.recipes.compare import deltas_to_reference, write_chart
 
     rep = _two_recipes_half_a_point_apart(with_failure=True)
     ref, deltas = deltas_to_reference(rep)
@@ -148,7 +148,7 @@ def test_the_compare_chart_zooms_to_a_half_point_gap_and_labels_both(tmp_path):
 
 
 def test_a_recipe_that_could_not_be_gated_keeps_its_whole_cause_in_the_table():
-    from harness.compare import tables
+    from harness.recipes.compare import tables
 
     rep = _two_recipes_half_a_point_apart(with_failure=True)
     for r in rep["recipes"][:2]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import ConfigError
 
 
@@ -75,7 +75,7 @@ def test_missing_file_and_bad_yaml(project):
 
 
 def test_unknown_recipe_lists_known_ones(project):
-    from harness.recipes import load_recipe
+    from harness.recipes.catalog import load_recipe
 
     with pytest.raises(ConfigError, match="known recipes: negative-control-nvfp4-pruned, negative-control-w2, nvfp4, nvfp4-awq, "
                                          "nvfp4-gptq, nvfp4-keep-down-proj, nvfp4a16"):
@@ -83,7 +83,7 @@ def test_unknown_recipe_lists_known_ones(project):
 
 
 def test_shipped_recipes_validate(root):
-    from harness.recipes import load_recipe, recipe_names
+    from harness.recipes.catalog import load_recipe, recipe_names
 
     for name in recipe_names(root / "recipes"):
         r = load_recipe(root / "recipes", name)
@@ -95,7 +95,7 @@ def test_shipped_recipes_validate(root):
 
 
 def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
-    from harness.config import apply_hub_environment
+    from harness.config.schema import apply_hub_environment
 
     for var in ("HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TMPDIR", "HF_HUB_OFFLINE",
                 "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
@@ -178,7 +178,7 @@ def test_every_shipped_config_loads(root):
 
 
 def test_set_overrides_dotted_keys_with_yaml_values(root):
-    from harness.overrides import parse_set
+    from harness.config.overrides import parse_set
 
     cfg = load_config(root / "configs/tiny.yaml", parse_set(["model.engine.nvfp4.vllm.linear_backend=emulation",
                                                             "thresholds.overall=99.5", "model.checkpoint=/x/y"]))

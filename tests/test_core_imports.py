@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-CORE = ["config", "data", "prepare", "provide", "engines", "judge", "metrics", "baselines", "report", "gate",
-        "recipes", "bundled", "atomic", "identity", "plugin", "cli", "backends", "options", "fidelity", "preflight",
-        "pypi_models", "locate", "run", "cli_parser", "session_baselines", "session_judging", "report_markdown",
-        "report_chart", "recipe_records", "compare", "validation_messages", "overrides", "stages"]
+CORE = ["config.schema", "data", "stages.prepare", "stages.provide", "session.engines", "stages.judge", "metrics",
+        "baselines", "report.build", "session.gate", "recipes.catalog", "config.bundled", "atomic", "models.identity",
+        "pytest_plugin", "cli.main", "backends", "cli.options", "fidelity", "stages.preflight", "models.pypi",
+        "config.locate", "stages.run", "cli.parser", "session.baselines", "session.judging", "report.markdown",
+        "report.chart", "recipes.records", "recipes.compare", "config.messages", "config.overrides", "stages.results"]
 HEAVY = ["torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy"]
 
 
@@ -24,8 +25,8 @@ def test_the_core_imports_without_heavy_libraries(root):
 
 
 def test_the_cli_imports_without_pytest(root):
-    """The options the CLI shares with the plugin live in harness.options: the CLI does not load pytest."""
-    code = "import sys\nimport harness.cli\nprint('pytest' in sys.modules, '_pytest' in sys.modules)"
+    """The options the CLI shares with the plugin live in harness.cli.options: the CLI does not load pytest."""
+    code = "import sys\nimport harness.cli.main\nprint('pytest' in sys.modules, '_pytest' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False False", r.stdout
@@ -50,7 +51,7 @@ def _harness_imports(root: Path) -> dict[str, set[str]]:
 def test_no_import_cycle_among_harness_modules(root):
     """Not even through an import inside a function: each module's dependencies form a tree of layers."""
     graph = _harness_imports(root)
-    assert "harness.stages" in graph["harness.run"] and "harness.gate" not in graph["harness.judge"]  # it reads them
+    assert "harness.stages.results" in graph["harness.stages.run"] and "harness.session.gate" not in graph["harness.stages.judge"]  # it reads them
     state: dict[str, str] = {}
     path: list[str] = []
 

@@ -145,7 +145,7 @@ def test_make_backend_plans_gpus_before_starting_anything(monkeypatch):
 
 
 def test_the_report_says_how_the_engines_were_spread_over_gpus():
-    from harness.report_markdown import engine_lines
+    from harness.report.markdown import engine_lines
 
     rep = {"engine": {"engine_start_s": 61.0, "engine_kwargs": {"data_parallel_size": 2},
                       "data_parallel": {"size": 2, "devices": ["0", "1"]}},

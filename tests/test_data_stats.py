@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.distributions import SUFFIX, TopK, load, save
 from harness.errors import BaselineError, BackendError, ConfigError
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 
 def small_topk(k=3, tokens=5, vocab=70000) -> TopK:
@@ -92,7 +92,7 @@ def test_limits_need_distributions_and_recipes_may_set_them(tmp_path, root):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="kld_mean_max needs the next-token distributions"):
         load_config(tmp_path / "c.yaml")
-    from harness.judge import limit_source
+    from harness.stages.judge import limit_source
 
     c = load_config(root / "configs/tiny.yaml")
     assert limit_source("top1_min", c.thresholds, {"top1_min": 80.0}, "r") == (94.0, "config")
@@ -102,7 +102,7 @@ def test_limits_need_distributions_and_recipes_may_set_them(tmp_path, root):
 
 
 def test_use_lower_gates_on_the_pessimistic_end_of_each_interval():
-    from harness.judge import judge_limit
+    from harness.stages.judge import judge_limit
 
     stats = {"kld": {"mean": 0.010, "interval": {"low": 0.008, "high": 0.013}},
              "top1_pct": 95.0, "top1_interval": {"low": 93.5, "high": 96.0}}
@@ -210,7 +210,7 @@ def test_a_replaced_distributions_file_is_refused_before_scoring(dist_project, t
 def test_harness_score_reports_ppl_without_computing_distributions(dist_project, capsys, monkeypatch):
     """`harness score` prints PPL only, so it asks the backend for no top-k (which would cost up to half the speed)."""
     from harness.backends.hf import HFBackend
-    from harness.cli import main
+    from harness.cli.main import main
 
     asked = []
     real = HFBackend.loglikelihood_rolling

@@ -136,8 +136,8 @@ def tiny_full_logprobs(quick_project):
 
     from harness.backends import EngineSpec
     from harness.backends.hf import HFBackend
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     cfg = load_config(quick_project / "configs/tiny.yaml")
     s = GateSession(cfg, quiet=True)

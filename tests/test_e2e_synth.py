@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from harness.cli import main
+from harness.cli.main import main
 
 SHAPE = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,

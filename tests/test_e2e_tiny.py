@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import load_config
-from harness.gate import GateSession
+from harness.config.schema import load_config
+from harness.session.gate import GateSession
 
 
 def harness(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=600)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
     """The CLI in this process (its imports already paid): exit code, stdout, stderr."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     capsys.readouterr()
     rc = main(list(args))
@@ -51,7 +51,7 @@ def gate_run(tmp_path_factory, root, tiny_checkpoint):
     zipfile.ZipFile(next((tmp / "dist").glob("*.whl"))).extractall(site)
     work.mkdir()
     before = installed_files(site)
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "gate"], capture_output=True, text=True, cwd=work,
+    r = subprocess.run([sys.executable, "-m", "harness.cli.main", "gate"], capture_output=True, text=True, cwd=work,
                        env={**os.environ, "PYTHONPATH": str(site)}, timeout=600)
     assert installed_files(site) == before, "the gate wrote into the installed package"
     reports = list((work / "reports").glob("*/report.json"))
@@ -220,7 +220,7 @@ def _edit_config_file(cfg, tmp_path) -> str:
 
 
 def test_the_engine_log_travels_with_the_report(gate_run, tmp_path):
-    from harness.report import write_report
+    from harness.report.build import write_report
 
     _, rep, folder = gate_run
     log = tmp_path / "engine-nvfp4.log"
@@ -233,12 +233,12 @@ def test_the_engine_log_travels_with_the_report(gate_run, tmp_path):
 
 def test_a_missing_optional_library_names_the_extra_and_writes_nothing(capsys, tmp_path, monkeypatch):
     """A plain `pip install .` has no transformers: the gate says which extra to install, before any work."""
-    import harness.gate
+    import harness.session.gate
 
     def no_transformers(cfg):
         raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
 
-    monkeypatch.setattr(harness.gate, "load_tokenizer", no_transformers)
+    monkeypatch.setattr(harness.session.gate, "load_tokenizer", no_transformers)
     rc, out, err = cli(capsys, "gate", "--report-dir", str(tmp_path / "reports"))
     assert rc == 2 and "transformers is not installed" in err and "pip install 'nvfp4-gate[hf]'" in err, err
     assert "quantizing" not in err and not (tmp_path / "reports").exists()
@@ -246,6 +246,6 @@ def test_a_missing_optional_library_names_the_extra_and_writes_nothing(capsys, t
     def other(cfg):
         raise ModuleNotFoundError("No module named 'mylib'", name="mylib")
 
-    monkeypatch.setattr(harness.gate, "load_tokenizer", other)
+    monkeypatch.setattr(harness.session.gate, "load_tokenizer", other)
     rc, out, err = cli(capsys, "gate", "--report-dir", str(tmp_path / "reports"))
     assert rc == 3 and "internal error: ModuleNotFoundError: No module named 'mylib'" in err  # not ours: a bug

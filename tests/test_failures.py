@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 import early
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import BaselineError, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
-    from harness.cli import main
+    from harness.cli.main import main
 
     capsys.readouterr()
     rc = main(list(args))
@@ -69,12 +69,12 @@ def test_a_read_only_or_full_report_disk_is_refused_before_any_work(capsys, tmp_
 
 def test_the_verdict_is_printed_before_the_report_and_stands_if_the_report_cannot_be_written(capsys, tmp_path,
                                                                                            quick_project, monkeypatch):
-    import harness.report
+    import harness.report.build
 
     def disk_full(*a, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(harness.report, "write_report", disk_full)
+    monkeypatch.setattr(harness.report.build, "write_report", disk_full)
     rc, out, err = run(capsys, "gate", "--config", quick_cfg(quick_project), "--report-dir", str(tmp_path / "r"))
     assert rc == 2, err
     assert "GATE PASSED" in out  # said before the report was attempted
@@ -82,12 +82,12 @@ def test_the_verdict_is_printed_before_the_report_and_stands_if_the_report_canno
 
 
 def test_a_chart_that_fails_leaves_the_rest_of_the_report(capsys, tmp_path, quick_project, monkeypatch):
-    import harness.report
+    import harness.report.build
 
     def broken(rep, path):
         raise ValueError("Axis limits cannot be NaN or Inf")
 
-    monkeypatch.setattr(harness.report, "write_chart", broken)
+    monkeypatch.setattr(harness.report.build, "write_chart", broken)
     rc, out, err = run(capsys, "gate", "--config", quick_cfg(quick_project), "--report-dir", str(tmp_path / "r"))
     assert rc == 0, err
     folder = next((tmp_path / "r").iterdir())
@@ -105,7 +105,7 @@ def _umask() -> int:
 
 def test_two_reports_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     """A report folder is published by one rename; a name already taken (another gate, same second) moves on."""
-    import harness.report as rp
+    import harness.report.build as rp
     from harness.atomic import rename_unique
 
     base = tmp_path / "20261129-120000-m-r"
@@ -204,7 +204,7 @@ def test_wrong_values_are_refused_when_the_config_loads(override, said):
 
 
 def test_a_recipe_may_set_the_distribution_limits(project):
-    from harness.gate import GateSession
+    from harness.session.gate import GateSession
 
     r = yaml.safe_load((project / "recipes/nvfp4.yaml").read_text())
     r["thresholds"] = {"overall": 98.0, "kld_mean_max": 0.5, "top1_min": 50.0}
@@ -214,14 +214,14 @@ def test_a_recipe_may_set_the_distribution_limits(project):
     (project / "configs/tiny.yaml").write_text(yaml.safe_dump(cfg))
     s = GateSession(load_config(project / "configs/tiny.yaml"), quiet=True)
     assert s.recipe().thresholds["kld_mean_max"] == 0.5  # accepted, no "unknown threshold key"
-    from harness.judge import limit_source
+    from harness.stages.judge import limit_source
 
     assert limit_source("kld_mean_max", s.cfg.thresholds, s.recipe().thresholds, s.recipe_name) == (0.5, "recipe nvfp4")
 
 
 # ---- baselines: every check before quantizing ----------------------------------------------------------------------
 def test_a_baseline_whose_numbers_do_not_add_up_is_refused_with_the_rebuild_command(project):
-    from harness.gate import GateSession
+    from harness.session.gate import GateSession
 
     p = project / "baselines/tiny-qwen2/wikitext2.json"
     b = json.loads(p.read_text())
@@ -235,7 +235,7 @@ def test_a_baseline_whose_numbers_do_not_add_up_is_refused_with_the_rebuild_comm
 
 
 def test_a_truncated_distributions_file_is_refused_with_the_baseline_checks(project):
-    from harness.gate import GateSession
+    from harness.session.gate import GateSession
 
     f = project / "baselines/tiny-qwen2/ultrachat.topk.npz"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
@@ -271,7 +271,7 @@ def test_a_report_names_its_baselines_and_its_confidence(capsys, tmp_path, quick
 
 # ---- the command line: exit codes ----------------------------------------------------------------------------------
 def test_an_unexpected_error_is_exit_3_with_the_traceback_in_a_file(capsys, monkeypatch):
-    import harness.cli as cli
+    import harness.cli.main as cli
 
     def bug(a):
         raise ZeroDivisionError("division by zero")
@@ -324,7 +324,7 @@ def test_a_waiter_names_a_holder_that_writes_its_holder_file_late(tmp_path):
     """The holder takes the lock, then writes who it is: a waiter looking in between waits for the name."""
     from filelock import FileLock
 
-    from harness.cache_lock import cache_lock
+    from harness.quant.cache_lock import cache_lock
 
     path = tmp_path / "k.lock"
     holder = path.with_suffix(".holder.json")
@@ -351,7 +351,7 @@ def test_a_waiter_names_a_holder_that_writes_its_holder_file_late(tmp_path):
 
 
 def test_the_chart_shows_a_failing_score_and_keeps_labels_off_the_error_bars(tmp_path):
-    from harness.report_chart import chart_layout, write_chart
+    from harness.report.chart import chart_layout, write_chart
 
     scores, thresholds = [0.5, 99.3], [99.0, 99.0]
     cis = [{"low": 0.3, "high": 0.8}, {"low": 98.9, "high": 99.7}]
@@ -374,7 +374,7 @@ def test_the_chart_shows_a_failing_score_and_keeps_labels_off_the_error_bars(tmp
 def test_the_chart_axis_holds_every_threshold_and_interval(scores, thresholds, cis):
     """The threshold line that failed a gate (thresholds.overall: 150 against 99.14) fell outside the axis, so the red
     bar had no visible reason: the axis spans every score, threshold and interval end, with room to spare."""
-    from harness.report_chart import chart_layout
+    from harness.report.chart import chart_layout
 
     lo, hi, _ = chart_layout(scores, thresholds, cis)
     ends = [*scores, *thresholds, *(v for c in cis if c for v in (c["low"], c["high"]))]

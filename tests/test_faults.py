@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache_manifest
-from harness.cache_lock import cache_lock
+from harness.quant import cache_manifest
+from harness.quant.cache_lock import cache_lock
 from harness.childproc import run_child
-from harness.ckpt_cache import CheckpointCache, interpreter_versions
+from harness.quant.cache import CheckpointCache, interpreter_versions
 from harness.errors import HarnessError
-from harness.quantize import QuantInterpreter
-from harness.zygote_client import gpu_visible
+from harness.quant.quantize import QuantInterpreter
+from harness.quant.zygote_client import gpu_visible
 import early
 from quant_procs import wait_gone as _wait_gone
 
@@ -113,7 +113,7 @@ def _builder(calls):
      "does not fit the file"),
 ])
 def test_a_damaged_cache_entry_is_reported_and_rebuilt_never_used(tmp_path, monkeypatch, damage, why):
-    from harness.ckpt_cache import cache_key
+    from harness.quant.cache import cache_key
 
     monkeypatch.setattr(cache_manifest, "HASH_LIMIT", 64)  # as with real shards: configs hashed, weights not
 
@@ -159,7 +159,7 @@ def test_a_waiter_names_the_holder_and_gives_up_at_its_timeout(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from harness.cache_lock import cache_lock
+        from harness.quant.cache_lock import cache_lock
         with cache_lock(Path({str(lock)!r}), "building k"):
             print("held", flush=True)
             time.sleep(60)
@@ -196,7 +196,7 @@ def test_the_cache_key_covers_transformers_and_torch():
 @pytest.mark.early("killed-while-quantizing")
 def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project, monkeypatch, capsys):
     """SIGKILL `harness gate` while its quantization child runs, forked by the warm quantization interpreter
-    (harness/quant_zygote.py, the default without a GPU; a plain child's death with the harness is
+    (harness/quant/zygote.py, the default without a GPU; a plain child's death with the harness is
     test_the_child_and_its_helpers_die_when_the_harness_is_killed): the child goes with it, and so does the zygote;
     the next gate removes what was left, builds the checkpoint and passes; the cache then holds one sound entry and
     nothing else. The rebuild loads the model through llm-compressor's offloading (quantize.device_map:
@@ -206,9 +206,9 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     interpreter: a build as a plain child is what every build is with a GPU visible (`pytest -m gpu` builds five),
     and here it would cost CI a third import of llm-compressor (~10 s) for the same bits (compared bit for bit on
     2026-11-30, docs/results)."""
-    from harness.cli import main
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.cli.main import main
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
     from safetensors.torch import load_file
 
     killed = early.result("killed-while-quantizing")
@@ -271,7 +271,7 @@ def test_a_quantization_killed_by_the_kernel_points_at_memory(tmp_path):
     """What the OOM killer does to a 72B quantization on a host without the RAM: SIGKILL, no traceback."""
     import stat
 
-    from harness.quantize import CalibrationSpec, QuantSpec, run_quantization
+    from harness.quant.quantize import CalibrationSpec, QuantSpec, run_quantization
 
     oom = tmp_path / "python"
     oom.write_text(f"#!{sys.executable}\nimport os, signal\nprint('loading shards', flush=True)\n"
@@ -297,13 +297,13 @@ def test_a_progress_bar_in_the_heartbeat_reads_as_words(tmp_path):
 
 
 def test_the_data_preparing_process_dies_with_a_killed_gate(tmp_path):
-    """The process that prepares a cached gate's data beside its engine start (harness/prepare_ahead.py) goes when
+    """The process that prepares a cached gate's data beside its engine start (harness/stages/prepare_ahead.py) goes when
     the harness is killed with SIGKILL (no clean-up of its own runs): the kernel's parent-death signal."""
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from harness.config import load_config\n"
-        "from harness.prepare_ahead import PrepareAhead\n"
+        "from harness.config.schema import load_config\n"
+        "from harness.stages.prepare_ahead import PrepareAhead\n"
         "a = PrepareAhead(load_config(), ['wikitext2', 'ultrachat'])\n"
         "print(a.pid, flush=True)\n"
         "time.sleep(60)\n")

@@ -10,10 +10,10 @@ import pytest
 
 import harness.backends as backends
 from harness.backends.base import Backend, DocResult
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import BackendError, ConfigError, HarnessError
-from harness.gate import GateSession
-from harness.stages import Checkpoint
+from harness.session.gate import GateSession
+from harness.stages.results import Checkpoint
 
 ALIVE: list = []
 
@@ -209,8 +209,8 @@ def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
 
 
 def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
-    from harness.report import build_report
-    from harness.report_markdown import overall_table
+    from harness.report.build import build_report
+    from harness.report.markdown import overall_table
 
     s = session()
     v = s.verdict()
@@ -224,7 +224,7 @@ def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
 def test_scoring_progress_is_one_bar_over_the_texts_and_only_when_called_back():
     import io
 
-    from harness.progress import ScoringProgress
+    from harness.stages.progress import ScoringProgress
 
     out = io.StringIO()
     with ScoringProgress("wikitext2 nvfp4", 100, bar=True, file=out) as p:
@@ -243,7 +243,7 @@ def test_off_a_terminal_scoring_pulses_a_line_every_n_seconds_by_hand():
     Ten texts of 100 tokens, a line at most every 30 s: callbacks at 10 s (too soon), 31 s (a line: 5 of 10 done,
     500 tokens in 31 s = 16 tokens/s, 31 s x 5 left / 5 done = 31 s left), 45 s (14 s after the last line: none),
     62 s (all done: the gate's own line follows, no pulse)."""
-    from harness.progress import ScoringProgress, duration
+    from harness.stages.progress import ScoringProgress, duration
 
     times = iter([0.0, 10.0, 31.0, 45.0, 62.0])
     lines: list[str] = []
@@ -261,7 +261,7 @@ def test_off_a_terminal_scoring_pulses_a_line_every_n_seconds_by_hand():
 def test_the_gate_pulses_into_its_log_where_no_terminal_watches(quick_project, monkeypatch, capsys, tmp_path):
     """The CLI on the hf backend with stderr not a terminal (as in CI) and HARNESS_PULSE_S=0: a pulse line per batch
     in its log, with the texts done and the time left (a BF16 baseline update: the gate's scoring path, no build)."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     monkeypatch.setenv("HARNESS_PULSE_S", "0")
     rc = main(["baseline", "update", "--config", str(quick_project / "configs/tiny.yaml"), "--batch-size", "8",
@@ -289,13 +289,13 @@ def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_o
 
 def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
     """The limits are declared once (judge.LIMITS); a config can set each, and a recipe's thresholds accept each."""
-    from harness.config import Thresholds
-    from harness.judge import LIMITS
+    from harness.config.schema import Thresholds
+    from harness.stages.judge import LIMITS
 
     assert set(LIMITS) <= set(Thresholds.model_fields)
     stats = {"kld": {"mean": 0.02, "interval": {"low": 0.01, "high": 0.03}}, "top1_pct": 91.0,
              "top1_interval": {"low": 90.0, "high": 92.0}}
-    from harness.judge import judge_limit
+    from harness.stages.judge import judge_limit
 
     # by hand: KL 0.02 <= 0.025 passes on the point, fails on the pessimistic end 0.03; top-1 91 >= 90.5 passes on the
     # point, fails on its lower end 90.0
@@ -311,10 +311,10 @@ def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the
     """prepare_beside_engine (set here; unset: a fresh process on 2+ cores): the other process is started first, the
     engine starts before its answer is taken, the data it sends is what the gate uses (its log passed on), the time
     line shows its seconds beside the engine start, outside the stages' sum; the gate then runs as always. The real
-    process (harness/prepare_ahead.py) runs in the README-path test (test_e2e_tiny.py): a fresh `harness gate` whose
+    process (harness/stages/prepare_ahead.py) runs in the README-path test (test_e2e_tiny.py): a fresh `harness gate` whose
     data then passes the baselines' fingerprint check."""
-    import harness.prepare_ahead as pa
-    from harness.timings import line
+    import harness.stages.prepare_ahead as pa
+    from harness.stages.timings import line
 
     here = session()  # the same config, its data prepared in this process (made first: one engine at a time)
     want = {n: here.prepared(n) for n in ("wikitext2", "ultrachat")}
@@ -364,7 +364,7 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     setting is unset, nothing starts early: the data comes first, as always."""
     import dataclasses
 
-    import harness.prepare_ahead as pa
+    import harness.stages.prepare_ahead as pa
     from harness.errors import BaselineError
 
     made = []

@@ -9,11 +9,11 @@ import shutil
 import pytest
 import yaml
 
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import BaselineError, HarnessError
-from harness.gate import GateSession
-from harness.identity import mismatches, resolve_hub_revision
-from harness.locate import Location
+from harness.session.gate import GateSession
+from harness.models.identity import mismatches, resolve_hub_revision
+from harness.config.locate import Location
 
 
 def _project_with_model(project):
@@ -78,7 +78,7 @@ def test_unpinned_hub_revisions_resolve_through_the_hub_cache_and_say_so(tmp_pat
     sha, how = resolve_hub_revision("Qwen/Qwen2.5-7B-Instruct", "v2")
     assert sha is None and how.startswith("unresolved (offline")
 
-    from harness import identity
+    from harness.models import identity
 
     ident = identity.model_identity(Location("hub", "Qwen/Qwen2.5-7B-Instruct"), None)
     assert identity.key(ident) == {"hub_id": "Qwen/Qwen2.5-7B-Instruct", "revision": "c" * 40}  # not "main"
@@ -100,7 +100,7 @@ def test_the_gate_says_an_unpinned_revision_out_loud(root, monkeypatch, tmp_path
 
 
 def test_an_existing_checkpoint_of_another_architecture_is_refused(root, tmp_path):
-    from harness.synth import SynthSpec, write_checkpoint
+    from harness.models.synth import SynthSpec, write_checkpoint
 
     shape = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,

@@ -1,4 +1,4 @@
-"""`harness init` (harness/init_config.py): a config for the user's own model, sized and thresholded as the README
+"""`harness init` (harness/cli/init.py): a config for the user's own model, sized and thresholded as the README
 says, and thresholds proposed from a measured run; end to end on a local folder with the three commands it prints."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from harness import init_config as ic
+from harness.cli import init as ic
 from harness.errors import ConfigError
 
 pytest_plugins = ["pytester"]
@@ -70,7 +70,7 @@ def test_what_init_cannot_use_is_said(tmp_path):
 def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path, monkeypatch, capsys, request):
     """Issue 41's first day: a local Hugging Face folder (a copy of the embedded tiny model), `harness init`, and the
     three commands it prints, as printed: a BF16 baseline, a gate with a verdict, and the pytest gate."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     model = tmp_path / "my-model"
     shutil.copytree(root / "harness/tiny/model", model)
@@ -90,7 +90,7 @@ def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path
     assert main(commands[1].split()[1:]) in (0, 1)  # a verdict either way
     assert "GATE" in capsys.readouterr().out
     # pytester only now: it sets HOME for the test, and a build under another HOME would need a warm quantization
-    # interpreter of its own (harness/zygote_client.py keys them by environment), a second llm-compressor import
+    # interpreter of its own (harness/quant/zygote_client.py keys them by environment), a second llm-compressor import
     pytester = request.getfixturevalue("pytester")
     monkeypatch.chdir(proj)
     r = pytester.runpytest_inprocess(*commands[2].split()[1:], "-p", "no:cacheprovider", "--benchmark-disable")
@@ -102,7 +102,7 @@ def test_init_then_the_three_printed_commands_gate_a_local_folder(root, tmp_path
 def test_a_package_index_model_already_converted_is_sized_offline(tmp_path):
     """pypi:smollm2-135m once converted: its safetensors headers give the size (the name says 135M), so it gets a
     small model's thresholds and nothing is said to be fetched."""
-    from harness import pypi_models as pm
+    from harness.models import pypi as pm
 
     pm.materialise("smollm2-135m")
     text, info = ic.render("pypi:smollm2-135m", gpus=[])

@@ -1,7 +1,7 @@
-"""One rule for 'local path or hub id' (harness.locate), used by the config, the data loader and the model checks."""
+"""One rule for 'local path or hub id' (harness.config.locate), used by the config, the data loader and the model checks."""
 from __future__ import annotations
 
-from harness.locate import locate
+from harness.config.locate import locate
 
 
 def test_hub_ids_local_paths_and_builtins(tmp_path, monkeypatch):
@@ -21,7 +21,7 @@ def test_hub_ids_local_paths_and_builtins(tmp_path, monkeypatch):
 
 
 def test_config_resolve_uses_the_rule(root):
-    from harness.config import load_config
+    from harness.config.schema import load_config
 
     cfg = load_config(root / "configs/tiny.yaml")
     assert cfg.resolve("gpt2") == "gpt2" and cfg.resolve("parquet") == "parquet"  # hub id / datasets builder name

@@ -1,4 +1,4 @@
-"""The independent NVFP4 reference (harness/nvfp4_ref.py): its arithmetic on hand-computed cases, then against what
+"""The independent NVFP4 reference (harness/reference/nvfp4.py): its arithmetic on hand-computed cases, then against what
 llm-compressor writes and what the hf backend computes, on the tiny model and on real weights (SmolLM2-135M)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import nvfp4_ref as R
+from harness.reference import nvfp4 as R
 
 ROOT_CFG = "configs/tiny.yaml"
 
@@ -148,8 +148,8 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
     """llm-compressor's NVFP4 checkpoint of the tiny model: every global scale, FP8 block scale and FP4 code is what the
     reference gives under torch's bf16 arithmetic; a BF16 model carrying the reference's weights (and its activation
     quantization) scores every document exactly as the hf backend scores the checkpoint."""
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True)
     try:
@@ -168,8 +168,8 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
 
 
 def test_the_reference_model_without_activations_is_weight_only_and_changes_the_score(root, tmp_path):
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True)
     try:
@@ -185,8 +185,8 @@ def test_the_reference_model_without_activations_is_weight_only_and_changes_the_
 
 
 def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, tmp_path):
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True, recipe="nvfp4a16")
     try:
@@ -206,8 +206,8 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     weights the same way (asserted on the H200 run, tests/gpu/test_real_weights.py, with its weight-only scores)."""
     import yaml
 
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     proj = tmp_path_factory.mktemp("real")
     for d in ("configs", "recipes"):

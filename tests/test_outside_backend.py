@@ -60,7 +60,7 @@ def test_an_outside_package_adds_a_backend_and_the_gate_runs_through_it(toy_pack
 
     import yaml
 
-    from harness.cli import main
+    from harness.cli.main import main
 
     cfg = yaml.safe_load((quick_project / "configs/tiny.yaml").read_text())
     for prec in cfg["model"]["engine"].values():
@@ -78,7 +78,7 @@ def test_an_outside_package_adds_a_backend_and_the_gate_runs_through_it(toy_pack
 def test_errors_say_which_backends_are_installed_which_are_not_and_which_failed(toy_package):
     from harness.backends import backend_spec
     from harness.backends import missing_extra
-    from harness.preflight import check_backend_installed
+    from harness.stages.preflight import check_backend_installed
 
     with pytest.raises(ConfigError) as e:
         backend_spec("trt")

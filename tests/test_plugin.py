@@ -24,7 +24,7 @@ def importable_harness(monkeypatch, root):
 def gate_project(pytester, quick_project):
     """A user's project as after `pip install nvfp4-gate`: a config and its baselines, no recipes folder (the
     shipped recipes serve), no conftest (the pytest11 entry point loads the plugin) and no copy of the gate tests
-    (the plugin collects harness/gate_tests.py)."""
+    (the plugin collects harness/pytest_plugin/gate_tests.py)."""
     for d in ("configs", "baselines"):
         shutil.copytree(quick_project / d, pytester.path / d)
     (pytester.path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n[tool.pytest.ini_options]\n"
@@ -35,7 +35,7 @@ def gate_project(pytester, quick_project):
 def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_when_asked(pytester, quick_project):
     from importlib.metadata import entry_points
 
-    assert [e.value for e in entry_points(group="pytest11") if e.value == "harness.plugin"] == ["harness.plugin"]
+    assert [e.value for e in entry_points(group="pytest11") if e.value == "harness.pytest_plugin"] == ["harness.pytest_plugin"]
     shutil.copytree(quick_project / "configs", pytester.path / "configs")
     pytester.makepyfile(test_own="def test_own():\n    pass\n")
     plain = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
@@ -73,7 +73,7 @@ def pytest_collection_finish(session):
     r = pytester.runpytest_subprocess("--collect-only", "-q", "-s", "-p", "no:cacheprovider", "--harness-config",
                                       "configs/tiny.yaml")
     out = r.stdout.str()
-    assert "harness/gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
+    assert "harness/pytest_plugin/gate_tests.py::test_overall_score[tiny-qwen2/nvfp4]" in out, out
     loaded = next(ln for ln in out.splitlines() if ln.startswith("CONFTESTS"))
     assert str(pytester.path / "conftest.py") in loaded and str(root / "conftest.py") not in loaded, loaded
 
@@ -105,7 +105,7 @@ def test_the_fixtures_hand_user_tests_the_stage_results(gate_project):
     pytester.makepyfile(test_mine="""
 import time
 
-from harness.stages import Checkpoint, Prepared, Scores
+from harness.stages.results import Checkpoint, Prepared, Scores
 
 def test_aside():
     time.sleep(3.0)
@@ -159,7 +159,7 @@ def test_a_new_recipe_file_adds_parametrized_tests(gate_project):
     before = p.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")
     assert "test_dataset_score[tiny-qwen2/nvfp4-ultrachat]" in before.stdout.str()
     assert not any("negative-control-w2" in i for i in _ids(before))  # not in the default set
-    from harness.bundled import bundled_dir
+    from harness.config.bundled import bundled_dir
 
     text = (bundled_dir("recipes") / "nvfp4.yaml").read_text().replace("name: nvfp4", "name: nvfp4-smallcal")
     (p.path / "recipes").mkdir()  # the project's own recipes join the shipped ones
@@ -267,19 +267,19 @@ def test_pytest_without_the_hf_extra_says_which_extra(gate_project, monkeypatch)
 
 
 def test_a_harness_error_inside_a_gate_test_is_its_message_not_a_traceback(gate_project, monkeypatch):
-    import harness.gate
+    import harness.session.gate
 
     def broken(self, *a, **kw):
         raise __import__('harness.errors').errors.HarnessError("quantization failed (exit 3); log: /x/y.log")
 
     p = gate_project
-    monkeypatch.setattr(harness.gate.GateSession, "checkpoint", broken)
+    monkeypatch.setattr(harness.session.gate.GateSession, "checkpoint", broken)
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable", "-k", "quantize")
     r.assert_outcomes(failed=1)
     out = r.stdout.str()
     assert "HarnessError: quantization failed (exit 3); log: /x/y.log" in out
-    assert "harness/gate.py:" not in out  # no traceback through the harness
+    assert "harness/session/gate.py:" not in out  # no traceback through the harness
 
 
 def _checkpoints() -> set[str]:
@@ -288,13 +288,13 @@ def _checkpoints() -> set[str]:
 
 
 def test_a_bug_inside_a_gate_test_is_one_line_and_exit_3(gate_project, monkeypatch):
-    import harness.gate
+    import harness.session.gate
 
     def bug(self, *a, **kw):
         return 1 / 0
 
     p = gate_project
-    monkeypatch.setattr(harness.gate.GateSession, "checkpoint", bug)
+    monkeypatch.setattr(harness.session.gate.GateSession, "checkpoint", bug)
     r = p.runpytest_inprocess("--harness-config", "configs/tiny.yaml", "--recipe", "nvfp4", "-p", "no:cacheprovider",
                                "--benchmark-disable", "-k", "quantize")
     assert r.ret == pytest.ExitCode.INTERNAL_ERROR  # 3: not "the gate failed"

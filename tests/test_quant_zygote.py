@@ -1,4 +1,4 @@
-"""The warm quantization interpreter (harness/quant_zygote.py, harness/zygote_client.py): builds forked from one
+"""The warm quantization interpreter (harness/quant/zygote.py, harness/quant/zygote_client.py): builds forked from one
 import, as plain children would run them. The interpreters here are stand-ins whose "oneshot" writes a marker (or
 fails, or is killed), so the protocol is tested in a second; that a forked llm-compressor build is bit for bit a plain child's is asserted where
 the suite builds for real (tests/test_faults.py's rebuild, tests/test_nvfp4_ref.py's oracle)."""
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import zygote_client as qz
+from harness.quant import zygote_client as qz
 from harness.errors import HarnessError
-from harness.quantize import CalibrationSpec, QuantInterpreter, QuantSpec, run_quantization
+from harness.quant.quantize import CalibrationSpec, QuantInterpreter, QuantSpec, run_quantization
 
-# a quantization interpreter: `-m harness.quantize` and `-m harness.quant_zygote` as the real ones, but the zygote
+# a quantization interpreter: `-m harness.quant.quantize` and `-m harness.quant.zygote` as the real ones, but the zygote
 # preloads nothing and oneshot is a stand-in that says who it is, or fails, or is killed, as the spec's model says
 STAND_IN = """#!/bin/sh
 echo "$@" >> "{calls}"
 exec "{python}" -c '
 import json, os, signal, sys
-import harness.quant_zygote as z, harness.quantize as q
+import harness.quant.zygote as z, harness.quant.quantize as q
 
 def oneshot(spec, log=print):
     print("parent", os.getppid(), "cache", os.environ.get("HARNESS_CACHE"), "pgid", os.getpgid(0) == os.getpid(),
@@ -36,7 +36,7 @@ def oneshot(spec, log=print):
 q.run_oneshot = oneshot
 z.PRELOAD = ()
 z.gpu_visible = lambda: False  # the protocol is tested on GPU machines too
-if sys.argv[1:3] == ["-m", "harness.quant_zygote"]:
+if sys.argv[1:3] == ["-m", "harness.quant.zygote"]:
     sys.exit(5 if {refuse} else z.main(sys.argv[3:]))
 sys.exit(q.main(sys.argv[3:]))
 ' "$@"
@@ -59,7 +59,7 @@ def _spec(out, model="ok") -> QuantSpec:
 @pytest.fixture
 def own_zygotes(monkeypatch):
     """Zygotes started by the test are closed after it, and the suite's warm one, if any, is left alone: not closed
-    to make room for the test's (harness/zygote_client.py keeps KEEP at most), which would cost a later build of the
+    to make room for the test's (harness/quant/zygote_client.py keeps KEEP at most), which would cost a later build of the
     run another llm-compressor import."""
     monkeypatch.delenv(qz.ENV_SWITCH, raising=False)
     monkeypatch.setattr(qz, "gpu_visible", lambda: False)
@@ -95,7 +95,7 @@ def test_builds_are_forked_by_one_zygote_with_the_callers_environment_and_fail_a
                                                         str(tmp_path / "first"), "pgid", "True"]
     assert (logs / "b.log").read_text().split()[:4] == ["parent", str(zygote.proc.pid), "cache",
                                                         str(tmp_path / "second")]
-    assert [ln.split()[:2] for ln in calls.read_text().splitlines()] == [["-m", "harness.quant_zygote"]]  # one start
+    assert [ln.split()[:2] for ln in calls.read_text().splitlines()] == [["-m", "harness.quant.zygote"]]  # one start
     assert list(logs.glob("quant-zygote-*.log"))  # the zygote's own log, beside the builds'
 
     with pytest.raises(HarnessError, match=r"(?s)quantization failed \(exit 1\).*RuntimeError: boom"):
@@ -115,7 +115,7 @@ def test_an_interpreter_that_cannot_serve_is_asked_once_then_runs_each_build_as_
         assert (tmp_path / name / "harness_quantization.json").exists()
         assert (tmp_path / f"{name}.log").read_text().split()[:2] == ["parent", str(os.getpid())]  # our own child
     assert [ln.split()[:2] for ln in calls.read_text().splitlines()] == [
-        ["-m", "harness.quant_zygote"], ["-m", "harness.quantize"], ["-m", "harness.quantize"]]
+        ["-m", "harness.quant.zygote"], ["-m", "harness.quant.quantize"], ["-m", "harness.quant.quantize"]]
 
 
 def test_no_zygote_where_a_gpu_is_visible_off_linux_or_when_switched_off(monkeypatch):
@@ -140,8 +140,8 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
                                                                                                   own_zygotes):
     """A gate warms the quantization interpreter up before it prepares the data (preflight), so that its import
     overlaps it; only where a build is ahead: nothing cached for the model, recipe and calibration."""
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))
@@ -151,7 +151,7 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
         assert s._prepared == {}  # before any data
         (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
         assert zygote.ready.wait(30) and zygote.alive()
-        assert calls.read_text().split()[:2] == ["-m", "harness.quant_zygote"]  # (its first line, once it is up)
+        assert calls.read_text().split()[:2] == ["-m", "harness.quant.zygote"]  # (its first line, once it is up)
         assert s.warm_up_quantization() is True  # again: the same one
         assert [z for k, z in qz._zygotes.items() if k[0] == interp.python] == [zygote]
     finally:
@@ -162,8 +162,8 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
 
 
 def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, own_zygotes):
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)
     s = GateSession(load_config(), quiet=True, quant_python=interp.python)  # the suite's cache holds its entry
@@ -173,9 +173,9 @@ def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, ow
 def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, monkeypatch):
     """preflight starts the quantization interpreter once the recipe, the backend's libraries and the report folder
     passed (refused input starts nothing), and before it prepares the data (the import overlaps it)."""
-    from harness.config import load_config
+    from harness.config.schema import load_config
     from harness.errors import HarnessError as Refused
-    from harness.gate import GateSession
+    from harness.session.gate import GateSession
 
     order = []
     prepared = GateSession.prepared
@@ -196,8 +196,8 @@ def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, 
 def test_a_warm_up_that_cannot_tell_leaves_the_error_to_the_stage_that_reports_it(tmp_path, monkeypatch, own_zygotes):
     """Warm-up is an optimisation inside preflight: whatever goes wrong there (a hub lookup without network) is not
     its to report; the stage that needs it says what to do."""
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))

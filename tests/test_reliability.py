@@ -13,21 +13,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import BackendError, ConfigError, HarnessError
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "harness.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                             **kw)
 
 
 def test_unknown_dataset_name_lists_the_known_ones(capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["score", "--dataset", "c4"]) == 2
     assert "unknown dataset 'c4'; known datasets: ultrachat, wikitext2" in capsys.readouterr().err

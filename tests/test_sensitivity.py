@@ -1,4 +1,4 @@
-"""`harness sensitivity` (harness/sensitivity.py): units, ignore patterns, and a case with a known answer: one Linear
+"""`harness sensitivity` (harness/sensitivity/measure.py): units, ignore patterns, and a case with a known answer: one Linear
 of the tiny model planted with outlier weights must rank first, and leaving it in BF16 must be the suggestion."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from harness import sensitivity as S
+from harness.sensitivity import measure as S
 
 PLANTED = "model.layers.1.mlp.up_proj"  # ranked last of 14 Linears on the unplanted tiny model
 GATE = "model.layers.1.mlp.gate_proj"   # shares its NVFP4 global scale: one unit with it
@@ -45,10 +45,10 @@ def test_units_group_the_linears_by_layer_type_or_one_each_and_never_split_a_fus
 
 
 def test_the_fused_groups_are_llm_compressor_s_own():
-    """harness/nvfp4_ref.py keeps llm-compressor 0.14's FUSED_LAYER_NAMES (the scoring environment need not have
+    """harness/reference/nvfp4.py keeps llm-compressor 0.14's FUSED_LAYER_NAMES (the scoring environment need not have
     llm-compressor); where it is installed, the copy must be its list."""
     helpers = pytest.importorskip("llmcompressor.observers.helpers")
-    from harness.nvfp4_ref import FUSED_GROUPS
+    from harness.reference.nvfp4 import FUSED_GROUPS
 
     assert [tuple(g) for g in helpers.FUSED_LAYER_NAMES] == list(FUSED_GROUPS)
 
@@ -74,9 +74,9 @@ def _planted_model(root, tmp_path):
 
 @pytest.fixture(scope="module")
 def planted_probe(root, tmp_path_factory):
-    from harness.config import load_config
-    from harness.gate import GateSession
-    from harness.sensitivity_report import docs_of
+    from harness.config.schema import load_config
+    from harness.session.gate import GateSession
+    from harness.sensitivity.command import docs_of
 
     cfg = load_config(overrides={"model.path": str(_planted_model(root, tmp_path_factory.mktemp("p")))})
     s = GateSession(cfg, backend="hf", quiet=True)
@@ -123,7 +123,7 @@ def test_the_suggestion_keeps_only_units_that_raise_the_score(planted_probe):
 
 
 def test_the_command_writes_the_ranking_the_chart_and_the_suggestion(root, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     model = _planted_model(root, tmp_path)
     proj = tmp_path / "proj"
@@ -147,7 +147,7 @@ def test_the_command_writes_the_ranking_the_chart_and_the_suggestion(root, tmp_p
     # the suggestion as a recipe: the shipped nvfp4 recipe with the planted projection added to its ignore list
     import yaml
 
-    from harness.recipes import load_recipe
+    from harness.recipes.catalog import load_recipe
 
     r = load_recipe(proj / "recipes", "keep-up")
     mod = yaml.safe_load(r.recipe_text)["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
@@ -165,8 +165,8 @@ def test_a_linear_suggestion_builds_and_gates_and_never_splits_a_fused_group(roo
     gate of it died inside llm-compressor (exit 2). Now the suggestion is built and gated (--verify): exit 0 or 1."""
     import yaml
 
-    from harness.cli import main
-    from harness.recipes import load_recipe
+    from harness.cli.main import main
+    from harness.recipes.catalog import load_recipe
 
     proj = tmp_path / "proj"
     (proj / "recipes").mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_a_linear_suggestion_builds_and_gates_and_never_splits_a_fused_group(roo
 
 
 def test_bad_counts_are_refused(capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["sensitivity", "--texts", "0"]) == 2
     assert "--texts must be at least 1" in capsys.readouterr().err

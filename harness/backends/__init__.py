@@ -23,7 +23,7 @@ class BackendSpec:
     check_kwargs: str               # "module:function(kwargs, where, fields=None)": its engine settings, at config load
     needs_gpu: bool                 # its gate tests are GPU tests (marker gpu; skipped cleanly without one)
     extra: str                      # this package's extra that installs its libraries ("" for an outside backend)
-    modules: tuple[str, ...]        # the libraries it imports: checked before any work (harness/preflight.py)
+    modules: tuple[str, ...]        # the libraries it imports: checked before any work (harness/stages/preflight.py)
     data_parallel: bool = False     # data_parallel_size > 1 runs one engine per GPU group (data_parallel.py)
     refuse_scheme: str | None = None  # "module:function(scheme) -> why not | None": schemes it has no kernel for
     install: str = ""               # how to install its libraries, where ``extra`` does not say it
@@ -47,7 +47,7 @@ HF = BackendSpec("hf", "harness.backends.hf:HFBackend", "harness.backends.engine
                  needs_gpu=False, extra="hf", modules=("torch", "transformers", "compressed_tensors"))
 VLLM = BackendSpec("vllm", "harness.backends.vllm:VLLMBackend", "harness.backends.engine_args:check_vllm_kwargs",
                    needs_gpu=True, extra="vllm", modules=("vllm",), data_parallel=True,
-                   refuse_scheme="harness.checkpoint:vllm_refusal")
+                   refuse_scheme="harness.quant.checkpoint:vllm_refusal")
 BUILTIN = {"hf": "harness.backends:HF", "vllm": "harness.backends:VLLM"}  # as pyproject.toml registers them
 
 

@@ -1,4 +1,4 @@
-"""NVFP4 activation fake quantization in torch, for the reference model of harness/nvfp4_ref.py on the hf backend.
+"""NVFP4 activation fake quantization in torch, for the reference model of harness/reference/nvfp4.py on the hf backend.
 
 A model folder with ``harness_oracle.json`` naming input global scales is a W4A4 reference: each of those Linears
 gets a forward pre-hook that quantizes its input as the format defines (blocks of 16 along the hidden dimension per
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.nvfp4_pack import E2M1, E2M1_BOUNDS
+from harness.reference.pack import E2M1, E2M1_BOUNDS
 
 E2M1_TIE_UP = (False, True, False, True, False, True, False)  # a tie rounds to the value with an even mantissa bit
 
@@ -20,7 +20,7 @@ def e4m3_round(x):
     one step (torch's float8 cast goes through float32 first, which can round twice)."""
     import torch
 
-    from harness.nvfp4_ref import E4M3_POSITIVE
+    from harness.reference.nvfp4 import E4M3_POSITIVE
 
     pos = torch.tensor(E4M3_POSITIVE, dtype=torch.float64, device=x.device)
     a = x.abs().clamp(max=448.0)
@@ -46,7 +46,7 @@ def e2m1_round(x):
 
 def fake_quantize(x, g: float, arithmetic: str = "exact"):
     """x^ for activations ``x`` [..., n] (n a multiple of 16) under input global scale ``g``; same dtype as x.
-    ``arithmetic`` as in harness.nvfp4_ref: ``exact`` (float64), or ``torch-bf16`` (block amax / 6 rounded to bf16,
+    ``arithmetic`` as in harness.reference.nvfp4: ``exact`` (float64), or ``torch-bf16`` (block amax / 6 rounded to bf16,
     the rest in float32, as compressed-tensors computes it for a bf16 model)."""
     import torch
 

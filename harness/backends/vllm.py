@@ -11,7 +11,7 @@
 - engines start eager (no torch.compile, no CUDA graphs) unless the config says how to compile (SCORING_DEFAULTS);
 - the NVFP4 kernel that actually ran (native W4A4, Marlin W4A16, emulation W4A4) is read off the loaded model;
 - CPU weight offload is started so that it engages on the pinned vLLM and is verified after start (vllm_env.py);
-- a BF16 view of an NVFP4 checkpoint (harness/synth.py) loads through the ``harness_dequant`` load format;
+- a BF16 view of an NVFP4 checkpoint (harness/models/synth.py) loads through the ``harness_dequant`` load format;
 - the engine's log is kept (``engine_log`` in the info) and the start time is broken down from it;
 - the start ends with one two-token request through the scoring path (prompt logprobs at the engine's top-k): vLLM's
   own warm-up compiles another width of the prompt-logprobs Triton kernel, so the harness's would compile (or load
@@ -215,7 +215,7 @@ class VLLMBackend(Backend):
         import torch
 
         from harness import fidelity
-        from harness.checkpoint import checkpoint_quantization
+        from harness.quant.checkpoint import checkpoint_quantization
 
         cap = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
         return fidelity.choose(spec.fidelity, checkpoint_quantization(spec.model), cap, kwargs)
@@ -238,7 +238,7 @@ class VLLMBackend(Backend):
     def _view_kwargs(spec: EngineSpec, kwargs: dict) -> dict:
         """A BF16 view of an NVFP4 checkpoint loads through the harness's load format, registered in the workers
         by the harness's worker extension."""
-        from harness.checkpoint import view_source
+        from harness.quant.checkpoint import view_source
 
         if view_source(spec.model) is None:
             return kwargs

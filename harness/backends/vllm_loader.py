@@ -1,6 +1,6 @@
 """Code that runs inside vLLM's engine and worker processes (imports vllm at import time).
 
-- ``harness_dequant``: a vLLM load format for BF16 views of NVFP4 checkpoints (harness/synth.py): the weights are
+- ``harness_dequant``: a vLLM load format for BF16 views of NVFP4 checkpoints (harness/models/synth.py): the weights are
   the NVFP4 checkpoint's exact dequantization, made on the GPU while loading, so a 72B-shape BF16 model needs no
   145 GB on disk. Offloaded layers (``cpu_offload_gb`` / ``offload_backend``) work as with any loader: vLLM's own
   ``load_weights`` copies each tensor to wherever its parameter lives.
@@ -32,7 +32,7 @@ class DequantViewLoader(BaseModelLoader):
     def load_weights(self, model, model_config) -> None:
         import torch
 
-        from harness.checkpoint import dequantized_weights, view_source
+        from harness.quant.checkpoint import dequantized_weights, view_source
 
         src = view_source(Path(model_config.model))
         if src is None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_config
-from harness.gate import GateSession
+from harness.config.schema import load_config
+from harness.session.gate import GateSession
 
 
 def _results_path() -> Path:
@@ -88,14 +88,14 @@ def vllm_bf16_baselines(gpu_cfg, gpu_results):
 
 @pytest.fixture(scope="session")
 def random_qwen2():
-    """``random_qwen2(shape_id, out)``: a BF16 checkpoint of a known shape (harness.shapes) with seeded random
+    """``random_qwen2(shape_id, out)``: a BF16 checkpoint of a known shape (harness.models.shapes) with seeded random
     weights, generated on the GPU by ``harness synth-checkpoint``'s writer (once), with the tiny tokenizer."""
 
     def build(shape_id: str, out: Path) -> Path:
         if (out / "harness_synth.json").exists():
             return out
-        from harness.shapes import KNOWN_SHAPES
-        from harness.synth import SynthSpec, write_checkpoint
+        from harness.models.shapes import KNOWN_SHAPES
+        from harness.models.synth import SynthSpec, write_checkpoint
 
         write_checkpoint(SynthSpec(config=KNOWN_SHAPES[shape_id], precision="bf16", like=shape_id), out,
                          device="cuda", force=True, progress=False)
@@ -143,8 +143,8 @@ def update_bf16(gpu_cfg):
 @pytest.fixture(scope="session")
 def bench_models(tmp_path_factory, harness_config, random_qwen2):
     """BF16 dir (random weights, built on the GPU) and its NVFP4 checkpoint (llm-compressor, quant interpreter)."""
-    from harness import quantize as q
-    from harness.config import CalibrationSpec
+    from harness.quant import quantize as q
+    from harness.config.schema import CalibrationSpec
 
     root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench15b"))
     bf16 = random_qwen2(SHAPE_1P5B, root / "bf16")
@@ -164,7 +164,7 @@ def bench_models(tmp_path_factory, harness_config, random_qwen2):
 
 
 def _recipe(cfg) -> str:
-    from harness.recipes import load_recipe
+    from harness.recipes.catalog import load_recipe
 
     return load_recipe(cfg.path_of("recipes_dir"), "nvfp4").recipe_text
 

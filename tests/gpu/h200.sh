@@ -10,7 +10,7 @@
 #                                                  run pytest with the GPU environment as background job NAME (then
 #                                                  NAME2, ... one after another, each with its own log and rc)
 #   bash tests/gpu/h200.sh wait NAME SECONDS       wait for it (at most SECONDS), collect, print the tail
-#   bash tests/gpu/h200.sh sh NAME CMD...          run CMD (e.g. python3 -m harness.cli gate ...) in the foreground with
+#   bash tests/gpu/h200.sh sh NAME CMD...          run CMD (e.g. python3 -m harness.cli.main gate ...) in the foreground with
 #                                                  the GPU environment and HARNESS_CACHE=/tmp/jobs/cache, log NAME.log
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from harness.backends import EngineSpec, backend_class
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.gpu
 
@@ -18,8 +18,8 @@ SHAPE = "Qwen/Qwen2.5-0.5B-Instruct"
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    from harness.shapes import KNOWN_SHAPES
-    from harness.synth import SynthSpec, write_checkpoint, write_dequant_view
+    from harness.models.shapes import KNOWN_SHAPES
+    from harness.models.synth import SynthSpec, write_checkpoint, write_dequant_view
 
     root = tmp_path_factory.mktemp("layouts")
     for layout in ("compressed-tensors", "modelopt"):

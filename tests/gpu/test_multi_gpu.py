@@ -22,7 +22,7 @@ import pytest
 
 from harness.backends import EngineSpec, make_backend
 from harness.backends.gpu_memory import total_gib
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 SHARE = 0.1  # of ~140 GiB: 14 GiB, less than the 7B shape's 15.2 GB of BF16 weights
 OFFLOAD_GB = 12
@@ -263,7 +263,7 @@ def _harness_env(env: dict, *args: str):
 
     from test_scale_72b import ROOT
 
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=1200,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *args], capture_output=True, text=True, timeout=1200,
                           cwd=ROOT, env={**os.environ, **env})
 
 

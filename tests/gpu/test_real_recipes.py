@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.recipes
 
@@ -25,7 +25,7 @@ TARGET = 70.0  # the CPU run (2026-11-29) reached it with 5 layers in BF16; W4A4
 
 
 def test_real_recipes_compared(real_cfg, real_baseline, gpu_results, tmp_path):
-    from harness import compare
+    from harness.recipes import compare
 
     def make(recipe):
         s = GateSession(real_cfg, backend="vllm", recipe=recipe)
@@ -50,7 +50,7 @@ def test_real_recipes_compared(real_cfg, real_baseline, gpu_results, tmp_path):
 
 
 def test_real_layer_sensitivity_and_its_suggestion_gated(real_cfg, real_baseline, gpu_results, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     recipes, reports = tmp_path / "recipes", tmp_path / "reports"
     recipes.mkdir()

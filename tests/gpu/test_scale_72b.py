@@ -25,8 +25,8 @@ import pytest
 from tests.gpu.bare import bare_logprob_sums
 
 from harness.backends.gpu_memory import total_gib
-from harness.config import load_config
-from harness.gate import GateSession
+from harness.config.schema import load_config
+from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.scale  # `pytest -m scale`; not part of `pytest -m gpu`
 
@@ -73,7 +73,7 @@ def dirs(tmp_path_factory):
 
 def _harness(*args, timeout: int = 900) -> subprocess.CompletedProcess:
     """The harness CLI as a user runs it (a fresh interpreter), output captured."""
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.cli.main", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 

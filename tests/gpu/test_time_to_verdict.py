@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.gpu
 
@@ -55,7 +55,7 @@ def cached_checkpoint(real_cfg, real_baseline):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_real_cached_gate_time_to_verdict(real_cfg, cached_checkpoint, variant, tmp_path, gpu_results, benchmark):
     args, env = VARIANTS[variant]
-    cmd = [sys.executable, "-m", "harness.cli", "gate", "--config", str(CONFIG), "--recipe", "nvfp4",
+    cmd = [sys.executable, "-m", "harness.cli.main", "gate", "--config", str(CONFIG), "--recipe", "nvfp4",
            "--set", f"baselines_dir={real_cfg.path_of('baselines_dir')}", "--set", "tasks={}",  # the perplexity gate
            "--backend", "vllm", "--report-dir", str(tmp_path), *args]
 

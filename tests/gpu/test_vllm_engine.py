@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends import EngineSpec, backend_class
-from harness.gate import GateSession
+from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.gpu
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from harness.gate import GateSession
-from harness.report import build_report, write_report
+from harness.session.gate import GateSession
+from harness.report.build import build_report, write_report
 
 pytestmark = pytest.mark.gpu
 

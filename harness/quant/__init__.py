@@ -1,0 +1,1 @@
+"""The quantized checkpoint: llm-compressor in its own interpreter (quantize), kept warm (zygote, zygote_client), the content-addressed cache (cache, cache_lock, cache_manifest) and torch-free inspection of a checkpoint (checkpoint)."""

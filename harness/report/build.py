@@ -1,0 +1,210 @@
+"""Reports: timestamped JSON (the source of truth), a Markdown report, an SVG bar chart, and the run's log.
+
+A report folder is written under a temp name and renamed into place at the end, so an interrupted run leaves no
+half report. ``render_markdown`` works from the JSON alone, so ``harness report run.json`` re-renders old runs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from harness.metrics import lm_eval_metrics
+from harness.report.chart import write_chart
+from harness.report.markdown import render_markdown
+
+REPORT_SCHEMA = 1
+
+
+def build_report(session, verdict) -> dict:
+    """Collect everything a reader needs from a finished GateSession."""
+    from harness.quant.checkpoint import disk_size
+
+    cfg = session.cfg
+    ck = session.checkpoint()
+    ckpt, ckpt_info = ck.path, ck.info
+    q_info = session.engine_info("nvfp4")
+    datasets = []
+    for name in session.dataset_names:
+        b = session.baseline(name)
+        s = session.score(name)
+        prep = session.prepared(name)
+        c = session.comparison(name)
+        datasets.append({
+            "dataset": name,
+            "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
+                     "eval_s": b.provenance.get("eval_s"), "backend": b.provenance.get("backend"),
+                     "device": b.provenance.get("device"), "date": b.provenance.get("date"),
+                     **lm_eval_metrics(b.nll * b.tokens, b.words, b.bytes)},
+            "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
+                      "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
+            "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
+            "threshold_source": session.threshold_source(name)[1],
+            "data": prep.summary(), "token_detail": session.token_summary(name),
+            "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
+            "limits": [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(name)],
+        })
+    o = session.overall()
+    overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
+    overall["threshold_source"] = session.threshold_source(None)[1]
+    overall["distributions"] = session.distribution_stats(None)
+    overall["limits"] = [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(None)]
+    bf16_path = Path(cfg.resolve(cfg.model.path))
+    from harness.quant.checkpoint import view_source
+
+    view_of = view_source(bf16_path) if bf16_path.is_dir() else None
+    b0 = session.baseline(session.dataset_names[0])
+    return {
+        "schema_version": REPORT_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": cfg.source_path, "model": cfg.name, "model_path": cfg.model.path, "recipe": session.recipe_name,
+        "scheme": ckpt_info.get("scheme"), "backend": session.backend,
+        "kernel": q_info.get("kernel"), "engine": q_info,
+        "max_model_len": cfg.model.max_model_len,
+        "top_k": session.top_k or None,
+        "datasets": datasets,
+        "overall": overall,
+        "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "confidence": cfg.thresholds.confidence,
+                 "summary": verdict.summary()},
+        "tasks": session.task_rows(),
+        "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
+        "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
+        "checkpoints": {"bf16": {"path": str(bf16_path),
+                                 "bytes": disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None,
+                                 **({"view_of": str(view_of)} if view_of else {})},
+                        "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
+        "baseline_updates": update_rows(session.baseline_updates),
+        "recipe_regression": session.recipe_regression(),  # None unless the config asks (harness/recipes/records.py)
+        "recipe_record": str(session.recipe_record() or "") or None,
+        "wall_s": round(time.time() - session.started, 1),
+        "time": session.time_breakdown(),  # brought up to date when the report is written (write_report)
+    }
+
+
+def limit_row(o, confidence: float) -> dict:
+    """A distribution limit's outcome, with the minimum detectable difference its bootstrap interval implies."""
+    from harness.tasks.paired import mdd_from_interval
+
+    return {"key": o.key, "value": o.value, "point": o.point, "limit": o.limit, "passed": o.passed,
+            "threshold_source": o.threshold_source,
+            "mdd": mdd_from_interval(*o.interval, confidence) if o.interval else None}
+
+
+def with_token_text(stats: dict | None, tokenizer) -> dict | None:
+    """The worst positions with their tokens as text (the true token, and each model's most likely one)."""
+    if not stats or not stats.get("worst_positions"):
+        return stats
+    tok = tokenizer()
+    for w in stats["worst_positions"]:
+        for key in ("true", "top1_bf16", "top1_model"):
+            tid = w["true_id" if key == "true" else key]
+            w[f"{key}_text"] = tok.decode([tid])
+    return stats
+
+
+def overall_block(datasets: list[dict], interval: dict | None = None, threshold: float | None = None) -> dict:
+    """The overall row: per-dataset NLLs pooled by token count, and the relative score."""
+    from harness.metrics import compare, overall_nll
+
+    ref = overall_nll({d["dataset"]: (d["bf16"]["nll"], d["bf16"]["tokens"]) for d in datasets})
+    mod = overall_nll({d["dataset"]: (d["nvfp4"]["nll"], d["nvfp4"]["tokens"]) for d in datasets})
+    c = compare("overall", ref, mod)
+    return {"bf16": {"ppl": c.ppl_ref, "nll": c.nll_ref, "tokens": ref[1]},
+            "nvfp4": {"ppl": c.ppl_model, "nll": c.nll_model, "tokens": mod[1]},
+            "score": c.score, "interval": interval, "threshold": threshold}
+
+
+def reference_report(model_dir: Path) -> dict:
+    """Tables from stored files alone: ``<model_dir>/<dataset>.json`` (BF16 baselines) against
+    ``<model_dir>/reference/nvfp4-<dataset>.json`` (a stored NVFP4 result), e.g. the reference study's."""
+    from harness.baselines import Baseline
+    from harness.errors import HarnessError
+    from harness.metrics import relative_score
+
+    model_dir = Path(model_dir)
+    datasets = []
+    for f in sorted(model_dir.glob("*.json")):
+        ref_file = model_dir / "reference" / f"nvfp4-{f.stem}.json"
+        if not ref_file.exists():
+            continue
+        b = Baseline.from_dict(json.loads(f.read_text()), str(f))
+        q = Baseline.from_dict(json.loads(ref_file.read_text()), str(ref_file))
+        row = {"dataset": f.stem, "score": relative_score(b.ppl, q.ppl), "interval": None, "threshold": None}
+        for prec, x in (("bf16", b), ("nvfp4", q)):
+            row[prec] = {"ppl": x.ppl, "nll": x.nll, "tokens": x.tokens, "kept_texts": x.kept_texts,
+                         "eval_s": x.provenance.get("eval_s")}
+        datasets.append(row)
+    if not datasets:
+        raise HarnessError(f"{model_dir}: no <dataset>.json with a matching reference/nvfp4-<dataset>.json")
+    return {"datasets": datasets, "overall": overall_block(datasets), "kernel": q.provenance.get("kernel"),
+            "model": b.model}
+
+
+def _interval(c) -> dict | None:
+    """The bootstrap interval of a score, with the minimum detectable difference it implies (score points, one-sided
+    alpha 0.05, power 0.8: harness/tasks/paired.py)."""
+    i = c.interval
+    if i is None:
+        return None
+    from harness.tasks.paired import mdd_from_interval
+
+    return {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples,
+            "mdd": mdd_from_interval(i.low, i.high, i.confidence)}
+
+
+def update_rows(pairs) -> list[dict]:
+    """(old, new) baseline pairs as the rows baseline_diff_table prints."""
+    return [{"dataset": new.dataset, "old": _brief(old), "new": _brief(new)} for old, new in pairs]
+
+
+def _brief(b) -> dict | None:
+    if b is None:
+        return None
+    return {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts, "fingerprint": b.fingerprint,
+            "backend": b.provenance.get("backend"), "device": b.provenance.get("device"), "date": b.provenance.get("date")}
+
+
+def baseline_origin(session, name: str) -> dict:
+    """Which BF16 baseline a dataset was compared against: its file, when and where it was scored."""
+    b = session.baseline(name)
+    p = b.provenance
+    return {"path": str(session.store.path(session.cfg.name, name)), "date": p.get("date"), "backend": p.get("backend"),
+            "device": p.get("device"), "versions": p.get("versions"), "git_commit": p.get("git_commit"),
+            "mode": (p.get("compilation") or {}).get("mode")}
+
+
+def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
+                 token_logprobs: dict[str, list[list[float]]] | None = None, time_breakdown=None) -> Path:
+    """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
+    reports_dir/<timestamp>-<model>/, atomically (temp dir, rename). ``time_breakdown()``, when given, restates the
+    report's "time" once the chart is drawn, so the report stage counts its own work."""
+    from harness.atomic import atomic_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = atomic_dir(Path(reports_dir) / f"{stamp}-{rep['model']}-{rep['recipe']}", prefix=".report-",
+                        on_exists="unique")  # two gates finishing in the same second: -2, -3, ...
+    with folder as tmp:
+        engine_log = (rep.get("engine") or {}).get("engine_log")
+        if engine_log and Path(engine_log).is_file():  # the vLLM engine's own log travels with the report
+            shutil.copy2(engine_log, tmp / "engine.log")
+            rep = {**rep, "engine": {**rep["engine"], "engine_log": "engine.log"}}
+        try:
+            write_chart(rep, tmp / "chart.svg")
+        except Exception as e:  # noqa: BLE001 - a chart is not worth the report: it is written without one
+            rep = {**rep, "chart_error": f"{type(e).__name__}: {str(e)[:200]}"}
+        if time_breakdown is not None:
+            rep = {**rep, "time": time_breakdown()}
+        (tmp / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
+        (tmp / "report.md").write_text(render_markdown(rep))
+        (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")
+        for name, per_doc in (token_logprobs or {}).items():
+            from harness.token_detail import save_tokens
+
+            save_tokens(tmp / f"tokens-{name}.npz", per_doc)
+    return folder.final
+
+
+def session_token_logprobs(session) -> dict[str, list[list[float]]]:
+    return {n: session.score(n).token_logprobs for n in session.dataset_names
+            if session.score(n).token_logprobs is not None}

@@ -1,0 +1,1 @@
+"""The gate's pipeline, stage by stage: prepare -> provide -> score -> judge -> render (results: the frozen result of each; run: the one flow through them), with the checks before any work (preflight), progress and time per stage (progress, timings)."""
