@@ -69,7 +69,7 @@ def _warm_quantization(items) -> None:
     if not zygote_client.enabled() or not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
         return
     try:
-        from harness.config.schema import load_config
+        from harness.config.load import load_config
         from harness.session.gate import GateSession
 
         GateSession(load_config(), quiet=True).warm_up_quantization()

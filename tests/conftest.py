@@ -60,7 +60,7 @@ def quick_project(tmp_path_factory):
     files, benchmarks); the full default's numbers are tested on the full default."""
     import yaml
 
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     root = tmp_path_factory.mktemp("quick")
@@ -82,7 +82,7 @@ def quick_project(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint():
     """The tiny default's NVFP4 checkpoint, from the run's cache (built once per run, by whichever test asks first)."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(), quiet=True)

@@ -10,7 +10,7 @@ import pytest
 
 from harness.baselines import BaselineStore
 from harness.config.bundled import bundled_dir, is_inside_package
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import ConfigError
 from harness.recipes.catalog import load_recipe, recipe_names
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import ConfigError
 
 
@@ -95,7 +95,7 @@ def test_shipped_recipes_validate(root):
 
 
 def test_hub_locations_and_offline_mode_from_the_config(project, monkeypatch):
-    from harness.config.schema import apply_hub_environment
+    from harness.config.sections import apply_hub_environment
 
     for var in ("HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "TMPDIR", "HF_HUB_OFFLINE",
                 "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):

@@ -12,7 +12,8 @@ CORE = ["config.schema", "data", "stages.prepare", "stages.provide", "session.en
         "baselines", "report.build", "session.gate", "recipes.catalog", "config.bundled", "atomic", "models.identity",
         "pytest_plugin", "cli.main", "backends", "cli.options", "fidelity", "stages.preflight", "models.pypi",
         "config.locate", "stages.run", "cli.parser", "session.baselines", "session.judging", "report.markdown",
-        "report.chart", "recipes.records", "recipes.compare", "config.messages", "config.overrides", "stages.results"]
+        "report.chart", "recipes.records", "recipes.compare", "config.messages", "config.overrides", "stages.results",
+        "stages.score", "stages.render", "config.sections", "config.load"]
 HEAVY = ["torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy"]
 
 

@@ -161,7 +161,7 @@ def test_special_tokens_decide_which_token_goes_unscored():
 
 
 def test_add_special_tokens_is_a_per_model_config_setting(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     cfg = load_config(root / "configs/tiny.yaml", {"model.add_special_tokens": False})

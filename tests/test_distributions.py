@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.distributions import SUFFIX, TopK, load, save
 from harness.errors import BaselineError, BackendError, ConfigError
 from harness.session.gate import GateSession

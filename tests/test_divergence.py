@@ -136,7 +136,7 @@ def tiny_full_logprobs(quick_project):
 
     from harness.backends import EngineSpec
     from harness.backends.hf import HFBackend
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     cfg = load_config(quick_project / "configs/tiny.yaml")

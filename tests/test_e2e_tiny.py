@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.session.gate import GateSession
 
 

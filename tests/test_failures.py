@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import early
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import BaselineError, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -207,7 +207,7 @@ def test_a_gate_killed_while_quantizing_leaves_nothing_that_lasts(quick_project,
     and here it would cost CI a third import of llm-compressor (~10 s) for the same bits (compared bit for bit on
     2026-11-30, docs/results)."""
     from harness.cli.main import main
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
     from safetensors.torch import load_file
 

@@ -10,7 +10,7 @@ import pytest
 
 import harness.backends as backends
 from harness.backends.base import Backend, DocResult
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import BackendError, ConfigError, HarnessError
 from harness.session.gate import GateSession
 from harness.stages.results import Checkpoint
@@ -289,7 +289,7 @@ def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_o
 
 def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
     """The limits are declared once (judge.LIMITS); a config can set each, and a recipe's thresholds accept each."""
-    from harness.config.schema import Thresholds
+    from harness.config.sections import Thresholds
     from harness.stages.judge import LIMITS
 
     assert set(LIMITS) <= set(Thresholds.model_fields)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import BaselineError, HarnessError
 from harness.session.gate import GateSession
 from harness.models.identity import mismatches, resolve_hub_revision

@@ -21,7 +21,7 @@ def test_hub_ids_local_paths_and_builtins(tmp_path, monkeypatch):
 
 
 def test_config_resolve_uses_the_rule(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cfg = load_config(root / "configs/tiny.yaml")
     assert cfg.resolve("gpt2") == "gpt2" and cfg.resolve("parquet") == "parquet"  # hub id / datasets builder name

@@ -148,7 +148,7 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
     """llm-compressor's NVFP4 checkpoint of the tiny model: every global scale, FP8 block scale and FP4 code is what the
     reference gives under torch's bf16 arithmetic; a BF16 model carrying the reference's weights (and its activation
     quantization) scores every document exactly as the hf backend scores the checkpoint."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True)
@@ -168,7 +168,7 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
 
 
 def test_the_reference_model_without_activations_is_weight_only_and_changes_the_score(root, tmp_path):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True)
@@ -185,7 +185,7 @@ def test_the_reference_model_without_activations_is_weight_only_and_changes_the_
 
 
 def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, tmp_path):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / ROOT_CFG), quiet=True, recipe="nvfp4a16")
@@ -206,7 +206,7 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     weights the same way (asserted on the H200 run, tests/gpu/test_real_weights.py, with its weight-only scores)."""
     import yaml
 
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     proj = tmp_path_factory.mktemp("real")

@@ -140,7 +140,7 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
                                                                                                   own_zygotes):
     """A gate warms the quantization interpreter up before it prepares the data (preflight), so that its import
     overlaps it; only where a build is ahead: nothing cached for the model, recipe and calibration."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)
@@ -162,7 +162,7 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
 
 
 def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, own_zygotes):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)
@@ -173,7 +173,7 @@ def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, ow
 def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, monkeypatch):
     """preflight starts the quantization interpreter once the recipe, the backend's libraries and the report folder
     passed (refused input starts nothing), and before it prepares the data (the import overlaps it)."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.errors import HarnessError as Refused
     from harness.session.gate import GateSession
 
@@ -196,7 +196,7 @@ def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, 
 def test_a_warm_up_that_cannot_tell_leaves_the_error_to_the_stage_that_reports_it(tmp_path, monkeypatch, own_zygotes):
     """Warm-up is an optimisation inside preflight: whatever goes wrong there (a hub lookup without network) is not
     its to report; the stage that needs it says what to do."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     interp, calls = _interp(tmp_path)

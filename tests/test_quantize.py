@@ -68,7 +68,7 @@ def test_child_gets_its_own_pythonpath(monkeypatch):
 def test_an_env_without_llmcompressor_gates_from_the_cache(tmp_path):
     """A vLLM-only environment: the cached checkpoint serves whatever llm-compressor built it; nothing cached is the
     same clear error as before."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     built = GateSession(load_config(), quiet=True).checkpoint().path  # the session's cache, built once per run
@@ -96,7 +96,7 @@ def test_the_calibration_arithmetic_reaches_the_build_and_only_a_setting_off_its
     import json
 
     from harness.quant.cache import KEY_VERSION, cache_key
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     rec = json.loads((Path(tiny_checkpoint) / "harness_quantization.json").read_text())

@@ -44,7 +44,7 @@ def test_builtin_texts_resolve_and_unknown_ones_list_the_known(root):
 def test_calibration_skip_keeps_the_scored_rows_out(root, tmp_path):
     """``calibration.skip``: rows before it are never sampled (the real configs calibrate on rows 1,000+ of the same
     split whose first 200 they score)."""
-    from harness.config.schema import CalibrationSpec
+    from harness.config.sections import CalibrationSpec
     from harness.quant.quantize import QuantSpec, calibration_texts
 
     data = tmp_path / "rows.jsonl"
@@ -201,7 +201,7 @@ def test_the_verdict_line_says_what_was_measured_and_what_the_other_fidelity_mea
 
 
 def test_config_fidelity_defaults_to_the_scheme_and_is_checked(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     assert load_config(root / "configs/tiny.yaml").fidelity == "scheme"
     assert load_config(root / "configs/tiny.yaml", {"fidelity": "this-gpu"}).fidelity == "this-gpu"
@@ -221,7 +221,7 @@ def test_schemes_vllm_cannot_run_are_named():
 
 def test_a_vllm_gate_of_an_unrunnable_recipe_stops_before_quantizing_and_names_the_hf_backend(root, tmp_path,
                                                                                            monkeypatch):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
@@ -264,7 +264,7 @@ def test_a_baseline_scored_compiled_and_a_gate_scored_eager_are_flagged():
 
 
 def test_a_baseline_records_the_engine_mode(root, monkeypatch):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / "configs/tiny.yaml"), quiet=True)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from harness.baselines import BaselineStore
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import BaselineError
 from harness.report.build import reference_report
 from harness.report.markdown import overall_table

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import BackendError, ConfigError, HarnessError
 from harness.session.gate import GateSession
 

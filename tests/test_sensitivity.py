@@ -74,7 +74,7 @@ def _planted_model(root, tmp_path):
 
 @pytest.fixture(scope="module")
 def planted_probe(root, tmp_path_factory):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
     from harness.sensitivity.command import docs_of
 

@@ -11,7 +11,8 @@ from harness.backends.base import DocResult
 from harness.data import PreparedDataset, TokenStats
 from harness.stages.judge import Verdict
 from harness.metrics import DatasetScore
-from harness.stages.results import Checkpoint, Prepared, Scores, score
+from harness.stages.results import Checkpoint, Prepared, Scores
+from harness.stages.score import score
 
 
 def _prep(name: str, docs: list[list[int]]) -> PreparedDataset:

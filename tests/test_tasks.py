@@ -234,7 +234,7 @@ def test_score_task_asks_a_repeated_request_once():
 
 # ---- config and baselines -------------------------------------------------------------------------------------------
 def test_config_refuses_unknown_tasks_metrics_and_thresholds_out_of_range(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cfg = root / "configs/tiny.yaml"
     with pytest.raises(ConfigError, match="unknown task 'arc_eazy' \\(did you mean 'arc_easy'\\?\\); known tasks: "
@@ -395,7 +395,7 @@ def test_vllm_task_requests_share_their_context_and_score_what_the_cache_cut_aga
 
 
 def test_a_generated_task_on_data_parallel_engines_is_refused_before_anything_starts(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     cfg = load_config(root / "configs/tiny.yaml", {"tasks": {"gsm8k": {"limit": 2}}, "backend": "vllm",
@@ -475,7 +475,7 @@ def test_a_chat_template_wraps_each_context_and_its_newline_moves_to_the_continu
 
 
 def test_task_entries_name_their_task_style_and_template(root):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     def cfg(tasks: dict):
         return load_config(root / "configs/tiny.yaml", overrides={"tasks": tasks})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.session.gate import GateSession
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.errors import HarnessError
 from harness.session.gate import GateSession
 from harness.token_detail import load_tokens, save_tokens, summarize

@@ -318,7 +318,7 @@ def test_the_ray_cluster_config_reaches_vllm_as_written(fake_vllm, monkeypatch, 
     """Multi-host BF16 baseline (configs/qwen2.5-72b-instruct-ray.yaml): the head host may see fewer GPUs than the
     engine spans; Ray places the workers, so the harness passes the parallel layout through untouched."""
     from harness.backends import make_backend
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cfg = load_config(root / "configs/qwen2.5-72b-instruct-ray.yaml")
     kw = cfg.engine_kwargs("bf16", "vllm")

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 
 
 def _session(a, **kw):
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.config.overrides import parse_set
     from harness.session.gate import GateSession
 
@@ -69,7 +69,7 @@ def cmd_quantize(a) -> int:
 def cmd_score(a) -> int:
     s = _session(a, distributions=False)  # PPL only: the top-k would cost time and go unused
     names = a.dataset or s.dataset_names
-    from harness.config.schema import check_dataset_names
+    from harness.config.load import check_dataset_names
 
     check_dataset_names(s.cfg, names)
     rows = []
@@ -144,7 +144,8 @@ def cmd_report(a) -> int:
 
 def stats_config(a):
     """A config for `data stats` from flags: the named datasets with the reference rules, the given tokenizer."""
-    from harness.config.schema import HarnessConfig, find_root
+    from harness.config.schema import HarnessConfig
+    from harness.config.load import find_root
 
     if not a.tokenizer:
         raise HarnessError("data stats with --dataset needs --tokenizer PATH (or use --config)")
@@ -163,7 +164,7 @@ def stats_config(a):
 
 
 def cmd_data(a) -> int:
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
     from harness.session.gate import GateSession
 
     cfg = stats_config(a) if a.dataset else load_config(a.config)
@@ -202,7 +203,7 @@ def cmd_synth(a) -> int:
 
 def cmd_cache(a) -> int:
     from harness.quant.cache import CheckpointCache
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cache = CheckpointCache(load_config(a.config).cache_path())
     if a.ccmd == "ls":
@@ -262,7 +263,7 @@ def _verify_suggestion(a, suggestion: dict, rep: dict) -> int:
 
 def cmd_init(a) -> int:
     from harness.cli import init as ic
-    from harness.config.schema import find_root, load_config
+    from harness.config.load import find_root, load_config
 
     if a.from_run:
         rep = Path(a.from_run)

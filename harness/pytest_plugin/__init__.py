@@ -129,7 +129,7 @@ class HarnessState:
     @property
     def configs(self) -> list:
         if self._configs is None:
-            from harness.config.schema import load_config
+            from harness.config.load import load_config
 
             self._configs = [load_config(p) for p in (self.opt("harness_config") or [None])]
         return self._configs

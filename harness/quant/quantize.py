@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from harness.config.schema import CalibrationSpec  # the one calibration spec: config, recipes and this child
+from harness.config.sections import CalibrationSpec  # the one calibration spec: config, recipes and this child
 from harness.errors import HarnessError
 
 SPEC_VERSION = 1

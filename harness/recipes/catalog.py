@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from harness.config.schema import CalibrationSpec, Strict
+from harness.config.sections import CalibrationSpec, Strict
 from harness.config.messages import format_validation_error
 from harness.errors import ConfigError, unknown_name
 

@@ -22,7 +22,8 @@ from harness.stages.provide import CheckpointProvider
 from harness.session.baselines import BaselineSteps
 from harness.session.judging import JudgingSteps
 from harness.session.tasks import TaskSteps
-from harness.stages.results import Checkpoint, Prepared, Scores, score_dataset
+from harness.stages.results import Checkpoint, Prepared, Scores
+from harness.stages.score import score_dataset
 from harness.stages.timings import StageClock
 
 
@@ -35,7 +36,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
                  update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
                  distributions: bool = True, record_recipe: bool = False):
-        from harness.config.schema import apply_hub_environment
+        from harness.config.sections import apply_hub_environment
         from harness.quant.quantize import QuantInterpreter
 
         apply_hub_environment(cfg.hub.environment(cfg.resolve_local))

@@ -1,1 +1,19 @@
-"""The gate's pipeline, stage by stage: prepare -> provide -> score -> judge -> render (results: the frozen result of each; run: the one flow through them), with the checks before any work (preflight), progress and time per stage (progress, timings)."""
+"""The gate's pipeline, one module per stage, each a function with a typed, frozen result (results.py).
+``run.run_gate`` chains them for the CLI and the pytest plugin; ``harness.session.gate.GateSession`` keeps each result
+once made (a pytest run asks for them one test at a time) and owns what lives between stages (the one engine alive,
+the baselines store, the log, the clock).
+
+=========  =========================================  =====================  =================================
+stage      takes                                      returns                module
+=========  =========================================  =====================  =================================
+prepare    the config, a tokenizer                    ``Prepared``           prepare (prepare_ahead: beside
+                                                                             the engine's start)
+provide    the config, recipe, calibration, cache     ``Checkpoint``         provide
+score      one started engine, the prepared data      ``Scores``             score
+judge      scores, BF16 baselines, thresholds         ``Verdict``            judge
+render     the report dict, the run's log             ``ReportFiles``        render (harness.report)
+=========  =========================================  =====================  =================================
+
+Beside them: preflight (the checks before any quantization or engine start), progress (the scoring pulse), timings
+(time per stage).
+"""

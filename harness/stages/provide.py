@@ -37,7 +37,7 @@ class CheckpointProvider:
         return self._recipe
 
     def calibration(self):
-        from harness.config.schema import CalibrationSpec
+        from harness.config.sections import CalibrationSpec
 
         merged = {**self.recipe().calibration.model_dump(), **self.cfg.calibration}
         try:

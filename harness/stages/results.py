@@ -1,21 +1,7 @@
-"""The gate's stages as functions with typed, frozen results. ``harness.stages.run.run_gate`` chains them for the CLI and the
-pytest plugin; ``harness.session.gate.GateSession`` keeps each result once made (a pytest run asks for them one test at a
-time) and owns what lives between stages (the one engine alive, the baselines store, the log, the clock).
-
-=========  ===========================================  =============================  =============================
-stage      takes                                        returns                        where
-=========  ===========================================  =============================  =============================
-prepare    the config, a tokenizer                      :class:`Prepared`              harness.stages.prepare, per dataset
-provide    the config, recipe, calibration, cache       :class:`Checkpoint`            harness.stages.provide.CheckpointProvider
-score      one started engine, the prepared data        :class:`Scores` (DatasetScore  :func:`score`, :func:`score_dataset`
-                                                        per dataset)
-judge      scores, BF16 baselines, thresholds, limits   harness.stages.judge.Verdict          harness.stages.judge (pure functions)
-render     the report dict, the run's log               :class:`ReportFiles`           :func:`render` (harness.report.build)
-=========  ===========================================  =============================  =============================
-"""
+"""The stages' frozen results: :class:`Prepared` (prepare), :class:`Checkpoint` (provide), :class:`Scores` (score) and
+:class:`ReportFiles` (render); the judge stage's is :class:`harness.stages.judge.Verdict`."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -117,34 +103,3 @@ class ReportFiles:
     def of(cls, folder: Path) -> "ReportFiles":
         folder = Path(folder)
         return cls(folder, tuple(sorted(p.name for p in folder.iterdir())))
-
-
-def score_dataset(engine, prep: PreparedDataset, *, top_k: int = 0, token_detail: bool = False,
-                  progress=None) -> DatasetScore:
-    """One dataset through ``engine.loglikelihood_rolling``: per-document NLL sums and token counts (the first
-    token of each document unscored), with the per-token logprobs and top-k next tokens when asked for."""
-    t0 = time.time()
-    res = engine.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=token_detail, top_k=top_k)
-    topk = None
-    if top_k:
-        from harness.distributions import from_results
-
-        topk = from_results(res, prep.token_ids, top_k, getattr(engine, "name", "backend"))
-    return DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
-                        eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,
-                        token_logprobs=[r.token_logprobs for r in res] if token_detail else None, topk=topk)
-
-
-def score(engine, prepared: Prepared, precision: str, *, top_k: int = 0, token_detail: bool = False) -> Scores:
-    """Every prepared dataset scored by one started engine."""
-    return Scores(precision, {n: score_dataset(engine, prepared[n], top_k=top_k, token_detail=token_detail)
-                              for n in prepared.names}, engine.info())
-
-
-def render(report: dict, report_dir: Path, log_lines: list[str], token_logprobs=None,
-           time_breakdown=None) -> ReportFiles:
-    """report.json, report.md, chart.svg, gate.log (and the engine's log, per-token files) in a new folder under
-    ``report_dir``, written atomically (harness.report.build.write_report)."""
-    from harness.report.build import write_report
-
-    return ReportFiles.of(write_report(report, report_dir, log_lines, token_logprobs, time_breakdown))

@@ -53,7 +53,7 @@ def run_gate(session, report_dir: Path, show=None) -> Finished:
 def finish(session, report_dir: Path, show=None) -> Finished:
     """judge and render, once every dataset is scored (pytest: by the gate tests; the CLI: by :func:`run_gate`)."""
     from harness.report.build import build_report, session_token_logprobs
-    from harness.stages.results import render
+    from harness.stages.render import render
     from harness.stages.timings import line
 
     record = session.recipe_record()  # with --record-recipe: stored before the verdict pairs recipes with it

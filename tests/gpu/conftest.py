@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.session.gate import GateSession
 
 
@@ -144,7 +144,7 @@ def update_bf16(gpu_cfg):
 def bench_models(tmp_path_factory, harness_config, random_qwen2):
     """BF16 dir (random weights, built on the GPU) and its NVFP4 checkpoint (llm-compressor, quant interpreter)."""
     from harness.quant import quantize as q
-    from harness.config.schema import CalibrationSpec
+    from harness.config.sections import CalibrationSpec
 
     root = Path(os.environ.get("HARNESS_BENCH_DIR") or tmp_path_factory.mktemp("bench15b"))
     bf16 = random_qwen2(SHAPE_1P5B, root / "bf16")

@@ -25,7 +25,7 @@ import pytest
 from tests.gpu.bare import bare_logprob_sums
 
 from harness.backends.gpu_memory import total_gib
-from harness.config.schema import load_config
+from harness.config.load import load_config
 from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.scale  # `pytest -m scale`; not part of `pytest -m gpu`

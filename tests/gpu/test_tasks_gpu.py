@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config.schema import TaskSpecConfig
+from harness.config.sections import TaskSpecConfig
 from harness.session.gate import GateSession
 
 pytestmark = pytest.mark.gpu
@@ -51,7 +51,7 @@ def bf16_engines(cfg):
 def task_cfg(real_cfg):
     """configs/smollm2-135m.yaml as shipped, tasks included (real_cfg drops them for the perplexity tests), with BF16
     baselines of its own made here."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cfg = load_config(real_cfg.source_path)
     cfg.baselines_dir = str(Path(real_cfg.baselines_dir).parent / "task-baselines")
@@ -224,7 +224,7 @@ CARD = {"hellaswag_card": 40.9, "piqa_card": 66.3}  # SmolLM2-135M-Instruct's mo
 def test_tasks_as_the_model_card_scored_them(real_cfg, gpu_results, tmp_path):
     """configs/smollm2-135m-card.yaml: lighteval's prompts and the chat template, BF16, whole splits, beside lm-eval's
     hellaswag prompt; the card's figures are within a few points (our weights are the Q4_1 GGUF's, dequantized)."""
-    from harness.config.schema import load_config
+    from harness.config.load import load_config
 
     cfg = load_config(Path(real_cfg.source_path).parent / "smollm2-135m-card.yaml")
     cfg.baselines_dir, cfg.reports_dir, cfg.backend = str(tmp_path / "baselines"), real_cfg.reports_dir, "vllm"
