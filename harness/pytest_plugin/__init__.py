@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.pytest_plugin.fixtures import (harness_checkpoint, harness_config, harness_prepared, harness_scores, harness_session,
-                              quantized_checkpoint, scoring_engine)
+from harness.pytest_plugin.fixtures import (harness_checkpoint, harness_config, harness_prepared, harness_scores,
+                                            harness_session, quantized_checkpoint, scoring_engine)
+from harness.pytest_plugin.ordering import CaseOrdering, case_of, not_for_case
+from harness.pytest_plugin.state import Case, HarnessState
 
 __all__ = ["harness_checkpoint", "harness_config", "harness_prepared", "harness_scores", "harness_session",
            "quantized_checkpoint", "scoring_engine"]  # the fixtures pytest registers from this plugin module
@@ -46,7 +48,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "harness_recipe_regression: the recipe against the stored best recipe "
                                        "(collected for configs with `recipe_regression`)")
     config._harness = HarnessState(config)
-    config.pluginmanager.register(_CaseOrdering(), "harness-case-ordering")
+    config.pluginmanager.register(CaseOrdering(), "harness-case-ordering")
     _add_gate_tests(config)
 
 
@@ -96,113 +98,6 @@ def _gate_items(session) -> list:
     return list(session.genitems(pytest.Module.from_parent(session, path=path, nodeid="harness/pytest_plugin/gate_tests.py")))
 
 
-class Case:
-    """One gate run: a config (model) and a recipe; tests are parametrized over every case x dataset."""
-
-    def __init__(self, cfg, recipe: str):
-        self.cfg, self.recipe = cfg, recipe
-
-    @property
-    def id(self) -> str:
-        return f"{self.cfg.name}/{self.recipe}"
-
-    def __repr__(self) -> str:
-        return f"Case({self.id})"
-
-
-class HarnessState:
-    """Per-run state: the loaded configs, the gate cases and their sessions, created lazily."""
-
-    def __init__(self, pytest_config):
-        self.pytest_config = pytest_config
-        self._configs = None
-        self._cases = None
-        self.sessions: dict[tuple, object] = {}
-        self.updated: set[str] = set()
-        self.reports: list[str] = []
-        self.verdicts: list[str] = []
-        self.internal_errors: list[str] = []  # bugs met in gate tests: the run then exits 3, like the CLI
-
-    def opt(self, name):
-        return self.pytest_config.getoption(name)
-
-    @property
-    def configs(self) -> list:
-        if self._configs is None:
-            from harness.config.load import load_config
-
-            self._configs = [load_config(p) for p in (self.opt("harness_config") or [None])]
-        return self._configs
-
-    @property
-    def cfg(self):
-        return self.configs[0]
-
-    def cases(self) -> list[Case]:
-        """--recipe, else the config's `recipes` list, else every default recipe that applies to the model."""
-        if self._cases is None:
-            from harness.recipes.catalog import default_recipes
-
-            from harness.session.gate import EXISTING
-
-            self._cases = []
-            for cfg in self.configs:
-                if cfg.model.checkpoint:  # an existing checkpoint is gated as it is: no recipes
-                    self._cases.append(Case(cfg, EXISTING))
-                    continue
-                names = ([self.opt("recipe")] if self.opt("recipe") else
-                         cfg.recipes if cfg.recipes is not None else default_recipes(cfg.path_of("recipes_dir"), cfg.name))
-                self._cases += [Case(cfg, r) for r in names]
-        return self._cases
-
-    def session(self, case: Case | None = None, backend: str | None = None):
-        from harness.session.gate import GateSession
-
-        case = case or Case(self.cfg, self.opt("recipe") or self.cfg.recipe)
-        backend = backend or self.opt("backend") or case.cfg.backend
-        key = (case.cfg.source_path, case.recipe, backend)
-        if key not in self.sessions:
-            update = self.opt("update_baselines") and case.cfg.source_path not in self.updated
-            if update:  # baselines are per model: one BF16 update serves every recipe
-                self.updated.add(case.cfg.source_path)
-            self.sessions[key] = GateSession(
-                case.cfg, backend=backend, min_score=self.opt("min_score"), update_baselines=update,
-                force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
-                quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"),
-                token_detail=self.opt("token_detail"), record_recipe=self.opt("record_recipe"))
-            from harness.stages.timings import Busy
-
-            self.sessions[key].busy = Busy()  # its wall time: its preflight, its tests and its report, not the run's
-        return self.sessions[key]
-
-    def finish(self, session) -> None:
-        """Write the report if the session got as far as scoring every dataset; always close its engine."""
-        try:
-            with session.busy:  # every session of the plugin has one (session() above)
-                self._finish(session)
-        except HarnessError as e:
-            self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] no report: {e}")
-        finally:
-            session.close()
-
-    def _finish(self, session) -> None:
-        from harness.stages.run import finish
-
-        if session.baseline_updates:
-            from harness.report.build import update_rows
-            from harness.report.markdown import baseline_diff_table
-
-            table = baseline_diff_table(update_rows(session.baseline_updates))
-            self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")
-        if not all(session.scored(n) for n in session.dataset_names):
-            return
-        done = finish(session, Path(self.opt("harness_report_dir") or session.cfg.path_of("reports_dir")))
-        self.reports.append(str(done.folder))
-        said = f"\nrecipe result stored: {done.recipe_record}" if done.recipe_record else ""
-        self.verdicts.append(f"[{session.cfg.name}/{session.recipe_name}] {done.verdict.summary()}\n"
-                             f"{done.time_line}{said}")
-
-
 def _gpu_available() -> bool:
     if os.environ.get("HARNESS_FORCE_NO_GPU"):
         return False
@@ -216,12 +111,12 @@ def _gpu_available() -> bool:
 @pytest.hookimpl(tryfirst=True)  # before -m selection, so `pytest -m gpu` picks up vLLM gate tests
 def pytest_collection_modifyitems(session, config, items):
     items.extend(_gate_items(session))
-    foreign = [i for i in items if _not_for_case(i)]
+    foreign = [i for i in items if not_for_case(i)]
     if foreign:
         config.hook.pytest_deselected(items=foreign)
-        items[:] = [i for i in items if not _not_for_case(i)]
+        items[:] = [i for i in items if not not_for_case(i)]
     for item in items:  # a gate test whose case scores with vLLM is a GPU test
-        case = _case_of(item)
+        case = case_of(item)
         if item.get_closest_marker("harness_gate") and case is not None:
             from harness.backends import backend_spec
 
@@ -245,7 +140,7 @@ def pytest_collection_finish(session):
         return
     cases: dict[int, Case] = {}
     for item in session.items:
-        case = _case_of(item)
+        case = case_of(item)
         if case is not None and not item.get_closest_marker("skip"):
             cases.setdefault(id(case), case)
     problems: list[str] = []
@@ -271,7 +166,7 @@ def pytest_collection_finish(session):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """A test of a case (the gate's own, or a project test using its fixtures) counts toward that gate's wall time."""
-    case = _case_of(item)
+    case = case_of(item)
     state = getattr(item.config, "_harness", None)
     try:
         busy = state.session(case).busy if case is not None and state is not None else None
@@ -286,7 +181,7 @@ def pytest_runtest_makereport(item, call):
     """A HarnessError in a gate test is the user's to fix: its message, without a traceback through the harness."""
     outcome = yield
     rep = outcome.get_result()
-    if call.excinfo is None or _case_of(item) is None:
+    if call.excinfo is None or case_of(item) is None:
         return
     if call.excinfo.errisinstance(HarnessError):
         rep.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
@@ -304,46 +199,6 @@ def pytest_sessionfinish(session, exitstatus):
     state = getattr(session.config, "_harness", None)
     if state is not None and state.internal_errors:
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # 3: a bug, told apart from a failed gate (1)
-
-
-class _CaseOrdering:
-    @pytest.hookimpl(trylast=True)  # after pytest's own fixture-based reordering
-    def pytest_collection_modifyitems(self, items):
-        _group_by_case(items)
-
-
-def _case_of(item):
-    return getattr(getattr(item, "callspec", None), "params", {}).get("harness_case")
-
-
-def _group_by_case(items) -> None:
-    """Run each case's tests together (file order kept within a case), so its session and engine start once."""
-    positions = [n for n, i in enumerate(items) if _case_of(i) is not None]
-    if not positions:
-        return
-    order: dict[int, int] = {}
-    for n in positions:
-        order.setdefault(id(_case_of(items[n])), len(order))
-    rank = {id(items[n]): k for k, n in enumerate(positions)}
-    grouped = sorted((items[n] for n in positions),
-                     key=lambda i: (order[id(_case_of(i))], i.location[0], i.location[1] or 0, rank[id(i)]))
-    for n, item in zip(positions, grouped):
-        items[n] = item
-
-
-def _not_for_case(item) -> bool:
-    """A (case, dataset) pair the case's config lacks, or a distribution test of a config without distributions."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    case = params.get("harness_case")
-    if case is None:
-        return False
-    if item.get_closest_marker("harness_distributions") and case.cfg.distributions is None:
-        return True
-    if item.get_closest_marker("harness_recipe_regression") and case.cfg.recipe_regression is None:
-        return True
-    if "harness_task" in params and params["harness_task"] not in case.cfg.tasks:
-        return True  # a task this case's config lacks (None: no case has tasks)
-    return "harness_dataset" in params and params["harness_dataset"] not in case.cfg.datasets
 
 
 def pytest_generate_tests(metafunc):
