@@ -9,6 +9,8 @@ import pytest
 
 from harness.reference import nvfp4 as R
 
+from harness.reference import checkpoints as RC
+
 ROOT_CFG = "configs/tiny.yaml"
 
 
@@ -73,8 +75,8 @@ def test_fused_groups_share_one_global_scale():
 
 def test_safetensors_round_trip_without_torch(tmp_path):
     a = np.array([[1.0, -2.5, 3.0078125, 1e-3]], dtype=np.float32)
-    R.write_bf16_safetensors(tmp_path / "x.safetensors", {"w": a})
-    got = R.SafetensorsFile(tmp_path / "x.safetensors").get("w")
+    RC.write_bf16_safetensors(tmp_path / "x.safetensors", {"w": a})
+    got = RC.SafetensorsFile(tmp_path / "x.safetensors").get("w")
     assert got.tolist() == R.round_bf16(a).tolist()
     from safetensors.torch import load_file
 
@@ -100,21 +102,21 @@ def test_torch_activation_fake_quantization_equals_the_numpy_reference(arithmeti
 
 # ---- against llm-compressor and the hf backend ------------------------------------------------------------------------
 def _check_checkpoint(bf16_dir, ckpt_dir) -> dict:
-    bf16, ck = R.open_checkpoint(bf16_dir), R.open_checkpoint(ckpt_dir)
+    bf16, ck = RC.open_checkpoint(bf16_dir), RC.open_checkpoint(ckpt_dir)
     mods = sorted(k[: -len(".weight_packed")] for k in ck if k.endswith(".weight_packed"))
     tot = {"layers": 0, "elements": 0, "blocks": 0}
     for a in R.ARITHMETIC:
         tot[a] = {"global_scale_matches": 0, "scale_mismatches": 0, "code_mismatches": 0}
     err = {"checkpoint": 0.0, "definition": 0.0}
-    amax = R.fused_amax(bf16, mods)
+    amax = RC.fused_amax(bf16, mods)
 
     def check(m):
-        return R.check_layer(bf16[f"{m}.weight"].get(f"{m}.weight"), ck[f"{m}.weight_packed"].get(f"{m}.weight_packed"),
+        return RC.check_layer(bf16[f"{m}.weight"].get(f"{m}.weight"), ck[f"{m}.weight_packed"].get(f"{m}.weight_packed"),
                              ck[f"{m}.weight_scale"].get(f"{m}.weight_scale"),
                              float(ck[f"{m}.weight_global_scale"].get(f"{m}.weight_global_scale").reshape(-1)[0]),
                              amax[m])
 
-    for r in R.each(check, mods):
+    for r in RC.each(check, mods):
         tot["layers"] += 1
         tot["elements"] += r["elements"]
         tot["blocks"] += r["blocks"]
@@ -160,7 +162,7 @@ def test_tiny_checkpoint_is_the_reference_bit_for_bit_and_the_hf_backend_compute
     bf16 = s.cfg.resolve(s.cfg.model.path)
     _assert_bit_exact(_check_checkpoint(bf16, ckpt))
     ref = tmp_path / "ref"
-    R.write_reference_model(bf16, ref, activations_from=ckpt, arithmetic="torch-bf16")
+    RC.write_reference_model(bf16, ref, activations_from=ckpt, arithmetic="torch-bf16")
     got_ref, kernel_ref = _hf_doc_sums(ref, docs, 512)
     got_ck, kernel_ck = _hf_doc_sums(ckpt, docs, 512)
     assert "reference NVFP4 W4A4" in kernel_ref and "W4A4" in kernel_ck
@@ -177,7 +179,7 @@ def test_the_reference_model_without_activations_is_weight_only_and_changes_the_
     finally:
         s.close()
     bf16 = s.cfg.resolve(s.cfg.model.path)
-    R.write_reference_model(bf16, tmp_path / "w", arithmetic="exact")
+    RC.write_reference_model(bf16, tmp_path / "w", arithmetic="exact")
     w, kernel = _hf_doc_sums(tmp_path / "w", docs, 512)
     b, _ = _hf_doc_sums(bf16, docs, 512)
     assert kernel == "dense" and w != b  # quantized weights, activations untouched
@@ -194,7 +196,7 @@ def test_the_reference_refuses_activations_from_a_weight_only_checkpoint(root, t
     finally:
         s.close()
     with pytest.raises(ValueError, match="input_global_scale for 0 of"):
-        R.write_reference_model(s.cfg.resolve(s.cfg.model.path), tmp_path / "x", activations_from=ckpt)
+        RC.write_reference_model(s.cfg.resolve(s.cfg.model.path), tmp_path / "x", activations_from=ckpt)
 
 
 @pytest.mark.real_weights("smollm2-135m")
@@ -233,5 +235,5 @@ def test_real_weights_checkpoint_is_the_reference_bit_for_bit(root, tmp_path_fac
     assert 0 < ex["scale_mismatches"] < 0.05 * tot["blocks"] and 0 < ex["code_mismatches"] < 0.01 * tot["elements"]
     assert tot["error_rms"]["checkpoint"] == pytest.approx(tot["error_rms"]["definition"], rel=2e-3)
     ref = proj / "ref-w4a4"
-    R.write_reference_model(bf16, ref, activations_from=ck, arithmetic="torch-bf16")
+    RC.write_reference_model(bf16, ref, activations_from=ck, arithmetic="torch-bf16")
     assert _hf_doc_sums(ref, docs, 64)[0] == _hf_doc_sums(ck, docs, 64)[0]

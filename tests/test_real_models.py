@@ -154,7 +154,7 @@ def test_the_real_model_is_fetched_converted_and_named_in_the_baseline(root):
     sha256 (also asserted on the GPU machine), the config as the upstream model's, the tokenizer, the origin."""
     import numpy as np
 
-    from harness.reference import nvfp4 as nvfp4_ref
+    from harness.reference import checkpoints as nvfp4_ckpt
 
     path = Path(pm.materialise("smollm2-135m"))
     rec = pm.read_marker(path)
@@ -164,7 +164,7 @@ def test_the_real_model_is_fetched_converted_and_named_in_the_baseline(root):
     assert (cfg["model_type"], cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == ("llama", 30, 576,
                                                                                                        49152)
     assert cfg["rms_norm_eps"] == 1e-05 and "quantization_config" not in cfg and "_model_name_or_path" not in cfg
-    st = nvfp4_ref.open_checkpoint(path)
+    st = nvfp4_ckpt.open_checkpoint(path)
     params = sum(int(np.prod(st[k].header[k]["shape"])) for k in st)
     assert params == 134_515_008  # 134.5M: SmolLM2-135M's published size, lm_head tied to the embedding
     assert (path / "tokenizer.json").is_file() and pm.materialise("smollm2-135m") == path  # second call: found

@@ -155,13 +155,13 @@ def test_real_engines_match_the_independent_nvfp4_reference(real_cfg, real_docs,
     weights, same kernels); vLLM's Marlin (both checkpoints) and W4A4 emulation must be within ENGINE_TOL of it. The
     hf backend's W4A4 on CUDA (compressed-tensors 0.17's GPU activation path; on CPU, 0.19, it is exact) is
     recorded against the same tolerance."""
-    from harness.reference import nvfp4 as nvfp4_ref
+    from harness.reference import checkpoints as nvfp4_ckpt
 
     bf16 = real_cfg.resolve(real_cfg.model.path)
     ck = {r: Path(RESULTS[(r, "scheme")]["checkpoint"]) for r in ("nvfp4", "nvfp4a16")}
     ref_w, ref_a = tmp_path / "ref-w4a16", tmp_path / "ref-w4a4"
-    nvfp4_ref.write_reference_model(bf16, ref_w, arithmetic="torch-bf16")
-    nvfp4_ref.write_reference_model(bf16, ref_a, activations_from=ck["nvfp4"], arithmetic="torch-bf16")
+    nvfp4_ckpt.write_reference_model(bf16, ref_w, arithmetic="torch-bf16")
+    nvfp4_ckpt.write_reference_model(bf16, ref_a, activations_from=ck["nvfp4"], arithmetic="torch-bf16")
 
     def hf(path):
         eng = make_backend("hf", EngineSpec(model=str(path), precision="nvfp4",
