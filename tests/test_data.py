@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.data import (TokenRules, apply_token_rules, first_nonempty_texts, load_rows, messages_to_text,
-                          prepare_texts, select_texts, ultrachat_texts)
+from harness.data.rules import TokenRules, apply_token_rules, first_nonempty_texts, messages_to_text, prepare_texts, select_texts, ultrachat_texts
+from harness.data.files import load_rows
 from harness.errors import HarnessError
 
 
@@ -66,7 +66,7 @@ def test_missing_local_file_says_what_to_check(tmp_path):
 def test_local_json_files_are_checked_line_by_line_and_a_json_document_passes(tmp_path):
     """check_data_files: JSON lines parsed one by one (blank lines skipped, the bad one named by its number), a .json
     file that is one document (a list of rows) accepted whole, a file of blank lines holds no rows."""
-    from harness.data import check_data_files
+    from harness.data.files import check_data_files
 
     doc = tmp_path / "rows.json"
     doc.write_text('[{"text": "a"},\n {"text": "b"}]')
@@ -107,7 +107,7 @@ def test_words_and_bytes_follow_the_scored_text(root):
     """lm-eval's word count; truncated documents count only the words/bytes of what was scored."""
     from transformers import AutoTokenizer
 
-    from harness.data import count_words
+    from harness.data.rules import count_words
 
     assert count_words("a  b\nc") == 3
     tok = AutoTokenizer.from_pretrained(root / "harness/tiny/model")
@@ -147,7 +147,7 @@ def _word_tokenizer(bos: bool):
 
 def test_special_tokens_decide_which_token_goes_unscored():
     """Hand count: a 5-word text is 6 ids with a BOS (5 scored: every word) and 5 without (4 scored)."""
-    from harness.data import TokenRules, prepare_texts
+    from harness.data.rules import TokenRules, prepare_texts
 
     texts = ["a b c d e", "f g h"]
     rules = dict(n_texts=2, max_model_len=64, min_tokens=2)

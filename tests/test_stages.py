@@ -8,7 +8,7 @@ import math
 import pytest
 
 from harness.backends.base import DocResult
-from harness.data import PreparedDataset, TokenStats
+from harness.data.rules import PreparedDataset, TokenStats
 from harness.stages.judge import Verdict
 from harness.metrics import DatasetScore
 from harness.stages.results import Checkpoint, Prepared, Scores

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dataset_defaults() -> dict[str, dict]:
-    """The reference datasets by name (wikitext2, ultrachat): their rule and hub source (harness.data.RULES)."""
-    from harness.data import RULES
+    """The reference datasets by name (wikitext2, ultrachat): their rule and hub source (harness.data.rules.RULES)."""
+    from harness.data.rules import RULES
 
     return {r.dataset: {"rule": r.name, **r.hub} for r in RULES.values()}

@@ -41,7 +41,7 @@ class SourceSpec(Strict):
 
 
 class DatasetSpec(Strict):
-    rule: str = Field(description="text rule: which sampling rule builds the texts (harness.data.RULES: wikitext, "
+    rule: str = Field(description="text rule: which sampling rule builds the texts (harness.data.rules.RULES: wikitext, "
                                   "ultrachat)")
     source: SourceSpec
     n_texts: int = Field(200, gt=0, description="first N (non-empty) texts")
@@ -53,7 +53,7 @@ class DatasetSpec(Strict):
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, v: str) -> str:
-        from harness.data import RULES
+        from harness.data.rules import RULES
 
         return one_of("rule", v, RULES)
 

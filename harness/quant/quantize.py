@@ -59,7 +59,8 @@ class QuantSpec:
 
 def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
     """Calibration rows as text: chat template where the tokenizer has one, else one `role: content` line a message."""
-    from harness.data import load_rows, messages_to_text
+    from harness.data.rules import messages_to_text
+    from harness.data.files import load_rows
 
     c = spec.calibration
     rows = load_rows(c.path, name=c.name, split=c.split, revision=c.revision, data_files=c.data_files)

@@ -32,7 +32,7 @@ import threading
 from harness.quant.zygote_client import gpu_visible
 
 PRELOAD = ("torch", "datasets", "transformers", "compressed_tensors", "llmcompressor", "harness.quant.quantize",
-           "harness.data")
+           "harness.data.rules")
 
 
 # ---- the zygote (runs in the quantization interpreter) -------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from harness.baselines import Baseline, baseline_from_score, check_data_matches
-from harness.data import PreparedDataset
+from harness.data.rules import PreparedDataset
 from harness.errors import BaselineError, HarnessError
 from harness.metrics import DatasetScore
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness.baselines import Baseline, BaselineStore
 from harness.config.schema import HarnessConfig
-from harness.data import PreparedDataset
+from harness.data.rules import PreparedDataset
 from harness.session.engines import EngineManager
 from harness.errors import ConfigError, HarnessError
 from harness.metrics import Comparison, DatasetScore
@@ -287,7 +287,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         before anything is quantized or started and before the data is prepared (beside the engine's start it is
         prepared in another process, after the start has begun). The calibration's files are checked where a build
         is due, before its interpreter starts (provide.py)."""
-        from harness.data import check_data_files, local_data_files
+        from harness.data.files import check_data_files, local_data_files
 
         for n in self.dataset_names:
             s = self.cfg.datasets[n].source

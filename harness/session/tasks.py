@@ -101,7 +101,7 @@ class TaskSteps:
 
     def prepared_task(self, name: str):
         if name not in self._task_prepared:
-            from harness.data import tokenizer_fingerprint
+            from harness.data.rules import tokenizer_fingerprint
             from harness.tasks.prepare import prepare_task
 
             items, where = self.task_items(name)

@@ -1,8 +1,9 @@
-"""The first stage of a gate: the config's datasets loaded, selected and tokenized by the data rules (harness.data),
+"""The first stage of a gate: the config's datasets loaded, selected and tokenized by the data rules (harness.data.rules),
 with their statistics logged and checked, ready to score."""
 from __future__ import annotations
 
-from harness.data import PreparedDataset, TokenRules, load_rows, prepare_texts, select_texts
+from harness.data.rules import PreparedDataset, TokenRules, prepare_texts, select_texts
+from harness.data.files import load_rows
 from harness.errors import HarnessError, unknown_name
 
 

@@ -144,7 +144,7 @@ class CheckpointProvider:
         the build's record."""
         from harness.quant import quantize as q
         from harness.quant.checkpoint import check_shards, require_scheme
-        from harness.data import check_data_files, local_data_files
+        from harness.data.files import check_data_files, local_data_files
 
         m, cal, qcfg, recipe = self.cfg.model, self.calibration(), self.cfg.quantize, self.recipe()
         # the calibration's local files, before the quantization interpreter spends its start on them

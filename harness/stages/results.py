@@ -7,7 +7,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from harness.data import PreparedDataset
+from harness.data.rules import PreparedDataset
 from harness.metrics import DatasetScore
 
 

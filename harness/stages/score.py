@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from harness.data import PreparedDataset
+from harness.data.rules import PreparedDataset
 from harness.metrics import DatasetScore
 from harness.stages.results import Prepared, Scores
 

@@ -81,7 +81,7 @@ def source_rows(source, resolve_files) -> tuple[list[dict], str]:
         for f in listed:
             rows += read_json_lines(Path(f))
         return rows, ", ".join(listed)
-    from harness.data import load_rows
+    from harness.data.files import load_rows
 
     try:
         ds = load_rows(source.path, split=source.split, name=source.name, revision=source.revision, data_files=files)
