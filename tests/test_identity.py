@@ -100,7 +100,8 @@ def test_the_gate_says_an_unpinned_revision_out_loud(root, monkeypatch, tmp_path
 
 
 def test_an_existing_checkpoint_of_another_architecture_is_refused(root, tmp_path):
-    from harness.models.synth import SynthSpec, write_checkpoint
+    from harness.models.synth import SynthSpec
+    from harness.models.synth_write import write_checkpoint
 
     shape = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,

@@ -11,7 +11,8 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.quant.checkpoint import dequantized_weights
-from harness.models.synth import SynthSpec, resolve_shape, tensor_plan, write_checkpoint, write_dequant_view
+from harness.models.synth import SynthSpec, resolve_shape, tensor_plan
+from harness.models.synth_write import write_checkpoint, write_dequant_view
 
 SHAPE = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,

@@ -52,7 +52,8 @@ def cmd_data(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from harness.models.synth import SynthSpec, resolve_shape, write_checkpoint, write_dequant_view
+    from harness.models.synth import SynthSpec, resolve_shape
+    from harness.models.synth_write import write_checkpoint, write_dequant_view
 
     if a.bf16_view and a.precision != "nvfp4":
         raise HarnessError("--bf16-view needs --precision nvfp4 (it is a view of the NVFP4 checkpoint)")

@@ -95,7 +95,8 @@ def random_qwen2():
         if (out / "harness_synth.json").exists():
             return out
         from harness.models.shapes import KNOWN_SHAPES
-        from harness.models.synth import SynthSpec, write_checkpoint
+        from harness.models.synth import SynthSpec
+        from harness.models.synth_write import write_checkpoint
 
         write_checkpoint(SynthSpec(config=KNOWN_SHAPES[shape_id], precision="bf16", like=shape_id), out,
                          device="cuda", force=True, progress=False)

@@ -19,7 +19,8 @@ SHAPE = "Qwen/Qwen2.5-0.5B-Instruct"
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     from harness.models.shapes import KNOWN_SHAPES
-    from harness.models.synth import SynthSpec, write_checkpoint, write_dequant_view
+    from harness.models.synth import SynthSpec
+    from harness.models.synth_write import write_checkpoint, write_dequant_view
 
     root = tmp_path_factory.mktemp("layouts")
     for layout in ("compressed-tensors", "modelopt"):
