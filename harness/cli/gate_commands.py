@@ -39,8 +39,8 @@ def cmd_gate(a) -> int:
 
 
 def show_verdict(rep: dict, verdict) -> None:
-    from harness.report.markdown import (baseline_diff_table, dataset_table, distribution_table, overall_table,
-                                         task_table)
+    from harness.report.markdown import dataset_table, overall_table
+    from harness.report.sections import baseline_diff_table, distribution_table, task_table
 
     if rep["baseline_updates"]:
         print("\nBaseline updates (old -> new, * = changed):\n" + baseline_diff_table(rep["baseline_updates"]))
@@ -78,7 +78,7 @@ def cmd_score(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
-        from harness.report.markdown import md_table
+        from harness.report.cells import md_table
 
         print(md_table(["dataset", "precision", "PPL", "NLL", "tokens", "kept_texts", "eval_s"],
                        [[r["dataset"], r["precision"], f"{r['ppl']:.6f}", f"{r['nll']:.6f}", r["tokens"],
@@ -88,7 +88,7 @@ def cmd_score(a) -> int:
 
 def cmd_baseline(a) -> int:
     from harness.report.build import update_rows
-    from harness.report.markdown import baseline_diff_table
+    from harness.report.sections import baseline_diff_table
 
     s = session_for(a, update_baselines=True, force=a.force, token_detail=a.token_detail)
     try:

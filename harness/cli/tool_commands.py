@@ -42,7 +42,7 @@ def cmd_data(a) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from harness.report.markdown import md_table
+    from harness.report.cells import md_table
 
     keys = ["dataset", "requested", "selected", "kept_texts", "dropped_short", "truncated", "tokens", "fingerprint",
             "tokenizer"]

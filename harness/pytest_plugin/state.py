@@ -100,7 +100,7 @@ class HarnessState:
 
         if session.baseline_updates:
             from harness.report.build import update_rows
-            from harness.report.markdown import baseline_diff_table
+            from harness.report.sections import baseline_diff_table
 
             table = baseline_diff_table(update_rows(session.baseline_updates))
             self.verdicts.append(f"[{session.cfg.name}] baselines updated (old -> new, * = changed):\n{table}")

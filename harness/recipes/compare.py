@@ -117,7 +117,7 @@ def run(make_session, recipes: list[str], log=print) -> dict:
 
 
 def tables(rep: dict) -> tuple[str, str]:
-    from harness.report.markdown import md_table
+    from harness.report.cells import md_table
 
     def f(v, nd=2):
         return "n/a" if v is None else f"{v:.{nd}f}"
@@ -136,7 +136,8 @@ def tables(rep: dict) -> tuple[str, str]:
 
 def task_table(rep: dict) -> str:
     """Per recipe and task: accuracy against BF16, recovery, flips both ways and McNemar's p ("" without tasks)."""
-    from harness.report.markdown import md_table, paired_cells
+    from harness.report.sections import paired_cells
+    from harness.report.cells import md_table
 
     rows = [[r["recipe"], t["task"], t["metric"], *paired_cells(t).values(), "PASS" if t["passed"] else "FAIL"]
             for r in rep["recipes"] if "error" not in r for t in r.get("tasks", [])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.report.markdown import ci_label
+from harness.report.cells import ci_label
 
 
 def chart_layout(scores: list[float], thresholds: list[float], cis: list[dict | None]) -> tuple[float, float, list]:

@@ -27,7 +27,7 @@ def to_dict(sens, suggestion: dict | None, meta: dict) -> dict:
 
 
 def table(rep: dict) -> str:
-    from harness.report.markdown import md_table
+    from harness.report.cells import md_table
 
     what = "quantized alone" if rep["mode"] == "only" else "everything else quantized"
     rows = [[r["rank"], r["unit"], f"{r['kld_mean']:.4f}", f"{r['top1_pct']:.1f}", f"{r['score']:.2f}",
