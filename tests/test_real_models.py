@@ -12,6 +12,7 @@ import pytest
 
 from harness import fidelity
 
+from harness.models import gguf_convert as gc
 from harness.models import pypi as pm
 from harness.errors import BackendError, ConfigError, HarnessError
 
@@ -372,13 +373,13 @@ def test_a_conversion_parses_the_gguf_once_and_leaves_the_library_as_it_was(tmp_
     w.write_tensors_to_file()
     w.close()
     real_reader, real_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    with pm.gguf_parsed_once():
+    with gc.gguf_parsed_once():
         a, b = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
         assert a is b and [t.name for t in a.tensors] == ["token_embd.weight"]
         assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
     assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)
-    with pytest.raises(RuntimeError), pm.gguf_parsed_once():
+    with pytest.raises(RuntimeError), gc.gguf_parsed_once():
         raise RuntimeError("the loader failed")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (real_reader, real_map)
 
@@ -386,5 +387,5 @@ def test_a_conversion_parses_the_gguf_once_and_leaves_the_library_as_it_was(tmp_
 def test_converting_without_the_gguf_package_says_which_install_brings_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
     with pytest.raises(HarnessError, match=r"needs the 'gguf' package: pip install 'nvfp4-gate\[real\]'"):
-        pm.convert(pm.MODELS["smollm2-135m"], tmp_path / "m.gguf", tmp_path / "out")
+        gc.convert(pm.MODELS["smollm2-135m"], tmp_path / "m.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written
