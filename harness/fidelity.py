@@ -23,7 +23,7 @@ NATIVE_FP4 = (10, 0)  # compute capability from which vLLM runs NVFP4 W4A4 on FP
 
 
 def choose(fidelity: str, quant: dict | None, capability: tuple[int, int] | None, kwargs: dict) -> tuple[dict, dict]:
-    """The vLLM engine kwargs for a quantized checkpoint (``quant``: harness.quant.checkpoint's description of it) and what
+    """The vLLM engine kwargs for a quantized checkpoint (``quant``: harness.checkpoint's description of it) and what
     the choice means: (kwargs, record). Only W4A4 checkpoints on GPUs without FP4 units are affected."""
     if fidelity not in FIDELITIES:
         from harness.errors import unknown_name

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from harness.backends import DocResult, backend_class, check_results
-from harness.backends.vllm import doc_result, kernel_label, split_kwargs
+from harness.backends.vllm_kwargs import split_kwargs
+from harness.backends.vllm_outputs import doc_result, kernel_label
 from harness.backends.vllm_errors import is_oom, oom_error
 from harness.errors import BackendError, ConfigError
 

@@ -71,7 +71,7 @@ class FlatLogprobs:
 
 
 def test_vllm_prompt_logprobs_with_top_k_become_distributions():
-    from harness.backends.vllm import doc_result
+    from harness.backends.vllm_outputs import doc_result
 
     ids = [5, 7, 9]
     flat = FlatLogprobs([[(7, -0.5), (7, -0.5), (3, -1.5)],    # the prompt token is also the top-1

@@ -302,7 +302,7 @@ def test_the_data_preparing_process_dies_with_a_killed_gate(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from harness.config.schema import load_config\n"
+        "from harness.config.load import load_config\n"
         "from harness.stages.prepare_ahead import PrepareAhead\n"
         "a = PrepareAhead(load_config(), ['wikitext2', 'ultrachat'])\n"
         "print(a.pid, flush=True)\n"

@@ -290,7 +290,7 @@ def test_only_backends_that_call_back_get_a_bar_and_vllm_all_at_once_keeps_its_o
 def test_every_distribution_limit_is_a_config_threshold_and_a_recipe_key():
     """The limits are declared once (judge.LIMITS); a config can set each, and a recipe's thresholds accept each."""
     from harness.config.sections import Thresholds
-    from harness.stages.judge import LIMITS
+    from harness.limits import LIMITS
 
     assert set(LIMITS) <= set(Thresholds.model_fields)
     stats = {"kld": {"mean": 0.02, "interval": {"low": 0.01, "high": 0.03}}, "top1_pct": 91.0,
@@ -314,7 +314,7 @@ def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the
     process (harness/stages/prepare_ahead.py) runs in the README-path test (test_e2e_tiny.py): a fresh `harness gate` whose
     data then passes the baselines' fingerprint check."""
     import harness.stages.prepare_ahead as pa
-    from harness.stages.timings import line
+    from harness.timings import line
 
     here = session()  # the same config, its data prepared in this process (made first: one engine at a time)
     want = {n: here.prepared(n) for n in ("wikitext2", "ultrachat")}

@@ -212,7 +212,7 @@ def test_config_fidelity_defaults_to_the_scheme_and_is_checked(root):
 
 # ---- schemes vLLM cannot run ---------------------------------------------------------------------------------------
 def test_schemes_vllm_cannot_run_are_named():
-    from harness.quant.checkpoint import vllm_refusal
+    from harness.checkpoint import vllm_refusal
 
     assert "not 2-bit" in vllm_refusal("W2A16-int-tensor")
     assert "per tensor" in vllm_refusal("W4A16-int-tensor")

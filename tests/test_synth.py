@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.quant.checkpoint import dequantized_weights
+from harness.checkpoint import dequantized_weights
 from harness.models.synth import SynthSpec, resolve_shape, tensor_plan
 from harness.models.synth_write import write_checkpoint, write_dequant_view
 
@@ -76,7 +76,7 @@ def _gauss(name: str):
 def test_transformers_reads_it_as_an_nvfp4_checkpoint(synth):
     from transformers import AutoModelForCausalLM
 
-    from harness.quant.checkpoint import checkpoint_quantization, check_shards
+    from harness.checkpoint import checkpoint_quantization, check_shards
 
     root, _ = synth
     check_shards(root / "nvfp4")
@@ -180,7 +180,7 @@ def test_modelopt_layout_is_what_compressed_tensors_converts_to_the_same_checkpo
     import torch
     from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import ModelOptNvfp4Converter
 
-    from harness.quant.checkpoint import checkpoint_quantization
+    from harness.checkpoint import checkpoint_quantization
 
     root, _ = synth
     write_checkpoint(SynthSpec(config=SHAPE, precision="nvfp4", seed=3, layout="modelopt"), tmp_path / "mo",

@@ -275,7 +275,7 @@ def test_task_baseline_round_trip_and_refusals(tmp_path):
 def test_vllm_continuation_is_read_from_the_last_positions_of_flat_prompt_logprobs():
     """prompt_logprobs=1 (vllm/logprobs.py): position 0 empty, then per position the prompt token first and the
     top-1 second, also when they are the same token. Only the continuation's positions count."""
-    from harness.backends.vllm import continuation_result
+    from harness.backends.vllm_outputs import continuation_result
     from harness.errors import BackendError
     from tests.test_distributions import FlatLogprobs
 
@@ -301,7 +301,7 @@ def test_vllm_continuation_after_a_prefix_cache_hit_is_read_where_vllm_put_it():
     (vllm/v1/worker/gpu/sample/prompt_logprob.py) returns the empty position 0 and then only those positions; the
     V1 runner (gpu_model_runner.py) returns every position, the cached ones unfilled. A continuation position at or
     before c was not scored at all: None, the caller scores the request again."""
-    from harness.backends.vllm import continuation_result
+    from harness.backends.vllm_outputs import continuation_result
     from harness.errors import BackendError
     from tests.test_distributions import FlatLogprobs
 

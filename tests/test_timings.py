@@ -1,8 +1,8 @@
-"""The per-stage time breakdown (harness/stages/timings.py): exclusive time per stage, the rest as `other`."""
+"""The per-stage time breakdown (harness/timings.py): exclusive time per stage, the rest as `other`."""
 import pytest
 
-from harness.stages import timings
-from harness.stages.timings import StageClock
+from harness import timings
+from harness.timings import StageClock
 
 
 class FakeTime:

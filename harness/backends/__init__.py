@@ -47,7 +47,7 @@ HF = BackendSpec("hf", "harness.backends.hf:HFBackend", "harness.backends.engine
                  needs_gpu=False, extra="hf", modules=("torch", "transformers", "compressed_tensors"))
 VLLM = BackendSpec("vllm", "harness.backends.vllm:VLLMBackend", "harness.backends.engine_args:check_vllm_kwargs",
                    needs_gpu=True, extra="vllm", modules=("vllm",), data_parallel=True,
-                   refuse_scheme="harness.quant.checkpoint:vllm_refusal")
+                   refuse_scheme="harness.checkpoint:vllm_refusal")
 BUILTIN = {"hf": "harness.backends:HF", "vllm": "harness.backends:VLLM"}  # as pyproject.toml registers them
 
 

@@ -65,8 +65,8 @@ class HFBackend(Backend):
 
         self.cpu_matmul = kw.get("cpu_matmul", DEFAULT)
         t0 = time.time()
-        from harness.quant.checkpoint import checkpoint_quantization
-        from harness.quant.checkpoint import view_source
+        from harness.checkpoint import checkpoint_quantization
+        from harness.checkpoint import view_source
 
         extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
         self._converted = None
@@ -216,7 +216,7 @@ def modelopt_as_compressed_tensors(src: str, out: str) -> str:
     for f in sorted(Path(src).glob("*.safetensors")):
         with safe_open(f, "pt") as fh:
             names.update(fh.keys())
-    from harness.quant.checkpoint import checkpoint_quantization
+    from harness.checkpoint import checkpoint_quantization
 
     quantized = {n.rpartition(".")[0] for n in names if n.endswith(".weight_scale_2")}
     # what the checkpoint says it left out (lm_head, also when tied and so not stored) and what holds no FP4 weights
@@ -231,7 +231,7 @@ def load_view(model_dir: str, src, dtype, extra: dict):
     """A BF16 view (harness_view.json): the model built from its config, with ``src``'s weights dequantized."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.quant.checkpoint import dequantized_weights
+    from harness.checkpoint import dequantized_weights
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype, **extra)
     missing, unexpected = model.load_state_dict(dict(dequantized_weights(src)), strict=False)
@@ -258,7 +258,7 @@ def quantization_info(config) -> dict:
     if qc is None:
         return {}
     qd = qc if isinstance(qc, dict) else (qc.to_dict() if hasattr(qc, "to_dict") else vars(qc))
-    from harness.quant.checkpoint import describe_quantization
+    from harness.checkpoint import describe_quantization
 
     out = describe_quantization(qd)
     if out.get("activation_bits"):

@@ -21,10 +21,11 @@ import json
 import logging
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness.errors import BackendError, ConfigError
 
 OFFLOAD_KEYS = ("cpu_offload_gb", "offload_backend", "offload_group_size", "offload_num_in_group",
                 "offload_prefetch_step", "offload_params", "cpu_offload_params")
@@ -206,3 +207,64 @@ def parse_engine_log(text: str, total_s: float | None = None, warm_up_s: float |
         if known:
             out["other_s"] = round(max(total_s - known, 0.0), 2)
     return out
+
+
+def warm_up_scoring(llm, top_k: int) -> tuple[float | None, str | None]:
+    """Score a two-token prompt the way loglikelihood_rolling will (``prompt_logprobs=top_k``, one token
+    generated): vLLM's start-up warm-up (0.26: the V2 runner's warmup_kernels, SamplingParams.for_sampler_warmup)
+    asks for one prompt logprob besides the token's own, and Triton compiles ``_topk_log_softmax_kernel`` per
+    width (2 there; 1 for plain scoring, 21 for top-k 20), so the harness's variant was compiled, or loaded from
+    Triton's cache, inside the first scoring batch (vLLM's JIT monitor warned of it). (seconds taken, None), or
+    (None, the error) when the request failed: nothing is raised here (scoring meets the same problem and
+    reports it with its own message); the caller keeps the error in the start's breakdown."""
+    t = time.time()
+    try:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, detokenize=False, temperature=0.0,
+                                flat_logprobs=True)
+        llm.generate([{"prompt_token_ids": [0, 1]}], params, use_tqdm=False)
+    except Exception as e:  # noqa: BLE001 - an optimisation: scoring reports the real problem
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+    return time.time() - t, None
+
+
+def compilation_of(llm) -> dict:
+    """How the engine runs the model: eager, or torch.compile (+ CUDA graphs); it moves PPL by ~0.1% on real
+    weights (docs/results), so baselines record it and the gate compares it."""
+    cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    if cfg is None:
+        return {"mode": None}
+    cc = getattr(cfg, "compilation_config", None)
+    eager = bool(getattr(getattr(cfg, "model_config", None), "enforce_eager", False))
+    mode = getattr(cc, "mode", getattr(cc, "level", None))
+    mode = getattr(mode, "name", mode)
+    return {"mode": "eager" if eager or mode in (0, "NONE", None) else "compiled", "compilation_mode": str(mode),
+            "enforce_eager": eager, "custom_ops": list(getattr(cc, "custom_ops", None) or []),
+            "cudagraph_mode": str(getattr(getattr(cc, "cudagraph_mode", None), "name", None))}
+
+
+def offload_report(per_worker: list[dict], requested, env: dict, precision: str, version: str, log_path) -> dict | None:
+    """What vLLM really offloaded (``per_worker``: vllm_loader.offload_info in each worker), or None where nothing was
+    asked and nothing offloaded; asking for offload and getting none is an error, never a silent no-op."""
+    got = sum(w["offloaded_bytes"] for w in per_worker)
+    out = {"requested": requested, "offloader": per_worker[0]["offloader"],
+           "offloaded_gib": round(got / 2**30, 2), "per_worker": per_worker,
+           "runner_env": {k: v for k, v in env.items() if k == "VLLM_USE_V2_MODEL_RUNNER"}}
+    if requested and got == 0:
+        raise BackendError(
+            f"model.engine.{precision}.vllm asks for CPU weight offload ({requested}) but "
+            f"vLLM {version} offloaded nothing (offloader: {out['offloader']}). vLLM 0.26's V2 model "
+            "runner ignores offload for dense models; the harness starts such engines with "
+            "VLLM_USE_V2_MODEL_RUNNER=0, so something else overrides the runner (check the environment and "
+            "the engine log " + str(log_path) + "). Otherwise drop the offload keys and use "
+            "tensor_parallel_size.")
+    return out if (requested or got) else None
+
+
+def read_log(path: Path) -> str:
+    """The engine's log so far ("" where there is none yet)."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""

@@ -32,7 +32,7 @@ class DequantViewLoader(BaseModelLoader):
     def load_weights(self, model, model_config) -> None:
         import torch
 
-        from harness.quant.checkpoint import dequantized_weights, view_source
+        from harness.checkpoint import dequantized_weights, view_source
 
         src = view_source(Path(model_config.model))
         if src is None:

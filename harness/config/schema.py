@@ -18,7 +18,7 @@ from harness.config.messages import format_validation_error
 from harness.config.sections import (CalibrationOverrides, DatasetSpec, DistributionSpec, HubSpec, ModelSpec,
                                      QuantizeSpec, RecipeRegressionSpec, Strict, TaskSpecConfig, Thresholds,
                                      check_tasks, known_backend)
-from harness.stages.judge import LIMITS  # the distribution limits: threshold keys that need `distributions`
+from harness.limits import LIMITS  # the distribution limits: threshold keys that need `distributions`
 
 
 class HarnessConfig(Strict):

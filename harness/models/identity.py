@@ -95,7 +95,7 @@ def model_identity(location, revision: str | None, named: str | None = None) -> 
     """``location``: a harness.config.locate.Location of the BF16 model; ``named``: how the config names it (recorded
     instead of a machine's absolute path)."""
     from harness.models.pypi import read_marker
-    from harness.quant.checkpoint import view_source
+    from harness.checkpoint import view_source
 
     marker = read_marker(Path(location.path)) if location.is_local else None
     if marker is not None:  # a real model from the package index: its origin and its converted tensors

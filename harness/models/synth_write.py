@@ -13,7 +13,7 @@ from harness.atomic import atomic_dir
 from harness.errors import HarnessError
 from harness.models.synth import (SYNTH_FILE, SynthSpec, modelopt_quant_config, nbytes, quantization_config,
                                   synth_tensors, tensor_plan)
-from harness.quant.checkpoint import VIEW_FILE
+from harness.checkpoint import VIEW_FILE
 
 
 def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None, shard_gb: float = 5.0,
@@ -119,10 +119,10 @@ def _save_tokenizer(tokenizer: str | None, out: Path) -> str:
     return "builtin:tiny" if tokenizer is None else tokenizer
 
 
-# ---- BF16 view of an NVFP4 checkpoint (written here; read by harness.quant.checkpoint) ----------------------------------
+# ---- BF16 view of an NVFP4 checkpoint (written here; read by harness.checkpoint) ----------------------------------
 def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
     """A BF16 model dir whose weights are ``nvfp4_dir``'s dequantization (config + tokenizer + a pointer, no weights)."""
-    from harness.quant.checkpoint import checkpoint_quantization
+    from harness.checkpoint import checkpoint_quantization
 
     nvfp4_dir = Path(nvfp4_dir).resolve()
     cfg = json.loads((nvfp4_dir / "config.json").read_text())

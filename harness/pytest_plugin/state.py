@@ -80,7 +80,7 @@ class HarnessState:
                 force=self.opt("harness_force"), recipe=case.recipe, quant_python=self.opt("quant_python"),
                 quant_pythonpath=self.opt("quant_pythonpath"), batch_size=self.opt("batch_size"),
                 token_detail=self.opt("token_detail"), record_recipe=self.opt("record_recipe"))
-            from harness.stages.timings import Busy
+            from harness.timings import Busy
 
             self.sessions[key].busy = Busy()  # its wall time: its preflight, its tests and its report, not the run's
         return self.sessions[key]

@@ -51,7 +51,7 @@ def bf16_documents(session) -> dict:
 
 
 def recipe_row(session, verdict) -> dict:
-    from harness.quant.checkpoint import disk_size
+    from harness.checkpoint import disk_size
 
     o = session.overall()
     ck = session.checkpoint()

@@ -1,6 +1,6 @@
 """NVFP4 in compressed-tensors' packed layout, in torch: quantize a weight to (packed FP4 codes, FP8 block scales,
 FP32 global scale) and back. The synthetic checkpoints are written with it (harness/models/synth.py) and BF16 views and the
-hf backend read with it (harness/quant/checkpoint.py). The format's independent numpy reference, against which tests hold
+hf backend read with it (harness/checkpoint.py). The format's independent numpy reference, against which tests hold
 this and llm-compressor, is harness/reference/nvfp4.py."""
 from __future__ import annotations
 

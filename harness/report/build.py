@@ -19,47 +19,21 @@ REPORT_SCHEMA = 1
 
 def build_report(session, verdict) -> dict:
     """Collect everything a reader needs from a finished GateSession."""
-    from harness.quant.checkpoint import disk_size
-
     cfg = session.cfg
     ck = session.checkpoint()
-    ckpt, ckpt_info = ck.path, ck.info
     q_info = session.engine_info("nvfp4")
-    datasets = []
-    for name in session.dataset_names:
-        b = session.baseline(name)
-        s = session.score(name)
-        prep = session.prepared(name)
-        c = session.comparison(name)
-        datasets.append({
-            "dataset": name,
-            "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
-                     "eval_s": b.provenance.get("eval_s"), "backend": b.provenance.get("backend"),
-                     "device": b.provenance.get("device"), "date": b.provenance.get("date"),
-                     **lm_eval_metrics(b.nll * b.tokens, b.words, b.bytes)},
-            "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
-                      "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
-            "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
-            "threshold_source": session.threshold_source(name)[1],
-            "data": prep.summary(), "token_detail": session.token_summary(name),
-            "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
-            "limits": [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(name)],
-        })
+    datasets = [dataset_row(session, name) for name in session.dataset_names]
     o = session.overall()
     overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
     overall["threshold_source"] = session.threshold_source(None)[1]
     overall["distributions"] = session.distribution_stats(None)
     overall["limits"] = [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(None)]
-    bf16_path = Path(cfg.resolve(cfg.model.path))
-    from harness.quant.checkpoint import view_source
-
-    view_of = view_source(bf16_path) if bf16_path.is_dir() else None
     b0 = session.baseline(session.dataset_names[0])
     return {
         "schema_version": REPORT_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": cfg.source_path, "model": cfg.name, "model_path": cfg.model.path, "recipe": session.recipe_name,
-        "scheme": ckpt_info.get("scheme"), "backend": session.backend,
+        "scheme": ck.info.get("scheme"), "backend": session.backend,
         "kernel": q_info.get("kernel"), "engine": q_info,
         "max_model_len": cfg.model.max_model_len,
         "top_k": session.top_k or None,
@@ -70,16 +44,42 @@ def build_report(session, verdict) -> dict:
         "tasks": session.task_rows(),
         "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
         "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
-        "checkpoints": {"bf16": {"path": str(bf16_path),
-                                 "bytes": disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None,
-                                 **({"view_of": str(view_of)} if view_of else {})},
-                        "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}},
+        "checkpoints": checkpoints_block(Path(cfg.resolve(cfg.model.path)), ck.path, ck.info),
         "baseline_updates": update_rows(session.baseline_updates),
         "recipe_regression": session.recipe_regression(),  # None unless the config asks (harness/recipes/records.py)
         "recipe_record": str(session.recipe_record() or "") or None,
         "wall_s": round(time.time() - session.started, 1),
         "time": session.time_breakdown(),  # brought up to date when the report is written (write_report)
     }
+
+
+def dataset_row(session, name: str) -> dict:
+    """One dataset's row of report.json: BF16 (the baseline), the quantized model, the comparison and its limits."""
+    b, s, prep, c = session.baseline(name), session.score(name), session.prepared(name), session.comparison(name)
+    return {
+        "dataset": name,
+        "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
+                 "eval_s": b.provenance.get("eval_s"), "backend": b.provenance.get("backend"),
+                 "device": b.provenance.get("device"), "date": b.provenance.get("date"),
+                 **lm_eval_metrics(b.nll * b.tokens, b.words, b.bytes)},
+        "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
+                  "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
+        "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
+        "threshold_source": session.threshold_source(name)[1],
+        "data": prep.summary(), "token_detail": session.token_summary(name),
+        "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
+        "limits": [limit_row(o, session.cfg.thresholds.confidence) for o in session.limit_outcomes(name)],
+    }
+
+
+def checkpoints_block(bf16_path: Path, ckpt: Path, ckpt_info) -> dict:
+    """Both checkpoints' paths and sizes on disk (a BF16 view of an NVFP4 checkpoint has none of its own)."""
+    from harness.checkpoint import disk_size, view_source
+
+    view_of = view_source(bf16_path) if bf16_path.is_dir() else None
+    own = disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None
+    return {"bf16": {"path": str(bf16_path), "bytes": own, **({"view_of": str(view_of)} if view_of else {})},
+            "nvfp4": {"path": str(ckpt), "bytes": disk_size(ckpt), **ckpt_info}}
 
 
 def limit_row(o, confidence: float) -> dict:

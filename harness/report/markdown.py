@@ -104,7 +104,7 @@ def render_markdown(rep: dict) -> str:
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
     if rep.get("time"):
-        from harness.stages.timings import table
+        from harness.timings import table
 
         parts += ["", "## Time", "", TIME_NOTE, "", table(rep["time"])]
     return "\n".join(parts) + "\n"

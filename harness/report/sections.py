@@ -85,7 +85,7 @@ def _dp_ci(dp: dict) -> str:
 def _limits(rows: list[dict]) -> str:
     if not rows:
         return "-"
-    from harness.stages.judge import LIMITS
+    from harness.limits import LIMITS
 
     out = []
     for r in rows:

@@ -24,7 +24,7 @@ from harness.session.judging import JudgingSteps
 from harness.session.tasks import TaskSteps
 from harness.stages.results import Checkpoint, Prepared, Scores
 from harness.stages.score import score_dataset
-from harness.stages.timings import StageClock
+from harness.timings import StageClock
 
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
@@ -90,7 +90,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self._updated = False
         self._preflight_done = False
         self.started = time.time()
-        self.clock = StageClock()  # seconds per stage, for the report's "Time" section (harness/stages/timings.py)
+        self.clock = StageClock()  # seconds per stage, for the report's "Time" section (harness/timings.py)
         self.busy = None  # a timings.Busy where the gate shares its process (the pytest plugin): its own wall time
         self.record_recipe = record_recipe
         self._recipe_record: Path | None = None
@@ -183,7 +183,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         if precision == "bf16":
             model = self.cfg.resolve(m.path)
             if Path(model).is_dir():
-                from harness.quant.checkpoint import check_shards
+                from harness.checkpoint import check_shards
 
                 check_shards(Path(model))
         else:
@@ -286,7 +286,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         """Every local file the datasets read: there, not empty, parseable (a malformed JSON line by file:line),
         before anything is quantized or started and before the data is prepared (beside the engine's start it is
         prepared in another process, after the start has begun). The calibration's files are checked where a build
-        is due, before its interpreter starts (provide.py)."""
+        is due, before its interpreter starts (stages/provide.py)."""
         from harness.data.files import check_data_files, local_data_files
 
         for n in self.dataset_names:
@@ -365,7 +365,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
 
     def time_breakdown(self) -> dict:
         """Seconds per stage so far and the wall time since the session began, or the time it was busy where it
-        shares its process (harness/stages/timings.py)."""
+        shares its process (harness/timings.py)."""
         return self.clock.breakdown(self.busy() if self.busy is not None else time.time() - self.started)
 
     def close(self) -> None:

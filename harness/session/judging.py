@@ -71,7 +71,8 @@ class JudgingSteps:
 
     def limit_outcomes(self, name: str | None) -> list:
         """The distribution limits (kld_mean_max, top1_min) that apply, judged for a dataset or (``None``) overall."""
-        from harness.stages.judge import LIMITS, judge_limit, limit_source
+        from harness.stages.judge import judge_limit, limit_source
+        from harness.limits import LIMITS
 
         stats = self.distribution_stats(name)
         if stats is None:

@@ -26,7 +26,7 @@ class CheckpointProvider:
         if self._recipe is None:
             from harness.recipes.catalog import load_recipe
 
-            from harness.stages.judge import LIMITS
+            from harness.limits import LIMITS
 
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
             known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits
@@ -85,7 +85,7 @@ class CheckpointProvider:
 
     def _existing(self) -> Checkpoint:
         """An existing quantized checkpoint, gated as it is."""
-        from harness.quant.checkpoint import existing_checkpoint
+        from harness.checkpoint import existing_checkpoint
 
         path = self.cfg.resolve(self.existing)
         info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
@@ -95,7 +95,7 @@ class CheckpointProvider:
 
     def _cached_or_built(self, build: bool) -> Checkpoint | None:
         """The recipe's checkpoint from the cache, or built now by llm-compressor in the quantization interpreter."""
-        from harness.quant.checkpoint import check_shards, require_scheme
+        from harness.checkpoint import check_shards, require_scheme
         from harness.quant.cache import cache_key, interpreter_versions
 
         recipe, cal = self.recipe(), self.calibration()
@@ -143,7 +143,7 @@ class CheckpointProvider:
         """llm-compressor's oneshot of the recipe into the empty folder ``tmp`` (in the quantization interpreter);
         the build's record."""
         from harness.quant import quantize as q
-        from harness.quant.checkpoint import check_shards, require_scheme
+        from harness.checkpoint import check_shards, require_scheme
         from harness.data.files import check_data_files, local_data_files
 
         m, cal, qcfg, recipe = self.cfg.model, self.calibration(), self.cfg.quantize, self.recipe()

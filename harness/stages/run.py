@@ -23,7 +23,7 @@ class Finished:
     verdict: Verdict
     report: dict          # report.json's content
     files: ReportFiles    # the report folder and what is in it
-    time_line: str        # "time: ..." (harness/stages/timings.py)
+    time_line: str        # "time: ..." (harness/timings.py)
     prepared: Prepared
     checkpoint: Checkpoint
     scores: Scores
@@ -54,7 +54,7 @@ def finish(session, report_dir: Path, show=None) -> Finished:
     """judge and render, once every dataset is scored (pytest: by the gate tests; the CLI: by :func:`run_gate`)."""
     from harness.report.build import build_report, session_token_logprobs
     from harness.stages.render import render
-    from harness.stages.timings import line
+    from harness.timings import line
 
     record = session.recipe_record()  # with --record-recipe: stored before the verdict pairs recipes with it
     verdict = session.verdict()
