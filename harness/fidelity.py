@@ -18,6 +18,8 @@ measured and what the other choice would measure.
 """
 from __future__ import annotations
 
+from harness.errors import HarnessError
+
 FIDELITIES = ("scheme", "this-gpu")
 NATIVE_FP4 = (10, 0)  # compute capability from which vLLM runs NVFP4 W4A4 on FP4 tensor cores
 
@@ -82,3 +84,17 @@ def cpu_matmul_note(dataset: str, baseline: dict, run: dict) -> str | None:
         return None
     return (f"{dataset}: the BF16 baseline ran the CPU matmuls {theirs}, this run {mine}: the two round differently "
             "(SmolLM2-135M's BF16 PPL 0.04% apart); score both the same way (cpu_matmul in model.engine.*.hf)")
+
+
+def check_kernel(info: dict, want: str | None) -> None:
+    """The NVFP4 engine ran what the gate asked for: emulation where ``fidelity: scheme`` chose it, and the config's
+    ``require_kernel``; else the error that says what to change."""
+    got = info.get("kernel", "?")
+    chose = (info.get("fidelity") or {}).get("set_by") == "fidelity: scheme"
+    if chose and "emulation" not in got:  # the harness asked for W4A4 emulation and vLLM ran something else
+        raise HarnessError(f"fidelity: scheme started the NVFP4 engine with linear_backend: emulation, but vLLM ran "
+                           f"{got!r}: this vLLM ignores the setting. Set fidelity: this-gpu to gate what it runs, "
+                           "or use a vLLM that has the W4A4 emulation backend")
+    if want and want.lower() not in got.lower():
+        raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper W4A4 "
+                           "needs fidelity: scheme (the default: vLLM's emulation), or drop require_kernel")

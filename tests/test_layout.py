@@ -29,9 +29,7 @@ LAYERS = [
 MODULE_MAX, FUNCTION_MAX, CLASS_MAX = 300, 60, 200
 # what is still over (issue 42: the session reduced to its lifecycle, no mixins).
 # The list may only shrink: a name here that now fits fails too, so it is taken off.
-OVER = {"module harness/session/gate.py",
-        "class harness/session/gate.py:GateSession", "function harness/session/gate.py:GateSession.__init__",
-        "class harness/session/tasks.py:TaskSteps"}
+OVER = {"module harness/session/gate.py", "class harness/session/gate.py:GateSession"}
 
 
 def unit(module: str, root: Path) -> str:

@@ -15,7 +15,9 @@ from harness.config.schema import HarnessConfig
 from harness.data.rules import PreparedDataset
 from harness.session.engines import EngineManager
 from harness.errors import ConfigError, HarnessError
+from harness.fidelity import check_kernel
 from harness.metrics import Comparison, DatasetScore
+from harness.stages.preflight import check_model_path, scheme_refusal
 from harness.stages.prepare import load_tokenizer, prepare_dataset
 from harness.stages.progress import ScoringProgress
 from harness.stages.provide import CheckpointProvider
@@ -47,8 +49,6 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self.force = force
         self.existing = cfg.model.checkpoint  # gate this quantized checkpoint as it is
         if self.existing and recipe and recipe != EXISTING:
-            from harness.errors import ConfigError
-
             raise ConfigError(f"--recipe {recipe}: the config gates an existing checkpoint ({self.existing}), which "
                               "is not quantized here; drop --recipe or model.checkpoint")
         self.recipe_name = EXISTING if self.existing else (recipe or cfg.recipe)
@@ -59,12 +59,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
         check_model_path(cfg)
-        src = cfg.source_path or "configs/tiny.yaml"
-        if cfg.fallback_baselines_dir:  # the shipped default, run in a user's project: no path to spell out
-            hint = "harness baseline update   (or: pytest --harness-gate-tests yes --update-baselines)"
-        else:
-            hint = f"pytest --harness-config {src} --update-baselines   (or: harness baseline update --config {src})"
-        self.update_hint = update_hint or hint
+        self.update_hint = update_hint or default_update_hint(cfg)
         self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint, cfg.fallback_baselines_dir)
         self.log_lines: list[str] = []
         self._quiet = quiet
@@ -137,28 +132,6 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
     def recipe(self):
         return self.provider.recipe()
 
-    def _refusal(self, why: str) -> str:
-        """The recipe's scheme has no kernel in this backend: the backends installed here that run it, and the
-        recipes (of the project's and the shipped ones) this backend runs; both read off the registries."""
-        from harness.backends import BACKENDS, load_class
-        from harness.recipes.catalog import load_recipe, recipe_names
-
-        def runs(spec, scheme) -> bool:
-            return not (spec.refuse_scheme and load_class(spec.refuse_scheme)(scheme))
-
-        scheme, mine, rdir = self.recipe().scheme, BACKENDS[self.backend], self.cfg.path_of("recipes_dir")
-        others = [n for n, b in BACKENDS.items() if n != self.backend and not b.missing() and runs(b, scheme)]
-        ok = []
-        for name in recipe_names(rdir):
-            try:
-                ok += [name] if runs(mine, load_recipe(rdir, name).scheme) else []
-            except HarnessError:  # a recipe that does not load is not a suggestion
-                pass
-        ways = [f"gate it with --backend {' or --backend '.join(others)}"] if others else []
-        ways += [f"pick a recipe the {self.backend} backend runs ({', '.join(ok)})"] if ok else []
-        said = ", or ".join(ways)
-        return f"recipe {self.recipe_name}: scheme {scheme}: {why}; nothing was quantized" + (
-            f". {said[0].upper()}{said[1:]}" if said else "")
 
     def calibration(self):
         return self.provider.calibration()
@@ -199,7 +172,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
             self._engine_info[precision] = eng.info()
             if precision != "bf16":
                 try:  # the kernel is known once the engine is up: refuse now, not after a dataset is scored
-                    self._check_kernel(precision)
+                    check_kernel(self.engine_info(precision), self.cfg.require_kernel)
                 except HarnessError:
                     eng.close()
                     raise
@@ -259,7 +232,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
             refuse = backend_spec(self.backend).refuse_scheme
             why = load_class(refuse)(self.recipe().scheme) if refuse else None
             if why:
-                raise ConfigError(self._refusal(why))
+                raise ConfigError(scheme_refusal(self.cfg, self.backend, self.recipe_name, self.recipe().scheme, why))
         check_backend_installed(self.backend)
         if report_dir is not None:
             check_writable_dir(report_dir, "report folder", "pick another with --report-dir (pytest: "
@@ -350,18 +323,6 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
     def engine_info(self, precision: str) -> dict:
         return self._engine_info.get(precision, {})
 
-    def _check_kernel(self, precision: str) -> None:
-        info = self.engine_info(precision)
-        want = self.cfg.require_kernel
-        got = info.get("kernel", "?")
-        chose = (info.get("fidelity") or {}).get("set_by") == "fidelity: scheme"
-        if chose and "emulation" not in got:  # the harness asked for W4A4 emulation and vLLM ran something else
-            raise HarnessError(f"fidelity: scheme started the NVFP4 engine with linear_backend: emulation, but vLLM ran "
-                               f"{got!r}: this vLLM ignores the setting. Set fidelity: this-gpu to gate what it runs, "
-                               "or use a vLLM that has the W4A4 emulation backend")
-        if want and want.lower() not in got.lower():
-            raise HarnessError(f"config requires NVFP4 kernel {want!r} but this run used {got!r}; on Hopper W4A4 "
-                               "needs fidelity: scheme (the default: vLLM's emulation), or drop require_kernel")
 
     def time_breakdown(self) -> dict:
         """Seconds per stage so far and the wall time since the session began, or the time it was busy where it
@@ -372,18 +333,9 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self.engines.close()
 
 
-def check_model_path(cfg: HarnessConfig) -> None:
-    """A local model path that does not exist is a config error now, not a loader traceback later."""
-    from harness.errors import ConfigError
-
-    for key in ("path", "checkpoint", "tokenizer"):
-        raw = getattr(cfg.model, key)
-        if raw and "$" in (cfg.resolve(raw) or ""):
-            raise ConfigError(f"model.{key} {raw!r}: an environment variable in it is not set; set it (e.g. "
-                              "export HARNESS_SYNTH_DIR=/dev/shm/synth) or write the path out")
-    for key in ("path", "checkpoint"):
-        raw = getattr(cfg.model, key)
-        loc = cfg.locate(raw) if raw else None
-        if loc and loc.is_local and not Path(loc.path).exists():
-            raise ConfigError(f"model.{key} {raw!r} does not exist ({loc.path}); give a local checkpoint dir or a hub "
-                              "id such as Qwen/Qwen2.5-7B-Instruct")
+def default_update_hint(cfg: HarnessConfig) -> str:
+    """The command that creates or updates this config's baselines, as a missing or stale baseline's error names it."""
+    src = cfg.source_path or "configs/tiny.yaml"
+    if cfg.fallback_baselines_dir:  # the shipped default, run in a user's project: no path to spell out
+        return "harness baseline update   (or: pytest --harness-gate-tests yes --update-baselines)"
+    return f"pytest --harness-config {src} --update-baselines   (or: harness baseline update --config {src})"

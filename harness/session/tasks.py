@@ -229,26 +229,11 @@ class TaskSteps:
         return self._task_paired[name]
 
     def task_sizing_notes(self) -> list[str]:
-        """Tasks whose recovery_min asks for a smaller drop than their n can detect (TensorRT-LLM's sizing): a drop of
-        d needs at least d * n items to flip, and even then a paired test of n items detects it only from
-        n >= (z_alpha + z_beta)^2 / d. Said before any engine starts, from the BF16 baseline's accuracy."""
-        from harness.tasks.paired import ALPHA, POWER, items_needed, mdd
-
-        notes = []
-        for name in self.task_names:
-            tc, b = self.cfg.tasks[name], self.task_baseline(name, check_items=False)
-            acc = b.metrics.get(self.task_metric(name))
-            if acc is None or acc <= 0:
-                continue
-            drop = (1 - tc.recovery_min) * acc
-            if b.n and mdd(b.n, drop) > drop:
-                need = items_needed(drop, drop)
-                notes.append(f"task {name}: recovery_min {tc.recovery_min} allows a drop of {100 * drop:.2f} points "
-                             f"from BF16's {100 * acc:.2f}; {b.n} items cannot detect it (one-sided alpha {ALPHA}, "
-                             f"power {POWER}: the smallest detectable drop is {100 * mdd(b.n, drop):.2f} points even "
-                             f"if every flip went one way). It needs at least {need} items"
-                             + (f" (limit {tc.limit})" if tc.limit else "") + ", or a lower recovery_min")
-        return notes
+        """Tasks whose recovery_min asks for a smaller drop than their n can detect (sizing_note), said before any
+        engine starts, from the BF16 baseline's accuracy."""
+        notes = [sizing_note(n, self.cfg.tasks[n], self.task_baseline(n, check_items=False), self.task_metric(n))
+                 for n in self.task_names]
+        return [n for n in notes if n]
 
     def task_outcome(self, name: str) -> TaskOutcome:
         return judge_task(name, self.task_metric(name), self.task_paired(name), self.cfg.tasks[name])
@@ -258,16 +243,37 @@ class TaskSteps:
 
     def task_rows(self) -> list[dict]:
         """The report's task table: every metric of both sides, the gated one's paired statistics."""
-        rows = []
-        for o in self.task_outcomes():
-            b, s = self.task_baseline(o.name), self.task_score(o.name)
-            rows.append({"task": o.name, "metric": o.metric, "n": o.paired.n, "bf16": b.metrics,
-                         "nvfp4": s.metrics(), "paired": o.paired.to_dict(), "recovery_min": o.recovery_min,
-                         "use": o.use, "flips_max_pct": o.flips_max_pct, "passed": o.passed,
-                         "gated_value": o.gated_value, "eval_s": round(s.eval_s, 3), "contexts_shared": s.shared,
-                         "source": self.prepared_task(o.name).source,
-                         "flipped_items": flipped_items(b.correct[o.metric], s.correct[o.metric])})
-        return rows
+        return [task_row(o, self.task_baseline(o.name), self.task_score(o.name), self.prepared_task(o.name).source)
+                for o in self.task_outcomes()]
+
+
+def task_row(o: TaskOutcome, b, s, source) -> dict:
+    """One task's row of the report: both sides' metrics, the gated metric's paired statistics and the flipped items."""
+    return {"task": o.name, "metric": o.metric, "n": o.paired.n, "bf16": b.metrics, "nvfp4": s.metrics(),
+            "paired": o.paired.to_dict(), "recovery_min": o.recovery_min, "use": o.use,
+            "flips_max_pct": o.flips_max_pct, "passed": o.passed, "gated_value": o.gated_value,
+            "eval_s": round(s.eval_s, 3), "contexts_shared": s.shared, "source": source,
+            "flipped_items": flipped_items(b.correct[o.metric], s.correct[o.metric])}
+
+
+def sizing_note(name: str, tc, b, metric: str) -> str | None:
+    """A task whose recovery_min asks for a smaller drop than its n can detect (TensorRT-LLM's sizing): a drop of d
+    needs at least d * n items to flip, and even then a paired test of n items detects it only from
+    n >= (z_alpha + z_beta)^2 / d. None where the baseline's n can detect it."""
+    from harness.tasks.paired import ALPHA, POWER, items_needed, mdd
+
+    acc = b.metrics.get(metric)
+    if acc is None or acc <= 0:
+        return None
+    drop = (1 - tc.recovery_min) * acc
+    if not (b.n and mdd(b.n, drop) > drop):
+        return None
+    need = items_needed(drop, drop)
+    return (f"task {name}: recovery_min {tc.recovery_min} allows a drop of {100 * drop:.2f} points "
+            f"from BF16's {100 * acc:.2f}; {b.n} items cannot detect it (one-sided alpha {ALPHA}, "
+            f"power {POWER}: the smallest detectable drop is {100 * mdd(b.n, drop):.2f} points even "
+            f"if every flip went one way). It needs at least {need} items"
+            + (f" (limit {tc.limit})" if tc.limit else "") + ", or a lower recovery_min")
 
 
 def flipped_items(ref, model, most: int = 50) -> dict:

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 MIN_FREE_BYTES = 64 << 20  # a report with per-token files and charts stays far below this
 
@@ -49,3 +49,42 @@ def check_backend_installed(backend: str) -> None:
         raise HarnessError(f"{mod} is not installed in this environment ({sys.executable}); the {b.name} backend "
                            f"needs {needs}. The tiny default on CPU needs [hf,quant] (from a checkout: pip install -e "
                            "'.[dev]'); a vLLM gate needs [vllm] here and [quant] in the quantization interpreter.")
+
+
+def check_model_path(cfg) -> None:
+    """A local model path that does not exist is a config error now, not a loader traceback later."""
+    for key in ("path", "checkpoint", "tokenizer"):
+        raw = getattr(cfg.model, key)
+        if raw and "$" in (cfg.resolve(raw) or ""):
+            raise ConfigError(f"model.{key} {raw!r}: an environment variable in it is not set; set it (e.g. "
+                              "export HARNESS_SYNTH_DIR=/dev/shm/synth) or write the path out")
+    for key in ("path", "checkpoint"):
+        raw = getattr(cfg.model, key)
+        loc = cfg.locate(raw) if raw else None
+        if loc and loc.is_local and not Path(loc.path).exists():
+            raise ConfigError(f"model.{key} {raw!r} does not exist ({loc.path}); give a local checkpoint dir or a hub "
+                              "id such as Qwen/Qwen2.5-7B-Instruct")
+
+
+def scheme_refusal(cfg, backend: str, recipe_name: str, scheme: str, why: str) -> str:
+    """The recipe's scheme has no kernel in this backend: the backends installed here that run it, and the
+    recipes (of the project's and the shipped ones) this backend runs; both read off the registries."""
+    from harness.backends import BACKENDS, load_class
+    from harness.recipes.catalog import load_recipe, recipe_names
+
+    def runs(spec, scheme) -> bool:
+        return not (spec.refuse_scheme and load_class(spec.refuse_scheme)(scheme))
+
+    mine, rdir = BACKENDS[backend], cfg.path_of("recipes_dir")
+    others = [n for n, b in BACKENDS.items() if n != backend and not b.missing() and runs(b, scheme)]
+    ok = []
+    for name in recipe_names(rdir):
+        try:
+            ok += [name] if runs(mine, load_recipe(rdir, name).scheme) else []
+        except HarnessError:  # a recipe that does not load is not a suggestion
+            pass
+    ways = [f"gate it with --backend {' or --backend '.join(others)}"] if others else []
+    ways += [f"pick a recipe the {backend} backend runs ({', '.join(ok)})"] if ok else []
+    said = ", or ".join(ways)
+    return f"recipe {recipe_name}: scheme {scheme}: {why}; nothing was quantized" + (
+        f". {said[0].upper()}{said[1:]}" if said else "")
