@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-CORE = ["config.schema", "data.rules", "data.files", "stages.prepare", "stages.provide", "session.engines", "stages.judge", "metrics",
-        "baselines", "report.build", "session.gate", "recipes.catalog", "config.bundled", "atomic", "models.identity",
-        "pytest_plugin", "cli.main", "backends", "cli.options", "fidelity", "stages.preflight", "models.pypi",
-        "config.locate", "stages.run", "cli.parser", "session.baselines", "session.judging", "report.markdown",
-        "report.chart", "recipes.records", "recipes.compare", "config.messages", "config.overrides", "stages.results",
-        "stages.score", "stages.render", "config.sections", "config.load"]
+CORE = ["config.schema", "data.rules", "data.files", "stages.prepare", "stages.provide", "session.engines",
+        "stages.judge", "metrics", "baselines", "report.build", "session.gate", "recipes.catalog", "config.bundled",
+        "atomic", "models.identity", "pytest_plugin", "cli.main", "backends", "cli.options", "fidelity",
+        "stages.preflight", "models.pypi", "config.locate", "stages.run", "cli.parser", "session.baselines",
+        "session.judging", "report.markdown", "report.chart", "recipes.records", "recipes.compare", "config.messages",
+        "config.overrides", "stages.results", "stages.score", "stages.render", "config.sections", "config.load"]
 HEAVY = ["torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy"]
 
 

@@ -1,1 +1,2 @@
-"""An independent NVFP4 reference written from the format's definition (nvfp4, numpy) and the packed layout in torch (pack)."""
+"""An independent NVFP4 reference written from the format's definition (nvfp4, numpy) and the packed layout in torch
+(pack)."""

@@ -14,6 +14,6 @@ judge      scores, BF16 baselines, thresholds         ``Verdict``            jud
 render     the report dict, the run's log             ``ReportFiles``        render (harness.report)
 =========  =========================================  =====================  =================================
 
-Beside them: preflight (the checks before any quantization or engine start), progress (the scoring pulse), timings
-(time per stage).
+Beside them: preflight (the checks before any quantization or engine start), progress (the scoring pulse); the time
+per stage is harness.timings.
 """
