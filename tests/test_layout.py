@@ -119,13 +119,42 @@ def test_modules_functions_and_classes_stay_small(root):
 
 
 def test_the_layout_picture_names_each_package_once(root):
-    """docs/extending.md#layout: the package tree, one line per package (``harness/<name>/``), and every layer's
-    packages named in the layer table under it, in this file's order."""
-    text = (root / "docs/extending.md").read_text()
-    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    tree = re.findall(r"^\s*[├└]── (\w+)/", section, re.M)
+    """The README's layout: the package tree, one line per package (``├── <name>/``); docs/extending.md#layout:
+    every layer's packages in the layer table, in this file's order."""
+    def section(path: str) -> str:
+        return (root / path).read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+
+    tree = re.findall(r"^\s*[├└]── (\w+)/", section("README.md"), re.M)
     packages = {p.name for p in (root / "harness").iterdir() if (p / "__init__.py").exists()}
     assert sorted(tree) == sorted(packages), (tree, packages)
-    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section, re.M)
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", section("docs/extending.md"), re.M)
     assert [[w.strip("` ") for w in names.split(",")] for _, names in rows] == LAYERS[::-1][:len(rows)] \
         and len(rows) == len(LAYERS), rows
+
+
+def test_the_extension_table_names_files_that_hold_its_tables(root):
+    """docs/extending.md's "to add" table: every harness path it names exists, and every table it names in
+    capitals (`LIMITS`, `RULES`, `TASKS`, ...) is assigned at the top of one of the files named in the same row."""
+    text = (root / "docs/extending.md").read_text().split("## Extending", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in text.splitlines() if r.startswith("| a ")]
+    assert len(rows) >= 4, rows  # a backend, a gated statistic, a dataset rule, a task
+    for row in rows:
+        files = [root / f for f in re.findall(r"`(harness/[\w/]+\.py)`", row)]
+        assert all(f.exists() for f in files), row
+        for table in re.findall(r"`([A-Z][A-Z_]+)`", row):
+            where = files + [root / f for f in re.findall(r"`(tests/[\w/]+\.py)`", row)]
+            assigned = {t.id for f in where for node in ast.parse(f.read_text()).body
+                        if isinstance(node, (ast.Assign, ast.AnnAssign))
+                        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                        if isinstance(t, ast.Name)}
+            assert table in assigned, (table, row[:80])
+
+
+def test_every_task_is_compared_with_lm_eval(root):
+    """A task added to TASKS is compared with lm-evaluation-harness item by item once its YAML is named there."""
+    from harness.tasks import TASKS
+
+    tree = ast.parse((root / "tests/test_tasks_lm_eval.py").read_text())
+    yaml = next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LM_EVAL_YAML")
+    assert sorted(yaml) == sorted(TASKS)

@@ -19,6 +19,7 @@ from harness.config.sections import (CalibrationOverrides, DatasetSpec, Distribu
                                      QuantizeSpec, RecipeRegressionSpec, Strict, TaskSpecConfig, Thresholds,
                                      check_tasks, known_backend)
 from harness.limits import LIMITS  # the distribution limits: threshold keys that need `distributions`
+from harness.tasks import TASKS
 
 
 class HarnessConfig(Strict):
@@ -52,8 +53,8 @@ class HarnessConfig(Strict):
                           "a baseline update stores BF16's top-k beside each baseline, the gate compares at the same k")
     tasks: dict[str, TaskSpecConfig] = Field(
         default_factory=dict, description="tasks scored beside perplexity in the same engine (harness/tasks): name -> "
-                                          "limit, metric, recovery_min, use, flips_max_pct, source; known: arc_easy, "
-                                          "arc_challenge, piqa, hellaswag, winogrande, lambada_openai, gsm8k")
+                                          "limit, metric, recovery_min, use, flips_max_pct, source; known: "
+                                          + ", ".join(TASKS))
 
     @field_validator("tasks")
     @classmethod
