@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class LimitSpec:
     """A gated statistic of the next-token distributions: everything the judge, the config and recipes, the verdict
-    and the report know of it. A new limit is one entry here and its field in config.Thresholds."""
+    and the report know of it. A new limit is one entry here and its field in Thresholds (harness/config/sections.py)."""
 
     key: str          # the threshold key in a config's or a recipe's thresholds
     label: str        # what it bounds, in words

@@ -13,21 +13,13 @@ from harness.errors import BackendError, ConfigError
 
 
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
-
-
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's max_logprobs unless set: a larger EngineSpec.top_k raises it for that engine
-
-
 # Prompt scoring never decodes: the engines start without torch.compile and CUDA-graph capture unless the config
 # says how to compile (enforce_eager, compilation_config or optimization_level). Measured on one H200 with real
 # SmolLM2 weights: a cached gate 87 s compiled -> 41 s eager; BF16 PPL compiled 0.14% from transformers, eager 0.02%
 # (docs/results, 2026-11-27/29). What the harness chose is in the engine info (harness_defaults).
 SCORING_DEFAULTS = {"enforce_eager": True}
-
-
 SHARED_CONTEXTS_DEFAULT = {"enable_prefix_caching": True}  # read only by task requests (loglikelihood)
-
-
 COMPILE_KEYS = ("enforce_eager", "compilation_config", "optimization_level")
 
 
