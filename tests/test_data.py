@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.data.rules import TokenRules, apply_token_rules, first_nonempty_texts, messages_to_text, prepare_texts, select_texts, ultrachat_texts
+from harness.data.rules import (TokenRules, apply_token_rules, first_nonempty_texts, messages_to_text, prepare_texts,
+                                select_texts, ultrachat_texts)
 from harness.data.files import load_rows
 from harness.errors import HarnessError
 

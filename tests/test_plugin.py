@@ -35,7 +35,8 @@ def gate_project(pytester, quick_project):
 def test_the_plugin_loads_from_its_entry_point_and_collects_the_gate_tests_only_when_asked(pytester, quick_project):
     from importlib.metadata import entry_points
 
-    assert [e.value for e in entry_points(group="pytest11") if e.value == "harness.pytest_plugin"] == ["harness.pytest_plugin"]
+    plugin = "harness.pytest_plugin"
+    assert [e.value for e in entry_points(group="pytest11") if e.value == plugin] == [plugin]
     shutil.copytree(quick_project / "configs", pytester.path / "configs")
     pytester.makepyfile(test_own="def test_own():\n    pass\n")
     plain = pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider")

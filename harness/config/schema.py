@@ -78,7 +78,8 @@ class HarnessConfig(Strict):
     baselines_dir: str = "baselines"
     recipes_dir: str = "recipes"
     reports_dir: str = "reports"
-    cache_dir: str | None = Field(None, description="quantized-checkpoint cache (default $HARNESS_CACHE or ~/.cache/harness)")
+    cache_dir: str | None = Field(None, description="quantized-checkpoint cache (default $HARNESS_CACHE or "
+                                                   "~/.cache/harness)")
 
     @field_validator("backend")
     @classmethod

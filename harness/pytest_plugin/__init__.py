@@ -29,8 +29,9 @@ def pytest_addoption(parser):
     add_options(g, ["update_baselines", "force", "min_score", "backend", "recipe", "quant_python", "quant_pythonpath",
                     "batch_size", "report_dir"], "pytest")
     g.addoption("--harness-gate-tests", choices=("auto", "yes", "no"), default="auto",
-                help="collect the packaged gate tests (harness/pytest_plugin/gate_tests.py): auto = when --harness-config is given "
-                     "or the ini option harness_gate_tests is true, and no test file or node id was named")
+                help="collect the packaged gate tests (harness/pytest_plugin/gate_tests.py): auto = when "
+                     "--harness-config is given or the ini option harness_gate_tests is true, and no test file or node "
+                     "id was named")
     parser.addini("harness_gate_tests", type="bool", default=False,
                   help="collect the packaged gate tests on runs of whole folders (as with --harness-config)")
     add_options(g, ["token_detail", "record_recipe"], "pytest")
@@ -95,7 +96,8 @@ def _gate_items(session) -> list:
     path = getattr(session.config, "_harness_gate_module", None)
     if path is None:
         return []
-    return list(session.genitems(pytest.Module.from_parent(session, path=path, nodeid="harness/pytest_plugin/gate_tests.py")))
+    module = pytest.Module.from_parent(session, path=path, nodeid="harness/pytest_plugin/gate_tests.py")
+    return list(session.genitems(module))
 
 
 def _gpu_available() -> bool:

@@ -234,7 +234,8 @@ def read_ledger(path) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.quant.quantize", description="Run one llm-compressor oneshot from a spec file.")
+    p = argparse.ArgumentParser(prog="python -m harness.quant.quantize",
+                                description="Run one llm-compressor oneshot from a spec file.")
     p.add_argument("--spec", required=True, type=Path, help="JSON spec written by harness (QuantSpec)")
     a = p.parse_args(argv)
     from harness.childproc import guard_group
