@@ -235,7 +235,7 @@ def test_a_missing_optional_library_names_the_extra_and_writes_nothing(capsys, t
     """A plain `pip install .` has no transformers: the gate says which extra to install, before any work."""
     import harness.session.gate
 
-    def no_transformers(cfg):
+    def no_transformers(*_):  # load_tokenizer(cfg, source)
         raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
 
     monkeypatch.setattr(harness.session.gate, "load_tokenizer", no_transformers)
@@ -243,7 +243,7 @@ def test_a_missing_optional_library_names_the_extra_and_writes_nothing(capsys, t
     assert rc == 2 and "transformers is not installed" in err and "pip install 'nvfp4-gate[hf]'" in err, err
     assert "quantizing" not in err and not (tmp_path / "reports").exists()
 
-    def other(cfg):
+    def other(*_):
         raise ModuleNotFoundError("No module named 'mylib'", name="mylib")
 
     monkeypatch.setattr(harness.session.gate, "load_tokenizer", other)

@@ -423,3 +423,30 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     to_build.cfg.cache_dir = str(tmp_path / "empty-cache")  # nothing cached: it would have to be built
     assert to_build.start_beside_prepare(tmp_path / "r") is False
     assert ALIVE == [] and len(made) == 2 and not to_build._prepared  # no third process
+
+
+def test_the_model_is_located_once_per_gate(quick_project, monkeypatch, tmp_path):
+    """The config's model.path is located once per gate and every stage reads that (issue 42: the model source
+    resolved once into the run): quantization's cache key, the tokenizer, the engine, the identity and the report
+    all see the same path, and `pypi:` or a hub id would be looked up one time, not at each use."""
+    from harness.config import locate as L
+    from harness.config.load import load_config
+    from harness.session.gate import GateSession
+    from harness.stages.run import run_gate
+
+    cfg = load_config(quick_project / "configs/tiny.yaml", {"prepare_beside_engine": False})
+    real, seen = L.locate, []
+
+    def counting(p, *a, **k):
+        seen.append(p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(L, "locate", counting)
+    s = GateSession(cfg, quiet=True)
+    try:
+        done = run_gate(s, tmp_path / "reports")
+    finally:
+        s.close()
+    assert done.verdict.passed in (True, False)
+    assert seen.count(cfg.model.path) == 1, seen
+    assert done.report["checkpoints"]["bf16"]["path"] == s.source.path == real(cfg.model.path, cfg.root).path

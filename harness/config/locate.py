@@ -54,3 +54,23 @@ def locate(p: str, root: Path | str = ".", local: bool = False) -> Location:
     if not local and HUB_ID.match(expanded) and not expanded.endswith(FILE_SUFFIXES):
         return Location("hub", expanded)
     return Location("local", str(under_root))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The config's BF16 model, located once per run (harness/stages/preflight.py, model_source): the stages, the
+    engine, the identity and the report read it from here instead of locating ``model.path`` again."""
+
+    named: str                # model.path as the config writes it
+    location: Location        # where it is: a local folder, the package-index model's converted folder, a hub id
+    tokenizer: str | None     # model.tokenizer located, None where the model's own is used
+    revision: str | None
+
+    @property
+    def path(self) -> str:
+        return self.location.path
+
+    @property
+    def tokenizer_path(self) -> str:
+        """Where the tokenizer is loaded from: model.tokenizer, else the model itself."""
+        return self.tokenizer or self.path

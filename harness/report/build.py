@@ -44,7 +44,7 @@ def build_report(session, verdict) -> dict:
         "tasks": session.task_rows(),
         "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
         "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
-        "checkpoints": checkpoints_block(Path(cfg.resolve(cfg.model.path)), ck.path, ck.info),
+        "checkpoints": checkpoints_block(Path(session.source.path), ck.path, ck.info),
         "baseline_updates": update_rows(session.baseline_updates),
         "recipe_regression": session.recipe_regression(),  # None unless the config asks (harness/recipes/records.py)
         "recipe_record": str(session.recipe_record() or "") or None,

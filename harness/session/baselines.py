@@ -20,7 +20,7 @@ class BaselineSteps:
             from harness.models import identity
 
             m = self.cfg.model
-            self._identity = identity.model_identity(self.cfg.locate(m.path), m.revision, named=m.path)
+            self._identity = identity.model_identity(self.source.location, m.revision, named=m.path)
             if self._identity["kind"] == "hub" and not self._identity["pinned"]:
                 got = self._identity["resolved"]
                 self.log(f"warning: model.revision is not pinned: {m.path}@{m.revision or 'main'} "

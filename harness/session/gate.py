@@ -17,7 +17,7 @@ from harness.session.engines import EngineManager
 from harness.errors import ConfigError, HarnessError
 from harness.fidelity import check_kernel
 from harness.metrics import Comparison, DatasetScore
-from harness.stages.preflight import check_model_path, scheme_refusal
+from harness.stages.preflight import model_source, scheme_refusal
 from harness.stages.prepare import load_tokenizer, prepare_dataset
 from harness.stages.progress import ScoringProgress
 from harness.stages.provide import CheckpointProvider
@@ -58,7 +58,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self.top_k = cfg.distributions.top_k if cfg.distributions and distributions else 0
         self.interp = QuantInterpreter.from_env(quant_python or cfg.quantize.python,
                                                 quant_pythonpath if quant_pythonpath is not None else cfg.quantize.pythonpath)
-        check_model_path(cfg)
+        self.source = model_source(cfg)  # model.path located once: every stage reads it from here
         self.update_hint = update_hint or default_update_hint(cfg)
         self.store = BaselineStore(cfg.path_of("baselines_dir"), self.update_hint, cfg.fallback_baselines_dir)
         self.log_lines: list[str] = []
@@ -77,7 +77,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
         self._task_scores: dict[tuple[str, str], object] = {}
         self._task_paired: dict[str, object] = {}
         self._task_baselines: dict[str, object] = {}  # task -> tasks.baseline.TaskBaseline, read once
-        self.provider = CheckpointProvider(cfg, self.recipe_name, self.existing, self.interp, self.log,
+        self.provider = CheckpointProvider(cfg, self.source, self.recipe_name, self.existing, self.interp, self.log,
                                            self.model_identity, self._check_checkpoint_architecture)
         self._identity: dict | None = None
         self.notes: list[str] = []      # said once in the log, repeated under the verdict
@@ -115,7 +115,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
     def tokenizer(self):
         if self._tokenizer is None:
             with self.clock("prepare"):
-                self._tokenizer = load_tokenizer(self.cfg)
+                self._tokenizer = load_tokenizer(self.cfg, self.source)
         return self._tokenizer
 
     def prepared(self, name: str) -> PreparedDataset:
@@ -154,7 +154,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
 
         m = self.cfg.model
         if precision == "bf16":
-            model = self.cfg.resolve(m.path)
+            model = self.source.path
             if Path(model).is_dir():
                 from harness.checkpoint import check_shards
 
@@ -164,7 +164,7 @@ class GateSession(BaselineSteps, JudgingSteps, TaskSteps):
 
         def make():
             spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len,
-                              tokenizer=self.cfg.resolve(m.tokenizer), revision=m.revision if precision == "bf16" else None,
+                              tokenizer=self.source.tokenizer, revision=m.revision if precision == "bf16" else None,
                               engine_kwargs=self.cfg.engine_kwargs(precision, self.backend), batch_size=self.batch_size,
                               top_k=self.top_k, fidelity=self.cfg.fidelity)
             with self.clock("engine_start"):

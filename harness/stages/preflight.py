@@ -51,19 +51,24 @@ def check_backend_installed(backend: str) -> None:
                            "'.[dev]'); a vLLM gate needs [vllm] here and [quant] in the quantization interpreter.")
 
 
-def check_model_path(cfg) -> None:
-    """A local model path that does not exist is a config error now, not a loader traceback later."""
+def model_source(cfg):
+    """The config's model located once (harness.config.locate.ModelSource), after the checks a missing local path
+    gets now, not as a loader traceback later: an unset environment variable in it, a folder that does not exist
+    (and likewise for model.checkpoint)."""
+    from harness.config.locate import ModelSource
+
     for key in ("path", "checkpoint", "tokenizer"):
         raw = getattr(cfg.model, key)
-        if raw and "$" in (cfg.resolve(raw) or ""):
+        if raw and "$" in os.path.expandvars(raw):
             raise ConfigError(f"model.{key} {raw!r}: an environment variable in it is not set; set it (e.g. "
                               "export HARNESS_SYNTH_DIR=/dev/shm/synth) or write the path out")
-    for key in ("path", "checkpoint"):
-        raw = getattr(cfg.model, key)
-        loc = cfg.locate(raw) if raw else None
-        if loc and loc.is_local and not Path(loc.path).exists():
-            raise ConfigError(f"model.{key} {raw!r} does not exist ({loc.path}); give a local checkpoint dir or a hub "
-                              "id such as Qwen/Qwen2.5-7B-Instruct")
+    m = cfg.model
+    found = {key: cfg.locate(getattr(m, key)) for key in ("path", "checkpoint") if getattr(m, key)}
+    for key, loc in found.items():
+        if loc.is_local and not Path(loc.path).exists():
+            raise ConfigError(f"model.{key} {getattr(m, key)!r} does not exist ({loc.path}); give a local checkpoint "
+                              "dir or a hub id such as Qwen/Qwen2.5-7B-Instruct")
+    return ModelSource(m.path, found["path"], cfg.resolve(m.tokenizer), m.revision)
 
 
 def scheme_refusal(cfg, backend: str, recipe_name: str, scheme: str, why: str) -> str:

@@ -7,11 +7,13 @@ from harness.data.files import load_rows
 from harness.errors import HarnessError, unknown_name
 
 
-def load_tokenizer(cfg):
+def load_tokenizer(cfg, source=None):
+    """The model's tokenizer (model.tokenizer, else the model's own), from ``source`` where the run located the model
+    (harness.config.locate.ModelSource; a process of its own locates it again)."""
     from transformers import AutoTokenizer
 
     m = cfg.model
-    path = cfg.resolve(m.tokenizer or m.path)
+    path = source.tokenizer_path if source is not None else cfg.resolve(m.tokenizer or m.path)
     try:
         return AutoTokenizer.from_pretrained(path, revision=m.revision, trust_remote_code=m.trust_remote_code)
     except (OSError, ValueError) as e:

@@ -16,17 +16,18 @@ class CheckpointProvider:
     """One (config, recipe) case's checkpoint, built or found once. ``model_identity()`` names the BF16 model (the
     cache key's first part); ``check_architecture(path)`` refuses an existing checkpoint of another model."""
 
-    def __init__(self, cfg, recipe_name: str, existing: str | None, interp, log, model_identity, check_architecture):
+    def __init__(self, cfg, source, recipe_name: str, existing: str | None, interp, log, model_identity,
+                 check_architecture):
         self.cfg, self.recipe_name, self.existing, self.interp, self.log = cfg, recipe_name, existing, interp, log
+        self.source = source  # the BF16 model, located once (harness.config.locate.ModelSource)
         self._model_identity, self._check_architecture = model_identity, check_architecture
         self._recipe = None
         self._checkpoint: Checkpoint | None = None
 
     def recipe(self):
         if self._recipe is None:
-            from harness.recipes.catalog import load_recipe
-
             from harness.limits import LIMITS
+            from harness.recipes.catalog import load_recipe
 
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
             known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits
@@ -99,7 +100,7 @@ class CheckpointProvider:
         from harness.quant.cache import cache_key, interpreter_versions
 
         recipe, cal = self.recipe(), self.calibration()
-        model_path = self.cfg.resolve(self.cfg.model.path)
+        model_path = self.source.path
         if Path(model_path).is_dir():
             check_shards(Path(model_path))
         cache, model_key = self._cache(), self._model_key()
@@ -149,7 +150,7 @@ class CheckpointProvider:
         m, cal, qcfg, recipe = self.cfg.model, self.calibration(), self.cfg.quantize, self.recipe()
         # the calibration's local files, before the quantization interpreter spends its start on them
         check_data_files(local_data_files(cal.path, cal.split, cal.data_files))
-        spec = q.QuantSpec(model=self.cfg.resolve(m.path), revision=m.revision, tokenizer=self.cfg.resolve(m.tokenizer),
+        spec = q.QuantSpec(model=self.source.path, revision=m.revision, tokenizer=self.source.tokenizer,
                            recipe=recipe.recipe_text, calibration=cal, output_dir=str(tmp),
                            trust_remote_code=m.trust_remote_code, device_map=qcfg.device_map,
                            cpu_matmul=qcfg.cpu_matmul)
