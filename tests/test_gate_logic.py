@@ -450,3 +450,19 @@ def test_the_model_is_located_once_per_gate(quick_project, monkeypatch, tmp_path
     assert done.verdict.passed in (True, False)
     assert seen.count(cfg.model.path) == 1, seen
     assert done.report["checkpoints"]["bf16"]["path"] == s.source.path == real(cfg.model.path, cfg.root).path
+
+
+def test_sizing_notes_say_which_thresholds_ask_for_less_than_the_run_detects():
+    """By hand: the tiny default's overall interval [98.94, 99.33] at 95% has a standard error of
+    0.39 / (2 x 1.959964) = 0.099492 points, so it detects drops from (1.644854 + 0.841621) x 0.099492 = 0.2474 points
+    (one-sided alpha 0.05, power 0.8). A threshold of 99.9 allows a drop of 0.10: said; 99.0 allows 1.00: not said;
+    a score without an interval says nothing."""
+    from harness.metrics import Comparison, Interval
+    from harness.stages.judge import sizing_notes
+
+    iv = Interval(98.94, 99.33, 0.95, 1000, 0)
+    c = {n: Comparison(n or "overall", 2.84, 2.87, 1.04, 1.05, 100, 99.14, iv) for n in ("wikitext2", None)}
+    c["ultrachat"] = Comparison("ultrachat", 2.7, 2.8, 1.0, 1.0, 100, 99.0, None)
+    notes = sizing_notes(c, {"wikitext2": 99.0, None: 99.9, "ultrachat": 99.95})
+    assert len(notes) == 1 and notes[0].startswith("overall: the threshold 99.90 allows a drop of 0.10 points, but "
+                                                   "this run detects drops from 0.25 points"), notes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.stages.judge import Outcome, Verdict, dataset_comparison, judge, overall_comparison, threshold_source
+from harness.stages.judge import (Outcome, Verdict, baseline_notes, dataset_comparison, judge, overall_comparison,
+                                  run_notes, sizing_notes, threshold_source)
 from harness.metrics import Comparison
 
 
@@ -119,22 +120,10 @@ class JudgingSteps:
         return self._regression
 
     def sizing_notes(self) -> list[str]:
-        """Scores whose threshold asks for a smaller drop than this run can detect: 100 - threshold below the minimum
-        detectable difference of the score's bootstrap interval (one-sided alpha 0.05, power 0.8)."""
-        from harness.tasks.paired import mdd_from_interval
-
-        out = []
-        for n in [*self.dataset_names, None]:
-            c = self.overall() if n is None else self.comparison(n)
-            i = c.interval
-            if i is None:
-                continue
-            m, margin = mdd_from_interval(i.low, i.high, i.confidence), 100 - self.threshold(n)
-            if 0 < margin < m:
-                out.append(f"{n or 'overall'}: the threshold {self.threshold(n):.2f} allows a drop of {margin:.2f} "
-                           f"points, but this run detects drops from {m:.2f} points (one-sided alpha 0.05, power 0.8):"
-                           " score more texts (n_texts) or lower the threshold")
-        return out
+        """Scores whose threshold asks for a smaller drop than this run can detect (judge.sizing_notes)."""
+        names = [*self.dataset_names, None]
+        return sizing_notes({n: self.overall() if n is None else self.comparison(n) for n in names},
+                            {n: self.threshold(n) for n in names})
 
     def verdict(self) -> Verdict:
         with self.clock("judging"):
@@ -148,27 +137,7 @@ class JudgingSteps:
             from harness.recipes.records import RegressionOutcome
 
             outs.append(RegressionOutcome(self.recipe_name, self.recipe_regression()))
-        notes = list(self.notes)
         mine = self.engine_info("nvfp4")
-        from harness import fidelity
-
-        said = fidelity.note(mine.get("fidelity"), mine.get("kernel") or "?")
-        if said:
-            notes.append(said)
-        notes += self.sizing_notes()
-        for n in self.dataset_names:
-            b = self.store.load(self.cfg.name, n)
-            if not b.has_documents:
-                notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
-            said = fidelity.mode_note(n, b.provenance.get("compilation"), mine.get("compilation"))
-            if said:
-                notes.append(said)
-            said = fidelity.cpu_matmul_note(n, b.provenance, mine)
-            if said:
-                notes.append(said)
-            theirs = (b.provenance.get("backend"), b.provenance.get("device"))
-            if mine and theirs != (self.backend, mine.get("device")):
-                notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {self.backend} on "
-                             f"{mine.get('device')}: backends agree to ~0.1% PPL; update the baseline on this setup "
-                             "for the tightest gate")
-        return Verdict(outs, notes)
+        baselines = {n: self.store.load(self.cfg.name, n) for n in self.dataset_names}
+        return Verdict(outs, [*self.notes, *run_notes(mine), *self.sizing_notes(),
+                              *baseline_notes(baselines, mine, self.backend)])

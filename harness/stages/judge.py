@@ -148,3 +148,49 @@ def judge_limit(name: str, stats: dict, key: str, limit: float, source: str, use
         raise HarnessError(f"{name}: {spec.label} is not a finite number ({value}); refusing to report it")
     return LimitOutcome(name=name, key=key, value=value, point=point, interval=interval, limit=limit,
                         passed=spec.passes(value, limit), threshold_source=source)
+
+
+def sizing_notes(comparisons: dict, thresholds: dict) -> list[str]:
+    """Scores whose threshold asks for a smaller drop than this run can detect: 100 - threshold below the minimum
+    detectable difference of the score's bootstrap interval (one-sided alpha 0.05, power 0.8). ``comparisons`` and
+    ``thresholds`` by dataset name (None: overall), in the order they are said."""
+    from harness.tasks.paired import mdd_from_interval
+
+    out = []
+    for n, c in comparisons.items():
+        i = c.interval
+        if i is None:
+            continue
+        m, margin = mdd_from_interval(i.low, i.high, i.confidence), 100 - thresholds[n]
+        if 0 < margin < m:
+            out.append(f"{n or 'overall'}: the threshold {thresholds[n]:.2f} allows a drop of {margin:.2f} "
+                       f"points, but this run detects drops from {m:.2f} points (one-sided alpha 0.05, power 0.8):"
+                       " score more texts (n_texts) or lower the threshold")
+    return out
+
+
+def run_notes(engine: dict) -> list[str]:
+    """What the verdict says of the quantized engine itself: which numerics it measured (harness/fidelity.py)."""
+    from harness import fidelity
+
+    said = fidelity.note(engine.get("fidelity"), engine.get("kernel") or "?")
+    return [said] if said else []
+
+
+def baseline_notes(baselines: dict, engine: dict, backend: str) -> list[str]:
+    """What the verdict says of each BF16 baseline against this run: no per-document NLLs (no interval), compiled or
+    eager, the CPU matmul arithmetic, another backend or device."""
+    from harness import fidelity
+
+    notes = []
+    for n, b in baselines.items():
+        if not b.has_documents:
+            notes.append(f"{n}: baseline has no per-document NLLs: point estimate only, no confidence interval")
+        notes += [s for s in (fidelity.mode_note(n, b.provenance.get("compilation"), engine.get("compilation")),
+                              fidelity.cpu_matmul_note(n, b.provenance, engine)) if s]
+        theirs = (b.provenance.get("backend"), b.provenance.get("device"))
+        if engine and theirs != (backend, engine.get("device")):
+            notes.append(f"{n}: baseline scored with {theirs[0]} on {theirs[1]}, this run with {backend} on "
+                         f"{engine.get('device')}: backends agree to ~0.1% PPL; update the baseline on this setup "
+                         "for the tightest gate")
+    return notes
