@@ -134,3 +134,17 @@ def _sha256(path: Path) -> tuple[str, int]:
             h.update(block)
             size += len(block)
     return h.hexdigest(), size
+
+
+def check_stored(b, top_k: int, where, path_of, hint: str) -> None:
+    """A baseline (``b``, stored at ``where``) that a config comparing top-``top_k`` distributions can use: it carries
+    BF16's top-k, at this k, in an intact file (``path_of(b)``: where the baseline says it is), checked before any
+    quantization or engine start, like the data; else the error that says how to re-create it (``hint``)."""
+    if not b.distributions:
+        raise BaselineError(f"{where}: the config compares next-token distributions (distributions.top_k "
+                            f"{top_k}) but this baseline stores none (made without them); add them with: {hint}")
+    if b.distributions.get("top_k") != top_k:
+        raise BaselineError(f"{where}: stores BF16's top-{b.distributions.get('top_k')}, the config asks for top-"
+                            f"{top_k}: compare at the same k (set distributions.top_k: "
+                            f"{b.distributions.get('top_k')}) or re-create it with: {hint}")
+    verify(path_of(b), b.distributions, hint)

@@ -87,22 +87,12 @@ class BaselineSteps:
         self._check_distributions(b)
 
     def _check_distributions(self, b: Baseline) -> None:
-        """With distributions on, the baseline must carry BF16's top-k at this config's k (checked before any
-        quantization or engine start, like the data)."""
-        if not self.top_k:
-            return
-        where = self.store.path(self.cfg.name, b.dataset)
-        if not b.distributions:
-            raise BaselineError(f"{where}: the config compares next-token distributions (distributions.top_k "
-                                f"{self.top_k}) but this baseline stores none (made without them); add them with: "
-                                f"{self.update_hint}")
-        if b.distributions.get("top_k") != self.top_k:
-            raise BaselineError(f"{where}: stores BF16's top-{b.distributions.get('top_k')}, the config asks for top-"
-                                f"{self.top_k}: compare at the same k (set distributions.top_k: "
-                                f"{b.distributions.get('top_k')}) or re-create it with: {self.update_hint}")
-        from harness.distributions import verify
+        """With distributions on, the baseline must carry BF16's top-k at this config's k (distributions.check_stored)."""
+        if self.top_k:
+            from harness.distributions import check_stored
 
-        verify(self.store.distributions_path(b), b.distributions, self.update_hint)
+            check_stored(b, self.top_k, self.store.path(self.cfg.name, b.dataset), self.store.distributions_path,
+                         self.update_hint)
 
     def update_baselines(self, names: list[str] | None = None) -> list[tuple[Baseline | None, Baseline]]:
         """Score BF16 on every dataset with one engine, then write all baselines (refusing fingerprint changes)."""
@@ -154,17 +144,21 @@ class BaselineSteps:
         return old
 
     def make_baseline(self, name: str, prep: PreparedDataset, s: DatasetScore) -> Baseline:
-        info = self.engine_info("bf16")
-        m = self.cfg.model
-        prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
-                "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": m.max_model_len,
-                "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
-                "compilation": info.get("compilation"), "cpu_matmul": info.get("cpu_matmul"),
-                "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
-                "model_path": m.path, "revision": m.revision, "model_identity": self.model_identity(),
-                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "git_commit": git_commit(self.cfg.root), "eval_s": round(s.eval_s or 0, 3)}
+        prov = provenance(self.engine_info("bf16"), self.backend, self.cfg.model, self.model_identity(),
+                          git_commit(self.cfg.root), s.eval_s)
         return baseline_from_score(self.cfg.name, name, prep, s, prov)
+
+
+def provenance(info: dict, backend: str, model, identity: dict, commit: str | None, eval_s: float | None) -> dict:
+    """What a BF16 baseline records of how it was scored: the engine (``info``), the model as configured and its
+    identity, the date and the commit."""
+    return {"backend": backend, "device": info.get("device"), "versions": info.get("versions", {}),
+            "dtype": info.get("dtype"), "kernel": info.get("kernel"), "max_model_len": model.max_model_len,
+            "engine_kwargs": info.get("engine_kwargs"), "engine_start_s": info.get("engine_start_s"),
+            "compilation": info.get("compilation"), "cpu_matmul": info.get("cpu_matmul"),
+            "engine_start": info.get("engine_start"), "offload": _offload_summary(info.get("offload")),
+            "model_path": model.path, "revision": model.revision, "model_identity": identity,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": commit, "eval_s": round(eval_s or 0, 3)}
 
 
 def _offload_summary(offload: dict | None) -> dict | None:
