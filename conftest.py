@@ -60,13 +60,25 @@ def pytest_collection_modifyitems(config, items):
                                               stdout=log, stderr=log, stdin=subprocess.DEVNULL))
 
 
+def pytest_sessionstart(session):
+    """A run of whole folders (the README's test command, CI): the warm quantization interpreter starts before the
+    collection (~7 s of one core), beside it, as the first tests that build come early; a run that names files or a
+    marker starts it once collected, where a selected test will build (pytest_collection_modifyitems)."""
+    config = session.config
+    if config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER") or config.option.markexpr:
+        return
+    if config.args and all(os.path.isdir(a) for a in config.args):
+        _warm_quantization(None)
+
+
 def _warm_quantization(items) -> None:
     """Where selected tests will build the tiny default's checkpoint (a CPU run with an empty cache): its quantization
     interpreter starts importing llm-compressor now, beside the first tests, as `harness gate` starts it beside its
     data preparation (harness/stages/provide.py warm_up), not on the critical path of the first test that builds (~10 s)."""
     from harness.quant import zygote_client
 
-    if not zygote_client.enabled() or not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items):
+    if not zygote_client.enabled() or (items is not None and
+                                       not any("gpu" not in i.nodeid.split("::")[0].split("/") for i in items)):
         return
     try:
         from harness.config.load import load_config
