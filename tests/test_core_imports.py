@@ -3,10 +3,10 @@ llm-compressor, matplotlib, datasets or numpy; those load only where a step need
 reference is numpy by design and is left out of that list."""
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
+
+import import_graph  # tests/import_graph.py
 
 CORE = ["config.schema", "data.rules", "data.files", "stages.prepare", "stages.provide", "session.engines",
         "stages.judge", "metrics", "baselines", "report.build", "session.gate", "recipes.catalog", "config.bundled",
@@ -33,25 +33,9 @@ def test_the_cli_imports_without_pytest(root):
     assert r.stdout.strip() == "False False", r.stdout
 
 
-def _harness_imports(root: Path) -> dict[str, set[str]]:
-    """Each harness module and the harness modules it imports, anywhere in it (at the top or inside a function)."""
-    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (root / "harness").rglob("*.py")}
-    graph = {}
-    for mod, path in files.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                     if isinstance(node, ast.ImportFrom) and node.module else
-                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-            deps |= {n for n in names if n in files and n != mod}
-        graph[mod] = deps
-    return graph
-
-
 def test_no_import_cycle_among_harness_modules(root):
     """Not even through an import inside a function: each module's dependencies form a tree of layers."""
-    graph = _harness_imports(root)
+    graph = import_graph.graph(root)
     # the run reads the stages' results; the judge never reaches back into the session
     assert "harness.stages.results" in graph["harness.stages.run"]
     assert "harness.session.gate" not in graph["harness.stages.judge"]

@@ -8,6 +8,8 @@ import ast
 import re
 from pathlib import Path
 
+from import_graph import imports, modules
+
 # bottom to top: a package may import from the layers below it and from its own package only
 LAYERS = [
     ["reference"],                    # the NVFP4 format from its definition: imports nothing of the harness
@@ -36,25 +38,6 @@ def unit(module: str, root: Path) -> str:
     """The package a module belongs to (``core`` for the flat modules of harness/ and harness itself)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and (root / "harness" / parts[1]).is_dir() else "core"
-
-
-def modules(root: Path) -> dict[str, Path]:
-    return {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-            for p in (root / "harness").rglob("*.py")}
-
-
-def imports(path: Path, known) -> set[str]:
-    """The harness modules ``path`` imports anywhere in it (``from harness import x`` counts as harness.x)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        out |= {n for n in names if n in known and n != "harness"}
-    return out
 
 
 def layer_of(u: str) -> int:
