@@ -88,7 +88,7 @@ class CheckpointProvider:
         """An existing quantized checkpoint, gated as it is."""
         from harness.checkpoint import existing_checkpoint
 
-        path = self.cfg.resolve(self.existing)
+        path = self.source.checkpoint.path
         info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
         self._check_architecture(path)
         self.log(f"gating the existing checkpoint {path} (scheme {info['scheme']}); no quantization")
