@@ -25,6 +25,7 @@ OWN = os.environ["HARNESS_QUANT_LEDGER"] + ".own"  # node ids of the tests marke
 
 
 _prefetch = []  # the background `harness fetch-model` of this run, if one was started
+_warmed = []  # not empty once the session's start has started the warm quantization interpreter
 
 
 def pytest_configure(config):
@@ -44,7 +45,8 @@ def pytest_collection_modifyitems(config, items):
         with open(OWN, "a", encoding="utf-8") as f:
             f.write("".join(n + "\n" for n in own))
     if not config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
-        _warm_quantization(items)
+        if not _warmed:
+            _warm_quantization(items)
         names = [m.args[0] for i in items for m in i.iter_markers("early")]
         if names:  # other processes' start-up, overlapped with the first tests, in the order the tests come
             import early  # tests/early.py: on the path, as the test modules carrying the marker import it
@@ -69,6 +71,7 @@ def pytest_sessionstart(session):
         return
     if config.args and all(os.path.isdir(a) for a in config.args):
         _warm_quantization(None)
+        _warmed.append(True)  # pytest_collection_modifyitems need not ask again
 
 
 def _warm_quantization(items) -> None:
