@@ -64,7 +64,6 @@ class ModelSource:
     named: str                # model.path as the config writes it
     location: Location        # where it is: a local folder, the package-index model's converted folder, a hub id
     tokenizer: str | None     # model.tokenizer located, None where the model's own is used
-    revision: str | None
     checkpoint: Location | None = None  # model.checkpoint located: an existing checkpoint gated as it is
 
     @property

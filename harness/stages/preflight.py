@@ -68,7 +68,7 @@ def model_source(cfg):
         if loc.is_local and not Path(loc.path).exists():
             raise ConfigError(f"model.{key} {getattr(m, key)!r} does not exist ({loc.path}); give a local checkpoint "
                               "dir or a hub id such as Qwen/Qwen2.5-7B-Instruct")
-    return ModelSource(m.path, found["path"], cfg.resolve(m.tokenizer), m.revision, found.get("checkpoint"))
+    return ModelSource(m.path, found["path"], cfg.resolve(m.tokenizer), found.get("checkpoint"))
 
 
 def scheme_refusal(cfg, backend: str, recipe_name: str, scheme: str, why: str) -> str:
