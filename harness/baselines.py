@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_write_text
 from harness.errors import BaselineError
+from harness.precision import BF16
 
 SCHEMA_VERSION = 1
 
@@ -28,7 +29,7 @@ class Baseline:
     fingerprint: str | None
     doc_nll_sums: list[float] | None = None
     doc_tokens: list[int] | None = None
-    precision: str = "bf16"
+    precision: str = BF16
     words: int | None = None                        # of the scored texts (lm-evaluation-harness metrics)
     bytes: int | None = None
     data: dict = field(default_factory=dict)        # token stats, rules, tokenizer, source

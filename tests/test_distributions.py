@@ -142,11 +142,11 @@ def test_the_gate_compares_distributions_and_w2_fails_on_them(dist_project):
         for s in (good, bad):
             for n in s.dataset_names:
                 s.score(n)
-        g, w = good.distribution_stats(None), bad.distribution_stats(None)
+        g, w = good.judgement(None).distributions, bad.judgement(None).distributions
         assert 0 < g["kld"]["mean"] < 0.012 and g["top1_pct"] > 94
         assert w["kld"]["mean"] > 0.5 and w["top1_pct"] < 60  # 2-bit weights: the distributions are wrecked
-        assert all(o.passed for n in [*good.dataset_names, None] for o in good.limit_outcomes(n))
-        failed = [o for n in [*bad.dataset_names, None] for o in bad.limit_outcomes(n) if not o.passed]
+        assert all(o.passed for n in [*good.dataset_names, None] for o in good.judgement(n).limits)
+        failed = [o for n in [*bad.dataset_names, None] for o in bad.judgement(n).limits if not o.passed]
         assert {(o.name, o.key) for o in failed} == {(n, k) for n in ["wikitext2", "ultrachat", "overall"]
                                                       for k in ("kld_mean_max", "top1_min")}
         assert not bad.verdict().passed and "FAIL overall: KL mean" in bad.verdict().summary()

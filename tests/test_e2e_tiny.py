@@ -134,7 +134,7 @@ def test_run_to_run_noise_is_far_below_the_nvfp4_cost(gate_run, tmp_path):
     cfg.calibration = {**cfg.calibration, "seed": 7}
     s = GateSession(cfg, quiet=True)
     try:
-        other = s.outcome(None).comparison.score
+        other = s.judgement(None).outcome.comparison.score
         assert s.checkpoint().info["cache_hit"] is False  # a different seed is a different cache entry
     finally:
         s.close()

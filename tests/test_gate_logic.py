@@ -84,11 +84,11 @@ def test_small_consistent_loss_passes_and_large_fails(session):
 
 def test_gate_on_lower_bound(session):
     s = session(extra=0.01)
-    c = s.outcome(None).comparison
+    c = s.judgement(None).outcome.comparison
     s.cfg.thresholds.overall = (c.interval.low + c.score) / 2  # between the lower bound and the point estimate
-    assert s.outcome(None).passed
+    assert s.judgement(None).outcome.passed
     s.cfg.thresholds.use = "lower"
-    o = s.outcome(None)
+    o = s.judgement(None).outcome
     assert o.gated_value == c.interval.low < c.score
     assert not o.passed and "score lower bound" in o.message()
 
@@ -187,18 +187,18 @@ def test_threshold_precedence_command_line_then_config_then_recipe_then_default(
     cfg_path = project / "configs/tiny.yaml"
     full = yaml.safe_load(cfg_path.read_text())  # overall 99.0, wikitext2 98.5, ultrachat 98.5
     s = GateSession(load_config(cfg_path), quiet=True)
-    assert [s.threshold_source(n) for n in ("wikitext2", "ultrachat", None)] == [(98.5, "config")] * 2 + [(99.0, "config")]
-    assert GateSession(load_config(cfg_path), quiet=True, min_score=99.9).threshold_source("ultrachat") == \
+    assert [s.threshold(n) for n in ("wikitext2", "ultrachat", None)] == [(98.5, "config")] * 2 + [(99.0, "config")]
+    assert GateSession(load_config(cfg_path), quiet=True, min_score=99.9).threshold("ultrachat") == \
         (99.9, "--min-score")
     full["thresholds"] = {"datasets": {"wikitext2": 98.0}}  # overall not written: the recipe's counts
     cfg_path.write_text(yaml.safe_dump(full))
     s = GateSession(load_config(cfg_path), quiet=True)
-    assert s.threshold_source("wikitext2") == (98.0, "config")
-    assert s.threshold_source("ultrachat") == (99.6, "recipe nvfp4")
-    assert s.threshold_source(None) == (99.7, "recipe nvfp4")
+    assert s.threshold("wikitext2") == (98.0, "config")
+    assert s.threshold("ultrachat") == (99.6, "recipe nvfp4")
+    assert s.threshold(None) == (99.7, "recipe nvfp4")
     _with_recipe_thresholds(project, {})
     s = GateSession(load_config(cfg_path), quiet=True)
-    assert s.threshold_source("ultrachat") == s.threshold_source(None) == (99.0, "default")
+    assert s.threshold("ultrachat") == s.threshold(None) == (99.0, "default")
 
 
 def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
@@ -209,13 +209,13 @@ def test_a_recipe_threshold_naming_no_dataset_is_refused(project):
 
 
 def test_the_verdict_and_report_say_where_each_threshold_came_from(session):
-    from harness.report.build import build_report
     from harness.report.markdown import overall_table
+    from harness.stages.run import report_of
 
     s = session()
     v = s.verdict()
     assert all("min 98.50 (config)" in o.message() or "min 99.00 (config)" in o.message() for o in v.outcomes)
-    rep = build_report(s, v)
+    rep = report_of(s)
     assert rep["overall"]["threshold_source"] == "config"
     assert {d["threshold_source"] for d in rep["datasets"]} == {"config"}
     assert re.search(r"\|\s+99\.00 \(config\) \|", overall_table(rep)), overall_table(rep)
@@ -337,7 +337,7 @@ def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the
     s = session()
     s.cfg.prepare_beside_engine = True
     lines = []
-    s._external_log = lines.append
+    s.log.external = lines.append
     init = FakeBackend.__init__
 
     def spy(self, spec):
@@ -401,7 +401,7 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     failing.cfg.prepare_beside_engine = True
     with pytest.raises(HarnessError, match="only 1 texts survive"):
         failing.start_beside_prepare(tmp_path / "reports")
-    assert ALIVE == [] and scored == [] and "[12:00:00] ultrachat: 200 texts kept" in failing.log_lines
+    assert ALIVE == [] and scored == [] and "[12:00:00] ultrachat: 200 texts kept" in failing.log.lines
 
     # unset: on machines of two or more cores, in a process without transformers (a fresh `harness gate`: the e2e
     # README-path test shows it there); off: not early
@@ -409,9 +409,9 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert unset.start_beside_prepare(tmp_path / "r") is False  # transformers loaded here: preparing here is quick
     monkeypatch.delitem(sys.modules, "transformers")
-    unset.backend = "vllm"  # on the H200 vLLM's start slowed by as much as the overlap saved: prepares first
+    unset.ctx = dataclasses.replace(unset.ctx, backend="vllm")  # on the H200 vLLM's start slowed by as much as the overlap saved: prepares first
     assert unset.start_beside_prepare(tmp_path / "r") is False
-    unset.backend = "hf"
+    unset.ctx = dataclasses.replace(unset.ctx, backend="hf")
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert unset.start_beside_prepare(tmp_path / "r") is False  # one core: nothing to overlap on
     unset.cfg.prepare_beside_engine = False

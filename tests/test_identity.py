@@ -94,7 +94,7 @@ def test_the_gate_says_an_unpinned_revision_out_loud(root, monkeypatch, tmp_path
     cfg = load_config(root / "configs/tiny.yaml", {"model.path": "Qwen/Qwen2.5-7B-Instruct",
                                                    "model.tokenizer": "builtin:tiny"})
     lines = []
-    GateSession(cfg, log=lines.append).model_identity()
+    GateSession(cfg, log=lines.append).ctx.identity
     assert any("model.revision is not pinned: Qwen/Qwen2.5-7B-Instruct@main is unresolved" in ln and
                "pin model.revision" in ln for ln in lines)
 

@@ -147,18 +147,18 @@ def test_a_gate_that_will_build_starts_the_quantization_interpreter_before_prepa
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))
     s = GateSession(load_config(), quiet=True, quant_python=interp.python)
     try:
-        assert s.warm_up_quantization() is True
+        assert s.provider.warm_up() is True
         assert s._prepared == {}  # before any data
         (zygote,) = [z for k, z in qz._zygotes.items() if k[0] == interp.python]
         assert zygote.ready.wait(30) and zygote.alive()
         assert calls.read_text().split()[:2] == ["-m", "harness.quant.zygote"]  # (its first line, once it is up)
-        assert s.warm_up_quantization() is True  # again: the same one
+        assert s.provider.warm_up() is True  # again: the same one
         assert [z for k, z in qz._zygotes.items() if k[0] == interp.python] == [zygote]
     finally:
         s.close()
     monkeypatch.setenv(qz.ENV_SWITCH, "0")
     s = GateSession(load_config(), quiet=True, quant_python=interp.python)
-    assert s.warm_up_quantization() is False
+    assert s.provider.warm_up() is False
 
 
 def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, own_zygotes):
@@ -167,7 +167,7 @@ def test_no_warm_up_where_the_checkpoint_is_cached(tiny_checkpoint, tmp_path, ow
 
     interp, calls = _interp(tmp_path)
     s = GateSession(load_config(), quiet=True, quant_python=interp.python)  # the suite's cache holds its entry
-    assert s.warm_up_quantization() is False and not [k for k in qz._zygotes if k[0] == interp.python]
+    assert s.provider.warm_up() is False and not [k for k in qz._zygotes if k[0] == interp.python]
 
 
 def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, monkeypatch):
@@ -176,10 +176,11 @@ def test_the_warm_up_comes_after_the_input_checks_and_before_the_data(tmp_path, 
     from harness.config.load import load_config
     from harness.errors import HarnessError as Refused
     from harness.session.gate import GateSession
+    from harness.stages.provide import CheckpointProvider
 
     order = []
     prepared = GateSession.prepared
-    monkeypatch.setattr(GateSession, "warm_up_quantization", lambda self: order.append("warm up") or True)
+    monkeypatch.setattr(CheckpointProvider, "warm_up", lambda self: order.append("warm up") or True)
     monkeypatch.setattr(GateSession, "prepared", lambda self, name: order.append("prepare") or prepared(self, name))
     (tmp_path / "a-file").write_text("not a folder")
     s = GateSession(load_config(), quiet=True)
@@ -207,4 +208,4 @@ def test_a_warm_up_that_cannot_tell_leaves_the_error_to_the_stage_that_reports_i
         raise ConnectionError("no network")
 
     monkeypatch.setattr(s.provider, "_model_identity", offline)
-    assert s.warm_up_quantization() is False and not [k for k in qz._zygotes if k[0] == interp.python]
+    assert s.provider.warm_up() is False and not [k for k in qz._zygotes if k[0] == interp.python]

@@ -269,12 +269,14 @@ def test_a_baseline_records_the_engine_mode(root, monkeypatch):
     from harness.session.gate import GateSession
 
     s = GateSession(load_config(root / "configs/tiny.yaml"), quiet=True)
-    s._engine_info["bf16"] = {"backend": "vllm", "compilation": {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}}
+    info = {"backend": "vllm", "compilation": {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}}
     prep = s.prepared("wikitext2")
     from harness.metrics import DatasetScore
+    from harness.session.baselines import make_baseline
 
-    b = s.make_baseline("wikitext2", prep, DatasetScore(nll_sums=[1.0] * len(prep.token_ids),
-                                                        n_tokens=[len(t) - 1 for t in prep.token_ids], eval_s=1.0))
+    b = make_baseline(s.ctx, "wikitext2", prep, DatasetScore(nll_sums=[1.0] * len(prep.token_ids),
+                                                             n_tokens=[len(t) - 1 for t in prep.token_ids],
+                                                             eval_s=1.0), info)
     assert b.provenance["compilation"] == {"mode": "compiled", "compilation_mode": "VLLM_COMPILE"}
 
 

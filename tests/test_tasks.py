@@ -403,7 +403,7 @@ def test_a_generated_task_on_data_parallel_engines_is_refused_before_anything_st
     s = GateSession(cfg, quiet=True)
     with pytest.raises(ConfigError, match=r"tasks.gsm8k is generated.*data_parallel_size > 1\) have no generation path"):
         s.preflight()
-    assert s.engines.opened == [] and not s._task_items
+    assert s.engines.opened == [] and not [k for k in s._memo if k[0] == "task_items"]
 
 
 # ---- the lighteval style (the SmolLM2 model cards' setting) -----------------------------------------------------

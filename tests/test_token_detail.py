@@ -25,7 +25,8 @@ def test_summary_counts_drops_and_ranks_documents(tmp_path):
 def test_token_detail_end_to_end(quick_project, tmp_path):
     import shutil
 
-    from harness.report.build import build_report, session_token_logprobs, write_report
+    from harness.report.build import token_logprobs, write_report
+    from harness.stages.run import report_of
 
     project = tmp_path / "project"
     shutil.copytree(quick_project, project)
@@ -35,8 +36,8 @@ def test_token_detail_end_to_end(quick_project, tmp_path):
     assert writer.store.tokens_path(cfg.name, "ultrachat").exists()
     s = GateSession(cfg, quiet=True, token_detail=True)
     try:
-        rep = build_report(s, s.verdict())
-        out = write_report(rep, tmp_path / "reports", s.log_lines, session_token_logprobs(s))
+        rep = report_of(s)
+        out = write_report(rep, tmp_path / "reports", s.log.lines, token_logprobs(s.scores()))
     finally:
         s.close()
     t = {d["dataset"]: d["token_detail"] for d in rep["datasets"]}

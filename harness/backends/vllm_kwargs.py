@@ -10,6 +10,7 @@ from pathlib import Path
 from harness.backends.base import EngineSpec
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
 from harness.errors import BackendError, ConfigError
+from harness.precision import BF16
 
 
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
@@ -67,7 +68,7 @@ def check_parallel(kwargs: dict) -> None:
 
 def fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:
     """A W4A4 checkpoint on a GPU without FP4 units runs as the config's ``fidelity`` says (harness/fidelity.py)."""
-    if spec.precision == "bf16" or not Path(spec.model, "config.json").is_file():
+    if spec.precision == BF16 or not Path(spec.model, "config.json").is_file():
         return kwargs, None
     import torch
 

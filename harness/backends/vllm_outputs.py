@@ -6,11 +6,12 @@ from typing import Sequence
 
 from harness.backends.base import DocResult
 from harness.errors import BackendError
+from harness.precision import BF16
 
 
 def kernel_label(class_names: Sequence[str], precision: str) -> str:
     """What ran for the quantized layers; none found in a quantized run is "unknown", never "dense"."""
-    if precision == "bf16":
+    if precision == BF16:
         return "dense bf16"
     if not class_names:
         return "unknown (no quantized kernel found in the loaded model)"

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli.options import add_options, positive_int
+from harness.precision import NVFP4, PRECISIONS
 
 
 def common_options(p: argparse.ArgumentParser, quant: bool = True, backend: bool = True) -> None:
@@ -37,7 +38,7 @@ def _score(sub) -> None:
     s = sub.add_parser("score", help="score one precision on the config's datasets (no baselines needed)",
                        description="Score BF16 or the quantized checkpoint; prints PPL/NLL/tokens per dataset.")
     common_options(s)
-    s.add_argument("--precision", choices=("bf16", "nvfp4"), default="nvfp4")
+    s.add_argument("--precision", choices=PRECISIONS, default=NVFP4)
     s.add_argument("--dataset", action="append", default=None, help="dataset name (repeatable; default: all)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
@@ -137,7 +138,7 @@ def _synth_checkpoint(sub) -> None:
     y.add_argument("--like", required=True, metavar="ID_OR_PATH",
                    help="the shape: a config.json, a model dir, a hub id (only config.json is fetched; "
                         "Qwen/Qwen2.5-{0.5B,1.5B,7B,72B}-Instruct are known offline)")
-    y.add_argument("--precision", choices=("nvfp4", "bf16"), default="nvfp4")
+    y.add_argument("--precision", choices=PRECISIONS, default=NVFP4)
     y.add_argument("--layout", choices=("compressed-tensors", "modelopt"), default="compressed-tensors",
                    help="NVFP4 tensor layout: compressed-tensors (llm-compressor's) or NVIDIA ModelOpt's")
     y.add_argument("--bf16-view", type=Path, default=None, metavar="DIR",

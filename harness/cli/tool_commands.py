@@ -9,6 +9,7 @@ from pathlib import Path
 from harness.cli.gate_commands import session_for, show_verdict
 from harness.cli.parser import dataset_defaults
 from harness.errors import HarnessError
+from harness.precision import NVFP4
 
 
 def stats_config(a):
@@ -55,7 +56,7 @@ def cmd_synth(a) -> int:
     from harness.models.synth import SynthSpec, resolve_shape
     from harness.models.synth_write import write_checkpoint, write_dequant_view
 
-    if a.bf16_view and a.precision != "nvfp4":
+    if a.bf16_view and a.precision != NVFP4:
         raise HarnessError("--bf16-view needs --precision nvfp4 (it is a view of the NVFP4 checkpoint)")
     if a.std <= 0 or a.act_amax <= 0 or a.shard_gb <= 0:
         raise HarnessError("--std, --act-amax and --shard-gb must be positive")

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
 from harness.errors import ConfigError, unknown_name
+from harness.precision import PRECISIONS
 
-PRECISIONS = ("bf16", "nvfp4")
 
 
 def one_of(what: str, v: str, names, more: str = "") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
+from harness.precision import NVFP4
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +47,7 @@ def harness_checkpoint(harness_session):
 @pytest.fixture(scope="session")
 def harness_scores(harness_session):
     """The score stage's result (harness.stages.results.Scores) for NVFP4: every dataset scored, the engine's info."""
-    return harness_session.scores("nvfp4")
+    return harness_session.scores(NVFP4)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,7 @@ def scoring_engine(harness_session):
     """``scoring_engine(precision="nvfp4")`` -> the started backend for that precision. One engine is alive at a
     time: asking for another precision closes (and frees) the current one first."""
 
-    def get(precision: str = "nvfp4"):
+    def get(precision: str = NVFP4):
         harness_session.start_engine(precision)
         return harness_session.engines.current
 

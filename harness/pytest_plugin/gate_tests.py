@@ -13,6 +13,7 @@ Quantization and scoring times are captured by pytest-benchmark (extra_info carr
 from __future__ import annotations
 
 import pytest
+from harness.precision import BF16, NVFP4
 
 pytestmark = pytest.mark.harness_gate
 
@@ -27,22 +28,22 @@ def test_quantize(harness_session, benchmark):
 def test_dataset_score(harness_session, scoring_engine, harness_dataset, benchmark):
     b = harness_session.baseline(harness_dataset)  # data checked against the baseline before any scoring
     if harness_session.update_mode:  # the baseline on disk is the BF16 score this run made, for this run's data
-        bf16 = harness_session.score(harness_dataset, "bf16")
+        bf16 = harness_session.score(harness_dataset, BF16)
         assert (b.ppl, b.tokens, b.fingerprint) == (bf16.ppl, bf16.tokens,
                                                     harness_session.prepared(harness_dataset).fingerprint)
-    scoring_engine("nvfp4")  # started before the benchmark: engine start stays out of the scoring time
+    scoring_engine(NVFP4)  # started before the benchmark: engine start stays out of the scoring time
     s = benchmark.pedantic(harness_session.score, args=(harness_dataset,), rounds=1, iterations=1)
-    info = harness_session.engine_info("nvfp4")
+    info = harness_session.engine_info(NVFP4)
     benchmark.extra_info.update(ppl=s.ppl, nll=s.nll, tokens=s.tokens, tokens_per_s=s.tokens_per_s,
                                 kernel=info.get("kernel"), engine_start_s=info.get("engine_start_s"))
-    outcome = harness_session.outcome(harness_dataset)
+    outcome = harness_session.judgement(harness_dataset).outcome
     assert outcome.passed, outcome.message()
 
 
 def test_overall_score(harness_session):
-    outcome = harness_session.outcome(None)
+    outcome = harness_session.judgement(None).outcome
     assert outcome.passed, harness_session.verdict().summary()
-    assert all(key[1] != "bf16" or harness_session.update_mode for key in harness_session.engines.opened), \
+    assert all(key[1] != BF16 or harness_session.update_mode for key in harness_session.engines.opened), \
         "the normal gate must never start a BF16 engine"
 
 
@@ -51,7 +52,7 @@ def test_task(harness_session, scoring_engine, harness_task, benchmark):
     """One task of the config's `tasks`: its items checked against the BF16 task baseline before any scoring, scored
     in the gate's engine, recovery (and flips, where bounded) within the config's limits. Collected per task."""
     harness_session.task_baseline(harness_task)
-    scoring_engine("nvfp4")
+    scoring_engine(NVFP4)
     s = benchmark.pedantic(harness_session.task_score, args=(harness_task,), rounds=1, iterations=1)
     o = harness_session.task_outcome(harness_task)
     p = o.paired
@@ -66,7 +67,7 @@ def test_recipe_not_worse_than_the_best(harness_session):
     """The recipe against the stored result of the config's best recipe (recipe_regression: best, margin), on the
     same documents: fails when the whole paired interval of (recipe - best) is below -margin. A missing stored result
     fails and names the command that stores it (--record-recipe). Collected for configs with `recipe_regression`."""
-    harness_session.scores("nvfp4")  # every dataset scored (once per session)
+    harness_session.scores(NVFP4)  # every dataset scored (once per session)
     from harness.recipes.records import message
 
     r = harness_session.recipe_regression()
@@ -87,7 +88,7 @@ def test_overall_distribution(harness_session):
 
 
 def _assert_limits(session, name):
-    outcomes = session.limit_outcomes(name)
+    outcomes = session.judgement(name).limits
     if not outcomes:
         pytest.skip("distributions are on but no kld_mean_max / top1_min limit is set (config or recipe): reported, "
                     "not gated")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from harness.precision import NVFP4
 
 
 def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence: float = 0.95,
@@ -37,36 +38,36 @@ def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence
     return {"difference": d, "low": lo, "high": hi, "confidence": confidence, "word": word}
 
 
-def bf16_documents(session) -> dict:
-    """dataset -> (per-document NLL sums, token counts) of the stored BF16 baselines: what recipes are paired on
-    (here, and in the recipe regression); a BaselineError when a baseline holds no per-document NLLs."""
+def bf16_documents(baselines: dict, update_hint: str) -> dict:
+    """dataset -> (per-document NLL sums, token counts) of the stored BF16 baselines (dataset -> Baseline): what
+    recipes are paired on (here, and in the recipe regression); a BaselineError when a baseline holds no
+    per-document NLLs."""
     from harness.errors import BaselineError
 
-    bs = {n: session.baseline(n) for n in session.dataset_names}
-    missing = [n for n, b in bs.items() if not b.has_documents]
+    missing = [n for n, b in baselines.items() if not b.has_documents]
     if missing:
         raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
-                            f"re-create them: {session.update_hint}")
-    return {n: (b.doc_nll_sums, b.doc_tokens) for n, b in bs.items()}
+                            f"re-create them: {update_hint}")
+    return {n: (b.doc_nll_sums, b.doc_tokens) for n, b in baselines.items()}
 
 
-def recipe_row(session, verdict) -> dict:
+def recipe_row(recipe: str, judged, checkpoint, scores, time: dict) -> dict:
+    """One recipe's row of the comparison, from its judge, provide and score stages' results."""
     from harness.checkpoint import disk_size
 
-    o = session.overall()
-    ck = session.checkpoint()
-    path, info = ck.path, ck.info
-    dist = session.distribution_stats(None) or {}
+    o = judged.overall.comparison
+    path, info = checkpoint.path, checkpoint.info
+    dist = judged.overall.distributions or {}
     kld = dist.get("kld") or {}
-    return {"recipe": session.recipe_name, "score": o.score,
+    return {"recipe": recipe, "score": o.score,
             "low": o.interval.low if o.interval else None, "high": o.interval.high if o.interval else None,
-            "ppl": o.ppl_model, "threshold": session.threshold(None), "passed": verdict.passed,
+            "ppl": o.ppl_model, "threshold": judged.overall.threshold, "passed": judged.verdict.passed,
             "kld_mean": kld.get("mean"), "kld_p99": kld.get("p99"),
             "top1_pct": dist.get("top1_pct"), "dp_mean_pct": (dist.get("dp_pct") or {}).get("mean"),
             "bytes": disk_size(path), "scheme": info.get("scheme"), "cache_hit": info.get("cache_hit"),
-            "kernel": session.engine_info("nvfp4").get("kernel"), "time": session.time_breakdown(),
+            "kernel": scores.engine.get("kernel"), "time": time,
             "tasks": [{"task": o.name, "metric": o.metric, "passed": o.passed, **o.paired.to_dict()}
-                      for o in session.task_outcomes()]}
+                      for o in judged.task_outcomes]}
 
 
 def run(make_session, recipes: list[str], log=print) -> dict:
@@ -87,15 +88,16 @@ def run(make_session, recipes: list[str], log=print) -> dict:
             for n in s.task_names:  # the same engine
                 s.task_score(n)
             s.engines.close()
-            verdict = s.verdict()
-            row = recipe_row(s, verdict)
-            if s.recipe_record():
-                row["record"] = str(s.recipe_record())
+            judged = s.judged()
+            verdict = judged.verdict
+            row = recipe_row(s.recipe_name, judged, s.checkpoint(), s.scores(NVFP4), s.time_breakdown())
+            if judged.recipe_record:
+                row["record"] = str(judged.recipe_record)
             if ref is None:
-                ref = bf16_documents(s)
+                ref = bf16_documents(judged.baselines, s.update_hint)
                 t = s.cfg.thresholds
             rows.append(row)
-            docs[r] = s.scores("nvfp4").documents
+            docs[r] = s.scores(NVFP4).documents
             log(f"{r}: score {row['score']:.2f} [{row['low']:.2f}, {row['high']:.2f}] "
                 f"{'PASSED' if verdict.passed else 'FAILED'}")
         except BaselineError:

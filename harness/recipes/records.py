@@ -27,23 +27,24 @@ def record_path(baselines_dir: Path, model: str, recipe: str) -> Path:
     return Path(baselines_dir) / model / "recipes" / f"{recipe}.json"
 
 
-def make_record(session) -> dict:
-    """The record of a session that scored every dataset (its gate ran)."""
+def make_record(ctx, recipe, overall, prepared, scores) -> dict:
+    """The record of a run that scored every dataset (its gate ran): ``ctx`` the run's context
+    (harness/session/context.py), ``recipe`` None for an existing checkpoint (recorded as it is), ``overall`` its
+    overall Comparison, ``prepared`` and ``scores`` the prepare and score stages' results."""
     from harness.recipes.catalog import recipe_id
 
-    o = session.overall()
     datasets = {}
-    for n in session.dataset_names:
-        s = session.score(n)
-        datasets[n] = {"fingerprint": session.prepared(n).fingerprint, "tokens": int(sum(s.n_tokens)),
+    for n in prepared.names:
+        s = scores[n]
+        datasets[n] = {"fingerprint": prepared[n].fingerprint, "tokens": int(sum(s.n_tokens)),
                        "doc_nll_sums": [float(x) for x in s.nll_sums], "doc_tokens": [int(t) for t in s.n_tokens]}
-    recipe = None if session.existing else session.recipe()  # an existing checkpoint is recorded as it is
-    return {"format": FORMAT, "model": session.cfg.name, "recipe": session.recipe_name,
+    o = overall
+    return {"format": FORMAT, "model": ctx.cfg.name, "recipe": ctx.recipe_name,
             "recipe_sha256": recipe and recipe_id(recipe.recipe_text),
-            "scheme": recipe and recipe.scheme, "checkpoint": session.existing or None,
+            "scheme": recipe and recipe.scheme, "checkpoint": ctx.existing or None,
             "score": o.score, "low": o.interval.low if o.interval else None,
-            "high": o.interval.high if o.interval else None, "backend": session.backend,
-            "kernel": session.engine_info("nvfp4").get("kernel"), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "high": o.interval.high if o.interval else None, "backend": ctx.backend,
+            "kernel": scores.engine.get("kernel"), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "datasets": datasets}
 
 
@@ -107,17 +108,14 @@ def record_hint(cfg, recipe: str) -> str:
             f"--recipe {recipe} --record-recipe)")
 
 
-def regression(session) -> dict:
-    """The config's recipe_regression for a session that scored every dataset."""
-    from harness.recipes.compare import bf16_documents
-
-    spec, cfg = session.cfg.recipe_regression, session.cfg
+def regression(cfg, ref: dict, scores, prepared) -> dict:
+    """The config's recipe_regression for a run that scored every dataset: ``ref`` the BF16 baselines' documents
+    (compare.bf16_documents), ``scores`` and ``prepared`` the score and prepare stages' results."""
+    spec = cfg.recipe_regression
     best = load_record(cfg.path_of("baselines_dir"), cfg.name, spec.best, record_hint(cfg, spec.best))
-    ref = bf16_documents(session)
-    current = session.scores("nvfp4").documents
-    fps = {n: session.prepared(n).fingerprint for n in session.dataset_names}
+    fps = {n: prepared[n].fingerprint for n in prepared.names}
     t = cfg.thresholds
-    return check(best, current, ref, fps, spec.margin, t.bootstrap_samples, t.confidence, t.seed)
+    return check(best, scores.documents, ref, fps, spec.margin, t.bootstrap_samples, t.confidence, t.seed)
 
 
 @dataclass

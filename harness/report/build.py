@@ -17,45 +17,47 @@ from harness.report.markdown import render_markdown
 REPORT_SCHEMA = 1
 
 
-def build_report(session, verdict) -> dict:
-    """Collect everything a reader needs from a finished GateSession."""
-    cfg = session.cfg
-    ck = session.checkpoint()
-    q_info = session.engine_info("nvfp4")
-    datasets = [dataset_row(session, name) for name in session.dataset_names]
-    o = session.overall()
-    overall = overall_block(datasets, interval=_interval(o), threshold=session.threshold(None))
-    overall["threshold_source"] = session.threshold_source(None)[1]
-    overall["distributions"] = session.distribution_stats(None)
-    overall["limits"] = [limit_row(o, cfg.thresholds.confidence) for o in session.limit_outcomes(None)]
-    b0 = session.baseline(session.dataset_names[0])
+def build_report(run, prepared, checkpoint, scores, judged, *, tokenizer, baseline_updates=(), started: float,
+                 time_breakdown: dict) -> dict:
+    """Everything a reader needs, from the stage results: ``prepared``, ``checkpoint``, ``scores`` and ``judged``
+    (harness/stages/results.py, judge.py), with ``run`` the run's context (harness/session/context.py: config,
+    recipe, backend, model source, baseline store); ``tokenizer()`` decodes the worst positions' tokens."""
+    cfg, ck, q_info = run.cfg, checkpoint, dict(scores.engine)
+    datasets = [dataset_row(run, n, prepared[n], scores[n], judged, tokenizer) for n in prepared.names]
+    o = judged.overall
+    overall = overall_block(datasets, interval=_interval(o.comparison), threshold=o.threshold)
+    overall["threshold_source"] = o.threshold_source
+    overall["distributions"] = o.distributions
+    overall["limits"] = [limit_row(x, cfg.thresholds.confidence) for x in o.limits]
+    b0 = judged.baselines[prepared.names[0]]
     return {
         "schema_version": REPORT_SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": cfg.source_path, "model": cfg.name, "model_path": cfg.model.path, "recipe": session.recipe_name,
-        "scheme": ck.info.get("scheme"), "backend": session.backend,
+        "config": cfg.source_path, "model": cfg.name, "model_path": cfg.model.path, "recipe": run.recipe_name,
+        "scheme": ck.info.get("scheme"), "backend": run.backend,
         "kernel": q_info.get("kernel"), "engine": q_info,
         "max_model_len": cfg.model.max_model_len,
-        "top_k": session.top_k or None,
+        "top_k": run.top_k or None,
         "datasets": datasets,
         "overall": overall,
-        "gate": {"passed": verdict.passed, "use": cfg.thresholds.use, "confidence": cfg.thresholds.confidence,
-                 "summary": verdict.summary()},
-        "tasks": session.task_rows(),
-        "baselines": {n: baseline_origin(session, n) for n in session.dataset_names},
+        "gate": {"passed": judged.verdict.passed, "use": cfg.thresholds.use, "confidence": cfg.thresholds.confidence,
+                 "summary": judged.verdict.summary()},
+        "tasks": list(judged.task_rows),
+        "baselines": {n: baseline_origin(run.store.path(cfg.name, n), b) for n, b in judged.baselines.items()},
         "bf16_engine": {k: b0.provenance.get(k) for k in ("engine_kwargs", "engine_start_s", "engine_start", "offload")},
-        "checkpoints": checkpoints_block(Path(session.source.path), ck.path, ck.info),
-        "baseline_updates": update_rows(session.baseline_updates),
-        "recipe_regression": session.recipe_regression(),  # None unless the config asks (harness/recipes/records.py)
-        "recipe_record": str(session.recipe_record() or "") or None,
-        "wall_s": round(time.time() - session.started, 1),
-        "time": session.time_breakdown(),  # brought up to date when the report is written (write_report)
+        "checkpoints": checkpoints_block(Path(run.source.path), ck.path, ck.info),
+        "baseline_updates": update_rows(baseline_updates),
+        "recipe_regression": judged.regression,  # None unless the config asks (harness/recipes/records.py)
+        "recipe_record": str(judged.recipe_record or "") or None,
+        "wall_s": round(time.time() - started, 1),
+        "time": time_breakdown,  # brought up to date when the report is written (write_report)
     }
 
 
-def dataset_row(session, name: str) -> dict:
+def dataset_row(run, name: str, prep, s, judged, tokenizer) -> dict:
     """One dataset's row of report.json: BF16 (the baseline), the quantized model, the comparison and its limits."""
-    b, s, prep, c = session.baseline(name), session.score(name), session.prepared(name), session.comparison(name)
+    b, j = judged.baselines[name], judged.judgements[name]
+    c = j.comparison
     return {
         "dataset": name,
         "bf16": {"ppl": b.ppl, "nll": b.nll, "tokens": b.tokens, "kept_texts": b.kept_texts,
@@ -64,11 +66,11 @@ def dataset_row(session, name: str) -> dict:
                  **lm_eval_metrics(b.nll * b.tokens, b.words, b.bytes)},
         "nvfp4": {"ppl": s.ppl, "nll": s.nll, "tokens": s.tokens, "kept_texts": prep.stats.kept_texts,
                   "eval_s": round(s.eval_s or 0, 3), "tokens_per_s": s.tokens_per_s, **s.lm_eval_metrics()},
-        "score": c.score, "interval": _interval(c), "threshold": session.threshold(name),
-        "threshold_source": session.threshold_source(name)[1],
-        "data": prep.summary(), "token_detail": session.token_summary(name),
-        "distributions": with_token_text(session.distribution_stats(name), session.tokenizer),
-        "limits": [limit_row(o, session.cfg.thresholds.confidence) for o in session.limit_outcomes(name)],
+        "score": c.score, "interval": _interval(c), "threshold": j.threshold,
+        "threshold_source": j.threshold_source,
+        "data": prep.summary(), "token_detail": judged.token_summaries.get(name),
+        "distributions": with_token_text(j.distributions, tokenizer),
+        "limits": [limit_row(o, run.cfg.thresholds.confidence) for o in j.limits],
     }
 
 
@@ -165,11 +167,10 @@ def _brief(b) -> dict | None:
             "backend": b.provenance.get("backend"), "device": b.provenance.get("device"), "date": b.provenance.get("date")}
 
 
-def baseline_origin(session, name: str) -> dict:
-    """Which BF16 baseline a dataset was compared against: its file, when and where it was scored."""
-    b = session.baseline(name)
+def baseline_origin(path: Path, b) -> dict:
+    """Which BF16 baseline (stored at ``path``) a dataset was compared against: when and where it was scored."""
     p = b.provenance
-    return {"path": str(session.store.path(session.cfg.name, name)), "date": p.get("date"), "backend": p.get("backend"),
+    return {"path": str(path), "date": p.get("date"), "backend": p.get("backend"),
             "device": p.get("device"), "versions": p.get("versions"), "git_commit": p.get("git_commit"),
             "mode": (p.get("compilation") or {}).get("mode")}
 
@@ -205,6 +206,6 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
     return folder.final
 
 
-def session_token_logprobs(session) -> dict[str, list[list[float]]]:
-    return {n: session.score(n).token_logprobs for n in session.dataset_names
-            if session.score(n).token_logprobs is not None}
+def token_logprobs(scores) -> dict[str, list[list[float]]]:
+    """dataset -> per-document per-token logprobs, for the datasets scored with token_detail."""
+    return {n: s.token_logprobs for n, s in scores.datasets.items() if s.token_logprobs is not None}

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from harness.precision import BF16
 
 
 def docs_of(session, texts: int, max_tokens: int) -> list[list[int]]:
@@ -134,7 +135,7 @@ def compute_dtype(cfg, asked: str) -> str:
     gate's engine uses (bf16 matrix products on CPUs without bf16 units are ~5x slower: 17.6 s vs 3.8 s a variant on
     SmolLM2-135M, 2 cores), and the config's own (bf16) on a GPU. The weights and their NVFP4 values are the same
     numbers in either; the ranking is of NVFP4's harm, not of bf16 rounding."""
-    kw = cfg.model.engine.setdefault("bf16", {}).setdefault("hf", {})
+    kw = cfg.model.engine.setdefault(BF16, {}).setdefault("hf", {})
     if asked == "auto":
         import torch
 
@@ -154,13 +155,13 @@ def cmd_sensitivity(a, session) -> int:
         new_recipe_path(cfg, a.write_recipe)  # refused before the work, not after it
     dtype = compute_dtype(cfg, a.dtype)
     docs = docs_of(session, a.texts, a.max_tokens)
-    session.start_engine("bf16")
+    session.start_engine(BF16)
     backend = session.engines.current
     top_k = a.top_k or (cfg.distributions.top_k if cfg.distributions else 20)
     probe = S.Probe(backend, docs, top_k, scheme=a.scheme, log=session.log)
     setup_s = time.time() - t0
     sens = S.run(probe, by=a.by, mode=a.mode)
-    target = a.target if a.target is not None else session.threshold(None)
+    target = a.target if a.target is not None else session.threshold(None)[0]
     suggestion = None if a.no_suggest else S.suggest(probe, sens, target, a.max_units)
     variants = [m for _, m in sens.rows]
     rep = to_dict(sens, suggestion, {"model": cfg.name, "config": cfg.source_path, "model_path": cfg.model.path,

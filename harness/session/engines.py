@@ -1,6 +1,8 @@
 """One scoring engine alive at a time: the rule the gate keeps for GPU memory."""
 from __future__ import annotations
 
+from harness.precision import BF16
+
 
 class EngineManager:
     """Holds at most one scoring engine; asking for another closes (and frees) the current one first.
@@ -40,3 +42,35 @@ class EngineManager:
                 self.current, self.key = None, None
                 if EngineManager._holder is self:
                     EngineManager._holder = None
+
+
+def start_engine(ctx, precision: str, model: str, batch_size: int, on_info):
+    """One scoring engine of the run's backend for ``precision`` (``model``: the BF16 model or the checkpoint);
+    ``on_info(engine.info())`` once it is up, and a quantized engine whose kernel the config refuses is closed and
+    refused now, before a dataset is scored (fidelity.check_kernel)."""
+    from pathlib import Path
+
+    from harness.backends import EngineSpec, make_backend
+    from harness.errors import HarnessError
+    from harness.fidelity import check_kernel
+
+    m = ctx.cfg.model
+    if precision == BF16 and Path(model).is_dir():
+        from harness.checkpoint import check_shards
+
+        check_shards(Path(model))
+    spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len, tokenizer=ctx.source.tokenizer,
+                      revision=m.revision if precision == BF16 else None,
+                      engine_kwargs=ctx.cfg.engine_kwargs(precision, ctx.backend), batch_size=batch_size,
+                      top_k=ctx.top_k, fidelity=ctx.cfg.fidelity)
+    with ctx.clock("engine_start"):
+        eng = make_backend(ctx.backend, spec)
+    info = eng.info()
+    on_info(info)
+    if precision != BF16:
+        try:
+            check_kernel(info, ctx.cfg.require_kernel)
+        except HarnessError:
+            eng.close()
+            raise
+    return eng

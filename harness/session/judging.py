@@ -1,143 +1,84 @@
-"""The gate session's judging (a part of harness.session.gate.GateSession): comparisons with the baselines, next-token
-distribution statistics, thresholds and limits, the recipe regression, and the verdict."""
+"""The gate's judging steps, plain functions of the run's context (harness/session/context.py), the BF16 baselines
+and the scores: each dataset's (and the overall) comparison with its threshold, next-token distribution statistics
+and their limits, and the verdict with its notes. The arithmetic is harness/stages/judge.py's."""
 from __future__ import annotations
 
-from pathlib import Path
+from harness.limits import LIMITS
+from harness.session.context import RunContext
+from harness.stages.judge import (Judgement, Verdict, baseline_notes, dataset_comparison, judge, judge_limit,
+                                  limit_source, overall_comparison, run_notes, sizing_notes, threshold_source)
 
-from harness.stages.judge import (Outcome, Verdict, baseline_notes, dataset_comparison, judge, overall_comparison,
-                                  run_notes, sizing_notes, threshold_source)
-from harness.metrics import Comparison
+
+def measure(ctx: RunContext, name: str | None, baselines: dict, scores: dict, token_metrics: dict | None = None):
+    """What judging a dataset (``name``; ``None``: every dataset of ``baselines``/``scores`` pooled) measures once:
+    its comparison with the baseline (a paired bootstrap) and, with ``token_metrics`` (dataset -> per-token KL/top-1
+    of divergence.token_metrics), the distribution statistics. Returns (Comparison, statistics or None)."""
+    t = ctx.cfg.thresholds
+    c = (overall_comparison(baselines, scores, t) if name is None
+         else dataset_comparison(name, baselines[name], scores[name], t))
+    if token_metrics is None:
+        return c, None
+    from harness.divergence import describe
+
+    return c, describe(token_metrics, samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
 
 
-class JudgingSteps:
-    # ---- comparison ---------------------------------------------------------
-    def comparison(self, name: str) -> Comparison:
-        if name not in self._comparisons:  # scores and baselines are fixed once computed: bootstrap once
-            with self.clock("judging"):
-                self._comparisons[name] = self._compare(name)
-        return self._comparisons[name]
+def judgement(ctx: RunContext, name: str | None, comparison, stats: dict | None, recipe) -> Judgement:
+    """A measured dataset (``None``: overall) judged against the thresholds that apply now (``recipe``: None for an
+    existing checkpoint): the score's outcome and each distribution limit that is set."""
+    t = ctx.cfg.thresholds
+    rt = recipe_thresholds(ctx, recipe)
+    value, source = threshold(ctx, name, recipe)
+    limits = []
+    for key in LIMITS if stats else ():
+        limit, why = limit_source(key, t, rt, ctx.recipe_name)
+        if limit is not None:
+            limits.append(judge_limit(name or "overall", stats, key, limit, why, t.use))
+    return Judgement(name, comparison, value, source, judge(comparison, value, source, t.use), stats, limits)
 
-    def _compare(self, name: str) -> Comparison:
-        return dataset_comparison(name, self.baseline(name), self.score(name), self.cfg.thresholds)
 
-    def overall(self) -> Comparison:
-        if None not in self._comparisons:
-            with self.clock("judging"):
-                self._comparisons[None] = self._compare_overall()
-        return self._comparisons[None]
+def recipe_thresholds(ctx: RunContext, recipe) -> dict:
+    """The recipe's own thresholds (none for an existing checkpoint, which no recipe made)."""
+    return {} if ctx.existing or recipe is None else recipe.thresholds
 
-    def _compare_overall(self) -> Comparison:
-        names = self.dataset_names
-        return overall_comparison({n: self.baseline(n) for n in names}, {n: self.score(n) for n in names},
-                                  self.cfg.thresholds)
 
-    def token_summary(self, name: str) -> dict | None:
-        """BF16-vs-quantized per-token summary, when both sides have per-token logprobs."""
-        s = self.score(name)
-        if s.token_logprobs is None:
-            return None
-        bf16 = self.store.tokens_path(self.cfg.name, name)
-        if not bf16.exists():
-            return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
-        from harness.token_detail import load_tokens, summarize, to_arrays
+def threshold(ctx: RunContext, name: str | None, recipe) -> tuple[float, str]:
+    """The minimum score for a dataset (``None``: overall) and where it came from (judge.threshold_source)."""
+    return threshold_source(name, ctx.cfg.thresholds, recipe_thresholds(ctx, recipe), ctx.min_score, ctx.recipe_name)
 
-        return summarize(load_tokens(bf16), to_arrays(s.token_logprobs))
 
-    # ---- next-token distributions ------------------------------------------
-    def token_metrics(self, name: str):
-        """Per-token KL, top-1 agreement and Δp of the quantized run against the stored BF16 distributions."""
-        if name not in self._token_metrics:
-            from harness.distributions import load
-            from harness.divergence import token_metrics
+def token_metrics(ctx: RunContext, baseline, score):
+    """Per-token KL, top-1 agreement and Δp of the quantized run against the stored BF16 distributions."""
+    from harness.distributions import load
+    from harness.divergence import token_metrics as measure
 
-            b = self.baseline(name)
-            ref = load(self.store.distributions_path(b), b.distributions, self.update_hint)
-            self._token_metrics[name] = token_metrics(ref, self.score(name).topk)
-        return self._token_metrics[name]
+    ref = load(ctx.store.distributions_path(baseline), baseline.distributions, ctx.update_hint)
+    return measure(ref, score.topk)
 
-    def distribution_stats(self, name: str | None) -> dict | None:
-        """divergence.describe of one dataset (``None``: all datasets pooled); None with distributions off."""
-        if not self.top_k:
-            return None
-        if name not in self._distribution_stats:
-            from harness.divergence import describe
 
-            t = self.cfg.thresholds
-            names = self.dataset_names if name is None else [name]
-            with self.clock("judging"):
-                self._distribution_stats[name] = describe({n: self.token_metrics(n) for n in names},
-                                                          samples=t.bootstrap_samples, confidence=t.confidence,
-                                                          seed=t.seed)
-        return self._distribution_stats[name]
+def token_summary(ctx: RunContext, name: str, score) -> dict | None:
+    """BF16-vs-quantized per-token summary, when both sides have per-token logprobs."""
+    if score.token_logprobs is None:
+        return None
+    bf16 = ctx.store.tokens_path(ctx.cfg.name, name)
+    if not bf16.exists():
+        return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
+    from harness.token_detail import load_tokens, summarize, to_arrays
 
-    def limit_outcomes(self, name: str | None) -> list:
-        """The distribution limits (kld_mean_max, top1_min) that apply, judged for a dataset or (``None``) overall."""
-        from harness.stages.judge import judge_limit, limit_source
-        from harness.limits import LIMITS
+    return summarize(load_tokens(bf16), to_arrays(score.token_logprobs))
 
-        stats = self.distribution_stats(name)
-        if stats is None:
-            return []
-        rt = {} if self.existing else self.recipe().thresholds
-        out = []
-        for key in LIMITS:
-            limit, source = limit_source(key, self.cfg.thresholds, rt, self.recipe_name)
-            if limit is not None:
-                out.append(judge_limit(name or "overall", stats, key, limit, source, self.cfg.thresholds.use))
-        return out
 
-    def threshold(self, name: str | None) -> float:
-        return self.threshold_source(name)[0]
+def verdict(ctx: RunContext, judgements: dict, task_outcomes: list, regression: dict | None, engine: dict,
+            baselines: dict) -> Verdict:
+    """Every outcome (each dataset, overall, the distribution limits, the tasks, the recipe regression) and the notes
+    said under them: the run's own, what the engine measured, the thresholds this run cannot resolve, and each
+    baseline against this run."""
+    names = [*ctx.datasets, None]
+    outs = [judgements[n].outcome for n in names] + [o for n in names for o in judgements[n].limits]
+    outs += task_outcomes
+    if ctx.cfg.recipe_regression is not None:
+        from harness.recipes.records import RegressionOutcome
 
-    def threshold_source(self, name: str | None) -> tuple[float, str]:
-        """The minimum score for a dataset (``None``: overall) and where it came from (judge.threshold_source)."""
-        rt = {} if self.existing else self.recipe().thresholds
-        return threshold_source(name, self.cfg.thresholds, rt, self.min_score, self.recipe_name)
-
-    def outcome(self, name: str | None) -> Outcome:
-        c = self.overall() if name is None else self.comparison(name)
-        return judge(c, *self.threshold_source(name), self.cfg.thresholds.use)
-
-    def recipe_record(self) -> Path | None:
-        """With record_recipe, once every dataset is scored: this run's recipe result, written (once) where
-        recipe_regression reads it."""
-        if self.record_recipe and self._recipe_record is None and all(self.scored(n) for n in self.dataset_names):
-            from harness.recipes import records as recipe_records
-
-            self._recipe_record = recipe_records.write_record(self.cfg.path_of("baselines_dir"),
-                                                              recipe_records.make_record(self))
-            self.log(f"recipe result stored: {self._recipe_record}")
-        return self._recipe_record
-
-    def recipe_regression(self) -> dict | None:
-        """This recipe against the stored result of the config's best recipe (None when not configured)."""
-        if self.cfg.recipe_regression is not None and self._regression is None:
-            from harness.recipes import records as recipe_records
-
-            self.recipe_record()  # recording the best recipe itself: it is checked against what this run measured
-            with self.clock("judging"):
-                self._regression = recipe_records.regression(self)
-        return self._regression
-
-    def sizing_notes(self) -> list[str]:
-        """Scores whose threshold asks for a smaller drop than this run can detect (judge.sizing_notes)."""
-        names = [*self.dataset_names, None]
-        return sizing_notes({n: self.overall() if n is None else self.comparison(n) for n in names},
-                            {n: self.threshold(n) for n in names})
-
-    def verdict(self) -> Verdict:
-        with self.clock("judging"):
-            return self._verdict()
-
-    def _verdict(self) -> Verdict:
-        outs = [self.outcome(n) for n in self.dataset_names] + [self.outcome(None)]
-        outs += [o for n in [*self.dataset_names, None] for o in self.limit_outcomes(n)]
-        outs += self.task_outcomes()
-        if self.cfg.recipe_regression is not None:
-            from harness.recipes.records import RegressionOutcome
-
-            outs.append(RegressionOutcome(self.recipe_name, self.recipe_regression()))
-        mine = self.engine_info("nvfp4")
-        baselines = {n: self.store.load(self.cfg.name, n) for n in self.dataset_names}
-        return Verdict(outs, [*self.notes, *run_notes(mine), *self.sizing_notes(),
-                              *baseline_notes(baselines, mine, self.backend)])
+        outs.append(RegressionOutcome(ctx.recipe_name, regression))
+    sizing = sizing_notes({n: judgements[n].comparison for n in names}, {n: judgements[n].threshold for n in names})
+    return Verdict(outs, [*ctx.notes, *run_notes(engine), *sizing, *baseline_notes(baselines, engine, ctx.backend)])

@@ -1,6 +1,6 @@
-"""The gate session's tasks (a part of harness.session.gate.GateSession): items read and checked before any engine starts,
-scored in the engine the gate already has (no second start), BF16 baselines of every item, the paired statistics and
-the task outcomes of the verdict (harness/tasks)."""
+"""The gate's task steps, plain functions of the run's context (harness/session/context.py): items read and checked
+before any engine starts, prepared with the model's tokenizer, BF16 baselines of every item, the paired statistics
+and the task outcomes of the verdict (harness/tasks). The session scores them in the engine it already has."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.session.context import RunContext
 from harness.tasks.paired import Paired
+from harness.precision import PRECISIONS
 
 
 @dataclass
@@ -48,203 +50,162 @@ def judge_task(name: str, metric: str, p: Paired, cfg) -> TaskOutcome:
                        flips_max_pct=cfg.flips_max_pct, passed=passed, gated_value=value)
 
 
-class TaskSteps:
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.cfg.tasks)
+def definition(cfg, name: str):
+    """The config's task ``name`` as defined (its ``task:``, else the name) in its prompt style."""
+    from harness.tasks.definitions import styled_spec
 
-    def task_definition(self, name: str):
-        """The config's task ``name`` as defined (its ``task:``, else the name) in its prompt style."""
-        from harness.tasks.definitions import styled_spec
+    tc = cfg.tasks[name]
+    return styled_spec(tc.definition(name), tc.style)
 
-        tc = self.cfg.tasks[name]
-        return styled_spec(tc.definition(name), tc.style)
 
-    def task_metric(self, name: str) -> str:
-        return self.cfg.tasks[name].metric or self.task_definition(name).metrics[0]
+def metric(cfg, name: str) -> str:
+    return cfg.tasks[name].metric or definition(cfg, name).metrics[0]
 
-    def check_task_backend(self) -> None:
-        """A generated task (gsm8k) needs a generate path: the harness's data-parallel vLLM engines have none yet.
-        Said before anything is quantized or started."""
-        from harness.backends import backend_spec
 
-        generated = [n for n in self.task_names if self.task_definition(n).kind == "generate"]
-        if not generated or not backend_spec(self.backend).data_parallel:
-            return
-        from harness.backends.data_parallel import parallel_sizes
-        from harness.errors import ConfigError
+def check_backend(ctx: RunContext) -> None:
+    """A generated task (gsm8k) needs a generate path: the harness's data-parallel vLLM engines have none yet.
+    Said before anything is quantized or started."""
+    from harness.backends import backend_spec
 
-        for precision in ("bf16", "nvfp4"):
-            if parallel_sizes(self.cfg.engine_kwargs(precision, self.backend))[0] > 1:
-                raise ConfigError(f"tasks.{generated[0]} is generated, and the harness's data-parallel engines "
-                                  f"(model.engine.{precision}.{self.backend}.data_parallel_size > 1) have no "
-                                  "generation path yet: drop the task, or use data_parallel_size 1 (tensor_parallel_size"
-                                  " spreads one engine over several GPUs)")
+    generated = [n for n in ctx.tasks if definition(ctx.cfg, n).kind == "generate"]
+    if not generated or not backend_spec(ctx.backend).data_parallel:
+        return
+    from harness.backends.data_parallel import parallel_sizes
+    from harness.errors import ConfigError
 
-    # ---- data ---------------------------------------------------------------
-    def task_items(self, name: str):
-        """The task's items, read and checked (sha256, rows, schema: file:line) without a tokenizer: cheap enough to
-        run before any engine starts."""
-        if name not in self._task_items:
-            from harness.tasks import load
-            from harness.tasks.prepare import build_items
+    for precision in PRECISIONS:
+        if parallel_sizes(ctx.cfg.engine_kwargs(precision, ctx.backend))[0] > 1:
+            raise ConfigError(f"tasks.{generated[0]} is generated, and the harness's data-parallel engines "
+                              f"(model.engine.{precision}.{ctx.backend}.data_parallel_size > 1) have no "
+                              "generation path yet: drop the task, or use data_parallel_size 1 (tensor_parallel_size"
+                              " spreads one engine over several GPUs)")
 
-            spec, tc = self.task_definition(name), self.cfg.tasks[name]
-            with self.clock("prepare"):
-                if tc.source is None:
-                    rows, where = load.shipped_rows(spec)
-                else:
-                    rows, where = load.source_rows(tc.source, self.cfg.resolve_files)
-                shots = load.fewshot_rows(spec) if spec.kind == "generate" else None
-                self._task_items[name] = (build_items(spec, rows, where, tc.limit, shots), where)
-        return self._task_items[name]
 
-    def prepared_task(self, name: str):
-        if name not in self._task_prepared:
-            from harness.data.rules import tokenizer_fingerprint
-            from harness.tasks.prepare import prepare_task
+def read_items(ctx: RunContext, name: str) -> tuple:
+    """The task's items and where they came from, read and checked (sha256, rows, schema: file:line) without a
+    tokenizer: cheap enough to run before any engine starts."""
+    from harness.tasks import load
+    from harness.tasks.prepare import build_items
 
-            items, where = self.task_items(name)
-            tok = self.tokenizer()
-            with self.clock("prepare"):
-                p = prepare_task(self.task_definition(name), items, tok, max_model_len=self.cfg.model.max_model_len,
-                                 add_special_tokens=self.cfg.model.add_special_tokens, source=where,
-                                 tokenizer_id=tokenizer_fingerprint(tok),  # its vocabulary, not where it lies
-                                 chat_template=self.cfg.tasks[name].chat_template, name=name)
-            self.log(f"task {name}: {p.n} items, {len(p.requests) or len(p.prompts)} requests, fingerprint "
-                     f"{p.fingerprint} ({where})")
-            self._task_prepared[name] = p
-        return self._task_prepared[name]
+    spec, tc = definition(ctx.cfg, name), ctx.cfg.tasks[name]
+    if tc.source is None:
+        rows, where = load.shipped_rows(spec)
+    else:
+        rows, where = load.source_rows(tc.source, ctx.cfg.resolve_files)
+    shots = load.fewshot_rows(spec) if spec.kind == "generate" else None
+    return build_items(spec, rows, where, tc.limit, shots), where
 
-    # ---- scoring ------------------------------------------------------------
-    def task_score(self, name: str, precision: str = "nvfp4"):
-        key = (name, precision)
-        if key not in self._task_scores:
-            if precision != "bf16":
-                self.preflight()
-            prep = self.prepared_task(name)
-            eng = self._engine(precision)
-            from harness.stages.progress import ScoringProgress
-            from harness.tasks.results import score_task
 
-            unique = prep.distinct_requests  # what score_task sends (each distinct request once)
-            calls_back = getattr(eng, "reports_progress", False)
-            with self.clock("scoring"), ScoringProgress(f"task {name} {precision}", len(unique), unit="requests",
-                                                        bar=self._shows_progress() and calls_back,
-                                                        pulse=self.log if calls_back else None,
-                                                        sizes=[len(c) + len(t) for c, t in unique]) as progress:
-                s = score_task(eng, prep, progress=progress)
-            m = s.metrics()
-            self.log(f"task {name} {precision}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
-                     + f" ({s.n} items in {s.eval_s:.1f}s)")
-            self._task_scores[key] = s
-        return self._task_scores[key]
+def prepare(ctx: RunContext, name: str, items, where: str, tok):
+    """The task's requests, tokenized with the model's tokenizer (tasks.prepare.PreparedTask)."""
+    from harness.data.rules import tokenizer_fingerprint
+    from harness.tasks.prepare import prepare_task
 
-    # ---- baselines ----------------------------------------------------------
-    def task_baseline_path(self, name: str) -> Path:
-        from harness.tasks.baseline import task_path
+    m = ctx.cfg.model
+    p = prepare_task(definition(ctx.cfg, name), items, tok, max_model_len=m.max_model_len,
+                     add_special_tokens=m.add_special_tokens, source=where,
+                     tokenizer_id=tokenizer_fingerprint(tok),  # its vocabulary, not where it lies
+                     chat_template=ctx.cfg.tasks[name].chat_template, name=name)
+    ctx.log(f"task {name}: {p.n} items, {len(p.requests) or len(p.prompts)} requests, fingerprint "
+            f"{p.fingerprint} ({where})")
+    return p
 
-        own = task_path(self.store.root, self.cfg.name, name)
-        if not own.exists() and self.store.fallback is not None:
-            shipped = task_path(self.store.fallback, self.cfg.name, name)
-            if shipped.exists():
-                return shipped
-        return own
 
-    def task_baseline(self, name: str, check_items: bool = True):
-        if self.update_mode and not self._updated:
-            self.update_baselines()
-        from harness.tasks import baseline as tb
+def score(ctx: RunContext, name: str, prep, eng, progress, precision: str):
+    """The task scored in a started engine (each distinct request once: tasks.results.score_task)."""
+    from harness.tasks.results import score_task
 
-        path = self.task_baseline_path(name)
-        if name not in self._task_baselines:  # read (hellaswag's: 0.8 MB) and checked once per session
-            b = tb.load(path, self.cfg.name, name, self.update_hint)
-            ident = b.provenance.get("model_identity")
-            if ident:
-                from harness.models import identity
+    s = score_task(eng, prep, progress=progress)
+    ctx.log(f"task {name} {precision}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.metrics().items())
+            + f" ({s.n} items in {s.eval_s:.1f}s)")
+    return s
 
-                why = identity.baseline_mismatches(ident, self.model_identity(), None, None)
-                if why:
-                    from harness.errors import BaselineError
 
-                    raise BaselineError(f"{path}: scored on another model than this config's ({'; '.join(why)}); "
-                                        f"rebuild it with: {self.update_hint}")
-            self._task_baselines[name] = b
-        b = self._task_baselines[name]
-        if check_items:
-            tb.check_matches(b, self.prepared_task(name), path, self.update_hint)
-        return b
+def baseline_path(ctx: RunContext, name: str) -> Path:
+    from harness.tasks.baseline import task_path
 
-    def check_task_updates(self) -> None:
-        """Before an update scores anything: a task baseline whose items changed is replaced only with --force."""
-        from harness.errors import BaselineError
-        from harness.tasks import baseline as tb
+    own = task_path(ctx.store.root, ctx.cfg.name, name)
+    if not own.exists() and ctx.store.fallback is not None:
+        shipped = task_path(ctx.store.fallback, ctx.cfg.name, name)
+        if shipped.exists():
+            return shipped
+    return own
 
-        for name in self.task_names:
-            old = self.task_baseline_path(name)
-            if not old.exists() or self.force:
-                continue
-            try:
-                prev = tb.load(old, self.cfg.name, name, self.update_hint)
-            except BaselineError as e:
-                self.log(f"replacing unreadable task baseline: {e}")
-                continue
-            fp = self.prepared_task(name).fingerprint
-            if prev.fingerprint != fp:
-                raise BaselineError(f"{old}: task {name}'s items changed (fingerprint {prev.fingerprint} -> {fp}: "
-                                    "limit, source, tokenizer or prompt); nothing was scored or written. Re-run with "
-                                    "--force to accept them.")
 
-    def update_task_baselines(self) -> list[Path]:
-        """Score every task with the BF16 engine the dataset update started, and write each baseline."""
-        from harness.tasks import baseline as tb
+def load_baseline(ctx: RunContext, name: str):
+    """The task's stored BF16 baseline, refused when it was scored on another model."""
+    from harness.tasks import baseline as tb
 
-        written = []
-        for name in self.task_names:
-            prep = self.prepared_task(name)
-            s = self.task_score(name, "bf16")
-            info = self.engine_info("bf16")
-            prov = {"backend": self.backend, "device": info.get("device"), "versions": info.get("versions", {}),
-                    "dtype": info.get("dtype"), "model_path": self.cfg.model.path,
-                    "model_identity": self.model_identity(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "eval_s": round(s.eval_s, 3)}
-            p = tb.write(self.store.root, tb.baseline_from_score(self.cfg.name, prep, s, prov,
-                                                                  self.cfg.tasks[name].limit))
-            self.log(f"wrote task baseline {p}")
-            written.append(p)
-        return written
+    path = baseline_path(ctx, name)
+    b = tb.load(path, ctx.cfg.name, name, ctx.update_hint)
+    ident = b.provenance.get("model_identity")
+    if ident:
+        from harness.models import identity
 
-    # ---- judging ------------------------------------------------------------
-    def task_paired(self, name: str) -> Paired:
-        if name not in self._task_paired:
-            from harness.tasks.paired import paired
+        why = identity.baseline_mismatches(ident, ctx.identity, None, None)
+        if why:
+            from harness.errors import BaselineError
 
-            metric = self.task_metric(name)
-            b = self.task_baseline(name)
-            s = self.task_score(name)
-            t = self.cfg.thresholds
-            with self.clock("judging"):
-                self._task_paired[name] = paired(b.correct[metric], s.correct[metric], samples=t.bootstrap_samples,
-                                                 confidence=t.confidence, seed=t.seed)
-        return self._task_paired[name]
+            raise BaselineError(f"{path}: scored on another model than this config's ({'; '.join(why)}); "
+                                f"rebuild it with: {ctx.update_hint}")
+    return b
 
-    def task_sizing_notes(self) -> list[str]:
-        """Tasks whose recovery_min asks for a smaller drop than their n can detect (sizing_note), said before any
-        engine starts, from the BF16 baseline's accuracy."""
-        notes = [sizing_note(n, self.cfg.tasks[n], self.task_baseline(n, check_items=False), self.task_metric(n))
-                 for n in self.task_names]
-        return [n for n in notes if n]
 
-    def task_outcome(self, name: str) -> TaskOutcome:
-        return judge_task(name, self.task_metric(name), self.task_paired(name), self.cfg.tasks[name])
+def check_items(ctx: RunContext, name: str, b, prep) -> None:
+    """The baseline's items are this run's (fingerprint, count): else it names the command that rebuilds it."""
+    from harness.tasks import baseline as tb
 
-    def task_outcomes(self) -> list[TaskOutcome]:
-        return [self.task_outcome(n) for n in self.task_names]
+    tb.check_matches(b, prep, baseline_path(ctx, name), ctx.update_hint)
 
-    def task_rows(self) -> list[dict]:
-        """The report's task table: every metric of both sides, the gated one's paired statistics."""
-        return [task_row(o, self.task_baseline(o.name), self.task_score(o.name), self.prepared_task(o.name).source)
-                for o in self.task_outcomes()]
+
+def check_updates(ctx: RunContext, prepared_of) -> None:
+    """Before an update scores anything: a task baseline whose items changed (``prepared_of(name)``: this run's) is
+    replaced only with --force."""
+    from harness.errors import BaselineError
+    from harness.tasks import baseline as tb
+
+    for name in ctx.tasks:
+        old = baseline_path(ctx, name)
+        if not old.exists() or ctx.force:
+            continue
+        try:
+            prev = tb.load(old, ctx.cfg.name, name, ctx.update_hint)
+        except BaselineError as e:
+            ctx.log(f"replacing unreadable task baseline: {e}")
+            continue
+        fp = prepared_of(name).fingerprint
+        if prev.fingerprint != fp:
+            raise BaselineError(f"{old}: task {name}'s items changed (fingerprint {prev.fingerprint} -> {fp}: "
+                                "limit, source, tokenizer or prompt); nothing was scored or written. Re-run with "
+                                "--force to accept them.")
+
+
+def write_baseline(ctx: RunContext, name: str, prep, s, info: dict) -> Path:
+    """The task's BF16 baseline from its BF16 score (``info``: the BF16 engine's), written."""
+    from harness.tasks import baseline as tb
+
+    prov = {"backend": ctx.backend, "device": info.get("device"), "versions": info.get("versions", {}),
+            "dtype": info.get("dtype"), "model_path": ctx.cfg.model.path, "model_identity": ctx.identity,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "eval_s": round(s.eval_s, 3)}
+    p = tb.write(ctx.store.root, tb.baseline_from_score(ctx.cfg.name, prep, s, prov, ctx.cfg.tasks[name].limit))
+    ctx.log(f"wrote task baseline {p}")
+    return p
+
+
+def paired_answers(ctx: RunContext, name: str, b, s) -> Paired:
+    """The paired statistics of BF16's (``b``) and this run's (``s``) answers to the same items, on the task's
+    gated metric."""
+    from harness.tasks.paired import paired
+
+    m, t = metric(ctx.cfg, name), ctx.cfg.thresholds
+    return paired(b.correct[m], s.correct[m], samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
+
+
+def sizing_notes(ctx: RunContext, baseline_of) -> list[str]:
+    """Tasks whose recovery_min asks for a smaller drop than their n can detect (sizing_note), said before any
+    engine starts, from the BF16 baseline's accuracy (``baseline_of(name)``)."""
+    notes = [sizing_note(n, ctx.cfg.tasks[n], baseline_of(n), metric(ctx.cfg, n)) for n in ctx.tasks]
+    return [n for n in notes if n]
 
 
 def task_row(o: TaskOutcome, b, s, source) -> dict:

@@ -52,6 +52,43 @@ class Verdict:
         return "\n".join([head] + [o.message() for o in self.outcomes] + [f"note: {n}" for n in self.notes])
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One dataset (``name`` None: overall) judged: its comparison with the BF16 baseline, the threshold that applies
+    and where it came from, the outcome, and (distributions on) the next-token statistics and their limits."""
+
+    name: str | None
+    comparison: Comparison
+    threshold: float
+    threshold_source: str
+    outcome: Outcome
+    distributions: dict | None = None
+    limits: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "limits", tuple(self.limits))
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The judge stage's whole result, what the report is built from: each dataset's and the overall judgement,
+    the baselines they were judged against, the tasks' outcomes and report rows, the recipe regression and record,
+    the per-token summaries, and the verdict."""
+
+    verdict: Verdict
+    judgements: dict          # dataset name (None: overall) -> Judgement
+    baselines: dict           # dataset name -> the BF16 Baseline
+    token_summaries: dict     # dataset name -> token_detail summary or None
+    task_outcomes: tuple = ()
+    task_rows: tuple = ()
+    regression: dict | None = None
+    recipe_record: object = None  # the Path of this run's stored recipe result (record_recipe), else None
+
+    @property
+    def overall(self) -> Judgement:
+        return self.judgements[None]
+
+
 def dataset_comparison(name: str, baseline, score, thresholds) -> Comparison:
     """One dataset: relative score of the quantized run against its BF16 baseline, with a paired bootstrap interval
     over documents when the baseline has per-document NLLs."""

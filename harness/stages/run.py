@@ -14,6 +14,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.stages.judge import Verdict
 from harness.stages.results import Checkpoint, Prepared, ReportFiles, Scores
+from harness.precision import NVFP4
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def run_gate(session, report_dir: Path, show=None) -> Finished:
     for n in session.dataset_names:    # (in update mode: score BF16 and write the baselines first)
         session.baseline(n)
     session.checkpoint()
-    session.scores("nvfp4")
+    session.scores(NVFP4)
     for t in session.task_names:       # the same engine, no second start
         session.task_score(t)
     session.engines.close()
@@ -52,22 +53,32 @@ def run_gate(session, report_dir: Path, show=None) -> Finished:
 
 def finish(session, report_dir: Path, show=None) -> Finished:
     """judge and render, once every dataset is scored (pytest: by the gate tests; the CLI: by :func:`run_gate`)."""
-    from harness.report.build import build_report, session_token_logprobs
+    from harness.report.build import token_logprobs
     from harness.stages.render import render
     from harness.timings import line
 
-    record = session.recipe_record()  # with --record-recipe: stored before the verdict pairs recipes with it
-    verdict = session.verdict()
+    judged = session.judged()  # with --record-recipe: the record is stored before the verdict pairs recipes with it
+    prepared, checkpoint, scores = session.prepare_all(), session.checkpoint(), session.scores(NVFP4)
     with session.clock("report"):
-        rep = build_report(session, verdict)
+        rep = report_of(session, judged)
     if show is not None:
-        show(rep, verdict)
+        show(rep, judged.verdict)
     try:
         with session.clock("report"):
-            files = render(rep, report_dir, session.log_lines, session_token_logprobs(session),
-                           session.time_breakdown)
+            files = render(rep, report_dir, session.log.lines, token_logprobs(scores), session.time_breakdown)
     except OSError as e:
         raise HarnessError(f"the verdict above stands, but its report could not be written to {report_dir}: "
                            f"{e.strerror or e}") from None
-    return Finished(verdict, rep, files, line(session.time_breakdown()), session.prepare_all(),
-                    session.checkpoint(), session.scores("nvfp4"), record)
+    return Finished(judged.verdict, rep, files, line(session.time_breakdown()), prepared, checkpoint, scores,
+                    judged.recipe_record)
+
+
+def report_of(session, judged=None) -> dict:
+    """report.json's content from a session's stage results (harness.report.build.build_report); ``judged``: the
+    judge stage's, where the caller has it."""
+    from harness.report.build import build_report
+
+    return build_report(session.ctx, session.prepare_all(), session.checkpoint(), session.scores(NVFP4),
+                        judged or session.judged(), tokenizer=session.tokenizer,
+                        baseline_updates=session.baseline_updates, started=session.started,
+                        time_breakdown=session.time_breakdown())

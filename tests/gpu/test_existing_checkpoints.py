@@ -69,8 +69,8 @@ def test_gate_an_existing_modelopt_checkpoint(layouts, gpu_cfg, gpu_results):
         engine = s.engine_info("nvfp4")
     finally:
         s.close()
-    o = s.overall()
-    dist = s.distribution_stats(None)  # random weights: near-uniform distributions over 152k tokens
+    o = s.judgement(None).comparison
+    dist = s.judgement(None).distributions  # random weights: near-uniform distributions over 152k tokens
     gpu_results("gate_existing_modelopt_0p5b", {"scheme": info["scheme"], "layout": info["layout"],
                                                 "kernel": engine["kernel"], "score": o.score,
                                                 "ppl": o.ppl_model, "passed": verdict.passed,

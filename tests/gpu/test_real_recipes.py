@@ -72,7 +72,7 @@ def test_real_layer_sensitivity_and_its_suggestion_gated(real_cfg, real_baseline
     try:
         for n in g.dataset_names:
             g.score(n)
-        o = g.overall()
+        o = g.judgement(None).comparison
         kernel = g.engine_info("nvfp4").get("kernel")
     finally:
         g.close()

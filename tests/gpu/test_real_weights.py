@@ -19,7 +19,8 @@ import pytest
 
 from harness.backends import EngineSpec, make_backend
 from harness.session.gate import GateSession
-from harness.report.build import build_report, write_report
+from harness.report.build import write_report
+from harness.stages.run import report_of
 
 pytestmark = pytest.mark.gpu
 
@@ -111,8 +112,8 @@ def test_real_gate(real_cfg, real_baseline, recipe, fidelity, kernel, gpu_result
         benchmark.pedantic(lambda: [s.score(n) for n in s.dataset_names], rounds=1, iterations=1)
         verdict = s.verdict()
         info = s.engine_info("nvfp4")
-        rep = build_report(s, verdict)
-        out = write_report(rep, s.cfg.path_of("reports_dir"), s.log_lines)
+        rep = report_of(s)
+        out = write_report(rep, s.cfg.path_of("reports_dir"), s.log.lines)
     finally:
         s.close()
     o = rep["overall"]
@@ -199,8 +200,8 @@ def test_real_negative_control_fails_on_vllm(real_cfg, real_baseline, gpu_result
             s.score(n)
         verdict = s.verdict()
         info = s.engine_info("nvfp4")
-        o = s.overall()
-        dist = s.distribution_stats(None)
+        o = s.judgement(None).comparison
+        dist = s.judgement(None).distributions
     finally:
         s.close()
     gpu_results("real_negative_control", {"score": o.score, "kernel": info["kernel"], "passed": verdict.passed,

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from harness.session.gate import GateSession
-from harness.report.build import build_report, write_report
+from harness.report.build import write_report
+from harness.stages.run import report_of
 
 pytestmark = pytest.mark.gpu
 
@@ -35,8 +36,8 @@ def test_vllm_nvfp4_gate(gpu_cfg, vllm_bf16_baselines, fidelity, gpu_results, be
         assert [k[1] for k in s.engines.opened] == ["nvfp4"], s.engines.opened
         assert KERNELS[fidelity] in info["kernel"], info
         assert any("measured" in n for n in verdict.notes), verdict.notes  # the verdict says which numerics
-        rep = build_report(s, verdict)
-        out = write_report(rep, s.cfg.path_of("reports_dir"), s.log_lines)
+        rep = report_of(s)
+        out = write_report(rep, s.cfg.path_of("reports_dir"), s.log.lines)
     finally:
         s.close()
     benchmark.extra_info.update(kernel=info["kernel"], score=rep["overall"]["score"],
