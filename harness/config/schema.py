@@ -18,7 +18,7 @@ from harness.config.messages import format_validation_error
 from harness.config.sections import (CalibrationOverrides, DatasetSpec, DistributionSpec, HubSpec, ModelSpec,
                                      QuantizeSpec, RecipeRegressionSpec, Strict, TaskSpecConfig, Thresholds,
                                      check_tasks, known_backend)
-from harness.limits import LIMITS  # the distribution limits: threshold keys that need `distributions`
+from harness.limits import DISTRIBUTION_LIMITS  # threshold keys that need `distributions`
 from harness.tasks import TASKS
 
 
@@ -97,7 +97,7 @@ class HarnessConfig(Strict):
     def _check(self):
         if not self.datasets:
             raise ValueError("datasets: at least one dataset is required")
-        limits = [k for k in LIMITS if getattr(self.thresholds, k) is not None]
+        limits = [k for k in DISTRIBUTION_LIMITS if getattr(self.thresholds, k) is not None]
         if limits and self.distributions is None:
             raise ValueError(f"thresholds.{limits[0]} needs the next-token distributions: add `distributions: "
                              "{top_k: 20}` to the config (and update the baselines), or drop the threshold")

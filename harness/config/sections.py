@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
 from harness.errors import ConfigError, unknown_name
+from harness.limits import LIMITS
 from harness.precision import PRECISIONS
 
 
@@ -88,7 +89,7 @@ class CalibrationOverrides(Strict):
 
 
 class Thresholds(Strict):
-    overall: float = Field(99.0, gt=0, le=200, description="minimum overall relative score")
+    overall: float = Field(LIMITS["score"].default, gt=0, le=200, description="minimum overall relative score")
     datasets: dict[str, Annotated[float, Field(gt=0, le=200)]] = Field(
         default_factory=dict, description="minimum relative score per dataset (the same range as overall)")
     use: Literal["point", "lower"] = Field("point", description="gate on the point estimate or the bootstrap lower bound")
@@ -139,7 +140,7 @@ class TaskSpecConfig(Strict):
     metric: str | None = Field(None, description="the metric gated (default: the task's first: acc_norm for arc and "
                                                  "hellaswag, acc for piqa, winogrande and lambada, exact_match for "
                                                  "gsm8k)")
-    recovery_min: float = Field(0.95, ge=0, le=1, description="smallest quantized / BF16 accuracy (llm-compressor's "
+    recovery_min: float = Field(LIMITS["recovery_min"].default, ge=0, le=1, description="smallest quantized / BF16 accuracy (llm-compressor's "
                                                               "recovery)")
     use: Literal["point", "lower"] = Field("point", description="gate recovery on the point estimate or the paired "
                                                                 "bootstrap's lower bound")

@@ -3,7 +3,7 @@ and the scores: each dataset's (and the overall) comparison with its threshold, 
 and their limits, and the verdict with its notes. The arithmetic is harness/stages/judge.py's."""
 from __future__ import annotations
 
-from harness.limits import LIMITS
+from harness.limits import DISTRIBUTION_LIMITS
 from harness.session.context import RunContext
 from harness.stages.judge import (Judgement, Verdict, baseline_notes, dataset_comparison, judge, judge_limit,
                                   limit_source, overall_comparison, run_notes, sizing_notes, threshold_source)
@@ -30,7 +30,7 @@ def judgement(ctx: RunContext, name: str | None, comparison, stats: dict | None,
     rt = recipe_thresholds(ctx, recipe)
     value, source = threshold(ctx, name, recipe)
     limits = []
-    for key in LIMITS if stats else ():
+    for key in DISTRIBUTION_LIMITS if stats else ():
         limit, why = limit_source(key, t, rt, ctx.recipe_name)
         if limit is not None:
             limits.append(judge_limit(name or "overall", stats, key, limit, why, t.use))

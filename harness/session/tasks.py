@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.limits import LIMITS
 from harness.session.context import RunContext
 from harness.tasks.paired import Paired
 from harness.precision import PRECISIONS
@@ -27,17 +28,19 @@ class TaskOutcome:
     gated_value: float
 
     def message(self) -> str:
-        p = self.paired
-        ci = (f" [CI {p.recovery_interval[0]:.3f}..{p.recovery_interval[1]:.3f}]" if p.recovery_interval
+        p, rec, fl = self.paired, LIMITS["recovery_min"], LIMITS["flips_max_pct"]
+        ci = (f" [CI {rec.fmt(p.recovery_interval[0])}..{rec.fmt(p.recovery_interval[1])}]" if p.recovery_interval
               and all(math.isfinite(x) for x in p.recovery_interval) else "")
-        basis = "recovery lower bound" if self.gated_value != p.recovery else "recovery"
-        rec_ok = self.gated_value >= self.recovery_min
-        flips = f"flips {p.lost} lost / {p.gained} gained ({p.flips_pct:.1f}% of {p.n})"
+        basis = f"{rec.label} lower bound" if self.gated_value != p.recovery else rec.label
+        rec_ok = rec.passes(self.gated_value, self.recovery_min)
+        flips = f"{fl.label} {p.lost} lost / {p.gained} gained ({fl.fmt(p.flips_pct)}{fl.unit} of {p.n})"
         if self.flips_max_pct is not None:
-            flips += f" {'<=' if p.flips_pct <= self.flips_max_pct else '>'} max {self.flips_max_pct:.1f}%"
-        return (f"{'ok  ' if self.passed else 'FAIL'} task {self.name}: {basis} {self.gated_value:.3f} "
-                f"{'>=' if rec_ok else '<'} min {self.recovery_min:.3f}{ci} ({self.metric} {100 * p.acc_model:.2f} vs "
-                f"BF16 {100 * p.acc_ref:.2f}); {flips}, McNemar p {p.p_value:.3g}; MDD {100 * p.mdd:.1f} pts")
+            ok = fl.passes(p.flips_pct, self.flips_max_pct)
+            flips += f" {fl.relation(ok)} {fl.kind} {fl.fmt(self.flips_max_pct)}{fl.unit}"
+        return (f"{'ok  ' if self.passed else 'FAIL'} task {self.name}: {basis} {rec.fmt(self.gated_value)} "
+                f"{rec.relation(rec_ok)} {rec.kind} {rec.fmt(self.recovery_min)}{ci} ({self.metric} "
+                f"{100 * p.acc_model:.2f} vs BF16 {100 * p.acc_ref:.2f}); {flips}, McNemar p {p.p_value:.3g}; "
+                f"MDD {100 * p.mdd:.1f} pts")
 
 
 def judge_task(name: str, metric: str, p: Paired, cfg) -> TaskOutcome:
@@ -45,7 +48,8 @@ def judge_task(name: str, metric: str, p: Paired, cfg) -> TaskOutcome:
     of flipped items at most flips_max_pct."""
     lower = cfg.use == "lower" and p.recovery_interval is not None and math.isfinite(p.recovery_interval[0])
     value = p.recovery_interval[0] if lower else p.recovery
-    passed = value >= cfg.recovery_min and (cfg.flips_max_pct is None or p.flips_pct <= cfg.flips_max_pct)
+    passed = LIMITS["recovery_min"].passes(value, cfg.recovery_min) and (
+        cfg.flips_max_pct is None or LIMITS["flips_max_pct"].passes(p.flips_pct, cfg.flips_max_pct))
     return TaskOutcome(name=name, metric=metric, paired=p, recovery_min=cfg.recovery_min, use=cfg.use,
                        flips_max_pct=cfg.flips_max_pct, passed=passed, gated_value=value)
 

@@ -22,13 +22,14 @@ class Outcome:
     threshold_source: str = "config"
 
     def message(self) -> str:
-        c = self.comparison
-        basis = "score" if c.interval is None or self.gated_value == c.score else "score lower bound"
-        ci = f" [{c.interval.confidence:.0%} CI {c.interval.low:.2f}..{c.interval.high:.2f}]" if c.interval else ""
+        c, spec = self.comparison, LIMITS["score"]
+        basis = spec.label if c.interval is None or self.gated_value == c.score else f"{spec.label} lower bound"
+        ci = (f" [{c.interval.confidence:.0%} CI {spec.fmt(c.interval.low)}..{spec.fmt(c.interval.high)}]"
+              if c.interval else "")
         verdict = "ok  " if self.passed else "FAIL"
-        rel = ">=" if self.passed else "<"
-        return (f"{verdict} {self.name}: {basis} {self.gated_value:.2f} {rel} min {self.threshold:.2f} "
-                f"({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs BF16 {c.ppl_ref:.4f})")
+        return (f"{verdict} {self.name}: {basis} {spec.fmt(self.gated_value)} {spec.relation(self.passed)} "
+                f"{spec.kind} {spec.fmt(self.threshold)} ({self.threshold_source}){ci} (PPL {c.ppl_model:.4f} vs "
+                f"BF16 {c.ppl_ref:.4f})")
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ def judge(c: Comparison, threshold: float, source: str, use: str) -> Outcome:
     value = c.interval.low if use_lower else c.score
     if not math.isfinite(value):
         raise HarnessError(f"{c.name}: score is not a finite number ({value}); refusing to report it")
-    return Outcome(name=c.name, comparison=c, threshold=threshold, gated_value=value, passed=value >= threshold,
-                   threshold_source=source)
+    return Outcome(name=c.name, comparison=c, threshold=threshold, gated_value=value,
+                   passed=LIMITS["score"].passes(value, threshold), threshold_source=source)
 
 
 @dataclass

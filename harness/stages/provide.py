@@ -26,11 +26,11 @@ class CheckpointProvider:
 
     def recipe(self):
         if self._recipe is None:
-            from harness.limits import LIMITS
+            from harness.limits import DISTRIBUTION_LIMITS
             from harness.recipes.catalog import load_recipe
 
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
-            known = ["overall", *self.cfg.datasets, *LIMITS]  # scores and the distribution limits
+            known = ["overall", *self.cfg.datasets, *DISTRIBUTION_LIMITS]  # scores and the distribution limits
             bad = sorted(k for k in r.thresholds if k not in known)
             if bad:
                 raise unknown_name(f"threshold key in recipe {r.name}", bad[0], known)
