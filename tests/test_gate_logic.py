@@ -453,6 +453,41 @@ def test_the_model_is_located_once_per_gate(quick_project, monkeypatch, tmp_path
     assert done.report["checkpoints"]["bf16"]["path"] == s.source.path == real(cfg.model.path, cfg.root).path
 
 
+def test_the_threshold_reaches_the_verdict_through_each_module_at_most_twice(quick_project, tmp_path):
+    """The score threshold's path from the config to the verdict (issue 42): every read of thresholds.overall and
+    thresholds.datasets during one gate, by the function that read it, is at most two functions of any one module,
+    and it is read where the threshold is chosen (judge.threshold_source), not re-derived along the way."""
+    import sys
+    from collections import defaultdict
+
+    from harness.config.load import load_config
+    from harness.config.sections import Thresholds
+    from harness.session.gate import GateSession
+    from harness.stages.run import run_gate
+
+    readers = defaultdict(set)
+
+    class Traced(Thresholds):
+        def __getattribute__(self, name):
+            if name in ("overall", "datasets"):
+                f = sys._getframe(1)
+                if f.f_globals.get("__name__", "").startswith("harness."):
+                    readers[f.f_globals["__name__"]].add(f.f_code.co_name)
+            return super().__getattribute__(name)
+
+    cfg = load_config(quick_project / "configs/tiny.yaml", {"prepare_beside_engine": False})
+    t = cfg.thresholds
+    cfg.thresholds = Traced.model_construct(_fields_set=set(t.model_fields_set), **dict(t))
+    s = GateSession(cfg, quiet=True)
+    try:
+        done = run_gate(s, tmp_path / "reports")
+    finally:
+        s.close()
+    assert done.report["overall"]["threshold"] == t.overall and done.report["overall"]["threshold_source"] == "config"
+    assert "threshold_source" in readers["harness.stages.judge"], dict(readers)
+    assert all(len(fns) <= 2 for fns in readers.values()), dict(readers)
+
+
 def test_sizing_notes_say_which_thresholds_ask_for_less_than_the_run_detects():
     """By hand: the tiny default's overall interval [98.94, 99.33] at 95% has a standard error of
     0.39 / (2 x 1.959964) = 0.099492 points, so it detects drops from (1.644854 + 0.841621) x 0.099492 = 0.2474 points
