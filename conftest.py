@@ -87,7 +87,7 @@ def _warm_quantization(items) -> None:
         from harness.config.load import load_config
         from harness.session.gate import GateSession
 
-        GateSession(load_config(), quiet=True).warm_up_quantization()
+        GateSession(load_config(), quiet=True).provider.warm_up()
     except Exception:  # noqa: BLE001 - an optimisation only: the test that builds reports any problem
         pass
 
