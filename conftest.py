@@ -88,8 +88,8 @@ def _warm_quantization(items) -> None:
         from harness.session.gate import GateSession
 
         GateSession(load_config(), quiet=True).provider.warm_up()
-    except Exception:  # noqa: BLE001 - an optimisation only: the test that builds reports any problem
-        pass
+    except Exception as e:  # noqa: BLE001 - an optimisation only: the test that builds reports any problem; said, so
+        print(f"conftest: quantization warm-up skipped: {type(e).__name__}: {e}", file=sys.stderr)  # a lost one shows
 
 
 def quantization_summary() -> tuple[list[str], list[str]]:
