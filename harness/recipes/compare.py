@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
 from harness.precision import NVFP4
 
 
@@ -138,8 +139,8 @@ def tables(rep: dict) -> tuple[str, str]:
 
 def task_table(rep: dict) -> str:
     """Per recipe and task: accuracy against BF16, recovery, flips both ways and McNemar's p ("" without tasks)."""
-    from harness.report.sections import paired_cells
     from harness.report.cells import md_table
+    from harness.report.sections import paired_cells
 
     rows = [[r["recipe"], t["task"], t["metric"], *paired_cells(t).values(), "PASS" if t["passed"] else "FAIL"]
             for r in rep["recipes"] if "error" not in r for t in r.get("tasks", [])]

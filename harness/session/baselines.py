@@ -10,9 +10,9 @@ from harness.baselines import Baseline, baseline_from_score, check_data_matches
 from harness.data.rules import PreparedDataset
 from harness.errors import BaselineError, HarnessError
 from harness.metrics import DatasetScore
+from harness.precision import BF16
 from harness.session.context import RunContext
 from harness.stages.results import Prepared, Scores
-from harness.precision import BF16
 
 
 def check_identity(ctx: RunContext, b: Baseline) -> None:

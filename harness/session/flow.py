@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
+from harness.precision import BF16, NVFP4
 from harness.session import baselines, judging, tasks
 from harness.stages.judge import Judged
-from harness.precision import BF16, NVFP4
 
 
 def preflight(session, report_dir: Path | None = None, check_baselines: bool = True) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.baselines import Baseline
 from harness.config.schema import HarnessConfig
+from harness.precision import BF16, NVFP4
 from harness.session import baselines, flow, judging, tasks
 from harness.session.context import EXISTING, RunContext, make_context
 from harness.session.engines import EngineManager, start_engine
@@ -22,7 +23,6 @@ from harness.stages.judge import Judged, Judgement, Verdict
 from harness.stages.prepare import load_tokenizer, prepare_dataset
 from harness.stages.provide import CheckpointProvider
 from harness.stages.results import Checkpoint, Prepared, Scores
-from harness.precision import BF16, NVFP4
 
 __all__ = ["EXISTING", "GateSession"]
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.limits import LIMITS
+from harness.precision import PRECISIONS
 from harness.session.context import RunContext
 from harness.tasks.paired import Paired
-from harness.precision import PRECISIONS
 
 
 @dataclass

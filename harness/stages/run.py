@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.precision import NVFP4
 from harness.stages.judge import Verdict
 from harness.stages.results import Checkpoint, Prepared, ReportFiles, Scores
-from harness.precision import NVFP4
 
 
 @dataclass(frozen=True)
