@@ -3,7 +3,9 @@
 reports all go through here; whole folders (a report, a cache entry) are published by one directory rename."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +44,6 @@ def readable(path: Path, folder: bool = False) -> None:
 def rename_unique(tmp: Path, base: Path) -> Path:
     """Publish the finished folder ``tmp`` as ``base``, or ``base-2``, ``base-3``, ... when that name is taken (two
     gates finishing in the same second): a rename onto an existing non-empty folder fails, so each name has one owner."""
-    import errno
-
     n = 1
     while True:
         final = base if n == 1 else base.with_name(f"{base.name}-{n}")
@@ -90,8 +90,6 @@ class atomic_dir:
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        import shutil
-
         self.final.parent.mkdir(parents=True, exist_ok=True)
         if self.tmp_name:
             self.tmp = self.final.parent / self.tmp_name
@@ -103,8 +101,6 @@ class atomic_dir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        import shutil
-
         try:
             if exc_type is None:
                 self._publish()
@@ -114,8 +110,6 @@ class atomic_dir:
             _sync_dir(self.final.parent)
 
     def _publish(self) -> None:
-        import shutil
-
         if self.on_exists == "unique":
             self.final = rename_unique(self.tmp, self.final)
             return

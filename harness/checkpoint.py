@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.errors import HarnessError
+from harness.reference.pack import MODELOPT_SUFFIXES, NVFP4_SUFFIXES, dequantize_nvfp4
 
 VIEW_FILE = "harness_view.json"
 
@@ -156,7 +157,6 @@ def dequantized_weights(src: Path, device="cpu") -> Iterator[tuple[str, object]]
     """(name, tensor) of ``src`` as a dense model: NVFP4 modules dequantized to BF16, the rest as stored."""
     from safetensors import safe_open
 
-    from harness.reference.pack import MODELOPT_SUFFIXES, NVFP4_SUFFIXES, dequantize_nvfp4
 
     src = Path(src)
     idx = src / "model.safetensors.index.json"

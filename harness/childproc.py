@@ -36,6 +36,7 @@ def child_pythonpath(*extra: str | None) -> str:
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; False elsewhere)."""
     try:
+        # not on every platform: inside the try
         import ctypes
 
         return ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig)) == 0

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.atomic import atomic_path
-from harness.errors import BaselineError, BackendError
+from harness.errors import BackendError, BaselineError
+from harness.token_detail import to_arrays
 
 SUFFIX = ".topk.npz"
 FIELDS = ("offsets", "ids", "logprobs", "true_ids", "true_logprobs")
@@ -58,7 +59,6 @@ def from_results(results: Sequence, docs: Sequence[Sequence[int]], k: int, backe
     """A dataset's TopK from backend DocResults that carry ``top_ids`` / ``top_logprobs`` / ``token_logprobs``."""
     import numpy as np
 
-    from harness.token_detail import to_arrays
 
     counts = [len(d) - 1 for d in docs]
     for i, (r, n) in enumerate(zip(results, counts)):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from harness.errors import BaselineError
+from harness.metrics import bootstrap_ratios, per_doc_sums
 
 EPS = 1e-12                                                          # floor of a tail cell's probability
 HIST_EDGES = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)   # per-token KL bins (nats); the last is open
@@ -120,7 +121,6 @@ def describe(parts: Mapping[str, TokenMetrics], *, samples: int = 1000, confiden
     a KL histogram, and the documents and positions that changed most."""
     import numpy as np
 
-    from harness.metrics import bootstrap_ratios, per_doc_sums
 
     kl = np.concatenate([m.kl for m in parts.values()])
     same = np.concatenate([m.same_top1 for m in parts.values()])
@@ -157,7 +157,6 @@ def worst_documents(m: TokenMetrics, n: int) -> list[dict]:
     """The documents with the highest mean KL_k."""
     import numpy as np
 
-    from harness.metrics import per_doc_sums
 
     counts = m.doc_tokens
     mean = np.where(counts > 0, per_doc_sums(m.kl, m.offsets) / np.maximum(counts, 1), 0.0)

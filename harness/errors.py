@@ -1,6 +1,8 @@
 """One exception type for every user-facing error: the message says what went wrong and what to do next."""
 from __future__ import annotations
 
+import difflib
+
 
 class HarnessError(Exception):
     """A problem the user can fix (bad config, missing baseline, failed quantization, ...)."""
@@ -23,8 +25,6 @@ class BackendError(HarnessError):
 
 
 def unknown_name(kind: str, name: str, known) -> HarnessError:
-    import difflib
-
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

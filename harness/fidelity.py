@@ -18,7 +18,7 @@ measured and what the other choice would measure.
 """
 from __future__ import annotations
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, unknown_name
 
 FIDELITIES = ("scheme", "this-gpu")
 NATIVE_FP4 = (10, 0)  # compute capability from which vLLM runs NVFP4 W4A4 on FP4 tensor cores
@@ -28,8 +28,6 @@ def choose(fidelity: str, quant: dict | None, capability: tuple[int, int] | None
     """The vLLM engine kwargs for a quantized checkpoint (``quant``: harness.checkpoint's description of it) and what
     the choice means: (kwargs, record). Only W4A4 checkpoints on GPUs without FP4 units are affected."""
     if fidelity not in FIDELITIES:
-        from harness.errors import unknown_name
-
         raise unknown_name("fidelity", fidelity, FIDELITIES)
     w4a4 = bool(quant) and quant.get("weight_bits") == 4 and quant.get("activation_bits") == 4
     native = capability is not None and tuple(capability) >= NATIVE_FP4

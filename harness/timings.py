@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+from tabulate import tabulate
+
 STAGES = ("prepare", "quantize", "engine_start", "scoring", "judging", "report")
 
 
@@ -93,8 +95,6 @@ def line(breakdown: dict) -> str:
 
 def table(breakdown: dict) -> str:
     """The Markdown table of the report's "Time" section: seconds and share of the wall time per stage."""
-    from tabulate import tabulate
-
     wall = breakdown["wall_s"] or 1.0
     rows = [[k.replace("_", " "), f"{v:.2f}", f"{100 * v / wall:.0f}%"] for k, v in breakdown["stages"].items()]
     rows.append(["other", f"{breakdown['other_s']:.2f}", f"{100 * breakdown['other_s'] / wall:.0f}%"])

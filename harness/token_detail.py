@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_path
 from harness.errors import HarnessError
+from harness.metrics import per_doc_sums
 
 DROP_NATS = 1.0
 
@@ -52,7 +53,6 @@ def summarize(ref, model, worst: int = 5, drop_nats: float = DROP_NATS) -> dict:
     if len(r_off) != len(m_off) or not np.array_equal(r_off, m_off):
         raise HarnessError("per-token files do not describe the same documents (different offsets): re-create the "
                            "BF16 file with a baseline update")
-    from harness.metrics import per_doc_sums
 
     delta = m_lp.astype(np.float64) - r_lp.astype(np.float64)
     counts = np.diff(r_off)

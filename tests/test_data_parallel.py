@@ -115,11 +115,13 @@ def test_a_worker_that_closed_its_engine_but_does_not_exit_is_stopped_after_a_gr
 
 
 def test_close_waits_for_the_workers_gpu_memory_after_they_exit(monkeypatch):
-    from harness.backends import gpu_memory
+    from harness.backends import data_parallel, gpu_memory
 
     readings = iter([{0: 500.0, 1: 400.0}, {0: 40000.0, 1: 400.0}, {0: 600.0, 1: 450.0}])  # before, then after exits
     seen = []
-    monkeypatch.setattr(gpu_memory, "used_mib", lambda idx=None: seen.append(idx) or next(readings))
+    read = lambda idx=None: seen.append(idx) or next(readings)  # noqa: E731
+    monkeypatch.setattr(gpu_memory, "used_mib", read)  # wait_closed's reads
+    monkeypatch.setattr(data_parallel, "used_mib", read)  # the one before the workers start
     be = DataParallelBackend(_spec(data_parallel_size=2), FAKE, 2, ["0", "1"])
     be.close()
     assert seen == [[0, 1]] * 3  # the workers' GPUs, read before they started and until they were back

@@ -69,12 +69,12 @@ def test_a_read_only_or_full_report_disk_is_refused_before_any_work(capsys, tmp_
 
 def test_the_verdict_is_printed_before_the_report_and_stands_if_the_report_cannot_be_written(capsys, tmp_path,
                                                                                            quick_project, monkeypatch):
-    import harness.report.build
+    import harness.stages.render
 
     def disk_full(*a, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(harness.report.build, "write_report", disk_full)
+    monkeypatch.setattr(harness.stages.render, "write_report", disk_full)  # where the render stage calls it
     rc, out, err = run(capsys, "gate", "--config", quick_cfg(quick_project), "--report-dir", str(tmp_path / "r"))
     assert rc == 2, err
     assert "GATE PASSED" in out  # said before the report was attempted

@@ -314,7 +314,7 @@ def test_a_ready_checkpoint_starts_its_engine_while_another_process_prepares_the
     line shows its seconds beside the engine start, outside the stages' sum; the gate then runs as always. The real
     process (harness/stages/prepare_ahead.py) runs in the README-path test (test_e2e_tiny.py): a fresh `harness gate` whose
     data then passes the baselines' fingerprint check."""
-    import harness.stages.prepare_ahead as pa
+    import harness.session.flow as pa  # where the gate starts its PrepareAhead
     from harness.timings import line
 
     here = session()  # the same config, its data prepared in this process (made first: one engine at a time)
@@ -365,7 +365,7 @@ def test_data_that_no_longer_matches_closes_the_early_engine_and_nothing_is_scor
     setting is unset, nothing starts early: the data comes first, as always."""
     import dataclasses
 
-    import harness.stages.prepare_ahead as pa
+    import harness.session.flow as pa  # where the gate starts its PrepareAhead
     from harness.errors import BaselineError
 
     made = []
@@ -430,7 +430,7 @@ def test_the_model_is_located_once_per_gate(quick_project, monkeypatch, tmp_path
     """The config's model.path is located once per gate and every stage reads that (issue 42: the model source
     resolved once into the run): quantization's cache key, the tokenizer, the engine, the identity and the report
     all see the same path, and `pypi:` or a hub id would be looked up one time, not at each use."""
-    from harness.config import locate as L
+    from harness.config import locate as L, schema
     from harness.config.load import load_config
     from harness.session.gate import GateSession
     from harness.stages.run import run_gate
@@ -442,7 +442,7 @@ def test_the_model_is_located_once_per_gate(quick_project, monkeypatch, tmp_path
         seen.append(p)
         return real(p, *a, **k)
 
-    monkeypatch.setattr(L, "locate", counting)
+    monkeypatch.setattr(schema, "locate", counting)  # what HarnessConfig.locate and resolve_path call
     s = GateSession(cfg, quiet=True)
     try:
         done = run_gate(s, tmp_path / "reports")

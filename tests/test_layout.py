@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 from import_graph import imports, modules
@@ -152,3 +153,82 @@ def test_every_task_is_compared_with_lm_eval(root):
     yaml = next(ast.literal_eval(n.value) for n in tree.body
                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "LM_EVAL_YAML")
     assert sorted(yaml) == sorted(TASKS)
+
+
+HEAVY_LIBS = {"torch", "transformers", "vllm", "llmcompressor", "compressed_tensors", "matplotlib", "datasets", "numpy",
+              "scipy", "pyarrow", "safetensors", "tokenizers", "huggingface_hub", "gguf", "resvg_py", "pytest"}
+# modules whose function-local imports are there on purpose for another reason than a heavy library, said here once:
+CLI = "each command imports what it runs: `harness --help` starts in ~0.1 s, not ~0.5 s (pydantic, the session)"
+PLUGIN = ("loaded in every pytest run of a project that installs the harness, gating or not: what a hook needs is "
+          "imported by that hook (0.3 s, not 0.7 s)")
+LAZY_BY_DESIGN = {**{f"harness/cli/{m}.py": CLI for m in ("main", "parser", "gate_commands", "tool_commands", "init")},
+                  **{f"harness/pytest_plugin/{m}.py": PLUGIN
+                     for m in ("__init__", "state", "gate_tests", "fixtures", "ordering")}}
+
+
+def _top_imports(tree) -> list:
+    return [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def _names(node) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        return [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+    return [a.name for a in node.names]
+
+
+def heavy_modules(root: Path) -> set[str]:
+    """The harness modules that load a heavy library (HEAVY_LIBS) when imported: through their own top-level
+    imports, their packages' or the harness modules those import."""
+    mods = modules(root)
+    trees = {m: ast.parse(p.read_text()) for m, p in mods.items()}
+    heavy: dict[str, bool] = {}
+
+    def visit(m: str, stack: tuple = ()) -> bool:
+        if m in heavy or m in stack:
+            return heavy.get(m, False)
+        deps, h = set(), False
+        parts = m.split(".")
+        deps |= {".".join(parts[:i]) for i in range(2, len(parts))}  # its packages' __init__
+        for node in _top_imports(trees[m]):
+            for n in _names(node):
+                if n in mods:
+                    deps.add(n)
+                elif n.split(".")[0] in HEAVY_LIBS:
+                    h = True
+        h = any([visit(d, stack + (m,)) for d in deps if d in mods and d != m]) or h
+        heavy[m] = h
+        return h
+
+    for m in mods:
+        visit(m)
+    return {m for m, h in heavy.items() if h}
+
+
+def test_imports_inside_functions_keep_heavy_libraries_out_of_start_up(root):
+    """An import inside a function is of a heavy library (torch, vLLM, llm-compressor, transformers, numpy, ...) or of
+    a harness module that loads one; else it says why on its line or the line above, or its module is one of
+    LAZY_BY_DESIGN. Everything else is imported at the top of its module."""
+    mods = modules(root)
+    heavy = heavy_modules(root)
+    assert "harness.reference.nvfp4" in heavy and "harness.metrics" not in heavy  # numpy at its top / the light core
+    loose = []
+    for m, path in sorted(mods.items()):
+        rel = path.relative_to(root).as_posix()
+        if rel in LAZY_BY_DESIGN:
+            continue
+        src = path.read_text()
+        lines = src.split("\n")
+        for fn in ast.walk(ast.parse(src)):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "level", 0):
+                    continue
+                said = "#" in "".join(lines[node.lineno - 2:node.end_lineno])
+                names = _names(node)
+                if said or any(n.split(".")[0] in HEAVY_LIBS or n in heavy or n == m for n in names):
+                    continue
+                if any(n.split(".")[0] not in {"harness", *sys.stdlib_module_names} for n in names):
+                    continue  # a light third-party library (yaml, pydantic, ...) imported where it is used
+                loose.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    assert not loose, "light imports inside functions (move them to the top, or say why):\n" + "\n".join(loose)

@@ -61,6 +61,7 @@ class Registry(MutableMapping):
 
     def _load(self) -> dict[str, BackendSpec]:
         if self._specs is None:
+            # read on first use (docstring above): importlib.metadata stays out of start-up
             from importlib.metadata import entry_points
 
             targets = dict(BUILTIN)  # an installed package's entry points win; a bare checkout has the built-ins
@@ -160,6 +161,7 @@ def make_backend(name: str, spec: EngineSpec) -> Backend:
                                   "combine with distributed_executor_backend "
                                   f"{spec.engine_kwargs['distributed_executor_backend']!r} (use ray for tensor / "
                                   "pipeline parallelism across hosts, with data_parallel_size 1)")
+            # the package's __init__ imports only what the registry needs
             from harness.backends.gpu_memory import visible_gpus
 
             devices = dp.plan_devices(size, per_engine, visible_gpus())

@@ -7,6 +7,7 @@ Nothing else: datasets, metrics and baselines live in the torch-free core.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -123,7 +124,5 @@ def check_results(results: list[DocResult], docs: Sequence[Sequence[int]], backe
 
 def load_class(path: str):
     """What ``module:name`` names, imported now: a backend class, or a function of a BackendSpec."""
-    import importlib
-
     mod, cls = path.split(":")
     return getattr(importlib.import_module(mod), cls)

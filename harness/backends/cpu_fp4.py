@@ -9,6 +9,8 @@ through compressed-tensors' own backend registry (``ImplBackend.register``) for 
 Triton kernel."""
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 NAME = "cast_to_fp4"
@@ -36,7 +38,6 @@ def register() -> bool:
     global _registered
     if _registered:
         return True
-    import importlib
 
     try:
         importlib.import_module("compressed_tensors.quantization.utils.fp4_utils")  # defines cast_to_fp4's entry point

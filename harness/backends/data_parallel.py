@@ -24,6 +24,8 @@ import traceback
 from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results, load_class
+from harness.backends.gpu_memory import used_mib, wait_closed
+from harness.childproc import set_parent_death_signal
 from harness.errors import BackendError, ConfigError
 
 OWNED_KEY = "data_parallel_size"
@@ -83,8 +85,6 @@ def merge(n_docs: int, shards: Sequence[Sequence[int]], results: Sequence[Sequen
 
 
 def _worker(inner: str, spec: EngineSpec, devices: str, conn) -> None:
-    from harness.childproc import set_parent_death_signal
-
     set_parent_death_signal()  # the harness dies (even by SIGKILL): so does this engine
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
@@ -122,7 +122,6 @@ class DataParallelBackend(Backend):
         self.size, self.devices = size, list(devices)
         inner_spec = EngineSpec(**{**spec.__dict__, "engine_kwargs": {k: v for k, v in spec.engine_kwargs.items()
                                                                        if k != OWNED_KEY}})
-        from harness.backends.gpu_memory import used_mib
 
         try:  # NVML indices of every worker's GPUs (UUIDs: all GPUs), read before any engine starts
             self._gpu_indices: list[int] | None = [int(g) for d in self.devices for g in d.split(",")]
@@ -228,7 +227,6 @@ class DataParallelBackend(Backend):
         for c in conns:
             c.close()
         self.exitcodes = [p.exitcode for p in procs]  # 0: each worker closed its engine and exited on its own
-        from harness.backends.gpu_memory import wait_closed
 
         # the workers' engines ran in their processes: their GPU memory comes back as those exit
         wait_closed("the data-parallel engines", getattr(self, "_mem_before", None), self._gpu_indices,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 
+from harness.backends import backend_spec, load_class
 from harness.errors import ConfigError
 
 VLLM_VERSION = "0.26.0"
@@ -150,8 +151,6 @@ HF_CPU_MATMUL = ("fp32", "native")  # harness/backends/cpu_matmul.py (kept torch
 
 def check_engine_kwargs(backend: str, kwargs: dict, where: str = "engine", fields=None) -> None:
     """Refuse unknown, misspelled, harness-owned and wrong-typed keys, by the backend's own check (its BackendSpec)."""
-    from harness.backends import backend_spec, load_class
-
     load_class(backend_spec(backend).check_kwargs)(kwargs, where, fields)
 
 

@@ -2,6 +2,7 @@
 made here), and waiting for an engine's memory to come back after it is closed. No torch import."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable, Sequence
@@ -76,8 +77,6 @@ def wait_closed(what: str, before: dict[int, float] | None, indices: Sequence[in
     back, so the next engine never starts beside their remains, and warn when they did not. Without (its core and
     model ran in this process), what is still held is this process's own (its CUDA context, caches vLLM's modules
     keep) and stays until it exits: waiting would only wait out the timeout, so it is read once and logged."""
-    import logging
-
     held = wait_released(before, lambda: used_mib(indices), timeout_s=timeout_s if own_process else 0.0)
     if held and own_process:
         logging.getLogger("harness").warning("%s was closed but GPU memory is still held after %.0f s (MiB per GPU: "

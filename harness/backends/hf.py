@@ -14,12 +14,16 @@ import re
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results
 from harness.backends.engine_args import check_engine_kwargs
+from harness.backends.fake_quant import attach, reference_activations
+from harness.checkpoint import checkpoint_quantization, dequantized_weights, describe_quantization, view_source
 from harness.errors import BackendError, ConfigError
+from harness.tasks.definitions import cut_at_stop
 
 
 @contextlib.contextmanager
@@ -65,8 +69,6 @@ class HFBackend(Backend):
 
         self.cpu_matmul = kw.get("cpu_matmul", DEFAULT)
         t0 = time.time()
-        from harness.checkpoint import checkpoint_quantization
-        from harness.checkpoint import view_source
 
         extra = {"attn_implementation": kw["attn_implementation"]} if kw.get("attn_implementation") else {}
         self._converted = None
@@ -87,7 +89,6 @@ class HFBackend(Backend):
             except (OSError, ValueError) as e:
                 raise BackendError(f"hf backend: cannot load {spec.model!r}: {str(e)[:500]}") from None
             self.model.to(self.device).eval()
-            from harness.backends.fake_quant import attach, reference_activations
 
             ref = reference_activations(spec.model)  # a W4A4 reference model (harness/reference/nvfp4.py)
             self.reference_w4a4 = attach(self.model, *ref) if ref else 0
@@ -154,7 +155,6 @@ class HFBackend(Backend):
         the first of ``until`` (transformers' stop_strings) or after ``max_tokens`` new tokens."""
         import torch
 
-        from harness.tasks.definitions import cut_at_stop
 
         tok = self._generation_tokenizer()
         out = []
@@ -216,7 +216,6 @@ def modelopt_as_compressed_tensors(src: str, out: str) -> str:
     for f in sorted(Path(src).glob("*.safetensors")):
         with safe_open(f, "pt") as fh:
             names.update(fh.keys())
-    from harness.checkpoint import checkpoint_quantization
 
     quantized = {n.rpartition(".")[0] for n in names if n.endswith(".weight_scale_2")}
     # what the checkpoint says it left out (lm_head, also when tied and so not stored) and what holds no FP4 weights
@@ -231,7 +230,6 @@ def load_view(model_dir: str, src, dtype, extra: dict):
     """A BF16 view (harness_view.json): the model built from its config, with ``src``'s weights dequantized."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.checkpoint import dequantized_weights
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype, **extra)
     missing, unexpected = model.load_state_dict(dict(dequantized_weights(src)), strict=False)
@@ -244,8 +242,6 @@ def load_view(model_dir: str, src, dtype, extra: dict):
 
 
 def _maybe_version(pkg: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return {pkg: version(pkg)}
     except PackageNotFoundError:
@@ -258,7 +254,6 @@ def quantization_info(config) -> dict:
     if qc is None:
         return {}
     qd = qc if isinstance(qc, dict) else (qc.to_dict() if hasattr(qc, "to_dict") else vars(qc))
-    from harness.checkpoint import describe_quantization
 
     out = describe_quantization(qd)
     if out.get("activation_bits"):

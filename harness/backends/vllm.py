@@ -33,11 +33,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from harness.backends import gpu_memory
 from harness.backends.base import Backend, DocResult, EngineSpec, check_results, request_documents
+from harness.backends.hf import _maybe_version
 from harness.backends.vllm_env import (capture_in_process_log, compilation_of, engine_core_in_process,
-                                      engine_environment, offload_report, offload_requested, one_worker,
-                                      parse_engine_log, read_log, release_failed_start, scoped_env, stop_capture,
-                                      unfreeze_vllm_envs, warm_up_scoring)
+                                       engine_environment, offload_report, offload_requested, one_worker,
+                                       parse_engine_log, read_log, release_failed_start, scoped_env, stop_capture,
+                                       unfreeze_vllm_envs, warm_up_scoring)
 from harness.backends.vllm_errors import is_oom, oom_error, start_error
 from harness.backends.vllm_kwargs import engine_arg_names, engine_kwargs
 from harness.backends.vllm_outputs import continuation_result, count_shared, doc_result, kernel_label
@@ -76,7 +78,6 @@ class VLLMBackend(Backend):
         self.env = env
         unfreeze_vllm_envs()
         self._log_handler = capture_in_process_log(self.log_path) if self.in_process else None
-        from harness.backends import gpu_memory
 
         self._gpus = gpu_memory.visible_indices()
         self._mem_before = gpu_memory.used_mib(self._gpus)  # what close() waits to see again
@@ -205,7 +206,6 @@ class VLLMBackend(Backend):
     def info(self) -> dict:
         import torch
 
-        from harness.backends.hf import _maybe_version
 
         dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"
         return {"backend": self.name, "device": dev, "dtype": str(self.kwargs.get("dtype", "auto")),
@@ -241,7 +241,6 @@ class VLLMBackend(Backend):
                 torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001
             pass
-        from harness.backends import gpu_memory
 
         # an in-process engine of one worker has no process of its own to wait for (2026-11-30: the 120 s timeout)
         gpu_memory.wait_closed(f"the {self.spec.precision} engine", getattr(self, "_mem_before", None), self._gpus,

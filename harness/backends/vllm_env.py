@@ -17,6 +17,7 @@ module level.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -139,8 +140,6 @@ def release_failed_start() -> None:
     """What an engine core that failed to start in this interpreter left behind (its distributed state, cached GPU
     memory), released as vLLM's own shutdown does, so the next engine starts clean; an engine process of its own
     takes all of that with it when it exits."""
-    import gc
-
     try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
     except ImportError:

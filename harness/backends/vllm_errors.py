@@ -2,6 +2,8 @@
 that runs a scheme vLLM has no kernel for)."""
 from __future__ import annotations
 
+import sys
+
 from harness.backends.base import EngineSpec
 from harness.errors import BackendError
 
@@ -28,8 +30,6 @@ def start_error(e: BaseException, spec: EngineSpec, kwargs: dict, log_text: str,
     text = f"{type(e).__name__}: {e}\n{log_text}"
     low = text.lower()
     if any(u in low for u in UNSUPPORTED) and not is_oom(e):
-        import sys
-
         version = getattr(sys.modules.get("vllm"), "__version__", "")
         line = next((ln.strip() for ln in text.splitlines() if any(u in ln.lower() for u in UNSUPPORTED)), str(e))
         scheme = "quantization scheme" if "compressed-tensors" in low else "quantization scheme or architecture"

@@ -7,11 +7,14 @@ import dataclasses
 import os
 from pathlib import Path
 
+from harness import fidelity
 from harness.backends.base import EngineSpec
+from harness.backends.data_parallel import parallel_sizes
 from harness.backends.engine_args import VLLM_DROPPED, check_engine_kwargs
+from harness.backends.gpu_memory import visible_gpus
+from harness.checkpoint import checkpoint_quantization, view_source
 from harness.errors import BackendError, ConfigError
 from harness.precision import BF16
-
 
 EXTENSION = "harness.backends.vllm_loader.HarnessWorkerExtension"
 DEFAULT_MAX_LOGPROBS = 20  # vLLM's max_logprobs unless set: a larger EngineSpec.top_k raises it for that engine
@@ -48,9 +51,6 @@ def scoring_defaults(kwargs: dict, available: set[str]) -> dict:
 def check_parallel(kwargs: dict) -> None:
     """Tensor x pipeline parallelism on this host needs that many visible GPUs: say so before vLLM starts (it
     would wait for GPUs that never come, or fail deep in a worker). Ray places workers across its own cluster."""
-    from harness.backends.data_parallel import parallel_sizes
-    from harness.backends.gpu_memory import visible_gpus
-
     dp, per_engine = parallel_sizes(kwargs)
     if dp > 1:
         raise ConfigError("data_parallel_size > 1 is run by the harness (one engine per GPU group): start the "
@@ -72,8 +72,6 @@ def fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:
         return kwargs, None
     import torch
 
-    from harness import fidelity
-    from harness.checkpoint import checkpoint_quantization
 
     cap = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
     return fidelity.choose(spec.fidelity, checkpoint_quantization(spec.model), cap, kwargs)
@@ -82,8 +80,6 @@ def fidelity_kwargs(spec: EngineSpec, kwargs: dict) -> tuple[dict, dict | None]:
 def view_kwargs(spec: EngineSpec, kwargs: dict) -> dict:
     """A BF16 view of an NVFP4 checkpoint loads through the harness's load format, registered in the workers
     by the harness's worker extension."""
-    from harness.checkpoint import view_source
-
     if view_source(spec.model) is None:
         return kwargs
     from harness.backends.vllm_loader import LOAD_FORMAT

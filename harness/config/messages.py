@@ -2,6 +2,7 @@
 an unknown key the keys allowed at that place (found by walking the model's annotations, dicts included)."""
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -41,8 +42,6 @@ def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
 
 
 def _inner_model(annotation):
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     args = typing.get_args(annotation)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from harness.config.locate import locate
 from harness.config.messages import format_validation_error
 from harness.config.sections import (CalibrationOverrides, DatasetSpec, DistributionSpec, HubSpec, ModelSpec,
                                      QuantizeSpec, RecipeRegressionSpec, Strict, TaskSpecConfig, Thresholds,
@@ -120,8 +121,6 @@ class HarnessConfig(Strict):
 
     def locate(self, p: str):
         """Where ``p`` lives (local path, hub id or builtin), by harness.config.locate's rule."""
-        from harness.config.locate import locate
-
         return locate(p, Path(self.root or "."))
 
     def resolve_files(self, files: str | list[str] | None) -> str | list[str] | None:
@@ -146,6 +145,5 @@ def resolve_path(p: str | None, root: Path, local: bool = False) -> str | None:
     (``local=True``: something that can only be a path)."""
     if p is None:
         return None
-    from harness.config.locate import locate
 
     return locate(p, root, local=local).path

@@ -3,15 +3,21 @@ an unknown key is an error that names the known ones). harness.config.schema put
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.backends import BACKENDS  # the one backend registry (light: no torch, no vllm)
+from harness.backends.engine_args import check_engine_kwargs
+from harness.data.rules import RULES
 from harness.errors import ConfigError, unknown_name
 from harness.limits import LIMITS
 from harness.precision import PRECISIONS
-
+from harness.tasks import TASKS
+from harness.tasks.definitions import styled_spec
 
 
 def one_of(what: str, v: str, names, more: str = "") -> str:
@@ -54,8 +60,6 @@ class DatasetSpec(Strict):
     @field_validator("rule")
     @classmethod
     def _known_rule(cls, v: str) -> str:
-        from harness.data.rules import RULES
-
         return one_of("rule", v, RULES)
 
 
@@ -162,9 +166,6 @@ class TaskSpecConfig(Strict):
 def check_tasks(tasks: dict) -> dict:
     """Known task names (or ``task:``), a style the task has, and per task a metric it has (the errors list the known
     ones)."""
-    from harness.tasks import TASKS
-    from harness.tasks.definitions import styled_spec
-
     for key, t in tasks.items():
         name = t.definition(key)
         if name not in TASKS:
@@ -210,7 +211,6 @@ class ModelSpec(Strict):
                     known_backend(b)
                 except ValueError as e:
                     raise ValueError(f"engine.{prec}: {e}") from None
-                from harness.backends.engine_args import check_engine_kwargs
 
                 try:
                     check_engine_kwargs(b, kwargs or {}, where=f"engine.{prec}.{b}")
@@ -245,12 +245,8 @@ class HubSpec(Strict):
 def apply_hub_environment(env: dict[str, str]) -> None:
     """Set the variables for this process and its children (the quantization interpreter), and update the
     libraries' module-level copies where they were imported already."""
-    import sys
-
     os.environ.update(env)
     if "TMPDIR" in env:
-        import tempfile
-
         tempfile.tempdir = None
     hh = sys.modules.get("huggingface_hub.constants")
     if hh is not None and "HF_HUB_OFFLINE" in env:
@@ -260,9 +256,7 @@ def apply_hub_environment(env: dict[str, str]) -> None:
         if "HF_DATASETS_OFFLINE" in env:
             dc.HF_HUB_OFFLINE = env["HF_DATASETS_OFFLINE"] == "1"
         if "HF_DATASETS_CACHE" in env:
-            from pathlib import Path as _P
-
-            dc.HF_DATASETS_CACHE = _P(env["HF_DATASETS_CACHE"])
+            dc.HF_DATASETS_CACHE = Path(env["HF_DATASETS_CACHE"])
 
 
 class QuantizeSpec(Strict):

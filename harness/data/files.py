@@ -3,10 +3,11 @@ hub's schema (parquet, JSON lines, CSV, arrow), each local file checked (there, 
 line by file:line) before any work. No datasets import at module import time."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from harness.errors import HarnessError
-
 
 LOCAL_BUILDERS = ("parquet", "json", "csv", "arrow", "text")
 
@@ -51,8 +52,6 @@ def check_data_files(data_files) -> None:
     """Local data files as ``datasets`` would read them, checked without it: each there, not empty, parquet readable
     with rows, JSON lines parsed line by line (a malformed line named by file:line and the parser's reason; a .json
     file may also be one JSON document). Cheap enough for the preflight: no tokenizer, no engine."""
-    import json
-
     files = [data_files] if isinstance(data_files, str) else list(data_files or [])
     fix = "fix data_files (or the dataset path) in the config"
     for f in files:
@@ -118,8 +117,6 @@ BUILDER_BY_SUFFIX = {".parquet": "parquet", ".json": "json", ".jsonl": "json", "
 def local_files(path: str, split: str) -> tuple[str, str | list[str]]:
     """A local file, or a folder laid out like a hub snapshot (``<config>/<split>-00000-of-00001.parquet``), as a
     (builder, data_files) pair for ``datasets.load_dataset``."""
-    from pathlib import Path
-
     p = Path(path)
     if p.is_file():
         builder = BUILDER_BY_SUFFIX.get(p.suffix)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import time
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from harness.atomic import readable
+from harness.backends import missing_extra
+from harness.backends.hf import without_progress_bars
 from harness.errors import HarnessError
+from harness.models.gguf_tokenizer import sentencepiece_bpe_tokenizer
 
 FORMAT_VERSION = 1  # of the marker record (harness_model.json)
 
@@ -22,17 +28,13 @@ def convert(m, gguf: Path, out: Path) -> dict:
         import torch
         from transformers import AutoModelForCausalLM
     except ModuleNotFoundError as e:
-        from harness.backends import missing_extra
-
         raise (missing_extra(e) or e) from None
-    import importlib.util
 
     if importlib.util.find_spec("gguf") is None:  # transformers' GGUF loader needs it
         raise HarnessError("converting a GGUF needs the 'gguf' package: pip install 'nvfp4-gate[real]' (or pip "
                            "install gguf)")
     from transformers.utils import logging as hf_logging
 
-    from harness.backends.hf import without_progress_bars
 
     hf_logging.disable_progress_bar()
     with without_progress_bars(), gguf_parsed_once():  # the loader's own bar per tensor: the harness says instead
@@ -52,7 +54,6 @@ def convert(m, gguf: Path, out: Path) -> dict:
     cfg_file = out / "config.json"  # the GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2") is no model path
     cfg_file.write_text(json.dumps({k: v for k, v in json.loads(cfg_file.read_text()).items()
                                     if k != "_model_name_or_path"}, indent=2, sort_keys=True) + "\n")
-    from harness.atomic import readable
 
     for f in out.iterdir():
         readable(f)
@@ -124,14 +125,11 @@ def load_gguf_tokenizer(m, gguf: Path):
 
     if m.tokenizer == "gguf":
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    from harness.models.gguf_tokenizer import sentencepiece_bpe_tokenizer
 
     return sentencepiece_bpe_tokenizer(gguf)
 
 
 def _versions(pkgs) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for p in pkgs:
         try:

@@ -19,6 +19,9 @@ import os
 import re
 from pathlib import Path
 
+from harness.checkpoint import view_source
+from harness.models.pypi import read_marker
+
 SHA = re.compile(r"^[0-9a-f]{40}$")
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
 
@@ -94,9 +97,6 @@ def hub_architecture(repo: str, sha: str | None) -> dict | None:
 def model_identity(location, revision: str | None, named: str | None = None) -> dict:
     """``location``: a harness.config.locate.Location of the BF16 model; ``named``: how the config names it (recorded
     instead of a machine's absolute path)."""
-    from harness.models.pypi import read_marker
-    from harness.checkpoint import view_source
-
     marker = read_marker(Path(location.path)) if location.is_local else None
     if marker is not None:  # a real model from the package index: its origin and its converted tensors
         return {"kind": "package", "path": named or location.path, "name": marker["name"],

@@ -30,8 +30,12 @@ import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from filelock import FileLock
+
+from harness.atomic import atomic_dir
 from harness.errors import ConfigError, HarnessError, unknown_name
 from harness.models.gguf_convert import convert
 
@@ -113,13 +117,11 @@ def materialise(name: str, log=None) -> Path:
     if (final / MARKER).is_file():
         return final
     log = log or _say
-    from filelock import FileLock
 
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if (final / MARKER).is_file():  # another process built it while we waited
             return final
-        from harness.atomic import atomic_dir
 
         t0 = time.time()
         with atomic_dir(final) as tmp:
@@ -142,8 +144,6 @@ def _normalised(dist: str) -> str:
 
 def installed_member(w: Wheel) -> Path | None:
     """The member of an installed distribution of exactly the pinned version (located, never imported)."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
     try:
         d = distribution(w.dist)
     except PackageNotFoundError:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.models.shapes import KNOWN_SHAPES
 from harness.reference.pack import FP4_MAX, FP8_MAX, GROUP, quantize_nvfp4
 
 SYNTH_FILE = "harness_synth.json"
@@ -59,8 +60,6 @@ class TensorPlan:
 
 def resolve_shape(like: str, revision: str | None = None) -> tuple[dict, str]:
     """The shape's config.json: a local config.json or model dir, a known hub id (offline), else the hub."""
-    from harness.models.shapes import KNOWN_SHAPES
-
     p = Path(os.path.expanduser(like))
     if p.is_file() or (p / "config.json").is_file():
         f = p if p.is_file() else p / "config.json"

@@ -9,11 +9,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from harness.atomic import atomic_dir
+from harness.checkpoint import VIEW_FILE, checkpoint_quantization
 from harness.errors import HarnessError
 from harness.models.synth import (SYNTH_FILE, SynthSpec, modelopt_quant_config, nbytes, quantization_config,
                                   synth_tensors, tensor_plan)
-from harness.checkpoint import VIEW_FILE
+from harness.tiny import builtin_path
 
 
 def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None, shard_gb: float = 5.0,
@@ -21,7 +24,6 @@ def write_checkpoint(spec: SynthSpec, out: Path, *, tokenizer: str | None = None
     """Write the synthetic checkpoint to ``out`` (atomically); returns what was written."""
     import torch
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     if spec.precision not in ("nvfp4", "bf16"):
         raise HarnessError(f"precision {spec.precision!r}: choose nvfp4 or bf16")
@@ -109,7 +111,6 @@ def _save_tokenizer(tokenizer: str | None, out: Path) -> str:
     """Copy a tokenizer in (default: the embedded tiny model's; scoring uses token ids, any ids < vocab do)."""
     from transformers import AutoTokenizer
 
-    from harness.tiny import builtin_path
 
     src = tokenizer or str(builtin_path("tiny"))
     try:
@@ -122,8 +123,6 @@ def _save_tokenizer(tokenizer: str | None, out: Path) -> str:
 # ---- BF16 view of an NVFP4 checkpoint (written here; read by harness.checkpoint) ----------------------------------
 def write_dequant_view(nvfp4_dir: Path, out: Path, force: bool = False) -> dict:
     """A BF16 model dir whose weights are ``nvfp4_dir``'s dequantization (config + tokenizer + a pointer, no weights)."""
-    from harness.checkpoint import checkpoint_quantization
-
     nvfp4_dir = Path(nvfp4_dir).resolve()
     cfg = json.loads((nvfp4_dir / "config.json").read_text())
     cfg.pop("quantization_config", None)

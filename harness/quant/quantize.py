@@ -18,10 +18,16 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from harness.childproc import child_pythonpath, guard_group, run_child
 from harness.config.sections import CalibrationSpec  # the one calibration spec: config, recipes and this child
+from harness.data.files import load_rows
+from harness.data.rules import messages_to_text
 from harness.errors import HarnessError
+from harness.quant import zygote_client
+from harness.recipes.catalog import recipe_id
 
 SPEC_VERSION = 1
 MARKER = "harness_quantization.json"
@@ -59,9 +65,6 @@ class QuantSpec:
 
 def calibration_texts(spec: QuantSpec, tokenizer) -> list[str]:
     """Calibration rows as text: chat template where the tokenizer has one, else one `role: content` line a message."""
-    from harness.data.rules import messages_to_text
-    from harness.data.files import load_rows
-
     c = spec.calibration
     rows = load_rows(c.path, name=c.name, split=c.split, revision=c.revision, data_files=c.data_files)
     if c.skip:
@@ -133,8 +136,6 @@ def run_oneshot(spec: QuantSpec, log=print) -> dict:
 
 
 def quant_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("llmcompressor", "compressed-tensors", "transformers", "torch"):
         try:
@@ -157,8 +158,6 @@ class QuantInterpreter:
                    pythonpath=pythonpath if pythonpath is not None else os.environ.get("HARNESS_QUANT_PYTHONPATH"))
 
     def env(self) -> dict:
-        from harness.childproc import child_pythonpath
-
         env = dict(os.environ)
         # the quantization interpreter gets its own path: the caller's PYTHONPATH may hold vLLM's compressed-tensors
         env["PYTHONPATH"] = child_pythonpath(self.pythonpath)
@@ -174,9 +173,6 @@ def run_quantization(spec: QuantSpec, interp: QuantInterpreter, log_path: Path, 
     """Run ``python -m harness.quant.quantize`` in the quantization interpreter; raise HarnessError on any failure. The
     child dies with this process (harness/childproc.py), says how far it got every ``heartbeat_s`` and is stopped
     past ``timeout_s``."""
-    from harness.quant import zygote_client
-    from harness.childproc import run_child
-
     spec_path = spec.beside(".spec.json")
     spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
     cmd = [interp.python, "-m", "harness.quant.quantize", "--spec", str(spec_path)]
@@ -218,7 +214,6 @@ def note_in_ledger(spec: QuantSpec, interp: "QuantInterpreter", rc: int | None, 
     path = os.environ.get(LEDGER_ENV)
     if not path:
         return
-    from harness.recipes.catalog import recipe_id
 
     line = {"model": spec.model, "recipe_sha256": recipe_id(spec.recipe),
             "python": interp.python, "device_map": spec.device_map,
@@ -238,7 +233,6 @@ def main(argv=None) -> int:
                                 description="Run one llm-compressor oneshot from a spec file.")
     p.add_argument("--spec", required=True, type=Path, help="JSON spec written by harness (QuantSpec)")
     a = p.parse_args(argv)
-    from harness.childproc import guard_group
 
     guard_group()  # the harness that started us is gone: so are we, with anything we started
     spec = QuantSpec.from_json(a.spec.read_text())

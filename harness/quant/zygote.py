@@ -22,6 +22,8 @@ closed it, or died) stops the zygote and kills the builds it still runs.
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import select
@@ -42,7 +44,6 @@ def serve() -> int:
     if gpu_visible():
         print("harness.quant.zygote: a GPU is visible, and CUDA cannot be used after a fork: not serving", flush=True)
         return 3
-    import importlib
 
     parent = os.getppid()
     importing = threading.Event()
@@ -114,6 +115,7 @@ def _build(req: dict, zygote: int) -> int:
         os.environ.update(req["env"])
         os.chdir(req["cwd"])
         sys.argv = ["harness.quant.quantize", "--spec", req["spec"]]
+        # after the request's environment and argv are in place: quantize reads them at import
         from harness.quant.quantize import main
 
         return int(main(sys.argv[1:]) or 0)
@@ -133,8 +135,6 @@ def _build(req: dict, zygote: int) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m harness.quant.zygote",
                                 description="A warm quantization interpreter (started by the harness; not by hand).")
     p.add_argument("--cache", default="", help="the harness cache it builds for (shown in ps; not used)")

@@ -5,22 +5,22 @@ nvfp4a16, negative-control-w2): a project needs a recipes folder only for recipe
 name replaces the shipped one."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
 
-from harness.config.sections import CalibrationSpec, Strict
+from harness.config.bundled import bundled_dir
 from harness.config.messages import format_validation_error
+from harness.config.sections import CalibrationSpec, Strict
 from harness.errors import ConfigError, unknown_name
 
 
 def recipe_id(recipe_text: str) -> str:
     """A recipe's short name by content: the first 12 hex digits of the sha256 of its text (cache listings, the
     quantization ledger, stored recipe results)."""
-    import hashlib
-
     return hashlib.sha256(recipe_text.encode()).hexdigest()[:12]
 
 
@@ -42,8 +42,6 @@ class RecipeFile(Strict):
 
 def recipe_dirs(recipes_dir: Path) -> list[Path]:
     """Where recipe names are looked up, first match wins: the project's folder, then the shipped recipes."""
-    from harness.config.bundled import bundled_dir
-
     dirs = [Path(recipes_dir)]
     shipped = bundled_dir("recipes")
     if shipped is not None and shipped.resolve() != Path(recipes_dir).resolve():

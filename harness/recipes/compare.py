@@ -8,10 +8,19 @@ resampled documents for both, stratified by dataset as the gate's own interval),
 whole interval is above 0, ``worse`` when below, else ``indistinguishable`` at the configured confidence."""
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 
+from harness.checkpoint import disk_size
+from harness.errors import BaselineError, HarnessError
+from harness.metrics import _quantiles, resampled_totals
 from harness.precision import NVFP4
+from harness.recipes.catalog import default_recipes
+from harness.report.cells import md_table
+from harness.report.chart import chart_layout
+from harness.report.folder import save_svg, write_report_folder
+from harness.report.sections import paired_cells
 
 
 def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence: float = 0.95,
@@ -20,7 +29,6 @@ def pair_difference(ref: dict, a: dict, b: dict, samples: int = 1000, confidence
     counts) of BF16, recipe A and recipe B on the same documents."""
     import numpy as np
 
-    from harness.metrics import _quantiles, resampled_totals
 
     groups, point = {}, np.zeros(2)
     tokens = 0
@@ -43,8 +51,6 @@ def bf16_documents(baselines: dict, update_hint: str) -> dict:
     """dataset -> (per-document NLL sums, token counts) of the stored BF16 baselines (dataset -> Baseline): what
     recipes are paired on (here, and in the recipe regression); a BaselineError when a baseline holds no
     per-document NLLs."""
-    from harness.errors import BaselineError
-
     missing = [n for n, b in baselines.items() if not b.has_documents]
     if missing:
         raise BaselineError(f"baselines {missing} hold no per-document NLLs: recipes cannot be paired; "
@@ -54,8 +60,6 @@ def bf16_documents(baselines: dict, update_hint: str) -> dict:
 
 def recipe_row(recipe: str, judged, checkpoint, scores, time: dict) -> dict:
     """One recipe's row of the comparison, from its judge, provide and score stages' results."""
-    from harness.checkpoint import disk_size
-
     o = judged.overall.comparison
     path, info = checkpoint.path, checkpoint.info
     dist = judged.overall.distributions or {}
@@ -75,8 +79,6 @@ def run(make_session, recipes: list[str], log=print) -> dict:
     """Gate each recipe (``make_session(recipe)`` -> GateSession), one engine at a time; then every pair of those that
     ran. A recipe that cannot run (a HarnessError: llm-compressor refuses it, the engine cannot start it) is a row
     with its error, and the others still run: one bad recipe does not hide the comparison of the rest."""
-    from harness.errors import BaselineError, HarnessError
-
     rows, docs = [], {}
     ref = None
     t = None
@@ -120,8 +122,6 @@ def run(make_session, recipes: list[str], log=print) -> dict:
 
 
 def tables(rep: dict) -> tuple[str, str]:
-    from harness.report.cells import md_table
-
     def f(v, nd=2):
         return "n/a" if v is None else f"{v:.{nd}f}"
 
@@ -139,9 +139,6 @@ def tables(rep: dict) -> tuple[str, str]:
 
 def task_table(rep: dict) -> str:
     """Per recipe and task: accuracy against BF16, recovery, flips both ways and McNemar's p ("" without tasks)."""
-    from harness.report.cells import md_table
-    from harness.report.sections import paired_cells
-
     rows = [[r["recipe"], t["task"], t["metric"], *paired_cells(t).values(), "PASS" if t["passed"] else "FAIL"]
             for r in rep["recipes"] if "error" not in r for t in r.get("tasks", [])]
     if not rows:
@@ -180,15 +177,11 @@ def write_chart(rep: dict, path: Path) -> None:
     """Scores zoomed to the data (every score, interval and threshold inside the axis: harness/report/chart.py's
     layout), each with its value; a recipe that could not be gated is a labelled gap; below, each recipe's paired
     difference to the reference (the first that ran) with its interval."""
-    import textwrap
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.report.chart import chart_layout
-    from harness.report.folder import save_svg
 
     rows = rep["recipes"]
     ran = [r for r in rows if "error" not in r]
@@ -245,16 +238,11 @@ def _delta_panel(dax, deltas: list[dict], ref: str) -> None:
 
 
 def write(rep: dict, reports_dir: Path) -> Path:
-    from harness.report.folder import write_report_folder
-
     return write_report_folder(reports_dir, rep["model"], "compare", rep, "compare", render_markdown, write_chart)
 
 
 def main(a, session) -> int:
     """`harness compare` (harness/cli/main.py): ``session(recipe)`` makes the GateSession of the command's config."""
-    from harness.errors import HarnessError
-    from harness.recipes.catalog import default_recipes
-
     cfg = session(None).cfg
     recipes = a.recipes or (cfg.recipes if cfg.recipes is not None else
                             default_recipes(cfg.path_of("recipes_dir"), cfg.name))

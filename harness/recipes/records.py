@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import atomic_write_text
 from harness.errors import BaselineError
+from harness.recipes.catalog import recipe_id
+from harness.recipes.compare import pair_difference
 
 FORMAT = 1
 
@@ -31,8 +34,6 @@ def make_record(ctx, recipe, overall, prepared, scores) -> dict:
     """The record of a run that scored every dataset (its gate ran): ``ctx`` the run's context
     (harness/session/context.py), ``recipe`` None for an existing checkpoint (recorded as it is), ``overall`` its
     overall Comparison, ``prepared`` and ``scores`` the prepare and score stages' results."""
-    from harness.recipes.catalog import recipe_id
-
     datasets = {}
     for n in prepared.names:
         s = scores[n]
@@ -49,8 +50,6 @@ def make_record(ctx, recipe, overall, prepared, scores) -> dict:
 
 
 def write_record(baselines_dir: Path, rec: dict) -> Path:
-    from harness.atomic import atomic_write_text
-
     path = record_path(baselines_dir, rec["model"], rec["recipe"])
     atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
     return path
@@ -78,8 +77,6 @@ def check(best: dict, current: dict, ref: dict, fingerprints: dict[str, str], ma
           confidence: float, seed: int) -> dict:
     """``current`` and ``ref`` (BF16): dataset -> (per-document NLL sums, token counts) of this run; ``fingerprints``:
     this run's data. Returns the paired difference score(now) - score(best) with its interval, and ``passed``."""
-    from harness.recipes.compare import pair_difference
-
     for n, fp in fingerprints.items():
         d = best["datasets"].get(n)
         if d is None or d["fingerprint"] != fp:

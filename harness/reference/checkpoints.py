@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from harness.reference.nvfp4 import (ARITHMETIC, decode_e4m3, dequantize, fused_group, global_scale, quantize,
-                                    round_bf16, unpack)
+                                     round_bf16, unpack)
 
 # ---- reading checkpoints without torch ------------------------------------------------------------------------------
 _DTYPES = {"BF16": (np.uint16, "bf16"), "F32": (np.float32, None), "F16": (np.float16, None), "U8": (np.uint8, None),
@@ -97,8 +99,6 @@ def check_layer(w: np.ndarray, packed: np.ndarray, scale: np.ndarray, g_stored: 
 def each(fn, items) -> list:
     """``[fn(x) for x in items]``, in order, on one thread per CPU core: numpy releases the GIL inside its array
     operations, so layers are quantized side by side (1.8x on 2 cores for SmolLM2's 210 Linears)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     items = list(items)
     if len(items) < 2 or (os.cpu_count() or 1) < 2:
         return [fn(x) for x in items]
@@ -144,8 +144,6 @@ def write_reference_model(bf16_dir: Path, out: Path, activations_from: Path | No
     ``activations_from``: a W4A4 checkpoint whose ``input_global_scale`` of each Linear (set by calibration, which
     this reference does not redo) is recorded in ``harness_oracle.json``: the hf backend then fake-quantizes each
     Linear's input with them (harness/backends/fake_quant.py). Without it the model is weight-only (W4A16)."""
-    import shutil
-
     bf16_dir, out = Path(bf16_dir), Path(out)
     src = open_checkpoint(bf16_dir)
     names = set(src)

@@ -10,9 +10,15 @@ import shutil
 import time
 from pathlib import Path
 
-from harness.metrics import lm_eval_metrics
+from harness.atomic import atomic_dir
+from harness.baselines import Baseline
+from harness.checkpoint import disk_size, view_source
+from harness.errors import HarnessError
+from harness.metrics import compare, lm_eval_metrics, overall_nll, relative_score
 from harness.report.chart import write_chart
 from harness.report.markdown import render_markdown
+from harness.tasks.paired import mdd_from_interval
+from harness.token_detail import save_tokens
 
 REPORT_SCHEMA = 1
 
@@ -76,8 +82,6 @@ def dataset_row(run, name: str, prep, s, judged, tokenizer) -> dict:
 
 def checkpoints_block(bf16_path: Path, ckpt: Path, ckpt_info) -> dict:
     """Both checkpoints' paths and sizes on disk (a BF16 view of an NVFP4 checkpoint has none of its own)."""
-    from harness.checkpoint import disk_size, view_source
-
     view_of = view_source(bf16_path) if bf16_path.is_dir() else None
     own = disk_size(bf16_path) if bf16_path.is_dir() and not view_of else None
     return {"bf16": {"path": str(bf16_path), "bytes": own, **({"view_of": str(view_of)} if view_of else {})},
@@ -86,8 +90,6 @@ def checkpoints_block(bf16_path: Path, ckpt: Path, ckpt_info) -> dict:
 
 def limit_row(o, confidence: float) -> dict:
     """A distribution limit's outcome, with the minimum detectable difference its bootstrap interval implies."""
-    from harness.tasks.paired import mdd_from_interval
-
     return {"key": o.key, "value": o.value, "point": o.point, "limit": o.limit, "passed": o.passed,
             "threshold_source": o.threshold_source,
             "mdd": mdd_from_interval(*o.interval, confidence) if o.interval else None}
@@ -107,8 +109,6 @@ def with_token_text(stats: dict | None, tokenizer) -> dict | None:
 
 def overall_block(datasets: list[dict], interval: dict | None = None, threshold: float | None = None) -> dict:
     """The overall row: per-dataset NLLs pooled by token count, and the relative score."""
-    from harness.metrics import compare, overall_nll
-
     ref = overall_nll({d["dataset"]: (d["bf16"]["nll"], d["bf16"]["tokens"]) for d in datasets})
     mod = overall_nll({d["dataset"]: (d["nvfp4"]["nll"], d["nvfp4"]["tokens"]) for d in datasets})
     c = compare("overall", ref, mod)
@@ -120,10 +120,6 @@ def overall_block(datasets: list[dict], interval: dict | None = None, threshold:
 def reference_report(model_dir: Path) -> dict:
     """Tables from stored files alone: ``<model_dir>/<dataset>.json`` (BF16 baselines) against
     ``<model_dir>/reference/nvfp4-<dataset>.json`` (a stored NVFP4 result), e.g. the reference study's."""
-    from harness.baselines import Baseline
-    from harness.errors import HarnessError
-    from harness.metrics import relative_score
-
     model_dir = Path(model_dir)
     datasets = []
     for f in sorted(model_dir.glob("*.json")):
@@ -149,7 +145,6 @@ def _interval(c) -> dict | None:
     i = c.interval
     if i is None:
         return None
-    from harness.tasks.paired import mdd_from_interval
 
     return {"low": i.low, "high": i.high, "confidence": i.confidence, "samples": i.samples,
             "mdd": mdd_from_interval(i.low, i.high, i.confidence)}
@@ -180,8 +175,6 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
     """Write JSON + Markdown + SVG + logs (the run's, and the vLLM engine's as engine.log) into
     reports_dir/<timestamp>-<model>/, atomically (temp dir, rename). ``time_breakdown()``, when given, restates the
     report's "time" once the chart is drawn, so the report stage counts its own work."""
-    from harness.atomic import atomic_dir
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = atomic_dir(Path(reports_dir) / f"{stamp}-{rep['model']}-{rep['recipe']}", prefix=".report-",
                         on_exists="unique")  # two gates finishing in the same second: -2, -3, ...
@@ -200,8 +193,6 @@ def write_report(rep: dict, reports_dir: Path, log_lines: list[str],
         (tmp / "report.md").write_text(render_markdown(rep))
         (tmp / "gate.log").write_text("\n".join(log_lines) + "\n")
         for name, per_doc in (token_logprobs or {}).items():
-            from harness.token_detail import save_tokens
-
             save_tokens(tmp / f"tokens-{name}.npz", per_doc)
     return folder.final
 

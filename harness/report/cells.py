@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+from tabulate import tabulate
+
 
 def md_table(headers: list[str], rows: list[list], align: str) -> str:
     """A Markdown table with padded columns (readable in a terminal too); ``align``: one of l / r per column."""
-    from tabulate import tabulate
-
     return tabulate([[("" if c is None else str(c)) for c in r] for r in rows], headers=headers, tablefmt="github",
                     disable_numparse=True, colalign=tuple({"l": "left", "r": "right"}[a] for a in align))
 

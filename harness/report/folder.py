@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from harness.atomic import atomic_dir
+
 
 def save_svg(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
@@ -18,8 +20,6 @@ def save_svg(fig, path: Path) -> None:
 
 def write_report_folder(reports_dir: Path, model: str, kind: str, rep: dict, stem: str, render, chart) -> Path:
     """``render(rep) -> str`` (the Markdown) and ``chart(rep, path)`` (the SVG) fill ``stem``.md and chart.svg."""
-    from harness.atomic import atomic_dir
-
     folder = atomic_dir(Path(reports_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{kind}", prefix=".report-",
                         on_exists="unique")  # two runs of the same second both keep their report
     with folder as tmp:

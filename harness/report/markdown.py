@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness.report.cells import ci_label, fmt, md_table, qlabel
 from harness.report.sections import (DISTRIBUTION_NOTE, TASK_NOTE, baseline_diff_table, distribution_table,
                                      most_changed, task_table, token_detail_table)
+from harness.timings import table
 
 
 def lm_eval_table(rep: dict) -> str:
@@ -104,8 +105,6 @@ def render_markdown(rep: dict) -> str:
     if rep.get("baseline_updates"):
         parts += ["", "## Baseline updates", "", baseline_diff_table(rep["baseline_updates"])]
     if rep.get("time"):
-        from harness.timings import table
-
         parts += ["", "## Time", "", TIME_NOTE, "", table(rep["time"])]
     return "\n".join(parts) + "\n"
 

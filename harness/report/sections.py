@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
+from harness.limits import LIMITS
 from harness.report.cells import ci_label, fmt, md_table, qlabel
-
 
 TASK_NOTE = ("Accuracy in percent; recovery = quantized / BF16 of the gated metric, with its paired bootstrap "
              "interval over items; lost = right under BF16 and wrong quantized, gained = the reverse; McNemar's exact "
@@ -85,7 +85,6 @@ def _dp_ci(dp: dict) -> str:
 def _limits(rows: list[dict]) -> str:
     if not rows:
         return "-"
-    from harness.limits import LIMITS
 
     out = []
     for r in rows:

@@ -6,7 +6,16 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+import yaml
+
+from harness.atomic import atomic_write_text
+from harness.errors import HarnessError
 from harness.precision import BF16
+from harness.recipes.catalog import load_recipe
+from harness.report.cells import md_table
+from harness.report.folder import save_svg, write_report_folder
+from harness.sensitivity import measure as S
 
 
 def docs_of(session, texts: int, max_tokens: int) -> list[list[int]]:
@@ -28,8 +37,6 @@ def to_dict(sens, suggestion: dict | None, meta: dict) -> dict:
 
 
 def table(rep: dict) -> str:
-    from harness.report.cells import md_table
-
     what = "quantized alone" if rep["mode"] == "only" else "everything else quantized"
     rows = [[r["rank"], r["unit"], f"{r['kld_mean']:.4f}", f"{r['top1_pct']:.1f}", f"{r['score']:.2f}",
              f"{r['params'] / 1e6:.2f}", f"{r['seconds']:.1f}"] for r in rep["ranking"]]
@@ -59,7 +66,6 @@ def write_chart(rep: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.report.folder import save_svg
 
     by_name = {r["unit"]: r for r in rep["ranking"]}
     names = rep["depth_order"]
@@ -81,16 +87,12 @@ def write_chart(rep: dict, path: Path) -> None:
 
 
 def write(rep: dict, reports_dir: Path) -> Path:
-    from harness.report.folder import write_report_folder
-
     return write_report_folder(reports_dir, rep["model"], f"sensitivity-{rep['by']}", rep, "sensitivity",
                                render_markdown, write_chart)
 
 
 def new_recipe_path(cfg, name: str) -> Path:
     """Where --write-recipe NAME goes; a HarnessError if a recipe of that name is already in the project."""
-    from harness.errors import HarnessError
-
     path = cfg.path_of("recipes_dir") / f"{name}.yaml"
     if path.exists():
         raise HarnessError(f"{path} exists: choose another --write-recipe name (or remove it first)")
@@ -101,12 +103,6 @@ def write_suggested_recipe(cfg, scheme: str, name: str, rep: dict) -> Path:
     """The suggestion as a recipe of the project (``<recipes_dir>/<name>.yaml``, not default): the shipped recipe of
     the same scheme with the suggested units added to its ignore list, so `harness gate --recipe NAME` checks it
     through llm-compressor and the engine. A recipe of that name already in the project is not overwritten."""
-    import yaml
-
-    from harness.atomic import atomic_write_text
-    from harness.errors import HarnessError
-    from harness.recipes.catalog import load_recipe
-
     s = rep["suggestion"]
     path = new_recipe_path(cfg, name)  # checked again: the ranking took minutes
     base = load_recipe(cfg.path_of("recipes_dir"), scheme)
@@ -147,8 +143,6 @@ def compute_dtype(cfg, asked: str) -> str:
 
 
 def cmd_sensitivity(a, session) -> int:
-    from harness.sensitivity import measure as S
-
     t0 = time.time()
     cfg = session.cfg
     if a.write_recipe:

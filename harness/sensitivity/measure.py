@@ -20,9 +20,14 @@ them, scores higher than without it (a greedy search that never steps down), unt
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
+
+from harness.backends.fake_quant import fake_quantize
+from harness.distributions import from_results
+from harness.divergence import token_metrics
 
 UNIT_KINDS = ("layer", "type", "linear")
 MODES = ("only", "all-but")
@@ -131,7 +136,6 @@ class Probe:
     def __init__(self, backend, docs, top_k: int, scheme: str = "nvfp4", log=print):
         import torch
 
-        from harness.distributions import from_results
 
         if scheme not in ("nvfp4", "nvfp4a16"):
             raise ValueError(f"scheme {scheme!r}: sensitivity measures nvfp4 (W4A4) or nvfp4a16 (weight-only)")
@@ -175,11 +179,6 @@ class Probe:
         return self._weights[name]
 
     def measure(self, quantized: list[str]) -> Measured:
-        import math
-
-        from harness.backends.fake_quant import fake_quantize
-        from harness.distributions import from_results
-        from harness.divergence import token_metrics
         from harness.reference.nvfp4 import global_scale
 
         t0 = time.time()
@@ -205,8 +204,6 @@ class Probe:
 
 
 def run(probe: Probe, by: str = "layer", mode: str = "only") -> Sensitivity:
-    import math
-
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     units = make_units(probe.names, probe.params, by)

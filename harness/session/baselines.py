@@ -3,22 +3,24 @@ load and check a stored BF16 baseline against this run's data and model, write u
 that a checkpoint is of the model the baselines were made from."""
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 from harness.baselines import Baseline, baseline_from_score, check_data_matches
 from harness.data.rules import PreparedDataset
+from harness.distributions import check_stored as check_distributions
 from harness.errors import BaselineError, HarnessError
 from harness.metrics import DatasetScore
+from harness.models import identity
 from harness.precision import BF16
 from harness.session.context import RunContext
 from harness.stages.results import Prepared, Scores
+from harness.token_detail import save_tokens
 
 
 def check_identity(ctx: RunContext, b: Baseline) -> None:
     """Refuse a baseline scored on another model (content, commit, architecture) or in another dtype."""
-    from harness.models import identity
-
     where = ctx.store.path(ctx.cfg.name, b.dataset)
     theirs = b.provenance.get("model_identity")
     if not theirs:
@@ -35,8 +37,6 @@ def check_identity(ctx: RunContext, b: Baseline) -> None:
 
 def check_checkpoint_architecture(ctx: RunContext, path: str) -> None:
     """An existing checkpoint must be a quantization of this config's model (and of the baselines' model)."""
-    from harness.models import identity
-
     if not Path(path).is_dir():
         return  # a hub id: its config.json is read by the engine
     sources = [("model.path " + ctx.cfg.model.path, ctx.identity)]
@@ -69,8 +69,6 @@ def check_stored(ctx: RunContext, b: Baseline) -> None:
     BF16's top-k at this config's k (distributions.check_stored)."""
     check_identity(ctx, b)
     if ctx.top_k:
-        from harness.distributions import check_stored as check_distributions
-
         check_distributions(b, ctx.top_k, ctx.store.path(ctx.cfg.name, b.dataset), ctx.store.distributions_path,
                             ctx.update_hint)
 
@@ -107,8 +105,6 @@ def write_updates(ctx: RunContext, olds: dict, prepared: Prepared,
                     f"({b.distributions['bytes'] / 2**20:.1f} MiB, {s.topk.tokens} tokens)")
         ctx.log(f"wrote baseline {ctx.store.write(b)}")
         if s.token_logprobs is not None:
-            from harness.token_detail import save_tokens
-
             save_tokens(ctx.store.own_path(b.model, b.dataset, ".tokens.npz"), s.token_logprobs)
         pairs.append((olds[n], b))
     return pairs
@@ -140,8 +136,6 @@ def _offload_summary(offload: dict | None) -> dict | None:
 
 
 def git_commit(root: str | None) -> str | None:
-    import subprocess
-
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root or ".", capture_output=True, text=True,
                            timeout=10)

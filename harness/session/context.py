@@ -12,6 +12,9 @@ from typing import Callable
 from harness.baselines import BaselineStore
 from harness.config.locate import ModelSource
 from harness.config.schema import HarnessConfig
+from harness.errors import ConfigError
+from harness.models import identity
+from harness.stages.preflight import model_source
 from harness.timings import StageClock
 
 EXISTING = "checkpoint"  # the recipe label of a run that gates an existing checkpoint
@@ -46,8 +49,6 @@ class RunContext:
     def identity(self) -> dict:
         """Which BF16 model this config names: local content, or hub id + resolved commit (computed once; an
         unpinned hub revision is warned about then)."""
-        from harness.models import identity
-
         m = self.cfg.model
         ident = identity.model_identity(self.source.location, m.revision, named=m.path)
         if ident["kind"] == "hub" and not ident["pinned"]:
@@ -67,9 +68,6 @@ def make_context(cfg: HarnessConfig, *, backend: str | None, recipe: str | None,
                  update_mode: bool, force: bool, update_hint: str | None, distributions: bool, log) -> RunContext:
     """The run's context from the config and the command's options (``recipe``: its --recipe; ``distributions``
     False: no next-token distributions even where the config has them, for a caller that only wants PPL)."""
-    from harness.errors import ConfigError
-    from harness.stages.preflight import model_source
-
     existing = cfg.model.checkpoint  # gate this quantized checkpoint as it is
     if existing and recipe and recipe != EXISTING:
         raise ConfigError(f"--recipe {recipe}: the config gates an existing checkpoint ({existing}), which "

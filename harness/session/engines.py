@@ -1,6 +1,12 @@
 """One scoring engine alive at a time: the rule the gate keeps for GPU memory."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from harness.backends import EngineSpec, make_backend
+from harness.checkpoint import check_shards
+from harness.errors import HarnessError
+from harness.fidelity import check_kernel
 from harness.precision import BF16
 
 
@@ -48,16 +54,8 @@ def start_engine(ctx, precision: str, model: str, batch_size: int, on_info):
     """One scoring engine of the run's backend for ``precision`` (``model``: the BF16 model or the checkpoint);
     ``on_info(engine.info())`` once it is up, and a quantized engine whose kernel the config refuses is closed and
     refused now, before a dataset is scored (fidelity.check_kernel)."""
-    from pathlib import Path
-
-    from harness.backends import EngineSpec, make_backend
-    from harness.errors import HarnessError
-    from harness.fidelity import check_kernel
-
     m = ctx.cfg.model
     if precision == BF16 and Path(model).is_dir():
-        from harness.checkpoint import check_shards
-
         check_shards(Path(model))
     spec = EngineSpec(model=model, precision=precision, max_model_len=m.max_model_len, tokenizer=ctx.source.tokenizer,
                       revision=m.revision if precision == BF16 else None,

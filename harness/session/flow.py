@@ -7,10 +7,18 @@ import os
 import sys
 from pathlib import Path
 
+from harness.backends import backend_spec
+from harness.data import files as data_files
 from harness.errors import ConfigError, HarnessError
 from harness.precision import BF16, NVFP4
+from harness.recipes import records
+from harness.recipes.compare import bf16_documents
+from harness.recipes.records import regression
 from harness.session import baselines, judging, tasks
 from harness.stages.judge import Judged
+from harness.stages.preflight import check_backend_installed, check_writable_dir, scheme_refusal
+from harness.stages.prepare_ahead import PrepareAhead
+from harness.stages.score import score_dataset
 
 
 def preflight(session, report_dir: Path | None = None, check_baselines: bool = True) -> None:
@@ -21,7 +29,6 @@ def preflight(session, report_dir: Path | None = None, check_baselines: bool = T
     writes them first (pytest --update-baselines serves every recipe with one update), so they are checked later."""
     if session.preflight_done:
         return
-    from harness.stages.preflight import check_backend_installed, check_writable_dir, scheme_refusal
 
     ctx = session.ctx
     tasks.check_backend(ctx)
@@ -61,11 +68,10 @@ def check_data_files(ctx) -> None:
     before anything is quantized or started and before the data is prepared (beside the engine's start it is
     prepared in another process, after the start has begun). The calibration's files are checked where a build
     is due, before its interpreter starts (stages/provide.py)."""
-    from harness.data.files import check_data_files as check, local_data_files
-
     for n in ctx.datasets:
         s = ctx.cfg.datasets[n].source
-        check(local_data_files(ctx.cfg.resolve(s.path), s.split, ctx.cfg.resolve_files(s.data_files)))
+        data_files.check_data_files(data_files.local_data_files(ctx.cfg.resolve(s.path), s.split,
+                                                                ctx.cfg.resolve_files(s.data_files)))
 
 
 def start_beside_prepare(session, report_dir: Path | None = None) -> bool:
@@ -77,8 +83,6 @@ def start_beside_prepare(session, report_dir: Path | None = None) -> bool:
     the backend needs a GPU (on the H200 vLLM's start slowed by about what the overlap saved, docs/results), one
     CPU core, or transformers already loaded here (preparing here is then quick); a baseline update; data already
     prepared; a checkpoint still to build."""
-    from harness.backends import backend_spec
-
     ctx = session.ctx
     want = ctx.cfg.prepare_beside_engine
     if want is None:  # a fresh CPU gate on 2+ cores: the other imports the tokenizer's library while this starts
@@ -94,7 +98,6 @@ def start_beside_prepare(session, report_dir: Path | None = None) -> bool:
         session.task_baseline(t, check_items=False)
     if session.checkpoint(build=False) is None:
         return False
-    from harness.stages.prepare_ahead import PrepareAhead
 
     ahead = PrepareAhead(ctx.cfg, ctx.datasets)
     ctx.log(f"preparing the data in process {ahead.pid} while the engine starts")
@@ -124,8 +127,6 @@ def start_beside_prepare(session, report_dir: Path | None = None) -> bool:
 
 def score(session, name: str, precision: str):
     """One dataset scored at ``precision`` in the session's engine (a quantized one only after preflight)."""
-    from harness.stages.score import score_dataset
-
     if precision != BF16:
         preflight(session)  # baselines and data checked before any quantization or engine start
     prep, eng, log = session.prepared(name), session._engine(precision), session.log
@@ -178,7 +179,6 @@ def recipe_record(session) -> Path | None:
     ctx = session.ctx
     if not session.record_recipe or not all(session.scored(n) for n in ctx.datasets):
         return None
-    from harness.recipes import records
 
     def write():
         rec = records.make_record(ctx, None if ctx.existing else session.recipe(), session.judgement(None).comparison,
@@ -192,8 +192,6 @@ def recipe_record(session) -> Path | None:
 def recipe_regression(session) -> dict:
     """This recipe against the stored result of the config's best recipe (records.regression)."""
     recipe_record(session)  # recording the best recipe itself: it is checked against what this run measured
-    from harness.recipes.compare import bf16_documents
-    from harness.recipes.records import regression
 
     ctx = session.ctx
     return session._once("regression", lambda: regression(

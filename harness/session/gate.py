@@ -14,7 +14,9 @@ from pathlib import Path
 
 from harness.baselines import Baseline
 from harness.config.schema import HarnessConfig
+from harness.config.sections import apply_hub_environment
 from harness.precision import BF16, NVFP4
+from harness.quant.quantize import QuantInterpreter
 from harness.session import baselines, flow, judging, tasks
 from harness.session.context import EXISTING, RunContext, make_context
 from harness.session.engines import EngineManager, start_engine
@@ -33,9 +35,6 @@ class GateSession:
                  quant_python: str | None = None, quant_pythonpath: str | None = None, batch_size: int | None = None,
                  update_hint: str | None = None, log=None, quiet: bool = False, token_detail: bool = False,
                  distributions: bool = True, record_recipe: bool = False):
-        from harness.config.sections import apply_hub_environment
-        from harness.quant.quantize import QuantInterpreter
-
         apply_hub_environment(cfg.hub.environment(cfg.resolve_local))
         self.log = RunLog(quiet, log)
         self.ctx = make_context(cfg, backend=backend, recipe=recipe, min_score=min_score, update_mode=update_baselines,

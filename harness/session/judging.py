@@ -3,10 +3,14 @@ and the scores: each dataset's (and the overall) comparison with its threshold, 
 and their limits, and the verdict with its notes. The arithmetic is harness/stages/judge.py's."""
 from __future__ import annotations
 
+from harness.distributions import load
+from harness.divergence import describe, token_metrics as per_token
 from harness.limits import DISTRIBUTION_LIMITS
+from harness.recipes.records import RegressionOutcome
 from harness.session.context import RunContext
 from harness.stages.judge import (Judgement, Verdict, baseline_notes, dataset_comparison, judge, judge_limit,
                                   limit_source, overall_comparison, run_notes, sizing_notes, threshold_source)
+from harness.token_detail import load_tokens, summarize, to_arrays
 
 
 def measure(ctx: RunContext, name: str | None, baselines: dict, scores: dict, token_metrics: dict | None = None):
@@ -18,7 +22,6 @@ def measure(ctx: RunContext, name: str | None, baselines: dict, scores: dict, to
          else dataset_comparison(name, baselines[name], scores[name], t))
     if token_metrics is None:
         return c, None
-    from harness.divergence import describe
 
     return c, describe(token_metrics, samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
 
@@ -49,11 +52,9 @@ def threshold(ctx: RunContext, name: str | None, recipe) -> tuple[float, str]:
 
 def token_metrics(ctx: RunContext, baseline, score):
     """Per-token KL, top-1 agreement and Δp of the quantized run against the stored BF16 distributions."""
-    from harness.distributions import load
-    from harness.divergence import token_metrics as measure
 
     ref = load(ctx.store.distributions_path(baseline), baseline.distributions, ctx.update_hint)
-    return measure(ref, score.topk)
+    return per_token(ref, score.topk)
 
 
 def token_summary(ctx: RunContext, name: str, score) -> dict | None:
@@ -63,7 +64,6 @@ def token_summary(ctx: RunContext, name: str, score) -> dict | None:
     bf16 = ctx.store.tokens_path(ctx.cfg.name, name)
     if not bf16.exists():
         return {"note": f"no BF16 per-token file {bf16}: run a baseline update with token_detail on"}
-    from harness.token_detail import load_tokens, summarize, to_arrays
 
     return summarize(load_tokens(bf16), to_arrays(score.token_logprobs))
 
@@ -77,8 +77,6 @@ def verdict(ctx: RunContext, judgements: dict, task_outcomes: list, regression: 
     outs = [judgements[n].outcome for n in names] + [o for n in names for o in judgements[n].limits]
     outs += task_outcomes
     if ctx.cfg.recipe_regression is not None:
-        from harness.recipes.records import RegressionOutcome
-
         outs.append(RegressionOutcome(ctx.recipe_name, regression))
     sizing = sizing_notes({n: judgements[n].comparison for n in names}, {n: judgements[n].threshold for n in names})
     return Verdict(outs, [*ctx.notes, *run_notes(engine), *sizing, *baseline_notes(baselines, engine, ctx.backend)])

@@ -8,10 +8,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.backends import backend_spec
+from harness.backends.data_parallel import parallel_sizes
+from harness.data.rules import tokenizer_fingerprint
+from harness.errors import BaselineError, ConfigError
 from harness.limits import LIMITS
+from harness.models import identity
 from harness.precision import PRECISIONS
 from harness.session.context import RunContext
-from harness.tasks.paired import Paired
+from harness.tasks import baseline as tb, load
+from harness.tasks.baseline import task_path
+from harness.tasks.definitions import styled_spec
+from harness.tasks.paired import ALPHA, POWER, Paired, flip_indices, items_needed, mdd, paired
+from harness.tasks.prepare import build_items, prepare_task
+from harness.tasks.results import score_task
 
 
 @dataclass
@@ -56,8 +66,6 @@ def judge_task(name: str, metric: str, p: Paired, cfg) -> TaskOutcome:
 
 def definition(cfg, name: str):
     """The config's task ``name`` as defined (its ``task:``, else the name) in its prompt style."""
-    from harness.tasks.definitions import styled_spec
-
     tc = cfg.tasks[name]
     return styled_spec(tc.definition(name), tc.style)
 
@@ -69,13 +77,9 @@ def metric(cfg, name: str) -> str:
 def check_backend(ctx: RunContext) -> None:
     """A generated task (gsm8k) needs a generate path: the harness's data-parallel vLLM engines have none yet.
     Said before anything is quantized or started."""
-    from harness.backends import backend_spec
-
     generated = [n for n in ctx.tasks if definition(ctx.cfg, n).kind == "generate"]
     if not generated or not backend_spec(ctx.backend).data_parallel:
         return
-    from harness.backends.data_parallel import parallel_sizes
-    from harness.errors import ConfigError
 
     for precision in PRECISIONS:
         if parallel_sizes(ctx.cfg.engine_kwargs(precision, ctx.backend))[0] > 1:
@@ -88,9 +92,6 @@ def check_backend(ctx: RunContext) -> None:
 def read_items(ctx: RunContext, name: str) -> tuple:
     """The task's items and where they came from, read and checked (sha256, rows, schema: file:line) without a
     tokenizer: cheap enough to run before any engine starts."""
-    from harness.tasks import load
-    from harness.tasks.prepare import build_items
-
     spec, tc = definition(ctx.cfg, name), ctx.cfg.tasks[name]
     if tc.source is None:
         rows, where = load.shipped_rows(spec)
@@ -102,9 +103,6 @@ def read_items(ctx: RunContext, name: str) -> tuple:
 
 def prepare(ctx: RunContext, name: str, items, where: str, tok):
     """The task's requests, tokenized with the model's tokenizer (tasks.prepare.PreparedTask)."""
-    from harness.data.rules import tokenizer_fingerprint
-    from harness.tasks.prepare import prepare_task
-
     m = ctx.cfg.model
     p = prepare_task(definition(ctx.cfg, name), items, tok, max_model_len=m.max_model_len,
                      add_special_tokens=m.add_special_tokens, source=where,
@@ -117,8 +115,6 @@ def prepare(ctx: RunContext, name: str, items, where: str, tok):
 
 def score(ctx: RunContext, name: str, prep, eng, progress, precision: str):
     """The task scored in a started engine (each distinct request once: tasks.results.score_task)."""
-    from harness.tasks.results import score_task
-
     s = score_task(eng, prep, progress=progress)
     ctx.log(f"task {name} {precision}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.metrics().items())
             + f" ({s.n} items in {s.eval_s:.1f}s)")
@@ -126,8 +122,6 @@ def score(ctx: RunContext, name: str, prep, eng, progress, precision: str):
 
 
 def baseline_path(ctx: RunContext, name: str) -> Path:
-    from harness.tasks.baseline import task_path
-
     own = task_path(ctx.store.root, ctx.cfg.name, name)
     if not own.exists() and ctx.store.fallback is not None:
         shipped = task_path(ctx.store.fallback, ctx.cfg.name, name)
@@ -138,18 +132,12 @@ def baseline_path(ctx: RunContext, name: str) -> Path:
 
 def load_baseline(ctx: RunContext, name: str):
     """The task's stored BF16 baseline, refused when it was scored on another model."""
-    from harness.tasks import baseline as tb
-
     path = baseline_path(ctx, name)
     b = tb.load(path, ctx.cfg.name, name, ctx.update_hint)
     ident = b.provenance.get("model_identity")
     if ident:
-        from harness.models import identity
-
         why = identity.baseline_mismatches(ident, ctx.identity, None, None)
         if why:
-            from harness.errors import BaselineError
-
             raise BaselineError(f"{path}: scored on another model than this config's ({'; '.join(why)}); "
                                 f"rebuild it with: {ctx.update_hint}")
     return b
@@ -157,17 +145,12 @@ def load_baseline(ctx: RunContext, name: str):
 
 def check_items(ctx: RunContext, name: str, b, prep) -> None:
     """The baseline's items are this run's (fingerprint, count): else it names the command that rebuilds it."""
-    from harness.tasks import baseline as tb
-
     tb.check_matches(b, prep, baseline_path(ctx, name), ctx.update_hint)
 
 
 def check_updates(ctx: RunContext, prepared_of) -> None:
     """Before an update scores anything: a task baseline whose items changed (``prepared_of(name)``: this run's) is
     replaced only with --force."""
-    from harness.errors import BaselineError
-    from harness.tasks import baseline as tb
-
     for name in ctx.tasks:
         old = baseline_path(ctx, name)
         if not old.exists() or ctx.force:
@@ -186,8 +169,6 @@ def check_updates(ctx: RunContext, prepared_of) -> None:
 
 def write_baseline(ctx: RunContext, name: str, prep, s, info: dict) -> Path:
     """The task's BF16 baseline from its BF16 score (``info``: the BF16 engine's), written."""
-    from harness.tasks import baseline as tb
-
     prov = {"backend": ctx.backend, "device": info.get("device"), "versions": info.get("versions", {}),
             "dtype": info.get("dtype"), "model_path": ctx.cfg.model.path, "model_identity": ctx.identity,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "eval_s": round(s.eval_s, 3)}
@@ -199,8 +180,6 @@ def write_baseline(ctx: RunContext, name: str, prep, s, info: dict) -> Path:
 def paired_answers(ctx: RunContext, name: str, b, s) -> Paired:
     """The paired statistics of BF16's (``b``) and this run's (``s``) answers to the same items, on the task's
     gated metric."""
-    from harness.tasks.paired import paired
-
     m, t = metric(ctx.cfg, name), ctx.cfg.thresholds
     return paired(b.correct[m], s.correct[m], samples=t.bootstrap_samples, confidence=t.confidence, seed=t.seed)
 
@@ -225,8 +204,6 @@ def sizing_note(name: str, tc, b, metric: str) -> str | None:
     """A task whose recovery_min asks for a smaller drop than its n can detect (TensorRT-LLM's sizing): a drop of d
     needs at least d * n items to flip, and even then a paired test of n items detects it only from
     n >= (z_alpha + z_beta)^2 / d. None where the baseline's n can detect it."""
-    from harness.tasks.paired import ALPHA, POWER, items_needed, mdd
-
     acc = b.metrics.get(metric)
     if acc is None or acc <= 0:
         return None
@@ -243,7 +220,5 @@ def sizing_note(name: str, tc, b, metric: str) -> str | None:
 
 def flipped_items(ref, model, most: int = 50) -> dict:
     """Which items flipped (0-based indices into the task's items), at most ``most`` of each way."""
-    from harness.tasks.paired import flip_indices
-
     lost, gained = flip_indices(ref, model)
     return {"lost": lost[:most], "gained": gained[:most]}

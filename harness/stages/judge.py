@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from harness import fidelity
 from harness.errors import HarnessError
 from harness.limits import LIMITS
 from harness.metrics import Comparison, compare, overall_nll, paired_bootstrap
+from harness.tasks.paired import mdd_from_interval
 
 
 @dataclass
@@ -192,8 +194,6 @@ def sizing_notes(comparisons: dict, thresholds: dict) -> list[str]:
     """Scores whose threshold asks for a smaller drop than this run can detect: 100 - threshold below the minimum
     detectable difference of the score's bootstrap interval (one-sided alpha 0.05, power 0.8). ``comparisons`` and
     ``thresholds`` by dataset name (None: overall), in the order they are said."""
-    from harness.tasks.paired import mdd_from_interval
-
     out = []
     for n, c in comparisons.items():
         i = c.interval
@@ -209,8 +209,6 @@ def sizing_notes(comparisons: dict, thresholds: dict) -> list[str]:
 
 def run_notes(engine: dict) -> list[str]:
     """What the verdict says of the quantized engine itself: which numerics it measured (harness/fidelity.py)."""
-    from harness import fidelity
-
     said = fidelity.note(engine.get("fidelity"), engine.get("kernel") or "?")
     return [said] if said else []
 
@@ -218,8 +216,6 @@ def run_notes(engine: dict) -> list[str]:
 def baseline_notes(baselines: dict, engine: dict, backend: str) -> list[str]:
     """What the verdict says of each BF16 baseline against this run: no per-document NLLs (no interval), compiled or
     eager, the CPU matmul arithmetic, another backend or device."""
-    from harness import fidelity
-
     notes = []
     for n, b in baselines.items():
         if not b.has_documents:

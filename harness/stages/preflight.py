@@ -10,7 +10,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.backends import BACKENDS, backend_spec, load_class
+from harness.config.locate import ModelSource
 from harness.errors import ConfigError, HarnessError
+from harness.recipes.catalog import load_recipe, recipe_names
 
 MIN_FREE_BYTES = 64 << 20  # a report with per-token files and charts stays far below this
 
@@ -41,8 +44,6 @@ def check_writable_dir(path: Path, what: str, hint: str) -> Path:
 
 def check_backend_installed(backend: str) -> None:
     """The libraries the scoring backend imports are installed here; else the extra that brings them."""
-    from harness.backends import backend_spec
-
     b = backend_spec(backend)
     for mod in b.missing():
         needs = f"the '{b.extra}' extra: {b.install_hint()}" if b.extra else b.install_hint()
@@ -55,8 +56,6 @@ def model_source(cfg):
     """The config's model located once (harness.config.locate.ModelSource), after the checks a missing local path
     gets now, not as a loader traceback later: an unset environment variable in it, a folder that does not exist
     (and likewise for model.checkpoint)."""
-    from harness.config.locate import ModelSource
-
     for key in ("path", "checkpoint", "tokenizer"):
         raw = getattr(cfg.model, key)
         if raw and "$" in os.path.expandvars(raw):
@@ -74,9 +73,6 @@ def model_source(cfg):
 def scheme_refusal(cfg, backend: str, recipe_name: str, scheme: str, why: str) -> str:
     """The recipe's scheme has no kernel in this backend: the backends installed here that run it, and the
     recipes (of the project's and the shipped ones) this backend runs; both read off the registries."""
-    from harness.backends import BACKENDS, load_class
-    from harness.recipes.catalog import load_recipe, recipe_names
-
     def runs(spec, scheme) -> bool:
         return not (spec.refuse_scheme and load_class(spec.refuse_scheme)(scheme))
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
+from multiprocessing import util
 
-from harness.childproc import child_pythonpath
+from harness.childproc import child_pythonpath, set_parent_death_signal
 from harness.errors import HarnessError
+from harness.stages.prepare import load_tokenizer, prepare_dataset
 
 
 class PrepareAhead:
@@ -70,10 +73,6 @@ class PrepareAhead:
 def main(argv: list[str]) -> int:
     """The child: read (config, dataset names, the harness's pid) from stdin, prepare, write the answer to the fd
     given as the argument."""
-    import signal
-
-    from harness.childproc import set_parent_death_signal
-
     cfg, names, parent = pickle.load(sys.stdin.buffer)
     set_parent_death_signal(signal.SIGTERM)  # it dies with the harness (a kill -9 of the gate leaves nothing behind)
     if os.getppid() != parent:  # the harness went before the line above
@@ -81,8 +80,6 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     lines: list[str] = []
     try:
-        from harness.stages.prepare import load_tokenizer, prepare_dataset
-
         def log(msg: str) -> None:
             lines.append(f"[{time.strftime('%H:%M:%S')}] {msg}")
 
@@ -98,7 +95,6 @@ def main(argv: list[str]) -> int:
         data = pickle.dumps(("error", HarnessError("".join(traceback.format_exception(answer[1]))[-2000:]), lines, 0.0))
     with os.fdopen(int(argv[0]), "wb") as out:
         out.write(data)
-    from multiprocessing import util
 
     util._exit_function()  # semaphores a library made (tqdm's lock) handed back, as a process ending normally does
     sys.stdout.flush()

@@ -8,7 +8,15 @@ import time
 from functools import partial
 from pathlib import Path
 
+from harness.checkpoint import check_shards, existing_checkpoint, require_scheme
+from harness.config.sections import CalibrationSpec
+from harness.data.files import check_data_files, local_data_files
 from harness.errors import HarnessError, unknown_name
+from harness.limits import DISTRIBUTION_LIMITS
+from harness.models import identity
+from harness.quant import quantize as q, zygote_client
+from harness.quant.cache import CheckpointCache, cache_key, interpreter_versions
+from harness.recipes.catalog import load_recipe
 from harness.stages.results import Checkpoint
 
 
@@ -26,9 +34,6 @@ class CheckpointProvider:
 
     def recipe(self):
         if self._recipe is None:
-            from harness.limits import DISTRIBUTION_LIMITS
-            from harness.recipes.catalog import load_recipe
-
             r = load_recipe(self.cfg.path_of("recipes_dir"), self.recipe_name)
             known = ["overall", *self.cfg.datasets, *DISTRIBUTION_LIMITS]  # scores and the distribution limits
             bad = sorted(k for k in r.thresholds if k not in known)
@@ -38,8 +43,6 @@ class CheckpointProvider:
         return self._recipe
 
     def calibration(self):
-        from harness.config.sections import CalibrationSpec
-
         merged = {**self.recipe().calibration.model_dump(), **self.cfg.calibration}
         try:
             cal = CalibrationSpec.model_validate(merged)
@@ -54,7 +57,6 @@ class CheckpointProvider:
         True if one was started or is running. Any problem here is left to checkpoint() to report."""
         if self.existing or self._checkpoint is not None:
             return False
-        from harness.quant import zygote_client
 
         if not zygote_client.enabled():
             return False
@@ -68,13 +70,9 @@ class CheckpointProvider:
         return zygote_client.prestart(self.interp.python, self.interp.env(), cache.log_dir())
 
     def _cache(self):
-        from harness.quant.cache import CheckpointCache
-
         return CheckpointCache(self.cfg.cache_path(), lock_timeout_s=self.cfg.quantize.lock_timeout_s)
 
     def _model_key(self) -> dict:
-        from harness.models import identity
-
         return {**identity.key(self._model_identity()), "trust_remote_code": bool(self.cfg.model.trust_remote_code)}
 
     def checkpoint(self, build: bool = True) -> Checkpoint | None:
@@ -86,8 +84,6 @@ class CheckpointProvider:
 
     def _existing(self) -> Checkpoint:
         """An existing quantized checkpoint, gated as it is."""
-        from harness.checkpoint import existing_checkpoint
-
         path = self.source.checkpoint.path
         info = {"cache_hit": None, "recipe": None, "quantize_s": None, **existing_checkpoint(path)}
         self._check_architecture(path)
@@ -96,9 +92,6 @@ class CheckpointProvider:
 
     def _cached_or_built(self, build: bool) -> Checkpoint | None:
         """The recipe's checkpoint from the cache, or built now by llm-compressor in the quantization interpreter."""
-        from harness.checkpoint import check_shards, require_scheme
-        from harness.quant.cache import cache_key, interpreter_versions
-
         recipe, cal = self.recipe(), self.calibration()
         model_path = self.source.path
         if Path(model_path).is_dir():
@@ -143,10 +136,6 @@ class CheckpointProvider:
     def _quantize_into(self, tmp: Path, log_path: Path) -> dict:
         """llm-compressor's oneshot of the recipe into the empty folder ``tmp`` (in the quantization interpreter);
         the build's record."""
-        from harness.quant import quantize as q
-        from harness.checkpoint import check_shards, require_scheme
-        from harness.data.files import check_data_files, local_data_files
-
         m, cal, qcfg, recipe = self.cfg.model, self.calibration(), self.cfg.quantize, self.recipe()
         # the calibration's local files, before the quantization interpreter spends its start on them
         check_data_files(local_data_files(cal.path, cal.split, cal.data_files))

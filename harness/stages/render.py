@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.report.build import write_report
 from harness.stages.results import ReportFiles
 
 
@@ -10,6 +11,4 @@ def render(report: dict, report_dir: Path, log_lines: list[str], token_logprobs=
            time_breakdown=None) -> ReportFiles:
     """report.json, report.md, chart.svg, gate.log (and the engine's log, per-token files) in a new folder under
     ``report_dir``, written atomically (harness.report.build.write_report)."""
-    from harness.report.build import write_report
-
     return ReportFiles.of(write_report(report, report_dir, log_lines, token_logprobs, time_breakdown))

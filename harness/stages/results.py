@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from harness.data.rules import PreparedDataset
-from harness.metrics import DatasetScore
+from harness.metrics import DatasetScore, overall_nll
 
 
 def _frozen_map(d: Mapping) -> Mapping:
@@ -87,8 +87,6 @@ class Scores:
     @property
     def nll(self) -> float:
         """Token-weighted NLL over every dataset (the gate's overall NLL)."""
-        from harness.metrics import overall_nll
-
         return overall_nll({n: (s.nll, s.tokens) for n, s in self.datasets.items()})[0]
 
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.precision import NVFP4
+from harness.report.build import build_report, token_logprobs
 from harness.stages.judge import Verdict
+from harness.stages.render import render
 from harness.stages.results import Checkpoint, Prepared, ReportFiles, Scores
+from harness.timings import line
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,6 @@ def run_gate(session, report_dir: Path, show=None) -> Finished:
 
 def finish(session, report_dir: Path, show=None) -> Finished:
     """judge and render, once every dataset is scored (pytest: by the gate tests; the CLI: by :func:`run_gate`)."""
-    from harness.report.build import token_logprobs
-    from harness.stages.render import render
-    from harness.timings import line
-
     judged = session.judged()  # with --record-recipe: the record is stored before the verdict pairs recipes with it
     prepared, checkpoint, scores = session.prepare_all(), session.checkpoint(), session.scores(NVFP4)
     with session.clock("report"):
@@ -76,8 +75,6 @@ def finish(session, report_dir: Path, show=None) -> Finished:
 def report_of(session, judged=None) -> dict:
     """report.json's content from a session's stage results (harness.report.build.build_report); ``judged``: the
     judge stage's, where the caller has it."""
-    from harness.report.build import build_report
-
     return build_report(session.ctx, session.prepare_all(), session.checkpoint(), session.scores(NVFP4),
                         judged or session.judged(), tokenizer=session.tokenizer,
                         baseline_updates=session.baseline_updates, started=session.started,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from harness.data.rules import PreparedDataset
+from harness.distributions import from_results
 from harness.metrics import DatasetScore
 from harness.stages.results import Prepared, Scores
 
@@ -17,8 +18,6 @@ def score_dataset(engine, prep: PreparedDataset, *, top_k: int = 0, token_detail
     res = engine.loglikelihood_rolling(prep.token_ids, progress=progress, token_logprobs=token_detail, top_k=top_k)
     topk = None
     if top_k:
-        from harness.distributions import from_results
-
         topk = from_results(res, prep.token_ids, top_k, getattr(engine, "name", "backend"))
     return DatasetScore(nll_sums=[r.nll_sum for r in res], n_tokens=[r.n_tokens for r in res],
                         eval_s=time.time() - t0, words=prep.words, bytes=prep.bytes,

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from harness.errors import DataError
+from harness.errors import DataError, unknown_name
 
 DELIMITER = " "          # lm-eval's target_delimiter
 FEWSHOT_DELIMITER = "\n\n"
@@ -216,8 +216,6 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
 
 
 def task_spec(name: str) -> TaskSpec:
-    from harness.errors import unknown_name
-
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     return TASKS[name]

@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness.data.files import load_rows
 from harness.errors import DataError
 from harness.tasks.definitions import TaskSpec
 
@@ -81,7 +82,6 @@ def source_rows(source, resolve_files) -> tuple[list[dict], str]:
         for f in listed:
             rows += read_json_lines(Path(f))
         return rows, ", ".join(listed)
-    from harness.data.files import load_rows
 
     try:
         ds = load_rows(source.path, split=source.split, name=source.name, revision=source.revision, data_files=files)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.atomic import atomic_dir
 from harness.errors import ConfigError
+from harness.tiny.corpus import CORPUS_VERSION, write_corpus
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 TEXTS_DIR = Path(__file__).resolve().parent.parent / "texts"
@@ -20,12 +22,9 @@ def cache_root() -> Path:
 
 
 def corpus_dir() -> Path:
-    from harness.tiny.corpus import CORPUS_VERSION, write_corpus
-
     final = cache_root() / f"tiny-corpus-v{CORPUS_VERSION}"
     if (final / "VERSION").exists():
         return final
-    from harness.atomic import atomic_dir
 
     with atomic_dir(final, prefix=".corpus-") as tmp:  # another process winning the race wrote the same copy
         write_corpus(tmp)

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from harness.atomic import atomic_dir
 from harness.tiny.corpus import ULTRACHAT_SPLITS, WIKITEXT_SPLITS, ultrachat_rows, wikitext_rows
 
 CHAT_TEMPLATE = (
@@ -98,7 +99,6 @@ def train(out: Path, steps: int = 600, seed: int = 0, vocab_size: int = 512, seq
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step:4d} loss {loss.item():.4f} ({time.time() - t0:.1f}s)")
     model = model.to(torch.bfloat16)
-    from harness.atomic import atomic_dir
 
     with atomic_dir(Path(out), prefix=".build-", on_exists="replace") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
