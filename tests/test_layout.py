@@ -224,7 +224,8 @@ def test_imports_inside_functions_keep_heavy_libraries_out_of_start_up(root):
             for node in ast.walk(fn):
                 if not isinstance(node, (ast.Import, ast.ImportFrom)) or getattr(node, "level", 0):
                     continue
-                said = "#" in "".join(lines[node.lineno - 2:node.end_lineno])
+                above = lines[node.lineno - 2].strip()  # a comment line of its own, not another line's comment
+                said = above.startswith("#") or "#" in "".join(lines[node.lineno - 1:node.end_lineno])
                 names = _names(node)
                 if said or any(n.split(".")[0] in HEAVY_LIBS or n in heavy or n == m for n in names):
                     continue

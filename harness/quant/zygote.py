@@ -30,7 +30,9 @@ import select
 import signal
 import sys
 import threading
+import traceback
 
+from harness.childproc import set_parent_death_signal
 from harness.quant.zygote_client import gpu_visible
 
 PRELOAD = ("torch", "datasets", "transformers", "compressed_tensors", "llmcompressor", "harness.quant.quantize",
@@ -98,8 +100,6 @@ def _build(req: dict, zygote: int) -> int:
     """In the forked process: become what ``python -m harness.quant.quantize --spec`` would be, run it, return its code."""
     try:
         os.setsid()  # its own process group, as run_child gives a plain child
-        from harness.childproc import set_parent_death_signal
-
         set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != zygote:  # the zygote went between the fork and the line above
             return 137
@@ -122,8 +122,6 @@ def _build(req: dict, zygote: int) -> int:
     except SystemExit as e:  # as Python exits on it: None is 0, a message is 1
         return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - as an uncaught exception ends a Python: the traceback, exit 1
-        import traceback
-
         traceback.print_exc()
         return 1
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.baselines import Baseline, baseline_from_score, check_data_matches
 from harness.data.rules import PreparedDataset
-from harness.distributions import check_stored as check_distributions
+from harness.distributions import SUFFIX, check_stored as check_distributions, save
 from harness.errors import BaselineError, HarnessError
 from harness.metrics import DatasetScore
 from harness.models import identity
@@ -98,8 +98,6 @@ def write_updates(ctx: RunContext, olds: dict, prepared: Prepared,
     for n, s in bf16.datasets.items():
         b = make_baseline(ctx, n, prepared[n], s, bf16.engine)
         if s.topk is not None:  # the distributions file first: the baseline written next records its sha256
-            from harness.distributions import SUFFIX, save
-
             b.distributions = save(ctx.store.own_path(b.model, b.dataset, SUFFIX), s.topk)
             ctx.log(f"wrote BF16 top-{s.topk.k} distributions {b.distributions['file']} "
                     f"({b.distributions['bytes'] / 2**20:.1f} MiB, {s.topk.tokens} tokens)")

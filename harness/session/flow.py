@@ -7,13 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from harness.backends import backend_spec
+from harness.backends import backend_spec, load_class
 from harness.data import files as data_files
 from harness.errors import ConfigError, HarnessError
 from harness.precision import BF16, NVFP4
 from harness.recipes import records
 from harness.recipes.compare import bf16_documents
-from harness.recipes.records import regression
 from harness.session import baselines, judging, tasks
 from harness.stages.judge import Judged
 from harness.stages.preflight import check_backend_installed, check_writable_dir, scheme_refusal
@@ -34,8 +33,6 @@ def preflight(session, report_dir: Path | None = None, check_baselines: bool = T
     tasks.check_backend(ctx)
     if not ctx.existing:  # the recipe first (its threshold keys; a scheme the backend runs): the input's faults
         scheme = session.recipe().scheme  # before the environment's
-        from harness.backends import backend_spec, load_class
-
         refuse = backend_spec(ctx.backend).refuse_scheme
         why = load_class(refuse)(scheme) if refuse else None
         if why:
@@ -57,9 +54,8 @@ def preflight(session, report_dir: Path | None = None, check_baselines: bool = T
             ctx.note_once(note)
     rr = ctx.cfg.recipe_regression
     if rr is not None and not (session.record_recipe and ctx.recipe_name == rr.best):  # stored in this run
-        from harness.recipes.records import load_record, record_hint
-
-        load_record(ctx.cfg.path_of("baselines_dir"), ctx.cfg.name, rr.best, record_hint(ctx.cfg, rr.best))
+        records.load_record(ctx.cfg.path_of("baselines_dir"), ctx.cfg.name, rr.best,
+                            records.record_hint(ctx.cfg, rr.best))
     session.preflight_done = check_baselines or ctx.update_mode
 
 
@@ -194,7 +190,7 @@ def recipe_regression(session) -> dict:
     recipe_record(session)  # recording the best recipe itself: it is checked against what this run measured
 
     ctx = session.ctx
-    return session._once("regression", lambda: regression(
+    return session._once("regression", lambda: records.regression(
         ctx.cfg, bf16_documents({n: session.baseline(n) for n in ctx.datasets}, ctx.update_hint),
         session.scores(), session.prepare_all()), "judging")
 

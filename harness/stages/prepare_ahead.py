@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from multiprocessing import util
 
 from harness.childproc import child_pythonpath, set_parent_death_signal
@@ -90,8 +91,6 @@ def main(argv: list[str]) -> int:
     try:
         data = pickle.dumps(answer)
     except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
-        import traceback
-
         data = pickle.dumps(("error", HarnessError("".join(traceback.format_exception(answer[1]))[-2000:]), lines, 0.0))
     with os.fdopen(int(argv[0]), "wb") as out:
         out.write(data)
